@@ -1,0 +1,5 @@
+"""``python -m pipeline`` works like ``candles``."""
+
+from pipeline.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""DXLink (dxFeed) protocol, symbols and the reconnecting client."""

@@ -1,0 +1,1 @@
+"""A DXLink server with a deterministic market, for tests and for running without an account."""
