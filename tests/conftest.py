@@ -1,0 +1,23 @@
+"""Suite-wide pytest options. Fixtures live next to the tests that use them."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-soak",
+        action="store_true",
+        default=False,
+        help="also run the long soak/chaos tests (marked 'soak'); they take minutes",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-soak"):
+        return
+    skip = pytest.mark.skip(reason="long soak/chaos run; opt in with --run-soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
