@@ -123,7 +123,7 @@ def test_config_is_frozen() -> None:
     """Loaded sections cannot be changed."""
     config = load("")
     with pytest.raises(pydantic.ValidationError):
-        config.client.queue_size = 5  # type: ignore[misc]
+        config.client.queue_size = 5
 
 
 # --- unknown keys and secrets --------------------------------------------------------------
