@@ -1,4 +1,4 @@
-"""Reconnect delays (full-jitter backoff, reset rule) and the token bucket; no I/O, no clock."""
+"""Retry policy: error classification, full-jitter backoff and its reset rule; no I/O."""
 
 from __future__ import annotations
 
@@ -10,8 +10,37 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from websockets.datastructures import Headers
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.frames import Close
+from websockets.http11 import Response
 
-from pipeline.dxlink.backoff import Backoff, TokenBucket, backoff
+from pipeline.dxlink.backoff import (
+    Action,
+    Backoff,
+    HandshakeTimeout,
+    PeerTimeout,
+    backoff,
+    classify,
+    disconnect_reason,
+    explain_fatal,
+)
+from pipeline.dxlink.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidMessage,
+    ProtocolViolation,
+    Unauthorized,
+    UsageError,
+    server_error,
+)
+from pipeline.dxlink.metrics import DisconnectReason
 
 
 def upper(a: float, b: float) -> float:
@@ -93,66 +122,83 @@ def test_backoff_policy_rejects_negative_threshold() -> None:
         Backoff(healthy_after=-1.0)
 
 
-def test_token_bucket_allows_a_burst_then_paces_at_the_rate() -> None:
-    """A full bucket lets `capacity` tokens go at once; later ones wait 1/rate each."""
-    bucket = TokenBucket(rate=10.0, capacity=5.0, now=100.0)
-    for _ in range(5):
-        assert bucket.delay(1, 100.0) == 0.0
-        bucket.take(1, 100.0)
-    assert bucket.delay(1, 100.0) == pytest.approx(0.1)
-    assert bucket.delay(1, 100.05) == pytest.approx(0.05)
-    assert bucket.delay(1, 100.1) == pytest.approx(0.0, abs=1e-9)
+# Error classification.
 
 
-def test_token_bucket_never_holds_more_than_capacity() -> None:
-    """A long idle time refills only up to `capacity`."""
-    bucket = TokenBucket(rate=1.0, capacity=3.0, now=0.0)
-    bucket.take(3, 0.0)
-    assert bucket.tokens(1_000.0) == 3.0
+def closed(code: int | None, *, by_server: bool = True) -> ConnectionClosed:
+    """A ConnectionClosed as websockets raises it (None: no close frame at all)."""
+    frame = None if code is None else Close(code, "")
+    rcvd, sent = (frame, None) if by_server else (None, frame)
+    if code in (1000, 1001):
+        return ConnectionClosedOK(rcvd, sent)
+    return ConnectionClosedError(rcvd, sent)
 
 
-def test_token_bucket_oversized_cost_waits_for_a_full_bucket_then_owes() -> None:
-    """A cost above capacity waits for a full bucket and leaves a debt that later spends repay."""
-    bucket = TokenBucket(rate=2.0, capacity=4.0, now=0.0)
-    assert bucket.delay(10, 0.0) == 0.0
-    bucket.take(10, 0.0)
-    assert bucket.tokens(0.0) == -6.0
-    assert bucket.delay(1, 0.0) == pytest.approx(3.5)
+def http_status(status: int) -> InvalidStatus:
+    return InvalidStatus(Response(status, "", Headers()))
 
 
-def test_token_bucket_slow_down_and_drain() -> None:
-    """After `drain` and a lower rate, the next token takes 1/new_rate seconds."""
-    bucket = TokenBucket(rate=10.0, capacity=10.0, now=0.0)
-    bucket.set_rate(2.0, 0.0)
-    bucket.drain(0.0)
-    assert bucket.delay(1, 0.0) == pytest.approx(0.5)
+class TransientLoginError(AuthenticationError):
+    transient = True
+
+
+RETRY, REFRESH, FATAL = Action.RETRY, Action.REFRESH_TOKEN, Action.FATAL
 
 
 @pytest.mark.parametrize(
-    ("rate", "capacity", "message"),
-    [(0.0, 1.0, "rate must be > 0"), (1.0, 0.5, "capacity must be >= 1")],
+    ("exc", "action", "reason"),
+    [
+        (ConnectionRefusedError(), RETRY, DisconnectReason.CONNECTION_LOST),
+        (OSError("network unreachable"), RETRY, DisconnectReason.CONNECTION_LOST),
+        (TimeoutError(), RETRY, DisconnectReason.CONNECTION_LOST),
+        (PeerTimeout("silent"), RETRY, DisconnectReason.PEER_TIMEOUT),
+        (HandshakeTimeout("no SETUP"), RETRY, DisconnectReason.HANDSHAKE_TIMEOUT),
+        (closed(1000), RETRY, DisconnectReason.SERVER_CLOSED),
+        (closed(1001), RETRY, DisconnectReason.SERVER_CLOSED),
+        (closed(None), RETRY, DisconnectReason.CONNECTION_LOST),
+        (closed(1011), RETRY, DisconnectReason.CONNECTION_LOST),
+        (closed(1009), FATAL, DisconnectReason.FATAL),
+        (closed(1009, by_server=False), FATAL, DisconnectReason.FATAL),
+        (server_error("TIMEOUT", "late"), RETRY, DisconnectReason.SERVER_ERROR),
+        (server_error("UNKNOWN", "?"), RETRY, DisconnectReason.SERVER_ERROR),
+        (server_error("INVALID_MESSAGE", "json"), RETRY, DisconnectReason.SERVER_ERROR),
+        (server_error("SOMETHING_NEW", "?"), RETRY, DisconnectReason.SERVER_ERROR),
+        (server_error("UNAUTHORIZED", "no"), REFRESH, DisconnectReason.AUTH_REJECTED),
+        (Unauthorized("AUTH_STATE UNAUTHORIZED"), REFRESH, DisconnectReason.AUTH_REJECTED),
+        (server_error("UNSUPPORTED_PROTOCOL", "v"), FATAL, DisconnectReason.FATAL),
+        (ProtocolViolation("AUTH_STATE in CONNECTING"), RETRY, DisconnectReason.PROTOCOL_VIOLATION),
+        (InvalidMessage("not JSON"), RETRY, DisconnectReason.PROTOCOL_VIOLATION),
+        (ConfigurationError("bad"), FATAL, DisconnectReason.FATAL),
+        (UsageError("bug"), FATAL, DisconnectReason.FATAL),
+        (AuthenticationError("login rejected"), FATAL, DisconnectReason.FATAL),
+        (TransientLoginError("HTTP 503"), RETRY, DisconnectReason.CONNECTION_LOST),
+        (http_status(503), RETRY, DisconnectReason.CONNECTION_LOST),
+        (http_status(429), RETRY, DisconnectReason.CONNECTION_LOST),
+        (http_status(401), REFRESH, DisconnectReason.AUTH_REJECTED),
+        (http_status(404), FATAL, DisconnectReason.FATAL),
+        (InvalidURI("http://x", "not a ws URL"), FATAL, DisconnectReason.FATAL),
+        (KeyError("a bug"), FATAL, DisconnectReason.FATAL),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
 )
-def test_token_bucket_rejects_bad_settings(rate: float, capacity: float, message: str) -> None:
-    """A zero rate or a capacity below one token is refused with a clear message."""
-    with pytest.raises(ValueError, match=message):
-        TokenBucket(rate=rate, capacity=capacity, now=0.0)
-
-
-@given(
-    st.lists(st.tuples(st.floats(0, 5), st.floats(0.1, 3)), min_size=1, max_size=40),
-    st.floats(0.5, 50),
-    st.floats(1, 20),
-)
-def test_token_bucket_honours_the_rate_over_any_schedule(
-    steps: list[tuple[float, float]], rate: float, capacity: float
+def test_classify_sorts_every_failure_kind(
+    exc: BaseException, action: Action, reason: DisconnectReason
 ) -> None:
-    """Spending only when `delay` says 0 never exceeds capacity + rate * elapsed."""
-    bucket = TokenBucket(rate=rate, capacity=capacity, now=0.0)
-    now = 0.0
-    spent = 0.0
-    for gap, cost in steps:
-        now += gap
-        now += bucket.delay(cost, now)
-        bucket.take(cost, now)
-        spent += cost
-        assert spent <= capacity + rate * now + max(cost for _, cost in steps) + 1e-6
+    """Each failure maps to one action and one metrics reason, in one place."""
+    assert classify(exc) is action
+    assert disconnect_reason(exc) is reason
+
+
+@pytest.mark.parametrize(
+    ("exc", "advice"),
+    [
+        (closed(1009), "lower max_batch_bytes (now 6000)"),
+        (closed(1009, by_server=False), "raise max_message_size"),
+        (server_error("UNSUPPORTED_PROTOCOL", "0.1 unknown"), "protocol version: 0.1 unknown"),
+        (http_status(404), "HTTP 404; check the dxlink URL"),
+        (KeyError("x"), "a bug"),
+    ],
+)
+def test_explain_fatal_says_what_to_fix(exc: BaseException, advice: str) -> None:
+    """A fatal failure comes with one sentence naming the fix."""
+    assert advice in explain_fatal(exc, max_batch_bytes=6000, max_message_size=2**24)
