@@ -121,7 +121,10 @@ def parse_duration(text: str) -> timedelta:
             "s, m, h, d, w (e.g. 90m, 2h, 3d, 1d12h)"
         )
     seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(compact))
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{text[:40]!r} is far too long a duration") from None
 
 
 class _Section(BaseModel):
@@ -183,10 +186,10 @@ class TastytradeSourceConfig(_Section):
         host = parts.hostname or ""
         if parts.scheme not in ("https", "http") or not host:
             raise ValueError("the value is not an http(s) URL with a host (value not shown)")
-        if parts.scheme == "http" and not is_loopback_host(host):
-            raise ValueError(f"{value!r} would send credentials unencrypted; use https://")
         if parts.username or parts.password or parts.query or parts.fragment:
             raise ValueError(f"{parts.scheme}://{host}... must not carry credentials or a query")
+        if parts.scheme == "http" and not is_loopback_host(host):
+            raise ValueError(f"http://{host} would send credentials unencrypted; use https://")
         return value.strip().rstrip("/")
 
     def missing_env(self, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -223,17 +226,18 @@ def _interval(value: str) -> str:
     return value
 
 
-def _number_as_time_hint(number: float, text: str) -> str:
+def _number_as_time_hint(number: float | str) -> str:
     """§6.2: fromTime is ms on the wire but seconds in some docs; say which date each means."""
     hints = []
     for unit, scale in (("seconds", 1.0), ("milliseconds", 1000.0)):
         try:
-            when = datetime.fromtimestamp(number / scale, UTC)
+            when = datetime.fromtimestamp(float(number) / scale, UTC)
         except (OverflowError, OSError, ValueError):
             continue
         if 1990 <= when.year <= 2200:
             hints.append(f"as epoch {unit} it would be {when:%Y-%m-%dT%H:%M:%SZ}")
     guess = "; ".join(hints) if hints else "it is not a plausible epoch time either"
+    text = str(number) if len(str(number)) <= 20 else f"{str(number)[:17]}..."
     return f"{text} is a number, not an ISO-8601 time ({guess}); write it as a quoted UTC time"
 
 
@@ -286,8 +290,9 @@ class SubscriptionsConfig(_Section):
     def _parse_from_time(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, bool) or value is None:
             return value
-        if isinstance(value, int | float) or (isinstance(value, str) and value.isdigit()):
-            raise ValueError(_number_as_time_hint(float(value), str(value)))
+        digits = isinstance(value, str) and value.isascii() and value.isdigit()
+        if isinstance(value, int | float) or digits:
+            raise ValueError(_number_as_time_hint(value))  # type: ignore[arg-type]
         if isinstance(value, str):
             try:
                 value = datetime.fromisoformat(value.strip())
@@ -523,9 +528,9 @@ def _render(value: object) -> str:
         return "[" + ", ".join(_render(v) for v in value) + "]"
     if isinstance(value, dict):
         return "a table"
-    if isinstance(value, str):
-        return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
-    return str(value)
+    text = value if isinstance(value, str) else str(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
 
 
 def _sub_model(field: FieldInfo) -> type[BaseModel] | None:

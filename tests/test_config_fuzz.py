@@ -6,7 +6,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import annotated_types
@@ -57,6 +57,8 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return ("-inf" if value < 0 else "inf") if math.isinf(value) else repr(value)
+    if isinstance(value, date):
+        return value.isoformat()
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
@@ -84,9 +86,20 @@ def assert_clean_error(error: ConfigError) -> str:
     return message
 
 
+TRICKY = [
+    "99999999999999999999d", "1" * 30 + "s", "²", "1e999", "-1", "0", "nan", "inf", "1.5",
+    "2025-13-01T00:00:00Z", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "1691402400",
+    "wss://x", "http://u:p@h", "sqlite:", "postgres:", "5m", "1mo", "AAPL{=5m}", "&", "",
+]  # fmt: skip
 TEXT = st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=20)
 SCALARS = st.one_of(
-    st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), TEXT
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    TEXT,
+    st.sampled_from(TRICKY),
+    st.datetimes(timezones=st.sampled_from([UTC, None])),
+    st.dates(),
 )
 VALUES = st.recursive(
     SCALARS,
@@ -160,6 +173,18 @@ def test_wrongly_typed_values_are_named(data: st.DataObject) -> None:
         assert ".".join(path) in assert_clean_error(error)
     else:
         raise AssertionError(f"{'.'.join(path)} = {value!r} was accepted")
+
+
+@FUZZ
+@given(st.data())
+def test_any_value_for_any_option_is_accepted_or_named(data: st.DataObject) -> None:
+    """Whatever value an option gets, it either validates or the error names that option."""
+    path, _ = data.draw(st.sampled_from(LEAVES))
+    value = data.draw(VALUES)
+    try:
+        loads_config(nested(path, value), source="fuzz.toml", environ={}, now=NOW)
+    except ConfigError as error:
+        assert ".".join(path) in assert_clean_error(error)
 
 
 def out_of_range(field: FieldInfo) -> st.SearchStrategy[Any] | None:
