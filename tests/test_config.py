@@ -73,6 +73,11 @@ def test_repository_config_toml_loads_with_every_profile() -> None:
     assert production.source.tastytrade.api_url == "https://api.tastyworks.com"
 
 
+def test_repository_config_toml_base_equals_the_defaults() -> None:
+    """Running with the shipped config.toml or with no file at all behaves the same."""
+    assert load_config(REPO_CONFIG, environ={}, now=NOW) == Config()
+
+
 def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
     """A config file named explicitly but absent is a ConfigError naming the path."""
     missing = tmp_path / "nope.toml"
