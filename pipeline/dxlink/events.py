@@ -74,9 +74,10 @@ class Candle(NamedTuple):
     time: int
     sequence: int = 0
     flags: int = 0
-    index: int = 0
+    # `index` and `count` shadow tuple methods on purpose: they are the §4.1 wire names.
+    index: int = 0  # type: ignore[assignment]
     event_time: int = 0
-    count: int = 0
+    count: int = 0  # type: ignore[assignment]
     open: float = NAN
     high: float = NAN
     low: float = NAN
