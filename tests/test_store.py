@@ -1,0 +1,425 @@
+"""CandleStore over a real DuckLake lake (SQLite catalog + Parquet) under tmp_path."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.candles import CANDLE_COLUMNS, CANDLE_SCHEMA
+from pipeline.store import (
+    CandleStore,
+    StoreBusyError,
+    StoreError,
+    connect,
+    parse_catalog,
+)
+
+T0 = datetime(2025, 8, 27, 13, 30, tzinfo=UTC)
+T0_MS = 1_756_301_400_000
+MINUTE = timedelta(minutes=1)
+INGESTED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def candle_frame(
+    symbol: str = "AAPL",
+    period: str = "1m",
+    n: int = 3,
+    *,
+    start: datetime = T0,
+    step: timedelta = MINUTE,
+    close: float = 100.0,
+    revision: int = 0,
+) -> pl.DataFrame:
+    """``n`` candles of one series in the store's schema; close rises by 1 per candle."""
+    rows = [
+        {
+            "symbol": symbol,
+            "period": period,
+            "time": start + i * step,
+            "open": close + i - 0.5,
+            "high": close + i + 1.0,
+            "low": close + i - 1.0,
+            "close": close + i,
+            "volume": 1000.0 + i,
+            "vwap": close + i - 0.2,
+            "count": 10 + i,
+            "bid_volume": 400.0,
+            "ask_volume": 550.0,
+            "imp_volatility": float("nan"),
+            "open_interest": float("nan"),
+            "revision": revision,
+            "ingested_at": None,
+        }
+        for i in range(n)
+    ]
+    return pl.DataFrame(rows, schema=CANDLE_SCHEMA)
+
+
+def keys(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select("symbol", "period", "time")
+
+
+def open_store(path: Path, **kwargs: object) -> CandleStore:
+    """A store with the test clock; extension signatures unchecked (saves ~1.2 s per open)."""
+    options: dict[str, object] = {"clock": lambda: INGESTED, "verify_extensions": False}
+    options.update(kwargs)
+    return CandleStore(path, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CandleStore]:
+    with open_store(tmp_path / "data") as opened:
+        yield opened
+
+
+def snapshot_count(path: Path) -> int:
+    con = connect(path, verify_extensions=False)
+    try:
+        row = con.execute("SELECT count(*) FROM ducklake_snapshots('lake')").fetchone()
+        assert row is not None
+        return int(row[0])
+    finally:
+        con.close()
+
+
+# Layout and opening.
+
+
+def test_layout_is_one_folder_with_wal_catalog_and_parquet(tmp_path: Path) -> None:
+    """Opening creates catalog.sqlite in WAL mode and writes Parquet under data/."""
+    path = tmp_path / "data"
+    with open_store(path) as store:
+        store.upsert(candle_frame(n=50))  # more than DuckLake inlines into the catalog
+    with sqlite3.connect(path / "catalog.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
+    assert list((path / "data").rglob("*.parquet"))
+
+
+def test_default_open_verifies_extension_signatures(tmp_path: Path) -> None:
+    """The default (signature-checked) extension load works offline and reopens the lake."""
+    with CandleStore(tmp_path / "data") as store:
+        store.upsert(candle_frame())
+    with CandleStore(tmp_path / "data") as store:
+        assert store.count() == 3
+
+
+def test_schema_matches_the_contract(store: CandleStore, tmp_path: Path) -> None:
+    """The candles table has exactly the contract's columns, in order."""
+    con = connect(tmp_path / "data", verify_extensions=False)
+    try:
+        names = [row[0] for row in con.execute("DESCRIBE candles").fetchall()]
+    finally:
+        con.close()
+    assert tuple(names) == CANDLE_COLUMNS
+
+
+# Upsert.
+
+
+def test_upsert_round_trips_values_and_sets_ingested_at(store: CandleStore) -> None:
+    """Rows come back as written (NaN kept); a null ingested_at takes the store clock."""
+    frame = candle_frame()
+    result = store.upsert(frame)
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (3, 0, 0, 0)
+    back = store.history("AAPL{=m}")
+    assert back.schema == pl.Schema(CANDLE_SCHEMA)
+    assert back.drop("ingested_at").equals(frame.drop("ingested_at"))
+    assert back["ingested_at"].to_list() == [INGESTED] * 3
+
+
+def test_given_ingested_at_is_kept(store: CandleStore) -> None:
+    """An ingested_at set by the caller is stored as given."""
+    when = datetime(2025, 1, 1, tzinfo=UTC)
+    store.upsert(candle_frame(n=1).with_columns(pl.lit(when).alias("ingested_at")))
+    assert store.history("AAPL{=m}")["ingested_at"].to_list() == [when]
+
+
+def test_same_batch_twice_changes_nothing(store: CandleStore, tmp_path: Path) -> None:
+    """Writing a flush again reports it unchanged and commits no new snapshot."""
+    frame = candle_frame(n=20)
+    store.upsert(frame)
+    before = snapshot_count(tmp_path / "data")
+    again = store.upsert(frame)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 20)
+    assert snapshot_count(tmp_path / "data") == before
+    assert store.count() == 20
+
+
+def test_changed_values_replace_the_stored_row(store: CandleStore) -> None:
+    """A revised candle replaces its stored row; other rows stay; no duplicates appear."""
+    store.upsert(candle_frame(n=3))
+    revised = candle_frame(n=3, revision=1).with_columns(
+        pl.when(pl.col("time") == T0 + MINUTE).then(555.0).otherwise(pl.col("close")).alias("close")
+    )
+    result = store.upsert(revised)
+    assert (result.inserted, result.updated, result.unchanged) == (0, 1, 2)
+    back = store.history("AAPL{=m}")
+    assert back["close"].to_list() == [100.0, 555.0, 102.0]
+    assert back["revision"].to_list() == [0, 1, 0]
+
+
+def test_revision_alone_does_not_rewrite(store: CandleStore) -> None:
+    """Equal values with another revision (a restart counts from 0 again) are unchanged."""
+    store.upsert(candle_frame(n=2, revision=3))
+    result = store.upsert(candle_frame(n=2, revision=0))
+    assert result.unchanged == 2
+    assert store.history("AAPL{=m}")["revision"].to_list() == [3, 3]
+
+
+def test_batch_is_deduplicated_newest_revision_first(store: CandleStore) -> None:
+    """Duplicate keys in one batch: the highest revision wins, then the last row."""
+    older = candle_frame(n=1, close=1.0, revision=2)
+    stale = candle_frame(n=1, close=2.0, revision=1)
+    tie_first = candle_frame(n=1, start=T0 + MINUTE, close=3.0, revision=0)
+    tie_last = candle_frame(n=1, start=T0 + MINUTE, close=4.0, revision=0)
+    result = store.upsert(pl.concat([older, stale, tie_first, tie_last]))
+    assert result.inserted == 2
+    assert store.history("AAPL{=m}")["close"].to_list() == [1.0, 4.0]
+
+
+def test_deletions_apply_in_the_same_transaction(store: CandleStore) -> None:
+    """Deletions remove stored keys; a key deleted and upserted in one batch is upserted."""
+    store.upsert(candle_frame(n=4))
+    gone = keys(candle_frame(n=1))
+    both = keys(candle_frame(n=1, start=T0 + MINUTE))
+    update = candle_frame(n=1, start=T0 + MINUTE, close=9.0, revision=1)
+    result = store.upsert(update, pl.concat([gone, both]))
+    assert result.deleted == 2
+    assert result.inserted == 1
+    assert store.history("AAPL{=m}")["close"].to_list() == [9.0, 102.0, 103.0]
+
+
+def test_deleting_a_missing_key_is_a_no_op(store: CandleStore) -> None:
+    """Deleting keys that are not stored deletes nothing and fails nothing."""
+    store.upsert(candle_frame(n=2))
+    result = store.upsert(candle_frame(n=0), keys(candle_frame(n=1, start=T0 + 10 * MINUTE)))
+    assert result.deleted == 0
+    assert store.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop("vwap"), "missing columns ['vwap']"),
+        (lambda f: f.with_columns(pl.lit(1).alias("extra")), "unexpected columns ['extra']"),
+        (lambda f: f.with_columns(pl.col("time").dt.replace_time_zone(None)), "'time'"),
+        (lambda f: f.with_columns(pl.lit(None, pl.String).alias("symbol")), "null key"),
+        (lambda f: f.with_columns(pl.lit("x").alias("close")), "does not fit"),
+    ],
+)
+def test_bad_batches_are_rejected_with_a_clear_error(
+    store: CandleStore, change: object, message: str
+) -> None:
+    """A batch that does not match the contract names what is wrong; nothing is written."""
+    frame = change(candle_frame())  # type: ignore[operator]
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        store.upsert(frame)
+    assert store.count() == 0
+
+
+# Reads.
+
+
+def test_resume_points_come_from_the_newest_stored_candle(store: CandleStore) -> None:
+    """resume_point is the newest stored time per series; resume_points answers all at once."""
+    store.upsert(candle_frame("AAPL", "1m", 5))
+    store.upsert(candle_frame("AAPL", "1d", 2, step=timedelta(days=1)))
+    store.upsert(candle_frame("SPY", "5m,tho=true", 3, step=5 * MINUTE))
+    assert store.resume_point("AAPL{=m}") == T0_MS + 4 * 60_000
+    assert store.resume_point("AAPL{=1d}") == T0_MS + 86_400_000
+    assert store.resume_point("MSFT{=m}") is None
+    assert store.resume_points() == {
+        "AAPL{=m}": T0_MS + 4 * 60_000,
+        "AAPL{=d}": T0_MS + 86_400_000,
+        "SPY{=5m,tho=true}": T0_MS + 10 * 60_000,
+    }
+    assert store.resume_points(["AAPL{=1m}", "QQQ{=m}"]) == {"AAPL{=m}": T0_MS + 4 * 60_000}
+
+
+def test_history_bounds_are_start_inclusive_end_exclusive(store: CandleStore) -> None:
+    """history(start, end) takes datetimes or ms, includes start and excludes end."""
+    store.upsert(candle_frame(n=10))
+    by_datetime = store.history("AAPL{=m}", T0 + 2 * MINUTE, T0 + 5 * MINUTE)
+    by_ms = store.history("AAPL{=m}", T0_MS + 2 * 60_000, T0_MS + 5 * 60_000)
+    assert by_datetime["close"].to_list() == [102.0, 103.0, 104.0]
+    assert by_ms.equals(by_datetime)
+    assert store.history("AAPL{=m}", start=T0 + 8 * MINUTE)["close"].to_list() == [108.0, 109.0]
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.history("AAPL{=m}", datetime(2025, 8, 27))
+
+
+def test_recent_returns_the_newest_n_oldest_first(store: CandleStore) -> None:
+    """recent(n) is the last n candles of the series in time order."""
+    store.upsert(candle_frame(n=10))
+    store.upsert(candle_frame("SPY", n=10))
+    assert store.recent("AAPL{=m}", 3)["close"].to_list() == [107.0, 108.0, 109.0]
+    assert store.recent("AAPL{=m}", 0).height == 0
+    with pytest.raises(ValueError, match="n must be"):
+        store.recent("AAPL{=m}", -1)
+
+
+def test_unknown_series_key_is_a_clear_error(store: CandleStore) -> None:
+    """A malformed series key raises the symbol parser's ValueError."""
+    with pytest.raises(ValueError, match="no candle period"):
+        store.history("AAPL")
+
+
+# Catalog URLs and secrets.
+
+
+def test_catalog_urls(tmp_path: Path) -> None:
+    """sqlite: and postgres: URLs parse; others fail naming the accepted forms."""
+    assert parse_catalog(None, tmp_path).target == str(tmp_path / "catalog.sqlite")
+    assert parse_catalog("sqlite:/x/c.sqlite", tmp_path).attach_target == "sqlite:/x/c.sqlite"
+    spec = parse_catalog("postgres:dbname=lake host=db password=hunter2", tmp_path)
+    assert spec.kind == "postgres"
+    assert "hunter2" not in repr(spec)
+    with pytest.raises(ValueError, match="'sqlite:<path") as raised:
+        parse_catalog("mysql:password=hunter2", tmp_path)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_unreachable_postgres_catalog_fails_without_leaking_the_password(tmp_path: Path) -> None:
+    """The postgres path loads its extension; a connection failure hides the password."""
+    catalog = "postgres:host=127.0.0.1 port=1 dbname=lake user=u password=hunter2 connect_timeout=1"
+    with pytest.raises(StoreError) as raised:
+        open_store(tmp_path / "data", catalog=catalog)
+    assert "hunter2" not in str(raised.value)
+    assert "cannot open the lake" in str(raised.value)
+
+
+def test_connect_without_a_lake_says_so(tmp_path: Path) -> None:
+    """A reader pointed at an empty folder is told there is no store there."""
+    with pytest.raises(StoreError, match="no candle store"):
+        connect(tmp_path / "nothing", verify_extensions=False)
+
+
+# Compaction.
+
+
+def test_compaction_merges_files_and_removes_the_old_ones(tmp_path: Path) -> None:
+    """compact() leaves one data file, deletes the merged-away ones and keeps every row."""
+    path = tmp_path / "data"
+    # DuckLake stamps snapshots with the wall clock, so the cut-off must use it too.
+    with open_store(path, clock=lambda: datetime.now(UTC)) as store:
+        for batch in range(4):
+            store.upsert(candle_frame(n=20, start=T0 + batch * 20 * MINUTE))
+        # Revise 15 of the first file's 20 rows: a delete file plus a data file.
+        store.upsert(candle_frame(n=15, close=7.0, revision=1))
+        before = sorted((path / "data").rglob("*.parquet"))
+        result = store.compact(retain=timedelta(0))
+        after = sorted((path / "data").rglob("*.parquet"))
+        assert result.files_before == 5
+        assert result.files_after == 1
+        assert result.snapshots_expired > 0
+        assert len(after) == 1 and after[0] not in before
+        assert store.count() == 80
+        assert store.recent("AAPL{=m}", 80)["close"].head(2).to_list() == [7.0, 8.0]
+
+
+def test_compaction_keeps_files_a_reader_snapshot_still_needs(tmp_path: Path) -> None:
+    """With the default retention a reader mid-transaction keeps reading after compaction."""
+    path = tmp_path / "data"
+    with open_store(path) as store:
+        for batch in range(3):
+            store.upsert(candle_frame(n=20, start=T0 + batch * 20 * MINUTE))
+        reader = connect(path, verify_extensions=False)
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT sum(close) FROM candles").fetchone() is not None
+            store.compact()
+            row = reader.execute("SELECT count(*), sum(volume) FROM candles").fetchone()
+            reader.execute("COMMIT")
+        finally:
+            reader.close()
+        assert row is not None and row[0] == 60
+
+
+# Transient collisions with another writer.
+
+LOCKER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")  # what a second DuckLake writer holds while it commits
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+print("released", flush=True)
+sys.stdin.readline()
+"""
+
+
+class CatalogLocker:
+    """Another process holding the SQLite catalog's write lock until told to let go."""
+
+    def __init__(self, catalog: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(catalog)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == "released"
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def test_locked_catalog_is_retried_with_backoff_and_counted(tmp_path: Path) -> None:
+    """'database is locked' is retried after a backoff wait; the retry is counted."""
+    path = tmp_path / "data"
+    waits: list[float] = []
+    with open_store(path) as store:
+        store.upsert(candle_frame(n=1))
+        locker = CatalogLocker(path / "catalog.sqlite")
+        try:
+
+            def sleep(seconds: float) -> None:
+                waits.append(seconds)
+                if len(waits) == 1:
+                    locker.release()  # the other writer finishes during our first wait
+
+            store._sleep = sleep
+            result = store.upsert(candle_frame(n=5, start=T0 + MINUTE))
+        finally:
+            locker.close()
+        assert result.inserted == 5 and result.retries == 1
+        assert store.stats.retries == 1 and store.stats.busy_failures == 0
+        assert len(waits) == 1 and 0.025 <= waits[0] <= 0.05
+        assert store.count() == 6
+
+
+def test_retries_are_bounded_then_busy_error_and_nothing_written(tmp_path: Path) -> None:
+    """A lock held through every retry ends in StoreBusyError; the store stays usable."""
+    path = tmp_path / "data"
+    waits: list[float] = []
+    with open_store(path, max_retries=3, sleep=waits.append) as store:
+        store.upsert(candle_frame(n=1))
+        locker = CatalogLocker(path / "catalog.sqlite")
+        try:
+            with pytest.raises(StoreBusyError, match="3 retries"):
+                store.upsert(candle_frame(n=5, start=T0 + MINUTE))
+            doubling = zip(waits, [0.05, 0.1, 0.2], strict=True)
+            assert all(limit / 2 <= wait <= limit for wait, limit in doubling)
+            assert store.stats.busy_failures == 1 and store.stats.retries == 3
+            locker.release()
+        finally:
+            locker.close()
+        assert store.count() == 1
+        assert store.upsert(candle_frame(n=5, start=T0 + MINUTE)).inserted == 5
