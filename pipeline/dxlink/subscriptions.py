@@ -24,20 +24,28 @@ takes ``now`` (seconds).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Set
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 
+from pipeline.dxlink.errors import UsageError
 from pipeline.dxlink.events import SNAPSHOT_BEGIN, SNAPSHOT_END, SNAPSHOT_SNIP
+from pipeline.dxlink.messages import FeedSubscription, SubscriptionItem, encode
 from pipeline.dxlink.symbols import CandleSymbol
 
 __all__ = [
     "CandleSubscription",
     "SnapshotProgress",
+    "SubscriptionBatch",
+    "SubscriptionPacer",
     "SubscriptionRegistry",
     "SubscriptionState",
+    "TokenBucket",
+    "batch_size",
+    "item_size",
     "validate_event_type",
     "validate_from_time",
     "validate_symbol",
@@ -179,9 +187,7 @@ def validate_from_time(from_time: int | datetime, now_ms: int) -> int:
             )
         from_time = round(from_time.timestamp() * 1000)
     if isinstance(from_time, bool) or not isinstance(from_time, int):
-        raise ValueError(
-            f"from_time must be an int of ms since the epoch (UTC), not {from_time!r}"
-        )
+        raise ValueError(f"from_time must be an int of ms since the epoch (UTC), not {from_time!r}")
     if from_time < 0:
         raise ValueError(f"from_time {from_time} is negative; use ms since the epoch (UTC)")
     if from_time < _MIN_PLAUSIBLE_MS:
@@ -322,3 +328,304 @@ class SubscriptionRegistry:
             "candles": len(self._candles),
             "candles_by_state": by_state,
         }
+
+
+# --------------------------------------------------------------------------------------------
+# Sending: a token bucket, batching by count and bytes, and the pacer that combines them.
+
+_TOKEN_EPSILON = 1e-9
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, holding at most ``capacity``.
+
+    Pure: every method takes ``now``. The bucket starts full, so a small burst goes out at
+    once and only a large one (a resubscription of thousands of series) is paced.
+    """
+
+    def __init__(self, *, rate: float, capacity: float, now: float) -> None:
+        """Create a full bucket.
+
+        Args:
+            rate: tokens added per second (> 0).
+            capacity: the most tokens the bucket holds, i.e. the largest burst (>= 1).
+            now: the current time in seconds.
+
+        Raises:
+            ValueError: if ``rate`` <= 0 or ``capacity`` < 1.
+        """
+        if not rate > 0:
+            raise ValueError(f"token bucket rate must be > 0 tokens/s, got {rate!r}")
+        if not capacity >= 1:
+            raise ValueError(f"token bucket capacity must be >= 1 token, got {capacity!r}")
+        self.rate = rate
+        """Tokens added per second."""
+        self.capacity = capacity
+        """The most tokens the bucket holds."""
+        self._tokens = capacity
+        self._updated = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._updated:
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+
+    def tokens(self, now: float) -> float:
+        """Return the tokens available at ``now``."""
+        self._refill(now)
+        return self._tokens
+
+    def delay(self, cost: float, now: float) -> float:
+        """Return the seconds until ``cost`` tokens are available (0 if they are now).
+
+        A cost above ``capacity`` is treated as ``capacity``: it can never be saved up, so
+        it waits for a full bucket and then drives the bucket negative (paying the debt).
+        """
+        self._refill(now)
+        needed = min(cost, self.capacity) - self._tokens
+        # A caller that waited exactly the returned delay must find the tokens there, despite
+        # float rounding in the refill; otherwise it would spin on ever tinier delays.
+        return 0.0 if needed <= _TOKEN_EPSILON else needed / self.rate
+
+    def take(self, cost: float, now: float) -> None:
+        """Spend ``cost`` tokens at ``now`` (the balance may go negative: a debt)."""
+        self._refill(now)
+        self._tokens -= cost
+
+    def set_rate(self, rate: float, now: float) -> None:
+        """Change the refill rate from ``now`` on (used to slow down after BAD_ACTION)."""
+        if not rate > 0:
+            raise ValueError(f"token bucket rate must be > 0 tokens/s, got {rate!r}")
+        self._refill(now)
+        self.rate = rate
+
+    def drain(self, now: float) -> None:
+        """Empty the bucket, so the next spend waits a full refill interval."""
+        self._refill(now)
+        self._tokens = min(self._tokens, 0.0)
+
+
+# §8: the server closes with 1009 on a large client frame; dxFeed's JS client cuts
+# subscriptions into chunks of ~8192 estimated characters. We measure exact encoded bytes and
+# stay well below that by default.
+DEFAULT_MAX_BATCH_BYTES = 6_000
+# A generous cap on items per message; for candle items the byte limit binds first (~90).
+DEFAULT_MAX_BATCH_ITEMS = 500
+# FEED_SUBSCRIPTION messages per second and burst: STYLE.md pattern 9 ("in-flight subscribes
+# ~20, BAD_ACTION"); 10,000 candle series (~110 messages) go out in about five seconds.
+DEFAULT_SUBSCRIBE_RATE = 20.0
+DEFAULT_SUBSCRIBE_BURST = 20.0
+# After BAD_ACTION the rate halves, but never below this.
+MIN_SUBSCRIBE_RATE = 1.0
+# Batches sent this long before a BAD_ACTION count as possibly rejected and are re-sent.
+DEFAULT_RESEND_WINDOW = 2.0
+
+# Room for a channel number of up to five digits in the measured envelope (§2.4: 1, 3, 5 ...).
+_CHANNEL_FOR_SIZING = 99_999
+_ENVELOPE = len(encode(FeedSubscription(channel=_CHANNEL_FOR_SIZING)).encode())
+_ADD_OVERHEAD = len(',"add":[]')
+_REMOVE_OVERHEAD = len(',"remove":[]')
+
+
+def item_size(item: SubscriptionItem) -> int:
+    """Return the UTF-8 bytes ``item`` adds to a FEED_SUBSCRIPTION list (without the comma)."""
+    alone = encode(FeedSubscription(channel=_CHANNEL_FOR_SIZING, add=(item,))).encode()
+    return len(alone) - _ENVELOPE - _ADD_OVERHEAD
+
+
+def batch_size(add_sizes: list[int], remove_sizes: list[int]) -> int:
+    """Return the encoded size of a FEED_SUBSCRIPTION carrying items of these sizes.
+
+    Exact for a channel number of up to five digits (an upper bound for shorter ones).
+    """
+    size = _ENVELOPE
+    if add_sizes:
+        size += _ADD_OVERHEAD + sum(add_sizes) + len(add_sizes) - 1
+    if remove_sizes:
+        size += _REMOVE_OVERHEAD + sum(remove_sizes) + len(remove_sizes) - 1
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionBatch:
+    """One FEED_SUBSCRIPTION to send on the channel of ``role``."""
+
+    role: str
+    """The channel role: ``"candles"`` (HISTORY) or ``"events"`` (AUTO)."""
+    add: tuple[SubscriptionItem, ...] = ()
+    """Items to add."""
+    remove: tuple[SubscriptionItem, ...] = ()
+    """Items to remove (candle items keep their ``fromTime``, §2.3)."""
+    size: int = 0
+    """Encoded bytes of the message (for a channel number of up to five digits)."""
+
+
+_ItemKey = tuple[str, str, str | None]
+
+
+class SubscriptionPacer:
+    """What remains to be sent on this connection, cut into batches and paced.
+
+    Pending operations are kept per channel role and per item identity (type, symbol,
+    source; §2.3), so an add followed by a remove of the same item before it went out
+    becomes one remove, and adding 10,000 series one call at a time still goes out in full
+    batches. :meth:`ready` returns the batches the token bucket allows at ``now``; the
+    caller sends them and asks :meth:`next_ready` when to come back.
+    """
+
+    def __init__(
+        self,
+        *,
+        now: float,
+        max_items: int = DEFAULT_MAX_BATCH_ITEMS,
+        max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        rate: float = DEFAULT_SUBSCRIBE_RATE,
+        burst: float = DEFAULT_SUBSCRIBE_BURST,
+        resend_window: float = DEFAULT_RESEND_WINDOW,
+    ) -> None:
+        """Create an empty pacer.
+
+        Args:
+            now: the current time in seconds.
+            max_items: the most items (add + remove) in one message.
+            max_bytes: the largest encoded message, in bytes; must hold at least one item.
+            rate: FEED_SUBSCRIPTION messages per second.
+            burst: messages that may go out at once before pacing starts.
+            resend_window: seconds before a BAD_ACTION in which sent batches count as
+                possibly rejected (:meth:`bad_action`).
+
+        Raises:
+            ValueError: for limits that cannot work, naming the setting.
+        """
+        if max_items < 1:
+            raise ValueError(f"max_batch_items must be >= 1, got {max_items!r}")
+        smallest = batch_size([item_size(SubscriptionItem("Quote", "A"))], [])
+        if max_bytes < smallest:
+            raise ValueError(
+                f"max_batch_bytes={max_bytes!r} cannot hold even one item ({smallest} bytes); "
+                "use a few KB, e.g. the default 6000 (the server closes with 1009 above its "
+                "frame limit, dxFeed's own client uses about 8192)"
+            )
+        self.max_items = max_items
+        """The most items in one message."""
+        self.max_bytes = max_bytes
+        """The largest encoded message, in bytes."""
+        self.configured_rate = rate
+        """The rate asked for; :attr:`bucket` may run slower after BAD_ACTION."""
+        self.bucket = TokenBucket(rate=rate, capacity=burst, now=now)
+        """The message pacer (one token per FEED_SUBSCRIPTION)."""
+        self.resend_window = resend_window
+        self._pending: dict[str, dict[_ItemKey, tuple[bool, SubscriptionItem, int]]] = {
+            "candles": {},
+            "events": {},
+        }
+        self._recent: deque[tuple[float, SubscriptionBatch]] = deque()
+        self._slowed_at: float | None = None
+        self._turn = 0
+
+    def __len__(self) -> int:
+        """The number of items waiting to be sent."""
+        return sum(len(queue) for queue in self._pending.values())
+
+    def _queue(self, role: str) -> dict[_ItemKey, tuple[bool, SubscriptionItem, int]]:
+        try:
+            return self._pending[role]
+        except KeyError:
+            raise UsageError(f"unknown channel role {role!r}; use 'candles' or 'events'") from None
+
+    def _put(self, role: str, items: Iterable[SubscriptionItem], adding: bool) -> None:
+        queue = self._queue(role)
+        for item in items:
+            size = item_size(item)
+            if batch_size([size], []) > self.max_bytes:
+                raise ValueError(
+                    f"the subscription item for {item.symbol[:60]!r} alone is {size} bytes, "
+                    f"more than max_batch_bytes={self.max_bytes}; use a shorter symbol"
+                )
+            key = (item.type, item.symbol, item.source)
+            queue.pop(key, None)  # the newest operation on an item wins, at the back
+            queue[key] = (adding, item, size)
+
+    def add(self, role: str, items: Iterable[SubscriptionItem]) -> None:
+        """Queue items to add on the channel of ``role``."""
+        self._put(role, items, adding=True)
+
+    def remove(self, role: str, items: Iterable[SubscriptionItem]) -> None:
+        """Queue items to remove on the channel of ``role``."""
+        self._put(role, items, adding=False)
+
+    def _cut(self, role: str) -> SubscriptionBatch:
+        """Take the next batch of ``role`` off its queue, within the count and byte limits."""
+        queue = self._pending[role]
+        add: list[SubscriptionItem] = []
+        remove: list[SubscriptionItem] = []
+        size = _ENVELOPE
+        for adding, item, item_bytes in queue.values():
+            if len(add) + len(remove) == self.max_items:
+                break
+            items = add if adding else remove
+            # The first item of a list pays for its key and brackets, later ones for a comma.
+            opening = _ADD_OVERHEAD if adding else _REMOVE_OVERHEAD
+            grown = size + item_bytes + (1 if items else opening)
+            if grown > self.max_bytes and (add or remove):
+                break
+            items.append(item)
+            size = grown
+        for item in (*add, *remove):
+            del queue[(item.type, item.symbol, item.source)]
+        return SubscriptionBatch(role, tuple(add), tuple(remove), size)
+
+    def ready(self, now: float) -> list[SubscriptionBatch]:
+        """Return the batches that may be sent at ``now`` (and count them as sent).
+
+        Roles take turns, so a huge candle resubscription does not starve the events
+        channel.
+        """
+        out: list[SubscriptionBatch] = []
+        roles = [role for role, queue in self._pending.items() if queue]
+        while roles and self.bucket.delay(1, now) == 0.0:
+            role = roles[self._turn % len(roles)]
+            self._turn += 1
+            self.bucket.take(1, now)
+            batch = self._cut(role)
+            out.append(batch)
+            self._recent.append((now, batch))
+            roles = [role for role, queue in self._pending.items() if queue]
+        self._forget_before(now - self.resend_window)
+        return out
+
+    def next_ready(self, now: float) -> float | None:
+        """Return when :meth:`ready` will next have a batch, or None if nothing waits."""
+        if not len(self):
+            return None
+        return now + self.bucket.delay(1, now)
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._recent and self._recent[0][0] < cutoff:
+            self._recent.popleft()
+
+    def bad_action(self, role: str, now: float) -> list[SubscriptionBatch]:
+        """React to BAD_ACTION on the channel of ``role``: slow down, return what to re-send.
+
+        DXLink does not acknowledge subscriptions, so the rejected message cannot be named
+        exactly. The batches of ``role`` sent within ``resend_window`` before ``now`` are
+        returned (once: they leave the recent list) for the caller to queue again from the
+        registry's *current* state. The bucket is emptied and the rate halves (not below
+        1 message/s), once per ``resend_window``: one burst rejected message by message
+        brings one BAD_ACTION each, and should slow us down once, not ten times.
+        """
+        self._queue(role)
+        self._forget_before(now - self.resend_window)
+        affected = [batch for _, batch in self._recent if batch.role == role]
+        self._recent = deque(entry for entry in self._recent if entry[1].role != role)
+        if self._slowed_at is None or now - self._slowed_at >= self.resend_window:
+            self._slowed_at = now
+            self.bucket.set_rate(max(MIN_SUBSCRIBE_RATE, self.bucket.rate / 2), now)
+        self.bucket.drain(now)
+        return affected
+
+    def clear(self) -> None:
+        """Drop everything pending and recent (the connection is gone)."""
+        for queue in self._pending.values():
+            queue.clear()
+        self._recent.clear()
