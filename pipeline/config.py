@@ -156,6 +156,18 @@ class SimulatorSourceConfig(_Section):
     """Days of candle history the simulator can serve before its start time."""
     token: str = Field(default="simulator", min_length=1, max_length=1024)
     """Token the local simulator expects in AUTH; not a secret, it only guards the simulator."""
+    url: str | None = _option(
+        None, allowed="a ws:// URL of a running `candles simulate`, e.g. ws://127.0.0.1:8765/"
+    )
+    """Connect to an already running ``candles simulate`` here instead of starting one
+    in-process (the in-process simulator uses host, port, speed, seed and history_days)."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"{value[:40]!r} is not a ws:// or wss:// URL")
+        return value
 
 
 class TastytradeSourceConfig(_Section):
