@@ -56,6 +56,7 @@ __all__ = [
     "SubscriptionItem",
     "encode",
     "excerpt",
+    "message_type",
     "parse",
 ]
 
@@ -586,6 +587,18 @@ def _from_object(obj: object) -> Message:
     return message
 
 
+def message_type(message: Message) -> MessageType:
+    """The wire ``type`` of a message model.
+
+    Raises:
+        UsageError: ``message`` is not a DXLink message model.
+    """
+    kind = _TYPE_OF_CLASS.get(type(message))
+    if kind is None:
+        raise UsageError(f"cannot encode {type(message).__name__}; pass a DXLink message model")
+    return kind
+
+
 def encode(message: Message) -> str:
     """Serialise a message to compact JSON with the exact wire keys (§2.3).
 
@@ -594,9 +607,7 @@ def encode(message: Message) -> str:
     Raises:
         UsageError: ``message`` is not a DXLink message model.
     """
-    kind = _TYPE_OF_CLASS.get(type(message))
-    if kind is None:
-        raise UsageError(f"cannot encode {type(message).__name__}; pass a DXLink message model")
+    kind = message_type(message)
     fields = _SPECS[kind][2]
     wire: JsonObject = {"type": kind.value, "channel": getattr(message, "channel", 0)}
     for key, attribute, _, _, to_wire in fields:
