@@ -1,0 +1,318 @@
+"""Top-down generation of trades: split one ``Bar`` into the bars of its sub-periods.
+
+Why top-down: a 2,000-candle daily history spans five years, far too many trades to draw one
+by one. Instead the market draws a week's aggregate first, then splits it into seven days, each
+day into 24 hours, each hour into 60 minutes and each minute into 60 seconds, drawing only the
+nodes someone asks for. Every split is *exact*: the children combine (``bars.combine``) back
+into the parent, trade count, volume, turnover and bid/ask volume included. So a candle of any
+period built from any level of the tree is the aggregate of the same trades.
+
+How a split keeps the aggregate exact:
+
+1. Trade counts: the parent's trades are apportioned over the slots (some slots get
+   none: quiet periods, no candle). Trades are numbered 0..count-1 in time order.
+2. Prices: trade 0 is the parent's open, the last trade its close, and when neither reaches the
+   parent's high (low) a trade strictly inside is pinned to it ("key trades"). The first and
+   last trade of every child lie on a random walk pinned to the key trades (a Brownian bridge),
+   clamped to ``[low, high]``. A child's high/low come from its own trades and may reach further
+   when the child has trades to spare.
+3. Volumes: every trade gets one share; the rest is spread over the children, tilted towards
+   dear or cheap children so that the children's turnovers can add up to the parent's.
+4. Turnover: each child takes a turnover near its own mid-price and the remainder is spread
+   within each child's feasible range (``Bar`` invariants). Bid/ask volumes are apportioned
+   under each child's volume.
+
+In the rare case the constraints cannot be met, the whole parent goes into one child: still
+exact, just lumpy. Deterministic: a split depends only on the parent and the ``Random`` given.
+The code is written as flat loops over lists because it is the simulator's hot path (one split
+per 60 candles of history). No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import accumulate
+from random import Random
+
+from pipeline.simulator.bars import Bar
+
+__all__ = ["apportion", "split_bar"]
+
+# Half-width of a zero-mean, unit-variance uniform distribution: cheap price noise.
+_UNIFORM_HALF_WIDTH = math.sqrt(3.0)
+
+
+def apportion(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` into integer parts proportional to ``weights``; the parts add up exactly.
+
+    Cumulative rounding: part ``i`` is ``floor(total * W_i / W) - floor(total * W_(i-1) / W)``
+    where ``W_i`` is the running sum of the weights. Every part is within one unit of its exact
+    share, so when ``total <= sum(weights)`` no part exceeds its weight and weights can double
+    as capacities.
+
+    Raises:
+        ValueError: a weight is negative, or all are zero while ``total`` is not.
+    """
+    if min(weights, default=0) < 0:
+        raise ValueError(f"weights must not be negative, got {list(weights)}")
+    weight_sum = sum(weights)
+    if weight_sum == 0:
+        if total:
+            raise ValueError(f"cannot apportion {total} over weights that are all zero")
+        return [0] * len(weights)
+    cuts = [total * running // weight_sum for running in accumulate(weights)]
+    return [b - a for a, b in zip([0, *cuts], cuts)]  # noqa: B905 (lengths differ by design)
+
+
+def split_bar(
+    parent: Bar, slots: int, rng: Random, *, quiet_fraction: float = 0.0
+) -> list[Bar | None]:
+    """Split ``parent`` into ``slots`` consecutive sub-period bars (None = no trades).
+
+    Args:
+        parent: The aggregate to split; must satisfy ``check_bar``.
+        slots: The number of sub-periods, e.g. 60 minutes in an hour.
+        rng: The random source; the same parent and rng state give the same split.
+        quiet_fraction: Probability that a slot is forced quiet (no trades), on top of the
+            quiet slots that a low trade count leaves anyway.
+
+    Returns:
+        ``slots`` entries in time order whose ``combine`` equals ``parent``.
+    """
+    children = None if parent.trades == 1 else _try_split(parent, slots, rng, quiet_fraction)
+    if children is None:
+        children = [None] * slots
+        children[rng.randrange(slots)] = parent
+    return children
+
+
+def _trade_counts(count: int, slots: int, rng: Random, quiet_fraction: float) -> list[int]:
+    rnd = rng.random
+    if quiet_fraction:
+        weights = [0 if rnd() < quiet_fraction else 200 + int(rnd() * 800) for _ in range(slots)]
+        if not any(weights):
+            weights[rng.randrange(slots)] = 1
+    else:
+        weights = [200 + int(rnd() * 800) for _ in range(slots)]
+    return apportion(count, weights)
+
+
+def _key_trades(parent: Bar, rng: Random) -> list[tuple[int, int]]:
+    """``(ordinal, price)`` of the trades the split must keep, in time order."""
+    last = parent.trades - 1
+    inside = [p for p in (parent.high, parent.low) if p != parent.open and p != parent.close]
+    keys = [(0, parent.open), (last, parent.close)]
+    if inside:
+        keys += zip(rng.sample(range(1, last), len(inside)), inside, strict=True)
+        keys.sort()
+    return keys
+
+
+def _bridge(
+    points: list[int], keys: list[tuple[int, int]], sigma: float, low: int, high: int, rng: Random
+) -> list[int]:
+    """Prices at the ascending trade ordinals ``points``: a random walk pinned to ``keys``.
+
+    Sampled in one pass as a Brownian bridge: each point is drawn given the previous point and
+    the next key trade, so the walk lands exactly on every key price.
+    """
+    rnd = rng.random
+    scale = sigma * 2.0 * _UNIFORM_HALF_WIDTH
+    prices = [0] * len(points)
+    next_key = 1
+    prev_ordinal, prev_price = keys[0]
+    key_ordinal, key_price = keys[1]
+    for i, ordinal in enumerate(points):
+        while key_ordinal < ordinal:
+            prev_ordinal, prev_price = key_ordinal, key_price
+            next_key += 1
+            key_ordinal, key_price = keys[next_key]
+        if ordinal == key_ordinal:
+            price = key_price
+        else:
+            span = key_ordinal - prev_ordinal
+            gap = ordinal - prev_ordinal
+            value = (
+                prev_price
+                + (key_price - prev_price) * gap / span
+                + scale * math.sqrt(gap * (key_ordinal - ordinal) / span) * (rnd() - 0.5)
+            )
+            price = round(value)
+            price = low if price < low else high if price > high else price
+        prices[i] = price
+        prev_ordinal, prev_price = ordinal, price
+    return prices
+
+
+def _try_split(
+    parent: Bar, slots: int, rng: Random, quiet_fraction: float
+) -> list[Bar | None] | None:
+    p_open, p_high, p_low, _, p_count, _, p_turnover, p_bid, p_ask = parent
+    rnd = rng.random
+    counts = _trade_counts(p_count, slots, rng, quiet_fraction)
+    slot_of = [i for i, k in enumerate(counts) if k]
+    sizes = [counts[i] for i in slot_of]
+    ends = list(accumulate(sizes))  # exclusive end ordinal of every child
+    keys = _key_trades(parent, rng)
+    key_price = dict(keys)
+
+    # Every child's last trade lies on the bridge; its first trade repeats the previous
+    # child's last price (a gapless path) unless it is a single trade or a key trade.
+    sigma = (p_high - p_low) / (2.0 * math.sqrt(p_count))
+    closes = _bridge([end - 1 for end in ends], keys, sigma, p_low, p_high, rng)
+    n = len(sizes)
+    opens = [0] * n
+    highs = [0] * n
+    lows = [0] * n
+    previous = p_open
+    for j, size in enumerate(sizes):
+        close = closes[j]
+        first = close if size == 1 else key_price.get(ends[j] - size, previous)
+        opens[j] = first
+        high, low = (first, close) if first > close else (close, first)
+        if size >= 3:
+            # A trade strictly inside the child may set a new high, another a new low.
+            reach = sigma * math.sqrt(size)
+            lift = int(rnd() * reach)
+            if lift and high < p_high:
+                high = min(p_high, high + lift)
+            if size >= 4:
+                drop = int(rnd() * reach)
+                if drop and low > p_low:
+                    low = max(p_low, low - drop)
+        highs[j], lows[j] = high, low
+        previous = close
+    # Key trades strictly inside a child set its high/low; redo that child without extensions.
+    for ordinal, _ in keys[1:-1]:
+        j = bisect_right(ends, ordinal)
+        first_ordinal = ends[j] - sizes[j]
+        if first_ordinal < ordinal < ends[j] - 1:
+            inside = [p for o, p in keys if first_ordinal < o < ends[j] - 1]
+            highs[j] = max(opens[j], closes[j], *inside)
+            lows[j] = min(opens[j], closes[j], *inside)
+
+    targets = _targets(highs, lows, rng)
+    volumes = _spread_volume(parent, sizes, targets, rng)
+    turnovers = _spread_turnover(p_turnover, sizes, volumes, highs, lows, targets)
+    if turnovers is None:
+        return None
+    bids = apportion(p_bid, volumes)
+    asks = apportion(p_ask, [v - b for v, b in zip(volumes, bids, strict=True)])
+    result: list[Bar | None] = [None] * slots
+    for j in range(n):
+        result[slot_of[j]] = Bar(
+            opens[j], highs[j], lows[j], closes[j],
+            sizes[j], volumes[j], turnovers[j], bids[j], asks[j],
+        )  # fmt: skip
+    return result
+
+
+def _targets(highs: list[int], lows: list[int], rng: Random) -> list[float]:
+    """Each child's intended VWAP (ticks): its mid-price, jittered by up to a fifth of its range."""
+    rnd = rng.random
+    return [
+        (hi + lo) * 0.5 + (rnd() - 0.5) * 0.4 * (hi - lo)
+        for hi, lo in zip(highs, lows, strict=True)
+    ]
+
+
+def _spread_volume(parent: Bar, sizes: list[int], targets: list[float], rng: Random) -> list[int]:
+    """Every child's volume: one share per trade plus a part of the rest.
+
+    The rest is tilted towards the dearest (or cheapest) child so that the volume-weighted
+    targets meet the parent's VWAP.
+    """
+    spare = parent.volume - parent.trades
+    if spare <= 0:
+        return list(sizes)
+    rnd = rng.random
+    shares = apportion(spare, [s * (500 + int(rnd() * 1000)) for s in sizes])
+    mean = sum(s * t for s, t in zip(shares, targets, strict=True)) / spare
+    wanted = (parent.turnover - sum(s * t for s, t in zip(sizes, targets, strict=True))) / spare
+    pick = targets.index(max(targets) if wanted > mean else min(targets))
+    gap = targets[pick] - mean
+    if gap and (wanted - mean) / gap > 0:
+        moved = round(min(1.0, (wanted - mean) / gap) * (spare - shares[pick]))
+        taken = apportion(moved, [0 if i == pick else s for i, s in enumerate(shares)])
+        shares = [s - t for s, t in zip(shares, taken, strict=True)]
+        shares[pick] += moved
+    return [size + share for size, share in zip(sizes, shares, strict=True)]
+
+
+def _spread_turnover(
+    turnover: int,
+    sizes: list[int],
+    volumes: list[int],
+    highs: list[int],
+    lows: list[int],
+    targets: list[float],
+) -> list[int] | None:
+    """Every child's turnover, within its ``Bar`` bounds and adding up to ``turnover``.
+
+    Returns None when no such turnovers exist.
+    """
+    bounds = [
+        (v * lo + (hi - lo), v * hi - (hi - lo))
+        for v, hi, lo in zip(volumes, highs, lows, strict=True)
+    ]
+    result = [
+        lo if (x := round(v * t)) < lo else hi if x > hi else x
+        for v, t, (lo, hi) in zip(volumes, targets, bounds, strict=True)
+    ]
+    missing = turnover - sum(result)
+    if missing == 0:
+        return result
+    if missing > 0:
+        room = [hi - x for x, (_, hi) in zip(result, bounds, strict=True)]
+    else:
+        room = [x - lo for x, (lo, _) in zip(result, bounds, strict=True)]
+    absorbed = min(abs(missing), sum(room))
+    sign = 1 if missing > 0 else -1
+    if absorbed:
+        for j, extra in enumerate(apportion(absorbed, room)):
+            result[j] += sign * extra
+    missing -= sign * absorbed
+    if missing and not _move_shares(missing, sizes, volumes, highs, lows, result):
+        return None
+    return result
+
+
+def _move_shares(
+    missing: int,
+    sizes: list[int],
+    volumes: list[int],
+    highs: list[int],
+    lows: list[int],
+    turnovers: list[int],
+) -> bool:
+    """Make up a turnover shortfall by moving shares between single-price children, in place.
+
+    A single-price child's turnover is volume x price, so moving one share from a child at
+    price ``a`` to one at price ``b`` changes the total by ``b - a``. Greedy, largest useful
+    step first. Returns True when nothing is missing any more.
+    """
+    flat = [j for j in range(len(sizes)) if highs[j] == lows[j]]
+    for _ in range(16):
+        best: tuple[int, int, int] | None = None
+        for giver in flat:
+            if volumes[giver] <= sizes[giver]:
+                continue
+            for taker in flat:
+                step = lows[taker] - lows[giver]
+                useful = step and (step > 0) == (missing > 0) and abs(step) <= abs(missing)
+                if useful and (best is None or abs(step) > abs(best[0])):
+                    best = (step, giver, taker)
+        if best is None:
+            return False
+        step, giver, taker = best
+        shares = min(missing // step, volumes[giver] - sizes[giver])
+        volumes[giver] -= shares
+        volumes[taker] += shares
+        turnovers[giver] = volumes[giver] * lows[giver]
+        turnovers[taker] = volumes[taker] * lows[taker]
+        missing -= shares * step
+        if missing == 0:
+            return True
+    return False

@@ -1,0 +1,572 @@
+"""A deterministic market: seeded trades for any symbol, aggregated into candles of any period.
+
+Every symbol trades around the clock. Its trades are drawn top-down (see ``generator.py``): a
+week's aggregate from a seeded price path, split into days, hours, minutes and seconds. A
+candle of any time-based period (``s``, ``m``, ``h``, ``d``, ``w`` and multiples, e.g. 5m, 2h,
+3d) is the exact aggregate (``bars.combine``) of the seconds it covers, so every period is built
+from the same trades and a 5m candle *equals* the aggregate of its five 1m candles.
+
+Time: a second's trades become visible once the second is over (``visible_end``). So with the
+clock exactly on a minute boundary the previous minute is complete and the next has not begun.
+
+Optional extras (``MarketConfig``):
+
+* quiet periods: a sub-period (day, hour, minute, second) with no trades, hence no candle;
+* late corrections: at a seeded moment within an hour, a minute 1-10 minutes back is revised
+  (extra volume at its close price) or busted (all its trades cancelled: the candle is removed).
+  Every candle containing that minute, of every period, changes with it.
+
+Determinism: everything is a pure function of ``(seed, symbol, time)``; nothing depends on the
+order of queries, so a restarted simulator serves the same history.
+
+No I/O, no clock: every query takes ``now_ms``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from random import Random
+from typing import NamedTuple
+
+from pipeline.simulator.bars import Bar, combine
+from pipeline.simulator.generator import split_bar
+
+__all__ = [
+    "DAY_MS",
+    "HOUR_MS",
+    "MINUTE_MS",
+    "SECOND_MS",
+    "WEEK_MS",
+    "WEEK_ORIGIN_MS",
+    "Correction",
+    "Market",
+    "MarketConfig",
+    "Period",
+    "visible_end",
+]
+
+SECOND_MS = 1_000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+WEEK_MS = 7 * DAY_MS
+# Weeks start on Monday 00:00 UTC, as tastytrade's weekly candles do (§4.3); 1970-01-05 is the
+# first Monday after the epoch.
+WEEK_ORIGIN_MS = 4 * DAY_MS
+
+# The tree the trades are drawn on: week > 7 days > 24 hours > 60 minutes > 60 seconds.
+_WEEK, _DAY, _HOUR, _MINUTE, _SECOND = range(5)
+_LEVEL_MS = (WEEK_MS, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS)
+_UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": WEEK_MS}
+
+# Entries kept in the small caches (week bars, price-path noise) before they start over.
+_MAX_SMALL_CACHE = 50_000
+# Candles drawn per step when walking back through a long history.
+_CHUNK_CANDLES = 512
+# Octaves of the weekly price path (value noise). 2**6 weeks is the longest swing.
+_OCTAVES = 7
+
+
+def visible_end(now_ms: int) -> int:
+    """The end of the trades visible at ``now_ms``: the start of the current second."""
+    return now_ms - now_ms % SECOND_MS
+
+
+@dataclass(frozen=True)
+class Period:
+    """A fixed-length candle period aligned to ``offset_ms`` (0 = the epoch).
+
+    ``Period.of(5, "m")`` is 5 minutes; weekly periods start on Monday 00:00 UTC.
+    """
+
+    length_ms: int
+    offset_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.length_ms <= 0 or self.length_ms % SECOND_MS:
+            raise ValueError(
+                f"a simulated period must be a positive whole number of seconds, got "
+                f"{self.length_ms} ms"
+            )
+
+    @classmethod
+    def of(cls, value: float, unit: str) -> Period:
+        """The period ``value`` x ``unit`` for unit s, m, h, d or w.
+
+        Raises:
+            ValueError: another unit (ticks, volume, price, months... are not simulated) or a
+                length that is not a whole number of seconds.
+        """
+        unit_ms = _UNIT_MS.get(unit)
+        if unit_ms is None:
+            raise ValueError(
+                f"period unit {unit!r} is not simulated; use one of s, m, h, d, w (e.g. 5m, 1h, 1d)"
+            )
+        length = value * unit_ms
+        if length != int(length):
+            raise ValueError(f"period {value:g}{unit} is not a whole number of seconds")
+        return cls(int(length), WEEK_ORIGIN_MS if unit == "w" else 0)
+
+    def start_of(self, time_ms: int) -> int:
+        """The start of the candle that contains ``time_ms``."""
+        return time_ms - (time_ms - self.offset_ms) % self.length_ms
+
+
+class Correction(NamedTuple):
+    """A late correction of one past minute of a symbol's trades."""
+
+    symbol: str
+    published_ms: int
+    """When the correction happens (becomes visible)."""
+    minute_ms: int
+    """Start of the corrected minute."""
+    extra_volume: int
+    """Shares added at the minute's close price; 0 means the minute's trades are busted."""
+
+    @property
+    def removes(self) -> bool:
+        """True when the minute's trades are cancelled (its 1m candle is removed)."""
+        return self.extra_volume == 0
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    """What the market looks like; the same config always gives the same trades.
+
+    Attributes:
+        seed: Seeds every symbol's trades.
+        quiet_fraction: Probability that a day, hour, minute or second of a symbol is forced
+            quiet (no trades, so no candle), in [0, 1).
+        correction_rate: Probability per symbol and hour of one late correction, in [0, 1].
+        correction_remove_fraction: Share of corrections that bust a minute instead of
+            revising it.
+        symbols: The only symbols that trade; None means every symbol does. Others are silent,
+            like unknown symbols on tastytrade (§6.2).
+        cache_size: How many splits (a node's children) to keep; a split of 60 children is
+            about 20 KB.
+    """
+
+    seed: int = 1
+    quiet_fraction: float = 0.0
+    correction_rate: float = 0.0
+    correction_remove_fraction: float = 0.3
+    symbols: frozenset[str] | None = None
+    cache_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.quiet_fraction < 1.0:
+            raise ValueError(f"quiet_fraction must be in [0, 1), got {self.quiet_fraction}")
+        for name in ("correction_rate", "correction_remove_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.cache_size < 16:
+            raise ValueError(f"cache_size must be at least 16 splits, got {self.cache_size}")
+
+
+class _Profile(NamedTuple):
+    base_price: int  # ticks
+    trades_per_second: float
+    shares_per_trade: int
+    weekly_volatility: float
+
+
+def _node_index(level: int, time_ms: int) -> int:
+    if level == _WEEK:
+        return (time_ms - WEEK_ORIGIN_MS) // WEEK_MS
+    return time_ms // _LEVEL_MS[level]
+
+
+def _node_start(level: int, index: int) -> int:
+    if level == _WEEK:
+        return WEEK_ORIGIN_MS + index * WEEK_MS
+    return index * _LEVEL_MS[level]
+
+
+def _aligned_nodes(start_ms: int, end_ms: int) -> Iterator[tuple[int, int]]:
+    """Cover ``[start_ms, end_ms)`` with the fewest whole tree nodes, in time order."""
+    time_ms = start_ms
+    while time_ms < end_ms:
+        for level in range(_SECOND + 1):
+            index = _node_index(level, time_ms)
+            if _node_start(level, index) == time_ms and time_ms + _LEVEL_MS[level] <= end_ms:
+                yield level, index
+                time_ms += _LEVEL_MS[level]
+                break
+        else:
+            raise ValueError(f"range [{start_ms}, {end_ms}) is not aligned to whole seconds")
+
+
+def _level_of(period: Period) -> int:
+    """The coarsest tree level whose nodes tile ``period``'s candles."""
+    for level in range(_SECOND + 1):
+        step = _LEVEL_MS[level]
+        origin = WEEK_ORIGIN_MS if level == _WEEK else 0
+        if period.length_ms % step == 0 and (period.offset_ms - origin) % step == 0:
+            return level
+    raise AssertionError("unreachable: every Period is a whole number of seconds")
+
+
+class Market:
+    """Seeded trades for any symbol; candles of any fixed period, as visible at a given time.
+
+    Args:
+        config: The market's parameters; ``MarketConfig()`` for the defaults.
+    """
+
+    def __init__(self, config: MarketConfig | None = None) -> None:
+        self.config = config or MarketConfig()
+        """The parameters this market was built with."""
+        self._splits: OrderedDict[tuple[str, int, int], tuple[Bar | None, ...]] = OrderedDict()
+        self._profiles: dict[str, _Profile] = {}
+        self._weeks: dict[tuple[str, int], Bar] = {}
+        self._anchors: dict[tuple[str, int], int] = {}
+        self._noise: dict[tuple[str, int, int], float] = {}
+        self._hasher = hashlib.blake2b(str(self.config.seed).encode() + b"|", digest_size=8)
+        self._corrections: dict[tuple[str, int], Correction | None] = {}
+        self.splits_drawn = 0
+        """How many splits were computed (cache misses), for benchmarks."""
+
+    # -- public queries -----------------------------------------------------------------------
+
+    def trades(self, symbol: str) -> bool:
+        """True when ``symbol`` has trades in this market."""
+        return self.config.symbols is None or symbol in self.config.symbols
+
+    def bar(self, symbol: str, start_ms: int, end_ms: int, now_ms: int) -> Bar | None:
+        """The aggregate of ``symbol``'s trades in ``[start_ms, end_ms)`` visible at ``now_ms``.
+
+        Corrections published by ``now_ms`` are applied. None when there were no trades.
+        """
+        if not self.trades(symbol):
+            return None
+        end = min(end_ms, visible_end(now_ms))
+        return combine(
+            self._node_bar(symbol, level, index, now_ms)
+            for level, index in _aligned_nodes(start_ms, end)
+        )
+
+    def candle_bars(
+        self, symbol: str, period: Period, from_ms: int, to_ms: int, now_ms: int
+    ) -> list[tuple[int, Bar]]:
+        """``(time, bar)`` of the candles starting in ``[from_ms, to_ms)``, oldest first.
+
+        The current candle is included with what has traded so far; quiet periods are absent.
+        """
+        if not self.trades(symbol):
+            return []
+        length = period.length_ms
+        first = period.start_of(from_ms)
+        if first < from_ms:
+            first += length
+        end = min(to_ms, visible_end(now_ms))
+        if first >= end:
+            return []
+        live = period.start_of(end - 1)
+        complete_end = live if live + length > visible_end(now_ms) else live + length
+        result = self._complete_candles(symbol, period, first, max(first, complete_end), now_ms)
+        if complete_end <= live:
+            bar = self.bar(symbol, live, live + length, now_ms)
+            if bar is not None:
+                result.append((live, bar))
+        return result
+
+    def latest_bars(
+        self, symbol: str, period: Period, from_ms: int, now_ms: int, limit: int
+    ) -> tuple[list[tuple[int, Bar]], bool]:
+        """The newest ``limit`` candles starting at or after ``from_ms``, newest first.
+
+        Returns:
+            The candles, and whether older candles at or after ``from_ms`` were left out.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1 candle, got {limit}")
+        result: list[tuple[int, Bar]] = []
+        for candle in self.iter_latest(symbol, period, from_ms, now_ms):
+            if len(result) == limit:
+                return result, True
+            result.append(candle)
+        return result, False
+
+    def iter_latest(
+        self, symbol: str, period: Period, from_ms: int, now_ms: int
+    ) -> Iterator[tuple[int, Bar]]:
+        """``(time, bar)`` of the candles starting at or after ``from_ms``, newest first.
+
+        Lazy: candles are drawn in chunks as the caller consumes them, so a long history
+        can be served piece by piece.
+        """
+        if not self.trades(symbol):
+            return
+        length = period.length_ms
+        chunk_end = visible_end(now_ms) + length  # includes the live candle
+        while chunk_end > from_ms:
+            first = period.start_of(max(from_ms, chunk_end - _CHUNK_CANDLES * length))
+            if first < from_ms:
+                first += length
+            if first >= chunk_end:
+                return
+            yield from reversed(self.candle_bars(symbol, period, first, chunk_end, now_ms))
+            chunk_end = first
+
+    def _complete_candles(
+        self, symbol: str, period: Period, first_ms: int, end_ms: int, now_ms: int
+    ) -> list[tuple[int, Bar]]:
+        """Candles starting in ``[first_ms, end_ms)`` (aligned), all complete at ``now_ms``."""
+        if end_ms <= first_ms:
+            return []
+        level = _level_of(period)
+        per_candle = period.length_ms // _LEVEL_MS[level]
+        nodes = self._level_bars(symbol, level, first_ms, end_ms, now_ms)
+        result: list[tuple[int, Bar]] = []
+        time_ms = first_ms
+        length = period.length_ms
+        if per_candle == 1:
+            for bar in nodes:
+                if bar is not None:
+                    result.append((time_ms, bar))
+                time_ms += length
+            return result
+        for offset in range(0, len(nodes), per_candle):
+            bar = combine(nodes[offset : offset + per_candle])
+            if bar is not None:
+                result.append((time_ms, bar))
+            time_ms += length
+        return result
+
+    def _level_bars(
+        self, symbol: str, level: int, start_ms: int, end_ms: int, now_ms: int
+    ) -> list[Bar | None]:
+        """Bars of the consecutive ``level`` nodes covering ``[start_ms, end_ms)``."""
+        index = _node_index(level, start_ms)
+        last = _node_index(level, end_ms - 1)
+        bars: list[Bar | None] = []
+        if level == _WEEK:
+            bars = [self._week_bar(symbol, week) for week in range(index, last + 1)]
+        else:
+            step = _LEVEL_MS[level]
+            while index <= last:
+                node_start = _node_start(level, index)
+                parent = _node_index(level - 1, node_start)
+                slot = (node_start - _node_start(level - 1, parent)) // step
+                children = self._children(symbol, level - 1, parent)
+                taken = children[slot : slot + last + 1 - index]
+                bars.extend(taken)
+                index += len(taken)
+        for fix in self._corrections_within(symbol, start_ms, end_ms, now_ms):
+            first = _node_index(level, max(start_ms, fix.minute_ms))
+            stop = _node_index(level, min(end_ms, fix.minute_ms + MINUTE_MS) - 1)
+            base = _node_index(level, start_ms)
+            for node in range(first, stop + 1):
+                bars[node - base] = self._node_bar(symbol, level, node, now_ms)
+        return bars
+
+    def corrections_published(self, symbol: str, after_ms: int, upto_ms: int) -> list[Correction]:
+        """The corrections of ``symbol`` that become visible in ``(after_ms, upto_ms]``."""
+        if not self.config.correction_rate or not self.trades(symbol) or upto_ms <= after_ms:
+            return []
+        found = []
+        for hour in range(after_ms // HOUR_MS, upto_ms // HOUR_MS + 1):
+            fix = self._hour_correction(symbol, hour)
+            if fix is not None and after_ms < fix.published_ms <= upto_ms:
+                found.append(fix)
+        return found
+
+    # -- the tree -------------------------------------------------------------------------------
+
+    def _seed(self, *parts: object) -> int:
+        """A 64-bit seed for ``parts``: stable across processes (unlike ``hash()``)."""
+        hasher = self._hasher.copy()
+        hasher.update("|".join(map(str, parts)).encode())
+        return int.from_bytes(hasher.digest(), "little")
+
+    def _rng(self, *parts: object) -> Random:
+        return Random(self._seed(*parts))
+
+    def _uniforms(self, *parts: object) -> list[float]:
+        """Eight uniforms in [0, 1) fixed for ``parts``: cheaper than seeding a Random."""
+        hasher = hashlib.blake2b(self._hasher.digest() + "|".join(map(str, parts)).encode())
+        digest = hasher.digest()
+        return [int.from_bytes(digest[i : i + 8], "little") / 2**64 for i in range(0, 64, 8)]
+
+    def _lattice(self, symbol: str, octave: int, cell: int) -> float:
+        """A value in [-1, 1) fixed for each (symbol, octave, cell): the price path's noise."""
+        key = (symbol, octave, cell)
+        value = self._noise.get(key)
+        if value is None:
+            value = self._seed("anchor", *key) / 2**63 - 1.0
+            if len(self._noise) >= _MAX_SMALL_CACHE:
+                self._noise.clear()
+            self._noise[key] = value
+        return value
+
+    def _profile(self, symbol: str) -> _Profile:
+        profile = self._profiles.get(symbol)
+        if profile is None:
+            rng = self._rng("profile", symbol)
+            profile = _Profile(
+                base_price=rng.randint(1_000, 50_000),
+                trades_per_second=0.2 + rng.random() * 2.8,
+                shares_per_trade=20 + rng.randint(0, 480),
+                weekly_volatility=0.02 + rng.random() * 0.04,
+            )
+            self._profiles[symbol] = profile
+        return profile
+
+    def _anchor(self, symbol: str, week: int) -> int:
+        """The price (ticks) at the start of ``week``: multi-octave value noise in log price."""
+        key = (symbol, week)
+        price = self._anchors.get(key)
+        if price is not None:
+            return price
+        profile = self._profile(symbol)
+        offset = 0.0
+        for octave in range(_OCTAVES):
+            cell, within = divmod(week, 1 << octave)
+            left = self._lattice(symbol, octave, cell)
+            right = self._lattice(symbol, octave, cell + 1)
+            blend = left + (right - left) * within / (1 << octave)
+            offset += profile.weekly_volatility * 0.7 * 2 ** (octave / 2) * blend
+        price = max(1, round(profile.base_price * math.exp(offset)))
+        if len(self._anchors) >= _MAX_SMALL_CACHE:
+            self._anchors.clear()
+        self._anchors[key] = price
+        return price
+
+    def _week_bar(self, symbol: str, week: int) -> Bar:
+        key = (symbol, week)
+        bar = self._weeks.get(key)
+        if bar is None:
+            bar = self._draw_week(symbol, week)
+            if len(self._weeks) >= _MAX_SMALL_CACHE:
+                self._weeks.clear()
+            self._weeks[key] = bar
+        return bar
+
+    def _draw_week(self, symbol: str, week: int) -> Bar:
+        """A week's aggregate: from one anchor price to the next, with seeded range and size."""
+        profile = self._profile(symbol)
+        u = self._uniforms("week", symbol, week)
+        open_, close = self._anchor(symbol, week), self._anchor(symbol, week + 1)
+        reach = max(1.0, open_ * profile.weekly_volatility * 0.5)
+        # Exponential draws for how far the week reaches beyond its open and close.
+        high = max(open_, close) + int(-math.log(1.0 - u[0]) * reach)
+        low = max(1, min(open_, close) - int(-math.log(1.0 - u[1]) * reach))
+        count = max(4, round(profile.trades_per_second * WEEK_MS / 1000 * (0.7 + 0.6 * u[2])))
+        shares = count * profile.shares_per_trade * (0.8 + 0.4 * u[3])
+        volume = max(2 * count, round(shares))
+        spread = high - low
+        vwap = (high + low) / 2 + (u[4] - 0.5) * 0.3 * spread
+        turnover = min(volume * high - spread, max(volume * low + spread, round(volume * vwap)))
+        bid = round(volume * (0.30 + 0.15 * u[5]))
+        ask = round(volume * (0.30 + 0.15 * u[6]))
+        return Bar(open_, high, low, close, count, volume, turnover, bid, ask)
+
+    def _generated(self, symbol: str, level: int, index: int) -> Bar | None:
+        """The node's aggregate as drawn, before corrections."""
+        if level == _WEEK:
+            return self._week_bar(symbol, index)
+        start = _node_start(level, index)
+        parent_index = _node_index(level - 1, start)
+        slot = (start - _node_start(level - 1, parent_index)) // _LEVEL_MS[level]
+        return self._children(symbol, level - 1, parent_index)[slot]
+
+    def _children(self, symbol: str, level: int, index: int) -> tuple[Bar | None, ...]:
+        key = (symbol, level, index)
+        cached = self._splits.get(key)
+        if cached is not None:
+            self._splits.move_to_end(key)
+            return cached
+        slots = _LEVEL_MS[level] // _LEVEL_MS[level + 1]
+        parent = self._generated(symbol, level, index)
+        if parent is None:
+            children: tuple[Bar | None, ...] = (None,) * slots
+        else:
+            rng = self._rng("split", symbol, level, index)
+            quiet = self.config.quiet_fraction
+            children = tuple(split_bar(parent, slots, rng, quiet_fraction=quiet))
+        self.splits_drawn += 1
+        self._splits[key] = children
+        if len(self._splits) > self.config.cache_size:
+            self._splits.popitem(last=False)
+        return children
+
+    # -- corrections -----------------------------------------------------------------------------
+
+    def _hour_correction(self, symbol: str, hour: int) -> Correction | None:
+        key = (symbol, hour)
+        if key in self._corrections:
+            return self._corrections[key]
+        rng = self._rng("correction", symbol, hour)
+        fix = None
+        if rng.random() < self.config.correction_rate:
+            published = hour * HOUR_MS + rng.randrange(3600) * SECOND_MS
+            minute = (published // MINUTE_MS - rng.randint(1, 10)) * MINUTE_MS
+            removes = rng.random() < self.config.correction_remove_fraction
+            extra = 0 if removes else self._profile(symbol).shares_per_trade * rng.randint(1, 5)
+            fix = Correction(symbol, published, minute, extra)
+        if len(self._corrections) >= _MAX_SMALL_CACHE:
+            self._corrections.clear()
+        self._corrections[key] = fix
+        return fix
+
+    def _corrections_within(
+        self, symbol: str, start_ms: int, end_ms: int, now_ms: int
+    ) -> list[Correction]:
+        """Corrections visible at ``now_ms`` of minutes overlapping ``[start_ms, end_ms)``."""
+        if not self.config.correction_rate:
+            return []
+        # A correction is published 1-11 minutes after the minute it corrects.
+        last_hour = min(now_ms, end_ms + 11 * MINUTE_MS) // HOUR_MS
+        found = []
+        for hour in range(start_ms // HOUR_MS, last_hour + 1):
+            fix = self._hour_correction(symbol, hour)
+            if (
+                fix is not None
+                and fix.published_ms <= now_ms
+                and fix.minute_ms < end_ms
+                and fix.minute_ms + MINUTE_MS > start_ms
+            ):
+                found.append(fix)
+        return found
+
+    def _node_bar(self, symbol: str, level: int, index: int, now_ms: int) -> Bar | None:
+        """The node's aggregate with the corrections visible at ``now_ms`` applied."""
+        generated = self._generated(symbol, level, index)
+        start = _node_start(level, index)
+        if generated is None:
+            return None  # nothing traded, so nothing to correct
+        fixes = self._corrections_within(symbol, start, start + _LEVEL_MS[level], now_ms)
+        if not fixes:
+            return generated
+        if level < _MINUTE:
+            first = _node_index(level + 1, start)
+            slots = _LEVEL_MS[level] // _LEVEL_MS[level + 1]
+            return combine(
+                self._node_bar(symbol, level + 1, first + i, now_ms) for i in range(slots)
+            )
+        if level == _MINUTE:
+            return _apply(generated, fixes)
+        # A second: a bust removes it; extra volume lands on the minute's last trading second,
+        # whose close is the minute's close.
+        if any(fix.removes for fix in fixes):
+            return None
+        seconds = self._children(symbol, _MINUTE, start // MINUTE_MS)
+        last_active = max(i for i, bar in enumerate(seconds) if bar is not None)
+        return _apply(generated, fixes) if (start // SECOND_MS) % 60 == last_active else generated
+
+
+def _apply(bar: Bar | None, fixes: Collection[Correction]) -> Bar | None:
+    for fix in sorted(fixes, key=lambda f: f.published_ms):
+        if bar is None:
+            break
+        if fix.removes:
+            bar = None
+        else:
+            extra = fix.extra_volume
+            bar = bar._replace(volume=bar.volume + extra, turnover=bar.turnover + extra * bar.close)
+    return bar

@@ -1,0 +1,334 @@
+"""One connection's candle subscriptions and what the server sends for them.
+
+Pure: no sockets, no clock; every call takes ``now_ms`` (simulated time). The server feeds it
+the subscription requests that ``ServerProtocol`` decoded and hands what it returns back to
+``ServerProtocol.send_candles``. References are to ``dxlink-protocol.md``.
+
+What a Candle subscription with ``fromTime`` gets (§6.2):
+
+1. a snapshot, newest candle first: the first event has SNAPSHOT_BEGIN; the last has
+   SNAPSHOT_END if a candle starts exactly at ``fromTime``, else a synthetic event at
+   ``fromTime`` with SNAPSHOT_END|REMOVE_EVENT (0x0A) follows; with no candle at all the one
+   event has flags 14 (SB|SE|RE); past ``history_limit`` candles the last event has
+   SNAPSHOT_SNIP and no boundary event follows;
+2. then live updates, flags 0: the current candle whenever it changed (conflated: one event per
+   candle per round), then the next candle once it has trades;
+3. late corrections of candles already sent: the revised candle, or REMOVE_EVENT.
+
+Without ``fromTime`` a subscription gets the latest candle and its updates, no snapshot
+(§6.2: "probably behaves like a lasting/ticker event").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from pipeline.dxlink.events import (
+    REMOVE_EVENT,
+    SNAPSHOT_BEGIN,
+    SNAPSHOT_END,
+    SNAPSHOT_SNIP,
+    Candle,
+)
+from pipeline.dxlink.messages import SubscriptionItem
+from pipeline.dxlink.symbols import CandleSymbol
+from pipeline.simulator.bars import Bar, bar_to_candle, removal_candle
+from pipeline.simulator.market import MINUTE_MS, Market, Period, visible_end
+
+__all__ = [
+    "EMPTY_SNAPSHOT",
+    "SNAPSHOT_BOUNDARY",
+    "CandleSubscription",
+    "FeedSession",
+    "Series",
+    "snapshot_chunks",
+]
+
+CANDLE = "Candle"
+# §6.1/§6.2 flag combinations of the synthetic events.
+EMPTY_SNAPSHOT = SNAPSHOT_BEGIN | SNAPSHOT_END | REMOVE_EVENT  # 14
+SNAPSHOT_BOUNDARY = SNAPSHOT_END | REMOVE_EVENT  # 0x0A
+
+
+@dataclass(frozen=True)
+class Series:
+    """A candle series the market can serve: ``key`` is the normalised symbol (§5.3)."""
+
+    key: str
+    base: str
+    period: Period
+
+    @classmethod
+    def parse(cls, symbol: str | tuple[str, str]) -> Series:
+        """A series from a candle symbol (``AAPL{=5m}``) or a ``(base, period)`` pair.
+
+        Attributes other than the period (``tho=true``, ``price=bid``...) are kept in the key,
+        the way the server echoes them, but do not change the simulated trades.
+
+        Raises:
+            ValueError: the symbol is malformed, or its period is not simulated (only s, m,
+                h, d and w periods are).
+        """
+        parsed = (
+            CandleSymbol.of(*symbol) if isinstance(symbol, tuple) else CandleSymbol.parse(symbol)
+        )
+        return cls(
+            parsed.normalized, parsed.base, Period.of(parsed.period_value, parsed.period_unit)
+        )
+
+
+@dataclass(eq=False)
+class CandleSubscription:
+    """One subscribed series on one channel, and how far it has been served."""
+
+    series: Series
+    from_ms: int | None
+    """The requested ``fromTime``; None asks for the latest candle only."""
+    served: bool = False
+    """True once its snapshot (or first candle) went out; updates follow only then."""
+    published_ms: int = 0
+    """Simulated time up to which this subscription has been served."""
+    oldest_ms: int | None = None
+    """The oldest candle time the client may hold: corrections older than this are skipped."""
+    live_time: int | None = None
+    live_bar: Bar | None = None
+
+
+def snapshot_chunks(
+    series: Series,
+    candles: Iterable[tuple[int, Bar]],
+    from_ms: int,
+    *,
+    history_limit: int,
+    chunk_size: int,
+) -> Iterator[list[Candle]]:
+    """The snapshot events (§6.2) for ``candles`` given newest first, in chunks.
+
+    Args:
+        series: The series; its key is every event's ``eventSymbol``.
+        candles: ``(time, bar)`` newest first, all with ``time >= from_ms``.
+        from_ms: The subscription's ``fromTime``.
+        history_limit: Most real candles to send; beyond it the snapshot is SNIPped.
+        chunk_size: Most events per chunk (one FEED_DATA message each).
+    """
+    if chunk_size < 1 or history_limit < 1:
+        raise ValueError("chunk_size and history_limit must be at least 1")
+    key = series.key
+    chunk: list[Candle] = []
+    pending: tuple[int, Bar] | None = None
+    sent = 0
+    snipped = False
+    for candle in candles:
+        if pending is not None:
+            if sent + 1 == history_limit:
+                snipped = True  # pending is the last candle allowed, and more exist
+                break
+            flags = SNAPSHOT_BEGIN if sent == 0 else 0
+            chunk.append(bar_to_candle(key, pending[0], pending[1], flags=flags))
+            sent += 1
+            if len(chunk) == chunk_size:
+                yield chunk
+                chunk = []
+        pending = candle
+    if pending is None:
+        yield [removal_candle(key, from_ms, flags=EMPTY_SNAPSHOT)]
+        return
+    time_ms, bar = pending
+    flags = SNAPSHOT_BEGIN if sent == 0 else 0
+    if snipped:
+        flags |= SNAPSHOT_SNIP
+    elif time_ms == from_ms:
+        flags |= SNAPSHOT_END
+    chunk.append(bar_to_candle(key, time_ms, bar, flags=flags))
+    if not snipped and time_ms != from_ms:
+        if len(chunk) == chunk_size:
+            yield chunk
+            chunk = []
+        chunk.append(removal_candle(key, from_ms, flags=SNAPSHOT_BOUNDARY))
+    yield chunk
+
+
+@dataclass
+class _Channel:
+    subscriptions: dict[str, CandleSubscription] = field(default_factory=dict)
+
+
+class FeedSession:
+    """The candle subscriptions of one connection, per channel, and the events they get.
+
+    Args:
+        market: Where the candles come from.
+        history_limit: Most candles in one snapshot (then SNAPSHOT_SNIP).
+        chunk_size: Most events per FEED_DATA message.
+    """
+
+    def __init__(self, market: Market, *, history_limit: int, chunk_size: int = 500) -> None:
+        if history_limit < 1:
+            raise ValueError(f"history_limit must be at least 1 candle, got {history_limit}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1 event, got {chunk_size}")
+        self.market = market
+        self.history_limit = history_limit
+        self.chunk_size = chunk_size
+        self._channels: dict[int, _Channel] = {}
+
+    def open_channel(self, channel: int) -> None:
+        """Start serving ``channel`` (a FEED channel the server opened)."""
+        self._channels[channel] = _Channel()
+
+    def close_channel(self, channel: int) -> None:
+        """Forget ``channel`` and its subscriptions (CHANNEL_CANCEL or server close)."""
+        self._channels.pop(channel, None)
+
+    def subscriptions(self) -> dict[int, dict[str, int | None]]:
+        """Channel -> series key -> fromTime, for every current subscription."""
+        return {
+            number: {key: sub.from_ms for key, sub in channel.subscriptions.items()}
+            for number, channel in self._channels.items()
+        }
+
+    def subscription(self, channel: int, key: str) -> CandleSubscription | None:
+        """The current subscription of ``key`` on ``channel``, if any."""
+        known = self._channels.get(channel)
+        return None if known is None else known.subscriptions.get(key)
+
+    def apply(
+        self,
+        channel: int,
+        *,
+        add: Iterable[SubscriptionItem] = (),
+        remove: Iterable[SubscriptionItem] = (),
+        reset: bool = False,
+    ) -> tuple[list[CandleSubscription], list[str]]:
+        """Apply a FEED_SUBSCRIPTION: reset, then remove, then add (§2.3).
+
+        Adding a series again replaces it, with a new snapshot (§6.2). Non-Candle items are
+        ignored (the simulator serves candles only), as are symbols the market cannot serve.
+
+        Returns:
+            The new subscriptions (each needs ``serve``), and a note per ignored item.
+        """
+        known = self._channels.get(channel)
+        if known is None:
+            raise ValueError(f"channel {channel} is not open in this session")
+        if reset:
+            known.subscriptions.clear()
+        ignored: list[str] = []
+        for item in remove:
+            series = self._series(item, ignored)
+            if series is not None:
+                known.subscriptions.pop(series.key, None)
+        added: list[CandleSubscription] = []
+        for item in add:
+            series = self._series(item, ignored)
+            if series is not None:
+                subscription = CandleSubscription(series, item.from_time)
+                known.subscriptions[series.key] = subscription
+                added.append(subscription)
+        return added, ignored
+
+    def _series(self, item: SubscriptionItem, ignored: list[str]) -> Series | None:
+        if item.type != CANDLE:
+            ignored.append(f"{item.type} {item.symbol}: only Candle events are simulated")
+            return None
+        try:
+            return Series.parse(item.symbol)
+        except ValueError as exc:
+            ignored.append(f"{item.symbol}: {exc}")
+            return None
+
+    def serve(self, subscription: CandleSubscription, now_ms: int) -> Iterator[list[Candle]]:
+        """The first events of a new subscription at ``now_ms``: its snapshot, in chunks.
+
+        Marks the subscription served up to ``now_ms``; later changes come from ``updates``.
+        """
+        series = subscription.series
+        subscription.published_ms = now_ms
+        subscription.served = True
+        market = self.market
+        from_ms = subscription.from_ms
+        if not market.trades(series.base):
+            return  # §6.2: unknown symbols get no error, just silence
+        if from_ms is None:
+            latest = market.latest_bars(series.base, series.period, 0, now_ms, 1)[0]
+            if latest:
+                time_ms, bar = latest[0]
+                subscription.oldest_ms = subscription.live_time = time_ms
+                subscription.live_bar = bar
+                yield [bar_to_candle(series.key, time_ms, bar)]
+            return
+        subscription.oldest_ms = from_ms
+        newest: list[tuple[int, Bar]] = []
+
+        def remember_newest() -> Iterator[tuple[int, Bar]]:
+            for candle in market.iter_latest(series.base, series.period, from_ms, now_ms):
+                if not newest:
+                    newest.append(candle)
+                yield candle
+
+        yield from snapshot_chunks(
+            series,
+            remember_newest(),
+            from_ms,
+            history_limit=self.history_limit,
+            chunk_size=self.chunk_size,
+        )
+        if newest:
+            subscription.live_time, subscription.live_bar = newest[0]
+
+    def updates(self, channel: int, now_ms: int) -> list[Candle]:
+        """Everything that changed on ``channel``'s served subscriptions up to ``now_ms``."""
+        known = self._channels.get(channel)
+        if known is None:
+            return []
+        events: list[Candle] = []
+        for subscription in list(known.subscriptions.values()):
+            if subscription.served and now_ms > subscription.published_ms:
+                events.extend(self._subscription_updates(subscription, now_ms))
+        return events
+
+    def _subscription_updates(self, sub: CandleSubscription, now_ms: int) -> list[Candle]:
+        series = sub.series
+        period = series.period
+        base = series.base
+        market = self.market
+        previous_ms = sub.published_ms
+        sub.published_ms = now_ms
+        changed: dict[int, Bar | None] = {}
+        # Newly visible trades: the candle that was live, and any that started since.
+        seen_end = visible_end(previous_ms)
+        if visible_end(now_ms) > seen_end:
+            first = period.start_of(seen_end)
+            if sub.live_time is not None and sub.live_time < first:
+                first = sub.live_time
+            if sub.oldest_ms is not None:
+                first = max(first, sub.oldest_ms)
+            for time_ms, bar in market.candle_bars(base, period, first, now_ms + 1, now_ms):
+                if time_ms == sub.live_time and bar == sub.live_bar:
+                    continue
+                changed[time_ms] = bar
+        # §6.4: late corrections of candles the client may already hold.
+        for fix in market.corrections_published(base, previous_ms, now_ms):
+            time_ms = period.start_of(fix.minute_ms)
+            last = period.start_of(fix.minute_ms + MINUTE_MS - 1)
+            while time_ms <= last:
+                if sub.oldest_ms is not None and time_ms >= sub.oldest_ms:
+                    end = time_ms + period.length_ms
+                    before = market.bar(base, time_ms, end, fix.published_ms - 1)
+                    after = market.bar(base, time_ms, end, now_ms)
+                    if before != after:
+                        changed[time_ms] = after
+                time_ms += period.length_ms
+        events: list[Candle] = []
+        for time_ms in sorted(changed):
+            updated = changed[time_ms]
+            if updated is None:
+                events.append(removal_candle(series.key, time_ms))
+            else:
+                events.append(bar_to_candle(series.key, time_ms, updated))
+            if sub.live_time is None or time_ms >= sub.live_time:
+                sub.live_time, sub.live_bar = time_ms, updated
+        if sub.live_time is not None and sub.oldest_ms is None:
+            sub.oldest_ms = sub.live_time
+        return events
