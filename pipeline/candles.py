@@ -18,7 +18,8 @@ Per series (the normalised candle symbol, e.g. ``AAPL{=5m}``):
   updates, then overruled by the snapshot's range (§6.2, graal #83).
 * **Completeness** (DESIGN.md "Candles", §6.5): every candle but the newest is complete; the
   newest is complete once ``now_ms >= time + period + grace`` for fixed-length periods, never by
-  time for tick/volume/price and calendar (mo/y) periods.
+  time for tick/volume/price and calendar (mo/y) periods. A candle once handed out stays
+  complete, even if the newer candle that completed it is removed later.
 * **Revisions**: once a candle has been handed out, any later change bumps its ``revision`` and
   makes it dirty again; :meth:`CandleDataManager.commit` marks a candle stored only if it did
   not change since it was handed out.
@@ -215,7 +216,9 @@ class _Series:
 
 @dataclass(slots=True)
 class _Outstanding:
-    upserts: list[tuple[str, int, int]]  # (series, index, revision)
+    # (series, index) -> revision handed out; dropped when the candle leaves memory, so a
+    # later candle at the same index (re-added from revision 0) is never taken for it.
+    upserts: dict[tuple[str, int], int]
     deletions: list[tuple[str, int, int]]
 
 
@@ -373,7 +376,7 @@ class CandleDataManager:
             max_rows: Hand out at most this many candles (deletions always all go).
         """
         picked: list[tuple[_Series, bytes]] = []
-        upserts: list[tuple[str, int, int]] = []
+        upserts: dict[tuple[str, int], int] = {}
         deletions: list[tuple[str, int, int]] = []
         for key, series in self._series.items():
             deletions.extend((key, index, rev) for index, rev in series.deleted.items())
@@ -382,14 +385,14 @@ class CandleDataManager:
             for position, record in list(self._dirty_records(series)):
                 if max_rows is not None and len(picked) >= max_rows:
                     break
-                if not self._complete(series, _index(record)):
+                if not self._complete(series, record):
                     continue
                 index, revision, flags = _HEAD.unpack_from(record)
                 if not flags & _EXPOSED:
                     record = _HEAD.pack(index, revision, flags | _EXPOSED) + record[_VALUES_AT:]
                     series.records[position] = record
                 picked.append((series, record))
-                upserts.append((key, index, revision))
+                upserts[key, index] = revision
         token = next(self._tokens)
         self._outstanding[token] = _Outstanding(upserts, deletions)
         while len(self._outstanding) > _MAX_OUTSTANDING:
@@ -399,7 +402,8 @@ class CandleDataManager:
     def commit(self, batch: Batch) -> int:
         """The store holds ``batch``: mark its candles stored unless they changed since.
 
-        Idempotent: committing an unknown or already finished batch does nothing.
+        Idempotent: committing an unknown or already finished batch does nothing. Batches
+        must reach the store in the order they were taken (one flush at a time does that).
 
         Returns:
             How many candles were marked stored.
@@ -409,12 +413,15 @@ class CandleDataManager:
             return 0
         marked = 0
         touched: dict[str, _Series] = {}
-        for key, index, revision in entry.upserts:
+        for (key, index), revision in entry.upserts.items():
             series = self._series.get(key)
             position = -1 if series is None else _find(series.records, index)
             if series is None or position < 0:
                 continue  # removed meanwhile: its deletion is queued
-            if _HEAD.unpack_from(series.records[position])[1] == revision:
+            if (
+                index in series.unwritten
+                and _HEAD.unpack_from(series.records[position])[1] == revision
+            ):
                 series.unwritten.discard(index)
                 marked += 1
                 touched[key] = series
@@ -423,6 +430,8 @@ class CandleDataManager:
             if series is not None and series.deleted.get(index) == revision:
                 del series.deleted[index]
         for series in touched.values():
+            if not series.unwritten:
+                series.unwritten = set()  # a cleared set keeps its peak-size table
             self._trim(series)
         return marked
 
@@ -601,10 +610,16 @@ class CandleDataManager:
             self._forget(series, index, record)
 
     def _forget(self, series: _Series, index: int, record: bytes) -> None:
+        self._disown(series, index)
         series.unwritten.discard(index)
         _, revision, flags = _HEAD.unpack_from(record)
         if flags & _EXPOSED:
             series.deleted[index] = revision
+
+    def _disown(self, series: _Series, index: int) -> None:
+        """The candle leaves memory: batches in flight no longer vouch for that index."""
+        for entry in self._outstanding.values():
+            entry.upserts.pop((series.symbol.normalized, index), None)
 
     def _replace_records(self, series: _Series, records: list[bytes]) -> None:
         series.records = deque(records)
@@ -613,7 +628,8 @@ class CandleDataManager:
         """Evict stored candles beyond the bound, oldest first; unstored ones pin the rest."""
         records, limit = series.records, self.max_historical_candles
         while len(records) > limit and _index(records[0]) not in series.unwritten:
-            records.popleft()
+            evicted = records.popleft()
+            self._disown(series, _index(evicted))
         over = max(0, len(records) - limit)
         self._pinned += over - series.over
         series.over = over
@@ -662,9 +678,10 @@ class CandleDataManager:
                 return None
         return self._series.get(key)
 
-    def _complete(self, series: _Series, index: int) -> bool:
-        if index < _index(series.records[-1]):
-            return True
+    def _complete(self, series: _Series, record: bytes) -> bool:
+        index, _, flags = _HEAD.unpack_from(record)
+        if flags & _EXPOSED or index < _index(series.records[-1]):
+            return True  # handed out once means complete for good, even if its successor goes
         period = series.symbol.period_ms
         return period is not None and self._now >= time_of(index) + period + self.grace_ms
 
@@ -688,7 +705,7 @@ class CandleDataManager:
             _EPOCH + timedelta(milliseconds=time_of(index)),
             open=v[0], high=v[1], low=v[2], close=v[3], volume=v[4], vwap=v[5], count=count,
             bid_volume=v[6], ask_volume=v[7], imp_volatility=v[8], open_interest=v[9],
-            is_complete=self._complete(series, index), revision=revision,
+            is_complete=self._complete(series, record), revision=revision,
         )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import subprocess
 import sys
@@ -73,10 +74,17 @@ def open_store(path: Path, **kwargs: object) -> CandleStore:
     return CandleStore(path, **options)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[CandleStore]:
-    with open_store(tmp_path / "data") as opened:
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CandleStore]:
+    """One lake for the module; each test writes its own series (see ``sym``)."""
+    with open_store(tmp_path_factory.mktemp("shared") / "data") as opened:
         yield opened
+
+
+@pytest.fixture
+def sym(request: pytest.FixtureRequest) -> str:
+    """A symbol of this test's own, so tests sharing the lake do not see each other."""
+    return "T" + hashlib.sha1(request.node.name.encode()).hexdigest()[:8].upper()
 
 
 def snapshot_count(path: Path) -> int:
@@ -111,9 +119,9 @@ def test_default_open_verifies_extension_signatures(tmp_path: Path) -> None:
         assert store.count() == 3
 
 
-def test_schema_matches_the_contract(store: CandleStore, tmp_path: Path) -> None:
+def test_schema_matches_the_contract(store: CandleStore) -> None:
     """The candles table has exactly the contract's columns, in order."""
-    con = connect(tmp_path / "data", verify_extensions=False)
+    con = connect(store.root, verify_extensions=False)
     try:
         names = [row[0] for row in con.execute("DESCRIBE candles").fetchall()]
     finally:
@@ -124,85 +132,87 @@ def test_schema_matches_the_contract(store: CandleStore, tmp_path: Path) -> None
 # Upsert.
 
 
-def test_upsert_round_trips_values_and_sets_ingested_at(store: CandleStore) -> None:
+def test_upsert_round_trips_values_and_sets_ingested_at(store: CandleStore, sym: str) -> None:
     """Rows come back as written (NaN kept); a null ingested_at takes the store clock."""
-    frame = candle_frame()
+    frame = candle_frame(sym)
     result = store.upsert(frame)
     assert (result.inserted, result.updated, result.unchanged, result.deleted) == (3, 0, 0, 0)
-    back = store.history("AAPL{=m}")
+    back = store.history(f"{sym}{{=m}}")
     assert back.schema == pl.Schema(CANDLE_SCHEMA)
     assert back.drop("ingested_at").equals(frame.drop("ingested_at"))
     assert back["ingested_at"].to_list() == [INGESTED] * 3
 
 
-def test_given_ingested_at_is_kept(store: CandleStore) -> None:
+def test_given_ingested_at_is_kept(store: CandleStore, sym: str) -> None:
     """An ingested_at set by the caller is stored as given."""
     when = datetime(2025, 1, 1, tzinfo=UTC)
-    store.upsert(candle_frame(n=1).with_columns(pl.lit(when).alias("ingested_at")))
-    assert store.history("AAPL{=m}")["ingested_at"].to_list() == [when]
+    store.upsert(candle_frame(sym, n=1).with_columns(pl.lit(when).alias("ingested_at")))
+    assert store.history(f"{sym}{{=m}}")["ingested_at"].to_list() == [when]
 
 
-def test_same_batch_twice_changes_nothing(store: CandleStore, tmp_path: Path) -> None:
+def test_same_batch_twice_changes_nothing(store: CandleStore, sym: str) -> None:
     """Writing a flush again reports it unchanged and commits no new snapshot."""
-    frame = candle_frame(n=20)
+    frame = candle_frame(sym, n=20)
     store.upsert(frame)
-    before = snapshot_count(tmp_path / "data")
+    before = snapshot_count(store.root)
     again = store.upsert(frame)
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 20)
-    assert snapshot_count(tmp_path / "data") == before
-    assert store.count() == 20
+    assert snapshot_count(store.root) == before
+    assert store.history(f"{sym}{{=m}}").height == 20
 
 
-def test_changed_values_replace_the_stored_row(store: CandleStore) -> None:
+def test_changed_values_replace_the_stored_row(store: CandleStore, sym: str) -> None:
     """A revised candle replaces its stored row; other rows stay; no duplicates appear."""
-    store.upsert(candle_frame(n=3))
-    revised = candle_frame(n=3, revision=1).with_columns(
+    store.upsert(candle_frame(sym, n=3))
+    revised = candle_frame(sym, n=3, revision=1).with_columns(
         pl.when(pl.col("time") == T0 + MINUTE).then(555.0).otherwise(pl.col("close")).alias("close")
     )
     result = store.upsert(revised)
     assert (result.inserted, result.updated, result.unchanged) == (0, 1, 2)
-    back = store.history("AAPL{=m}")
+    back = store.history(f"{sym}{{=m}}")
     assert back["close"].to_list() == [100.0, 555.0, 102.0]
     assert back["revision"].to_list() == [0, 1, 0]
 
 
-def test_revision_alone_does_not_rewrite(store: CandleStore) -> None:
+def test_revision_alone_does_not_rewrite(store: CandleStore, sym: str) -> None:
     """Equal values with another revision (a restart counts from 0 again) are unchanged."""
-    store.upsert(candle_frame(n=2, revision=3))
-    result = store.upsert(candle_frame(n=2, revision=0))
+    store.upsert(candle_frame(sym, n=2, revision=3))
+    result = store.upsert(candle_frame(sym, n=2, revision=0))
     assert result.unchanged == 2
-    assert store.history("AAPL{=m}")["revision"].to_list() == [3, 3]
+    assert store.history(f"{sym}{{=m}}")["revision"].to_list() == [3, 3]
 
 
-def test_batch_is_deduplicated_newest_revision_first(store: CandleStore) -> None:
+def test_batch_is_deduplicated_newest_revision_first(store: CandleStore, sym: str) -> None:
     """Duplicate keys in one batch: the highest revision wins, then the last row."""
-    older = candle_frame(n=1, close=1.0, revision=2)
-    stale = candle_frame(n=1, close=2.0, revision=1)
-    tie_first = candle_frame(n=1, start=T0 + MINUTE, close=3.0, revision=0)
-    tie_last = candle_frame(n=1, start=T0 + MINUTE, close=4.0, revision=0)
+    older = candle_frame(sym, n=1, close=1.0, revision=2)
+    stale = candle_frame(sym, n=1, close=2.0, revision=1)
+    tie_first = candle_frame(sym, n=1, start=T0 + MINUTE, close=3.0, revision=0)
+    tie_last = candle_frame(sym, n=1, start=T0 + MINUTE, close=4.0, revision=0)
     result = store.upsert(pl.concat([older, stale, tie_first, tie_last]))
     assert result.inserted == 2
-    assert store.history("AAPL{=m}")["close"].to_list() == [1.0, 4.0]
+    assert store.history(f"{sym}{{=m}}")["close"].to_list() == [1.0, 4.0]
 
 
-def test_deletions_apply_in_the_same_transaction(store: CandleStore) -> None:
+def test_deletions_apply_in_the_same_transaction(store: CandleStore, sym: str) -> None:
     """Deletions remove stored keys; a key deleted and upserted in one batch is upserted."""
-    store.upsert(candle_frame(n=4))
-    gone = keys(candle_frame(n=1))
-    both = keys(candle_frame(n=1, start=T0 + MINUTE))
-    update = candle_frame(n=1, start=T0 + MINUTE, close=9.0, revision=1)
+    store.upsert(candle_frame(sym, n=4))
+    gone = keys(candle_frame(sym, n=1))
+    both = keys(candle_frame(sym, n=1, start=T0 + MINUTE))
+    update = candle_frame(sym, n=1, start=T0 + MINUTE, close=9.0, revision=1)
     result = store.upsert(update, pl.concat([gone, both]))
     assert result.deleted == 2
     assert result.inserted == 1
-    assert store.history("AAPL{=m}")["close"].to_list() == [9.0, 102.0, 103.0]
+    assert store.history(f"{sym}{{=m}}")["close"].to_list() == [9.0, 102.0, 103.0]
 
 
-def test_deleting_a_missing_key_is_a_no_op(store: CandleStore) -> None:
+def test_deleting_a_missing_key_is_a_no_op(store: CandleStore, sym: str) -> None:
     """Deleting keys that are not stored deletes nothing and fails nothing."""
-    store.upsert(candle_frame(n=2))
-    result = store.upsert(candle_frame(n=0), keys(candle_frame(n=1, start=T0 + 10 * MINUTE)))
+    store.upsert(candle_frame(sym, n=2))
+    result = store.upsert(
+        candle_frame(sym, n=0), keys(candle_frame(sym, n=1, start=T0 + 10 * MINUTE))
+    )
     assert result.deleted == 0
-    assert store.count() == 2
+    assert store.history(f"{sym}{{=m}}").height == 2
 
 
 @pytest.mark.parametrize(
@@ -216,20 +226,21 @@ def test_deleting_a_missing_key_is_a_no_op(store: CandleStore) -> None:
     ],
 )
 def test_bad_batches_are_rejected_with_a_clear_error(
-    store: CandleStore, change: object, message: str
+    store: CandleStore, sym: str, change: object, message: str
 ) -> None:
     """A batch that does not match the contract names what is wrong; nothing is written."""
-    frame = change(candle_frame())  # type: ignore[operator]
+    frame = change(candle_frame(sym))  # type: ignore[operator]
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         store.upsert(frame)
-    assert store.count() == 0
+    assert store.history(f"{sym}{{=m}}").height == 0
 
 
 # Reads.
 
 
-def test_resume_points_come_from_the_newest_stored_candle(store: CandleStore) -> None:
+def test_resume_points_come_from_the_newest_stored_candle(tmp_path: Path) -> None:
     """resume_point is the newest stored time per series; resume_points answers all at once."""
+    store = open_store(tmp_path / "data")
     store.upsert(candle_frame("AAPL", "1m", 5))
     store.upsert(candle_frame("AAPL", "1d", 2, step=timedelta(days=1)))
     store.upsert(candle_frame("SPY", "5m,tho=true", 3, step=5 * MINUTE))
@@ -242,28 +253,29 @@ def test_resume_points_come_from_the_newest_stored_candle(store: CandleStore) ->
         "SPY{=5m,tho=true}": T0_MS + 10 * 60_000,
     }
     assert store.resume_points(["AAPL{=1m}", "QQQ{=m}"]) == {"AAPL{=m}": T0_MS + 4 * 60_000}
+    store.close()
 
 
-def test_history_bounds_are_start_inclusive_end_exclusive(store: CandleStore) -> None:
+def test_history_bounds_are_start_inclusive_end_exclusive(store: CandleStore, sym: str) -> None:
     """history(start, end) takes datetimes or ms, includes start and excludes end."""
-    store.upsert(candle_frame(n=10))
-    by_datetime = store.history("AAPL{=m}", T0 + 2 * MINUTE, T0 + 5 * MINUTE)
-    by_ms = store.history("AAPL{=m}", T0_MS + 2 * 60_000, T0_MS + 5 * 60_000)
+    store.upsert(candle_frame(sym, n=10))
+    by_datetime = store.history(f"{sym}{{=m}}", T0 + 2 * MINUTE, T0 + 5 * MINUTE)
+    by_ms = store.history(f"{sym}{{=m}}", T0_MS + 2 * 60_000, T0_MS + 5 * 60_000)
     assert by_datetime["close"].to_list() == [102.0, 103.0, 104.0]
     assert by_ms.equals(by_datetime)
-    assert store.history("AAPL{=m}", start=T0 + 8 * MINUTE)["close"].to_list() == [108.0, 109.0]
+    assert store.history(f"{sym}{{=m}}", start=T0 + 8 * MINUTE)["close"].to_list() == [108.0, 109.0]
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.history("AAPL{=m}", datetime(2025, 8, 27))
+        store.history(f"{sym}{{=m}}", datetime(2025, 8, 27))
 
 
-def test_recent_returns_the_newest_n_oldest_first(store: CandleStore) -> None:
+def test_recent_returns_the_newest_n_oldest_first(store: CandleStore, sym: str) -> None:
     """recent(n) is the last n candles of the series in time order."""
-    store.upsert(candle_frame(n=10))
-    store.upsert(candle_frame("SPY", n=10))
-    assert store.recent("AAPL{=m}", 3)["close"].to_list() == [107.0, 108.0, 109.0]
-    assert store.recent("AAPL{=m}", 0).height == 0
+    store.upsert(candle_frame(sym, n=10))
+    store.upsert(candle_frame(sym + "X", n=10))
+    assert store.recent(f"{sym}{{=m}}", 3)["close"].to_list() == [107.0, 108.0, 109.0]
+    assert store.recent(f"{sym}{{=m}}", 0).height == 0
     with pytest.raises(ValueError, match="n must be"):
-        store.recent("AAPL{=m}", -1)
+        store.recent(f"{sym}{{=m}}", -1)
 
 
 def test_unknown_series_key_is_a_clear_error(store: CandleStore) -> None:
