@@ -358,5 +358,8 @@ class ClientProtocol(ProtocolCore):
             else:
                 self._emit(EventsReceived(message.channel, batch.event_type, batch.events))
         for error in errors:
-            self.logger.warning("! undecodable FEED_DATA on channel %d: %s", message.channel, error)
+            if self.debug:
+                self.logger.debug(
+                    "! undecodable FEED_DATA on channel %d: %s", message.channel, error
+                )
             self._emit(InvalidMessageReceived(error))

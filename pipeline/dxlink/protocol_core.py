@@ -306,10 +306,13 @@ class ProtocolCore(ABC):
         if not self._started:
             self._start_timers(now)
         self._last_received = self._now
+        # Bad frames are logged at debug only: they become events, and the driver counts and
+        # reports them (a server spraying junk must not flood the log).
         try:
             message = parse(frame)
         except InvalidMessage as exc:
-            self.logger.warning("! invalid message: %s", exc)
+            if self.debug:
+                self.logger.debug("! invalid message: %s", exc)
             self._emit(InvalidMessageReceived(exc))
             return
         if self.debug:
@@ -318,10 +321,12 @@ class ProtocolCore(ABC):
             self._check_allowed(message)
             self._dispatch(message)
         except InvalidMessage as exc:
-            self.logger.warning("! invalid message: %s", exc)
+            if self.debug:
+                self.logger.debug("! invalid message: %s", exc)
             self._emit(InvalidMessageReceived(exc))
         except ProtocolViolation as exc:
-            self.logger.warning("! protocol violation: %s", exc)
+            if self.debug:
+                self.logger.debug("! protocol violation: %s", exc)
             self._on_violation(message, exc)
         except Exception as exc:  # a bug of ours: still never raise into the driver (§2.1)
             self.logger.exception("! bug while handling %s", message_type(message))
