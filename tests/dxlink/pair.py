@@ -87,7 +87,8 @@ class ProtocolPair:
     def run_timers(self, until: float) -> None:
         """Jump from deadline to deadline up to ``until``, firing both sides' timers."""
         while True:
-            deadlines = [d for d in (self.client.next_deadline(), self.server.next_deadline()) if d]
+            armed = (self.client.next_deadline(), self.server.next_deadline())
+            deadlines = [d for d in armed if d is not None]
             if not deadlines or min(deadlines) > until:
                 break
             self.now = max(self.now, min(deadlines))
