@@ -128,6 +128,9 @@ def fill_store(
 
     Returns:
         What was written.
+
+    Raises:
+        ValueError: ``path`` already holds a store.
     """
     if (path / "catalog.sqlite").exists():
         raise ValueError(f"{path} already holds a store; fill_store needs a fresh folder")
