@@ -75,7 +75,10 @@ CATALOG_FILE = "catalog.sqlite"
 DATA_DIR = "data"
 """Parquet data folder inside the store folder (DuckLake's DATA_PATH)."""
 LAKE = "lake"
-"""The name the lake is attached under; connections ``USE`` it, so ``candles`` resolves."""
+"""The name the lake is attached under; reader connections ``USE`` it (``FROM candles``)."""
+TABLE = f"{LAKE}.main.candles"
+"""The candles table, qualified: the writer's connection stays on its in-memory database,
+where registering a frame costs ~1 ms instead of ~45 ms with the lake as default."""
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 """Where ``schema.sql`` and the view files live."""
 VIEW_FILES = ("latest.sql", "gaps.sql", "resample.sql")
@@ -224,6 +227,7 @@ def connect(
     try:
         if not _has_candles_table(con):
             raise StoreError(f"the lake at {root} has no candles table yet; run ingest first")
+        con.execute(f"USE {LAKE}")
         _create_views(con)
     except BaseException:
         con.close()
@@ -387,7 +391,7 @@ class CandleStore:
 
         def attempt(con: duckdb.DuckDBPyConnection) -> int | None:
             row = con.execute(
-                "SELECT epoch_ms(max(time)) FROM candles WHERE symbol = ? AND period = ?",
+                f"SELECT epoch_ms(max(time)) FROM {TABLE} WHERE symbol = ? AND period = ?",
                 [symbol, period],
             ).fetchone()
             return None if row is None or row[0] is None else int(row[0])
@@ -407,7 +411,7 @@ class CandleStore:
 
         def attempt(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int]]:
             rows = con.execute(
-                "SELECT symbol, period, epoch_ms(max(time)) FROM candles GROUP BY ALL"
+                f"SELECT symbol, period, epoch_ms(max(time)) FROM {TABLE} GROUP BY ALL"
             ).fetchall()
             return [(str(s), str(p), int(t)) for s, p, t in rows]
 
@@ -433,7 +437,7 @@ class CandleStore:
             end: Exclusive upper bound; ``None`` for no bound.
         """
         symbol, period = _series_parts(series)
-        query = "SELECT * FROM candles WHERE symbol = ? AND period = ?"
+        query = f"SELECT * FROM {TABLE} WHERE symbol = ? AND period = ?"
         params: list[object] = [symbol, period]
         if start is not None:
             query += " AND time >= epoch_ms(?::BIGINT)::TIMESTAMPTZ"
@@ -449,19 +453,19 @@ class CandleStore:
             raise ValueError(f"n must be >= 0, got {n}")
         symbol, period = _series_parts(series)
         return self._read(
-            "SELECT * FROM (SELECT * FROM candles WHERE symbol = ? AND period = ? "
+            f"SELECT * FROM (SELECT * FROM {TABLE} WHERE symbol = ? AND period = ? "
             "ORDER BY time DESC LIMIT ?) ORDER BY time",
             [symbol, period, n],
         )
 
     def count(self) -> int:
         """Number of stored candles."""
-        return self._run(lambda con: _count(con, "SELECT count(*) FROM candles"))
+        return self._run(lambda con: _count(con, f"SELECT count(*) FROM {TABLE}"))
 
     # -------------------------------------------------------------- plumbing
 
     def _read(self, query: str, params: list[object]) -> pl.DataFrame:
-        frame = self._run(lambda con: con.sql(query, params=params).pl())
+        frame = self._run(lambda con: _fetch(con, query, params))
         return _to_frame_schema(frame)
 
     def _prepare(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -483,6 +487,7 @@ class CandleStore:
     def _create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
         if _has_candles_table(con):
             return
+        con.execute(f"USE {LAKE}")  # schema.sql names the table unqualified
         con.execute("BEGIN")
         try:
             con.execute((SQL_DIR / "schema.sql").read_text(encoding="utf-8"))
@@ -490,6 +495,8 @@ class CandleStore:
         except BaseException:
             _rollback(con)
             raise
+        finally:
+            con.execute("USE memory")
 
     def _run(self, attempt: Callable[[duckdb.DuckDBPyConnection], _T]) -> _T:
         """Run ``attempt`` under the lock, retrying transient collisions (see module doc)."""
@@ -538,17 +545,18 @@ def _upsert_once(
             if deletions is not None and deletions.height:
                 deleted = _count(
                     con,
-                    f"DELETE FROM candles c USING deletion_keys b WHERE {_KEY_MATCH} "
+                    f"DELETE FROM {TABLE} c USING deletion_keys b WHERE {_KEY_MATCH} "
                     f"AND {_TIME_RANGE}",
                     *_time_range(deletions),
                 )
             # Fetch the stored versions of the batch's keys; the time range lets DuckLake skip
             # every file whose min/max statistics lie outside it.
-            stored = con.sql(
-                f"SELECT c.* EXCLUDE (ingested_at) FROM candles c SEMI JOIN incoming b "
+            stored = _fetch(
+                con,
+                f"SELECT c.* EXCLUDE (ingested_at) FROM {TABLE} c SEMI JOIN incoming b "
                 f"ON {_KEY_MATCH} WHERE {_TIME_RANGE}",
-                params=_time_range(batch),
-            ).pl()
+                _time_range(batch),
+            )
             changed, replaced = _classify(batch, stored)
             if changed.height == 0 and deleted == 0:
                 _rollback(con)
@@ -556,14 +564,14 @@ def _upsert_once(
             with _registered(con, changed_rows=changed, replaced_keys=replaced):
                 if replaced.height:
                     con.execute(
-                        f"DELETE FROM candles c USING replaced_keys b WHERE {_KEY_MATCH} "
+                        f"DELETE FROM {TABLE} c USING replaced_keys b WHERE {_KEY_MATCH} "
                         f"AND {_TIME_RANGE}",
                         _time_range(replaced),
                     )
                 if changed.height:
                     columns = ", ".join(CANDLE_COLUMNS)
                     con.execute(
-                        f"INSERT INTO candles ({columns}) SELECT {columns} FROM changed_rows"
+                        f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM changed_rows"
                     )
                 con.execute("COMMIT")
         except BaseException:
@@ -627,7 +635,7 @@ def _registered(con: duckdb.DuckDBPyConnection, **frames: pl.DataFrame | None) -
 def _open(
     root: Path, spec: CatalogSpec, *, read_only: bool, verify_extensions: bool
 ) -> duckdb.DuckDBPyConnection:
-    """A connection with the extensions loaded, the lake attached and ``USE``d, UTC times."""
+    """A connection with the extensions loaded, the lake attached and UTC times."""
     con = duckdb.connect(
         config={
             "autoinstall_known_extensions": False,
@@ -647,7 +655,6 @@ def _open(
         if read_only:
             options += ", READ_ONLY"
         con.execute(f"ATTACH {_quote('ducklake:' + spec.attach_target)} AS {LAKE} ({options})")
-        con.execute(f"USE {LAKE}")
     except duckdb.Error as exc:
         con.close()
         raise StoreError(f"cannot open the lake at {root}: {_redact(str(exc))}") from exc
@@ -744,6 +751,17 @@ def _to_frame_schema(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.cast({c: CANDLE_SCHEMA[c] for c in frame.columns if c in CANDLE_SCHEMA})
 
 
+def _fetch(con: duckdb.DuckDBPyConnection, query: str, params: list[object]) -> pl.DataFrame:
+    """Run a query into a polars frame.
+
+    Through Arrow from ``execute``: ``con.sql(query, params=...).pl()`` took 2.3 s where
+    this takes 40 ms (100k candles, duckdb 1.5.5).
+    """
+    frame = pl.from_arrow(con.execute(query, params).to_arrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
 def _count(con: duckdb.DuckDBPyConnection, query: str, *params: object) -> int:
     row = con.execute(query, list(params)).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
@@ -751,7 +769,7 @@ def _count(con: duckdb.DuckDBPyConnection, query: str, *params: object) -> int:
 
 def _called(con: duckdb.DuckDBPyConnection, function: str, older_than: datetime) -> int:
     """CALL a DuckLake maintenance function with a cut-off; the number of rows it reports."""
-    return con.sql(f"CALL {function}('{LAKE}', older_than => ?)", params=[older_than]).pl().height
+    return _fetch(con, f"CALL {function}('{LAKE}', older_than => ?)", [older_than]).height
 
 
 def _count_files(con: duckdb.DuckDBPyConnection) -> int:
