@@ -146,6 +146,8 @@ class MarketConfig:
             revising it.
         symbols: The only symbols that trade; None means every symbol does. Others are silent,
             like unknown symbols on tastytrade (§6.2).
+        history_start_ms: No trades before this time (rounded down to 00:00 UTC); None means
+            the market has always traded.
         cache_size: How many splits (a node's children) to keep; a split of 60 children is
             about 20 KB.
     """
@@ -155,9 +157,14 @@ class MarketConfig:
     correction_rate: float = 0.0
     correction_remove_fraction: float = 0.3
     symbols: frozenset[str] | None = None
+    history_start_ms: int | None = None
     cache_size: int = 4096
 
     def __post_init__(self) -> None:
+        if self.history_start_ms is not None:
+            # Day-aligned, so that only a week can straddle the start of history.
+            aligned = self.history_start_ms - self.history_start_ms % DAY_MS
+            object.__setattr__(self, "history_start_ms", aligned)
         if not 0.0 <= self.quiet_fraction < 1.0:
             raise ValueError(f"quiet_fraction must be in [0, 1), got {self.quiet_fraction}")
         for name in ("correction_rate", "correction_remove_fraction"):
@@ -304,6 +311,9 @@ class Market:
             return
         length = period.length_ms
         chunk_end = visible_end(now_ms) + length  # includes the live candle
+        history_start = self.config.history_start_ms
+        if history_start is not None and history_start > from_ms:
+            from_ms = period.start_of(history_start)
         while chunk_end > from_ms:
             first = period.start_of(max(from_ms, chunk_end - _CHUNK_CANDLES * length))
             if first < from_ms:
@@ -357,6 +367,12 @@ class Market:
                 taken = children[slot : slot + last + 1 - index]
                 bars.extend(taken)
                 index += len(taken)
+        history_start = self.config.history_start_ms
+        if history_start is not None and start_ms < history_start:
+            base = _node_index(level, start_ms)
+            for node in range(base, base + len(bars)):
+                if _node_start(level, node) < history_start:
+                    bars[node - base] = self._node_bar(symbol, level, node, now_ms)
         for fix in self._corrections_within(symbol, start_ms, end_ms, now_ms):
             first = _node_index(level, max(start_ms, fix.minute_ms))
             stop = _node_index(level, min(end_ms, fix.minute_ms + MINUTE_MS) - 1)
@@ -540,8 +556,12 @@ class Market:
         start = _node_start(level, index)
         if generated is None:
             return None  # nothing traded, so nothing to correct
+        history_start = self.config.history_start_ms
+        before_history = history_start is not None and start < history_start
+        if before_history and start + _LEVEL_MS[level] <= (history_start or 0):
+            return None
         fixes = self._corrections_within(symbol, start, start + _LEVEL_MS[level], now_ms)
-        if not fixes:
+        if not fixes and not before_history:
             return generated
         if level < _MINUTE:
             first = _node_index(level + 1, start)

@@ -188,6 +188,14 @@ class FeedSession:
             for number, channel in self._channels.items()
         }
 
+    def served_count(self) -> int:
+        """How many current subscriptions have had their snapshot (or first candle) served."""
+        return sum(
+            sub.served
+            for channel in self._channels.values()
+            for sub in channel.subscriptions.values()
+        )
+
     def subscription(self, channel: int, key: str) -> CandleSubscription | None:
         """The current subscription of ``key`` on ``channel``, if any."""
         known = self._channels.get(channel)
