@@ -55,6 +55,7 @@ __all__ = [
     "DATA_DIR",
     "LAKE",
     "SQL_DIR",
+    "TABLE",
     "CandleStore",
     "CatalogSpec",
     "CompactionResult",
@@ -652,6 +653,9 @@ def _open(
             _prepare_sqlite_catalog(Path(spec.target), read_only=read_only)
         data_path = root.resolve() / DATA_DIR
         options = f"DATA_PATH {_quote(str(data_path) + '/')}"
+        if spec.kind == "sqlite":
+            # The folder is self-contained: a copied or moved store keeps working.
+            options += ", OVERRIDE_DATA_PATH true"
         if read_only:
             options += ", READ_ONLY"
         con.execute(f"ATTACH {_quote('ducklake:' + spec.attach_target)} AS {LAKE} ({options})")

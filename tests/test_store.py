@@ -119,6 +119,23 @@ def test_default_open_verifies_extension_signatures(tmp_path: Path) -> None:
         assert store.count() == 3
 
 
+def test_a_moved_store_folder_still_opens(tmp_path: Path) -> None:
+    """The folder is self-contained: copied elsewhere, readers and the writer use it."""
+    with open_store(tmp_path / "old" / "data") as store:
+        store.upsert(candle_frame(n=30))
+    moved = (tmp_path / "old").rename(tmp_path / "new") / "data"
+    con = connect(moved, verify_extensions=False)
+    try:
+        assert con.execute("SELECT count(*) FROM candles").fetchone() == (30,)
+    finally:
+        con.close()
+    with open_store(moved) as store:
+        assert store.upsert(candle_frame(n=30, start=T0 + 30 * MINUTE)).inserted == 30
+        assert store.count() == 60
+    assert len(list(moved.rglob("*.parquet"))) == 2  # the new file went to the new place
+    assert not (tmp_path / "old").exists()
+
+
 def test_schema_matches_the_contract(store: CandleStore) -> None:
     """The candles table has exactly the contract's columns, in order."""
     con = connect(store.root, verify_extensions=False)
