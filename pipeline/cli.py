@@ -15,6 +15,7 @@ import click
 
 from pipeline import __version__
 from pipeline.config import Config, ConfigError, load_config, parse_duration
+from pipeline.simulator.faults import FAULT_HELP
 
 __all__ = ["cli", "main"]
 
@@ -162,6 +163,57 @@ def export(
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"exported {count} candles to {out}")
+
+
+@cli.command()
+@config_options
+@click.option("--url", help="Metrics URL of the service [default: from [metrics] in the config].")
+def status(config_path: Path | None, profile: str | None, url: str | None) -> None:
+    """Show what a running ingest service is doing (reads its /metrics and /health).
+
+    candles status
+    """
+    from pipeline.status import StatusError, fetch_status, render_status, url_for
+
+    config = load(config_path, profile)
+    try:
+        summary = fetch_status(url or url_for(config.metrics.host, config.metrics.port))
+    except StatusError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(render_status(summary))
+    if not summary.healthy:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8765, show_default=True, help="TCP port; 0 picks a free one.")
+@click.option("--token", default="simulator", show_default=True, help="Token AUTH must carry.")
+@click.option("--speed", default=60.0, show_default=True, help="Simulated seconds per second.")
+@click.option("--seed", default=1, show_default=True, help="Market seed: same seed, same candles.")
+@click.option("--fault", "faults", multiple=True, help=f"Inject a fault (repeatable): {FAULT_HELP}")
+def simulate(
+    host: str, port: int, token: str, speed: float, seed: int, faults: tuple[str, ...]
+) -> None:
+    """Run the built-in DXLink simulator until interrupted (SIGINT/SIGTERM).
+
+    candles simulate --port 8765 --token TOKEN --speed 60 --seed 1 --fault drop@30
+    """
+    import asyncio
+
+    from pipeline.simulator import Simulator, SimulatorClock, parse_fault
+
+    try:
+        clock = SimulatorClock.accelerated(speed)
+        scheduled = [parse_fault(spec) for spec in faults]
+        sim = Simulator(host=host, port=port, token=token, seed=seed, clock=clock, faults=scheduled)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    def ready(url: str) -> None:
+        click.echo(f"DXLink simulator serving {url} (speed {speed:g}x, seed {seed}); Ctrl-C stops")
+
+    asyncio.run(sim.serve_until_signalled(ready))
 
 
 @cli.group(name="config")

@@ -42,6 +42,11 @@ def run_ingest(config: Config, *, duration: float | None = None, interactive: bo
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Library chatter (every scheduled run, every socket open/close) drowns our own lines.
+    for noisy in ("apscheduler", "websockets"):
+        logging.getLogger(noisy).setLevel(
+            max(logging.WARNING, logging.getLevelName(config.logging.level))
+        )
     try:
         asyncio.run(_main(config, duration, interactive))
     except TastytradeError as exc:

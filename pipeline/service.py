@@ -162,12 +162,11 @@ class IngestService:
             await self._warm_start()
             self.client = self._build_client()
             await self.client.start()
-            start = self._first_from_time()
             resume = await self._resume_points([s.normalized for s in self.series])
             for symbol in self.series:
                 await self.client.subscribe_to_candles(
                     symbol=symbol.normalized,
-                    from_time=resume.get(symbol.normalized, start),
+                    from_time=resume.get(symbol.normalized) or self._first_from_time(symbol),
                 )
             self._consumer = asyncio.create_task(self._consume(), name="candles-consumer")
             self._start_scheduler()
@@ -226,10 +225,16 @@ class IngestService:
             wall_clock=lambda: self.now_ms() / 1000 if self._source_clock_ms else time.time(),
         )
 
-    def _first_from_time(self) -> int:
+    def _first_from_time(self, symbol: CandleSymbol) -> int:
+        """Where a series with nothing stored starts: from_time, or now - lookback, rounded
+        down to the series' period so the first candle asked for is a whole one."""
         clock = self._source_clock_ms or (lambda: int(time.time() * 1000))
         now = datetime.fromtimestamp(clock() / 1000, UTC)
-        return int(self.config.subscriptions.start_time(now).timestamp() * 1000)
+        start = int(self.config.subscriptions.start_time(now).timestamp() * 1000)
+        if symbol.period_ms and symbol.period_unit in ("s", "m", "h", "d"):
+            # Epoch-aligned units; weeks start on Monday, not on the epoch's Thursday.
+            return start - start % symbol.period_ms
+        return start
 
     async def _resume_points(self, keys: Iterable[str]) -> dict[str, int]:
         """Per series: one period before the last complete stored candle (DESIGN.md).
