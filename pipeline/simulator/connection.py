@@ -194,7 +194,8 @@ class SimConnection:
         except ConnectionClosed:
             pass
         finally:
-            if self.ws.close_code == 1009:
+            sent = self.ws.protocol.close_sent
+            if sent is not None and sent.code == 1009:  # websockets enforced max_size (§8)
                 self.owner.stats.closes_1009 += 1
             self.protocol.close()
             for task in (writer, timer):
