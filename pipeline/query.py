@@ -88,7 +88,6 @@ def run_query(
         except StoreError as exc:
             raise QueryError(str(exc)) from exc
         try:
-            con.execute("SET enable_progress_bar = false")
             for statement in statements[:-1]:
                 con.execute(statement)
             return con.sql(statements[-1].query).pl()
@@ -158,7 +157,6 @@ def export_store(
         shutil.rmtree(staging, ignore_errors=True)
         raise QueryError(str(exc)) from exc
     try:
-        con.execute("SET enable_progress_bar = false")
         rows = con.sql(f"SELECT count(*) FROM candles {filter_sql}").fetchone()
         count = int(rows[0]) if rows else 0
         options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv"
