@@ -383,7 +383,7 @@ class ManagerConfig(_Section):
 
     max_series: int = Field(default=10_000, ge=1, le=10_000_000)
     """Most candle series (symbol x interval) tracked at once."""
-    max_historical_candles: int = Field(default=10_000, ge=1, le=10_000_000)
+    max_historical_candles: int = Field(default=1_000, ge=1, le=10_000_000)
     """Most candles kept in memory per series."""
     max_unstored: int = Field(default=1_000_000, ge=1, le=100_000_000)
     """Most completed candles waiting for the store before back-pressure applies."""
@@ -401,8 +401,6 @@ class StoreConfig(_Section):
         allowed="sqlite:<path> or postgres:<conninfo> without a password (use PGPASSWORD)",
     )
     """Catalog location; unset means a SQLite file inside ``path``."""
-    data_path: str | None = _option(None, min_length=1, allowed="a directory path or URL")
-    """Where Parquet files go; unset means a folder inside ``path``."""
 
     @field_validator("catalog")
     @classmethod

@@ -107,6 +107,7 @@ async def _source(
         port=sim_cfg.port,
         token=sim_cfg.token,
         seed=sim_cfg.seed,
+        history_days=sim_cfg.history_days,
         clock=SimulatorClock.accelerated(speed=sim_cfg.speed, start_ms=start_ms),
     )
     async with simulator:
