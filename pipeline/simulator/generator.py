@@ -40,6 +40,9 @@ from pipeline.simulator.bars import Bar
 
 __all__ = ["apportion", "split_bar"]
 
+# Largest exponential tilt of the volume split: the dearest child gets at most e**3 (~20)
+# times its even share relative to the cheapest.
+_MAX_TILT = 3.0
 # Half-width of a zero-mean, unit-variance uniform distribution: cheap price noise.
 _UNIFORM_HALF_WIDTH = math.sqrt(3.0)
 
@@ -105,45 +108,82 @@ def _key_trades(parent: Bar, rng: Random) -> list[tuple[int, int]]:
     inside = [p for p in (parent.high, parent.low) if p != parent.open and p != parent.close]
     keys = [(0, parent.open), (last, parent.close)]
     if inside:
-        keys += zip(rng.sample(range(1, last), len(inside)), inside, strict=True)
+        first = 1 + rng.randrange(last - 1)
+        keys.append((first, inside[0]))
+        if len(inside) == 2:
+            # A distinct second ordinal: invariant says there are at least two inside.
+            second = 1 + rng.randrange(last - 2)
+            keys.append((second + (second >= first), inside[1]))
         keys.sort()
     return keys
 
 
 def _bridge(
-    points: list[int], keys: list[tuple[int, int]], sigma: float, low: int, high: int, rng: Random
-) -> list[int]:
-    """Prices at the ascending trade ordinals ``points``: a random walk pinned to ``keys``.
+    points: list[int], keys: list[tuple[int, int]], sigma: float, rng: Random
+) -> tuple[list[float], list[float]]:
+    """A random walk at the ascending trade ordinals ``points``, pinned to ``keys``.
 
     Sampled in one pass as a Brownian bridge: each point is drawn given the previous point and
     the next key trade, so the walk lands exactly on every key price.
+
+    Returns:
+        The walk at each point, and a bump at each point: ``4(x-a)(b-x)/(b-a)**2`` between
+        the key trades ``a`` and ``b`` around it, 0 on a key trade and 1 half-way. Adding a
+        multiple of the bumps moves the path up or down without moving a key trade.
     """
     rnd = rng.random
     scale = sigma * 2.0 * _UNIFORM_HALF_WIDTH
-    prices = [0] * len(points)
+    values = [0.0] * len(points)
+    bumps = [0.0] * len(points)
     next_key = 1
-    prev_ordinal, prev_price = keys[0]
+    prev_ordinal, key_start = keys[0]
+    prev_value = float(key_start)
+    segment_start = prev_ordinal
     key_ordinal, key_price = keys[1]
     for i, ordinal in enumerate(points):
         while key_ordinal < ordinal:
-            prev_ordinal, prev_price = key_ordinal, key_price
+            prev_ordinal, prev_value, segment_start = key_ordinal, float(key_price), key_ordinal
             next_key += 1
             key_ordinal, key_price = keys[next_key]
         if ordinal == key_ordinal:
-            price = key_price
+            value = float(key_price)
         else:
             span = key_ordinal - prev_ordinal
             gap = ordinal - prev_ordinal
             value = (
-                prev_price
-                + (key_price - prev_price) * gap / span
+                prev_value
+                + (key_price - prev_value) * gap / span
                 + scale * math.sqrt(gap * (key_ordinal - ordinal) / span) * (rnd() - 0.5)
             )
-            price = round(value)
-            price = low if price < low else high if price > high else price
-        prices[i] = price
-        prev_ordinal, prev_price = ordinal, price
-    return prices
+            width = key_ordinal - segment_start
+            bumps[i] = 4.0 * (ordinal - segment_start) * (key_ordinal - ordinal) / (width * width)
+        values[i] = value
+        prev_ordinal, prev_value = ordinal, value
+    return values, bumps
+
+
+def _closes(parent: Bar, sizes: list[int], values: list[float], bumps: list[float]) -> list[int]:
+    """Children's last prices: the walk, lifted or lowered by a multiple of the bumps so that
+    the path's trade-weighted average meets the parent's VWAP, rounded into [low, high].
+
+    Without this, a parent's VWAP and its children's prices would drift apart and the
+    turnovers could only be made to add up by pushing children's VWAPs to their extremes.
+    """
+    low, high = parent.low, parent.high
+    level = bump = 0.0
+    previous_value, previous_bump = float(parent.open), 0.0
+    for size, value, lift in zip(sizes, values, bumps, strict=True):
+        level += size * (previous_value + value)
+        bump += size * (previous_bump + lift)
+        previous_value, previous_bump = value, lift
+    shift = 0.0
+    if bump > 0:
+        shift = (2.0 * parent.trades * parent.turnover / parent.volume - level) / bump
+    closes = []
+    for value, lift in zip(values, bumps, strict=True):
+        price = round(value + shift * lift)
+        closes.append(low if price < low else high if price > high else price)
+    return closes
 
 
 def _try_split(
@@ -161,7 +201,8 @@ def _try_split(
     # Every child's last trade lies on the bridge; its first trade repeats the previous
     # child's last price (a gapless path) unless it is a single trade or a key trade.
     sigma = (p_high - p_low) / (2.0 * math.sqrt(p_count))
-    closes = _bridge([end - 1 for end in ends], keys, sigma, p_low, p_high, rng)
+    values, bumps = _bridge([end - 1 for end in ends], keys, sigma, rng)
+    closes = _closes(parent, sizes, values, bumps)
     n = len(sizes)
     opens = [0] * n
     highs = [0] * n
@@ -193,51 +234,98 @@ def _try_split(
             highs[j] = max(opens[j], closes[j], *inside)
             lows[j] = min(opens[j], closes[j], *inside)
 
-    targets = _targets(highs, lows, rng)
-    volumes = _spread_volume(parent, sizes, targets, rng)
+    volumes = _spread_volume(parent, sizes, rng)
+    targets = _targets(parent, highs, lows, volumes, rng)
     turnovers = _spread_turnover(p_turnover, sizes, volumes, highs, lows, targets)
     if turnovers is None:
-        return None
+        volumes = _tilt_volume(parent, sizes, volumes, targets)
+        turnovers = _spread_turnover(p_turnover, sizes, volumes, highs, lows, targets)
+        if turnovers is None:
+            return None
     bids = apportion(p_bid, volumes)
     asks = apportion(p_ask, [v - b for v, b in zip(volumes, bids, strict=True)])
     result: list[Bar | None] = [None] * slots
+    new = tuple.__new__  # skips Bar.__new__'s Python frame: this loop runs per child
     for j in range(n):
-        result[slot_of[j]] = Bar(
+        result[slot_of[j]] = new(Bar, (
             opens[j], highs[j], lows[j], closes[j],
             sizes[j], volumes[j], turnovers[j], bids[j], asks[j],
-        )  # fmt: skip
+        ))  # fmt: skip
     return result
 
 
-def _targets(highs: list[int], lows: list[int], rng: Random) -> list[float]:
-    """Each child's intended VWAP (ticks): its mid-price, jittered by up to a fifth of its range."""
-    rnd = rng.random
-    return [
-        (hi + lo) * 0.5 + (rnd() - 0.5) * 0.4 * (hi - lo)
-        for hi, lo in zip(highs, lows, strict=True)
-    ]
-
-
-def _spread_volume(parent: Bar, sizes: list[int], targets: list[float], rng: Random) -> list[int]:
-    """Every child's volume: one share per trade plus a part of the rest.
-
-    The rest is tilted towards the dearest (or cheapest) child so that the volume-weighted
-    targets meet the parent's VWAP.
-    """
+def _spread_volume(parent: Bar, sizes: list[int], rng: Random) -> list[int]:
+    """Every child's volume: one share per trade plus a random part of the rest."""
     spare = parent.volume - parent.trades
     if spare <= 0:
         return list(sizes)
     rnd = rng.random
     shares = apportion(spare, [s * (500 + int(rnd() * 1000)) for s in sizes])
-    mean = sum(s * t for s, t in zip(shares, targets, strict=True)) / spare
-    wanted = (parent.turnover - sum(s * t for s, t in zip(sizes, targets, strict=True))) / spare
-    pick = targets.index(max(targets) if wanted > mean else min(targets))
-    gap = targets[pick] - mean
-    if gap and (wanted - mean) / gap > 0:
-        moved = round(min(1.0, (wanted - mean) / gap) * (spare - shares[pick]))
-        taken = apportion(moved, [0 if i == pick else s for i, s in enumerate(shares)])
-        shares = [s - t for s, t in zip(shares, taken, strict=True)]
-        shares[pick] += moved
+    return [size + share for size, share in zip(sizes, shares, strict=True)]
+
+
+def _targets(
+    parent: Bar, highs: list[int], lows: list[int], volumes: list[int], rng: Random
+) -> list[float]:
+    """Each child's intended VWAP (ticks), so that together they meet the parent's turnover.
+
+    A child's own choice is its mid-price, jittered by up to a fifth of its range. Where the
+    children's path does not average out to the parent's VWAP, every target is pulled by the
+    same fraction towards the parent's VWAP, but never out of the middle half of the child's
+    range: a VWAP stuck at a child's high or low would leave that child nothing to split.
+    """
+    rnd = rng.random
+    vwap = parent.turnover / parent.volume
+    own = []
+    pulled = []
+    for hi, lo in zip(highs, lows, strict=True):
+        quarter = (hi - lo) * 0.25
+        own.append((hi + lo) * 0.5 + (rnd() - 0.5) * 0.8 * quarter)
+        floor, ceiling = lo + quarter, hi - quarter
+        pulled.append(floor if vwap < floor else ceiling if vwap > ceiling else vwap)
+    own_total = sum(v * t for v, t in zip(volumes, own, strict=True))
+    pulled_total = sum(v * t for v, t in zip(volumes, pulled, strict=True))
+    if pulled_total == own_total:
+        return own
+    pull = (parent.turnover - own_total) / (pulled_total - own_total)
+    pull = 0.0 if pull < 0.0 else 1.0 if pull > 1.0 else pull
+    return [t + (p - t) * pull for t, p in zip(own, pulled, strict=True)]
+
+
+def _tilt_volume(
+    parent: Bar, sizes: list[int], volumes: list[int], targets: list[float]
+) -> list[int]:
+    """Re-weight the spare volume towards dear (or cheap) children so that the
+    volume-weighted targets move towards the parent's VWAP.
+
+    An exponential tilt, at most ``_MAX_TILT`` from even, solved by bisection: busy dear
+    minutes rather than one minute holding all the volume.
+    """
+    spare = [v - s for v, s in zip(volumes, sizes, strict=True)]
+    total = sum(spare)
+    low, high = min(targets), max(targets)
+    if total <= 0 or high == low:
+        return volumes
+    wanted = parent.turnover - sum(s * t for s, t in zip(sizes, targets, strict=True))
+    scaled = [(t - low) / (high - low) for t in targets]
+
+    def weights(theta: float) -> list[float]:
+        return [s * math.exp(theta * x) for s, x in zip(spare, scaled, strict=True)]
+
+    def reached(theta: float) -> float:
+        w = weights(theta)
+        return total * sum(wi * t for wi, t in zip(w, targets, strict=True)) / sum(w)
+
+    below, above = -_MAX_TILT, _MAX_TILT
+    for _ in range(20):
+        middle = (below + above) / 2
+        if reached(middle) < wanted:
+            below = middle
+        else:
+            above = middle
+    tilted = weights((below + above) / 2)
+    scale = 1e9 / max(tilted)
+    shares = apportion(total, [round(w * scale) for w in tilted])
     return [size + share for size, share in zip(sizes, shares, strict=True)]
 
 
@@ -251,29 +339,36 @@ def _spread_turnover(
 ) -> list[int] | None:
     """Every child's turnover, within its ``Bar`` bounds and adding up to ``turnover``.
 
+    What the targets miss is spread first within the middle half of every child's range, and
+    only then towards its high or low: a child whose VWAP sits at an extreme is hard to split.
     Returns None when no such turnovers exist.
     """
-    bounds = [
+    hard = [
         (v * lo + (hi - lo), v * hi - (hi - lo))
         for v, hi, lo in zip(volumes, highs, lows, strict=True)
     ]
+    soft = [
+        (max(a, v * lo + (hi - lo) // 4), min(b, v * hi - (hi - lo) // 4))
+        for v, hi, lo, (a, b) in zip(volumes, highs, lows, hard, strict=True)
+    ]
     result = [
         lo if (x := round(v * t)) < lo else hi if x > hi else x
-        for v, t, (lo, hi) in zip(volumes, targets, bounds, strict=True)
+        for v, t, (lo, hi) in zip(volumes, targets, soft, strict=True)
     ]
     missing = turnover - sum(result)
-    if missing == 0:
-        return result
-    if missing > 0:
-        room = [hi - x for x, (_, hi) in zip(result, bounds, strict=True)]
-    else:
-        room = [x - lo for x, (lo, _) in zip(result, bounds, strict=True)]
-    absorbed = min(abs(missing), sum(room))
-    sign = 1 if missing > 0 else -1
-    if absorbed:
-        for j, extra in enumerate(apportion(absorbed, room)):
-            result[j] += sign * extra
-    missing -= sign * absorbed
+    for bounds in (soft, hard):
+        if missing == 0:
+            return result
+        if missing > 0:
+            room = [max(0, hi - x) for x, (_, hi) in zip(result, bounds, strict=True)]
+        else:
+            room = [max(0, x - lo) for x, (lo, _) in zip(result, bounds, strict=True)]
+        absorbed = min(abs(missing), sum(room))
+        sign = 1 if missing > 0 else -1
+        if absorbed:
+            for j, extra in enumerate(apportion(absorbed, room)):
+                result[j] += sign * extra
+        missing -= sign * absorbed
     if missing and not _move_shares(missing, sizes, volumes, highs, lows, result):
         return None
     return result

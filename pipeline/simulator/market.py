@@ -476,7 +476,8 @@ class Market:
         shares = count * profile.shares_per_trade * (0.8 + 0.4 * u[3])
         volume = max(2 * count, round(shares))
         spread = high - low
-        vwap = (high + low) / 2 + (u[4] - 0.5) * 0.3 * spread
+        # Near the average of the path's four key prices, where the trades mostly happen.
+        vwap = (open_ + high + low + close) / 4 + (u[4] - 0.5) * 0.1 * spread
         turnover = min(volume * high - spread, max(volume * low + spread, round(volume * vwap)))
         bid = round(volume * (0.30 + 0.15 * u[5]))
         ask = round(volume * (0.30 + 0.15 * u[6]))

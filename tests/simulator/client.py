@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from pipeline.dxlink.events import CANDLE_FIELDS, Candle
+from pipeline.dxlink.events import CANDLE_FIELDS, SNAPSHOT_END, SNAPSHOT_SNIP, Candle
 from pipeline.dxlink.messages import DataFormat, Message, SubscriptionItem, encode
 from pipeline.dxlink.protocol import (
     Authorized,
@@ -156,6 +156,13 @@ class TestClient:
             event = await self.expect(CandlesReceived)
             received.extend(event.candles)
         assert len(received) == count, f"expected {count} candles, got {len(received)}"
+        return received
+
+    async def snapshot(self) -> list[Candle]:
+        """Read candles up to and including the one that ends a snapshot (END or SNIP)."""
+        received: list[Candle] = []
+        while not received or not received[-1].flags & (SNAPSHOT_END | SNAPSHOT_SNIP):
+            received.extend((await self.expect(CandlesReceived)).candles)
         return received
 
     async def close(self) -> None:

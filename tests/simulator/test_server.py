@@ -13,7 +13,12 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from pipeline.dxlink.events import SNAPSHOT_BEGIN, SNAPSHOT_END, SNAPSHOT_SNIP
+from pipeline.dxlink.events import (
+    REMOVE_EVENT,
+    SNAPSHOT_BEGIN,
+    SNAPSHOT_END,
+    SNAPSHOT_SNIP,
+)
 from pipeline.dxlink.messages import (
     Auth,
     ChannelCancel,
@@ -168,6 +173,35 @@ async def test_snapshot_then_live_updates_match_the_truth(sim: Simulator, contra
     assert [c.time for c in live] == [NOW, NOW + 5 * MINUTE_MS]
     assert comparable(live) == comparable(sim.truth("AAPL{=5m}", NOW, include_live=True))
     assert all(c.flags == 0 for c in live)
+
+
+async def test_a_client_applying_every_event_ends_up_with_the_truth() -> None:
+    """Snapshot, live updates, revisions and REMOVE_EVENTs (§6.3 assembly) add up to truth()."""
+    clock = SimulatorClock.manual(NOW)
+    async with Simulator(clock=clock, correction_rate=1.0, seed=5) as sim:
+        client = await TestClient.authorized(sim.url)
+        channel = await client.candle_channel()
+        await client.subscribe(channel, "AAPL{=1m}", START)
+        held = {c.time: c._replace(flags=0) for c in await client.snapshot() if c.count}
+        await sim.wait_for_subscriptions(1)
+        removals = 0
+        for _ in range(12):  # three hours in 15-minute steps: a correction per hour
+            await sim.advance(15 * 60)
+            # An ERROR queued after the updates marks their end on this connection.
+            await sim.send_error(ErrorCode.UNKNOWN, "end of round")
+            while not any(isinstance(event, ErrorReceived) for event in await client.receive()):
+                pass
+            for event in client.events:
+                for candle in event.candles if isinstance(event, CandlesReceived) else ():
+                    if candle.flags & REMOVE_EVENT:
+                        removals += 1
+                        held.pop(candle.time, None)
+                    else:
+                        held[candle.time] = candle
+            client.events.clear()
+        truth = sim.truth("AAPL{=1m}", START, include_live=True)
+        assert comparable(sorted(held.values())) == comparable(truth)
+        assert removals >= 1
 
 
 async def test_history_limit_snips_a_long_snapshot() -> None:
