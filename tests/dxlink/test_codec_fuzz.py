@@ -21,7 +21,7 @@ from pipeline.dxlink.messages import FeedData, MessageType, parse
 from pipeline.dxlink.protocol import ClientProtocol, ServerProtocol, ViolationReceived
 
 from .pair import ProtocolPair
-from .test_protocol import FULL_EXAMPLE, T6, T7, T8, VECTORS
+from .test_codec import FULL_EXAMPLE, T6, T7, T8, VECTORS
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = [wire for _, wire, _ in VECTORS] + [T6, *T7, T8, FULL_EXAMPLE]
