@@ -25,7 +25,7 @@ takes ``now`` (seconds).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Set
+from collections.abc import Collection, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -575,22 +575,26 @@ class SubscriptionPacer:
             del queue[(item.type, item.symbol, item.source)]
         return SubscriptionBatch(role, tuple(add), tuple(remove), size)
 
-    def ready(self, now: float) -> list[SubscriptionBatch]:
+    def ready(self, now: float, roles: Collection[str] | None = None) -> list[SubscriptionBatch]:
         """Return the batches that may be sent at ``now`` (and count them as sent).
 
         Roles take turns, so a huge candle resubscription does not starve the events
-        channel.
+        channel. ``roles`` limits which channels may send (e.g. those configured).
         """
         out: list[SubscriptionBatch] = []
-        roles = [role for role, queue in self._pending.items() if queue]
-        while roles and self.bucket.delay(1, now) == 0.0:
-            role = roles[self._turn % len(roles)]
+
+        def waiting() -> list[str]:
+            return [r for r, q in self._pending.items() if q and (roles is None or r in roles)]
+
+        ready_roles = waiting()
+        while ready_roles and self.bucket.delay(1, now) == 0.0:
+            role = ready_roles[self._turn % len(ready_roles)]
             self._turn += 1
             self.bucket.take(1, now)
             batch = self._cut(role)
             out.append(batch)
             self._recent.append((now, batch))
-            roles = [role for role, queue in self._pending.items() if queue]
+            ready_roles = waiting()
         self._forget_before(now - self.resend_window)
         return out
 

@@ -1,0 +1,384 @@
+"""DXLinkManager against a scripted DXLink server over real sockets on 127.0.0.1.
+
+The scripted server drives ``ServerProtocol`` exactly like the simulator, but each test can
+bend one rule (hold a reply, reject a token, send an ERROR, close a channel) and read back
+every message the client sent, in order. Faults of the full simulator are in
+``test_client.py``. Waits are on explicit events with generous limits, never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from pipeline.dxlink.backoff import HandshakeTimeout
+from pipeline.dxlink.client import (
+    Connected,
+    Disconnected,
+    DXLinkManager,
+    LifecycleEvent,
+    SnapshotComplete,
+    Stopped,
+)
+from pipeline.dxlink.errors import ConfigurationError, UnsupportedProtocol
+from pipeline.dxlink.events import CANDLE_FIELDS, SNAPSHOT_BEGIN, SNAPSHOT_END, Candle, index_of
+from pipeline.dxlink.messages import DataFormat, ErrorCode
+from pipeline.dxlink.metrics import DisconnectReason
+from pipeline.dxlink.protocol import (
+    AuthRequested,
+    ChannelRequested,
+    ClientSetup,
+    FeedSetupRequested,
+    KeepaliveReceived,
+    ProtocolEvent,
+    ServerProtocol,
+    SubscriptionRequested,
+)
+from tests.timing import TIMEOUT, short_backoff
+
+T0 = 1_756_252_800_000  # 2025-08-27T00:00Z
+MINUTE = 60_000
+TOKEN = "tok-3f9a1c-secret"
+
+
+@dataclass
+class Session:
+    """One accepted connection as the server saw it."""
+
+    protocol: ServerProtocol
+    ws: ServerConnection
+    received: list[ProtocolEvent] = field(default_factory=list)
+    channels: dict[str, int] = field(default_factory=dict)  # contract -> channel
+
+
+class ScriptedServer:
+    """A DXLink server on ``ServerProtocol`` whose behaviour a test can bend."""
+
+    def __init__(self) -> None:
+        self.tokens = {TOKEN}
+        """Tokens AUTH accepts."""
+        self.keepalive_timeout = 60.0
+        self.reply_setup = True
+        self.hold_auth_state: asyncio.Event | None = None
+        """When set: the initial AUTH_STATE waits for this event."""
+        self.snapshot_size = 3
+        """Candles per snapshot (newest first, SNAPSHOT_BEGIN ... SNAPSHOT_END)."""
+        self.on_subscription: Callable[[Session, SubscriptionRequested], None] | None = None
+        self.sessions: list[Session] = []
+        self.subscribed: dict[str, int] = {}
+        """Candle symbol -> fromTime, across connections (latest add wins)."""
+        self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/"
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds after some message was processed."""
+        async with asyncio.timeout(TIMEOUT), self._changed:
+            await self._changed.wait_for(predicate)
+
+    def events(self, kind: type[Any], session: int | None = None) -> list[Any]:
+        sessions = self.sessions if session is None else [self.sessions[session]]
+        return [e for s in sessions for e in s.received if isinstance(e, kind)]
+
+    async def handler(self, ws: ServerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        protocol = ServerProtocol(keepalive_timeout=self.keepalive_timeout)
+        session = Session(protocol, ws)
+        self.sessions.append(session)
+        protocol.start(loop.time())
+        with contextlib.suppress(ConnectionClosed):  # clients may vanish without a close
+            async for frame in ws:
+                protocol.receive_message(frame, loop.time())
+                for event in protocol.events_received():
+                    session.received.append(event)
+                    await self.react(session, event)
+                for text in protocol.messages_to_send():
+                    await ws.send(text)
+                async with self._changed:
+                    self._changed.notify_all()
+
+    async def release_auth_state(self, session: Session) -> None:
+        """Send the initial AUTH_STATE once the test allows it (the handler keeps reading)."""
+        assert self.hold_auth_state is not None
+        await self.hold_auth_state.wait()
+        session.protocol.send_auth_state(False)
+        for text in session.protocol.messages_to_send():
+            await session.ws.send(text)
+
+    async def react(self, session: Session, event: ProtocolEvent) -> None:
+        protocol = session.protocol
+        if isinstance(event, ClientSetup) and self.reply_setup:
+            protocol.send_setup()
+            if self.hold_auth_state is None:
+                protocol.send_auth_state(False)
+            else:
+                self._tasks.add(asyncio.create_task(self.release_auth_state(session)))
+        elif isinstance(event, AuthRequested):
+            protocol.send_auth_state(event.token in self.tokens, "user-1")
+        elif isinstance(event, ChannelRequested):
+            session.channels[str(event.parameters.get("contract"))] = event.channel
+            protocol.open_channel(event.channel)
+        elif isinstance(event, FeedSetupRequested):
+            protocol.configure_feed(
+                event.channel,
+                aggregation_period=event.accept_aggregation_period or 0.1,
+                data_format=event.accept_data_format or DataFormat.COMPACT,
+                event_fields=event.accept_event_fields,
+            )
+        elif isinstance(event, SubscriptionRequested):
+            for item in event.add:
+                if item.type == "Candle" and item.from_time is not None:
+                    self.subscribed[item.symbol] = item.from_time
+                    protocol.send_candles(event.channel, self.snapshot(item.symbol, item.from_time))
+            for item in event.remove:
+                self.subscribed.pop(item.symbol, None)
+            if self.on_subscription is not None:
+                self.on_subscription(session, event)
+
+    def snapshot(self, symbol: str, from_time: int) -> list[Candle]:
+        """``snapshot_size`` one-minute candles from ``from_time``, newest first (§6.2)."""
+        times = [from_time + n * MINUTE for n in reversed(range(self.snapshot_size))]
+        candles = []
+        for position, time_ms in enumerate(times):
+            flags = SNAPSHOT_BEGIN if position == 0 else 0
+            if position == len(times) - 1:
+                flags |= SNAPSHOT_END
+            candles.append(
+                Candle(symbol, time_ms, flags=flags, index=index_of(time_ms), close=100.0)
+            )
+        return candles
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ScriptedServer]:
+    scripted = ScriptedServer()
+    async with serve(scripted.handler, "127.0.0.1", 0) as ws_server:
+        scripted.server = ws_server
+        yield scripted
+        for task in scripted._tasks:
+            task.cancel()
+
+
+class TokenSource:
+    """A TokenSource with the real shape: ``.token`` is a SecretStr, refresh hands the next."""
+
+    def __init__(self, url: str, tokens: list[str]) -> None:
+        self.url = url
+        self.tokens = tokens
+        self.calls: list[bool] = []
+
+    async def get(self, force_refresh: bool = False) -> Any:
+        self.calls.append(force_refresh)
+        if force_refresh and len(self.tokens) > 1:
+            self.tokens.pop(0)
+        return _Quote(SecretStr(self.tokens[0]), self.url)
+
+
+@dataclass(frozen=True)
+class _Quote:
+    token: SecretStr
+    dxlink_url: str
+
+
+class Lifecycle:
+    """Records lifecycle events; tests wait on them instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.events: list[LifecycleEvent] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: LifecycleEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def wait_for(self, kind: type[Any], count: int = 1) -> list[Any]:
+        async with asyncio.timeout(TIMEOUT):
+            while len(self.of(kind)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.of(kind)
+
+
+def make_manager(
+    server: ScriptedServer, lifecycle: Lifecycle, tokens: list[str] | None = None, **kwargs: Any
+) -> tuple[DXLinkManager, TokenSource]:
+    source = TokenSource(server.url, tokens or [TOKEN])
+    settings: dict[str, Any] = {"reconnect_delays": short_backoff, "on_event": lifecycle}
+    settings.update(kwargs)
+    return DXLinkManager(source, **settings), source
+
+
+async def next_batch(manager: DXLinkManager) -> list[Candle]:
+    async with asyncio.timeout(TIMEOUT):
+        return await anext(aiter(manager.candles()))
+
+
+async def test_handshake_follows_the_tastytrade_safe_order(server: ScriptedServer) -> None:
+    """SETUP → (AUTH only after AUTH_STATE) → HISTORY + AUTO channels → FEED_SETUP → subscribe."""
+    server.hold_auth_state = asyncio.Event()
+    lifecycle = Lifecycle()
+    manager, _ = make_manager(server, lifecycle, keepalive_timeout=0.2)
+    await manager.subscribe_to_candles(symbol="AAPL", interval="5m", from_time=T0)
+    async with manager:
+        # The client has our SETUP reply; a KEEPALIVE proves it went idle without AUTH.
+        await server.wait_for(lambda: bool(server.events(KeepaliveReceived)))
+        assert not server.events(AuthRequested)
+        server.hold_auth_state.set()
+        await lifecycle.wait_for(Connected)
+        await server.wait_for(lambda: bool(server.events(SubscriptionRequested)))
+    kinds = [type(e) for e in server.sessions[0].received if not isinstance(e, KeepaliveReceived)]
+    assert kinds[:2] == [ClientSetup, AuthRequested]
+    assert kinds[2:4] == [ChannelRequested, ChannelRequested]
+    assert kinds[4:6] == [FeedSetupRequested, FeedSetupRequested]
+    assert kinds[6] is SubscriptionRequested
+    requests = server.events(ChannelRequested)
+    assert [r.parameters["contract"] for r in requests] == ["HISTORY", "AUTO"]
+    assert [r.channel for r in requests] == [1, 3]
+    candle_setup = server.events(FeedSetupRequested)[0]
+    assert candle_setup.accept_data_format is DataFormat.COMPACT
+    assert candle_setup.accept_event_fields == {"Candle": CANDLE_FIELDS}
+    (subscription,) = server.events(SubscriptionRequested)
+    assert subscription.channel == 1
+    assert [(i.type, i.symbol, i.from_time) for i in subscription.add] == [
+        ("Candle", "AAPL{=5m}", T0)
+    ]
+
+
+async def test_candles_flow_and_snapshot_completion_is_announced(server: ScriptedServer) -> None:
+    """Snapshot candles reach candles(); the series turns live and SnapshotComplete fires."""
+    lifecycle = Lifecycle()
+    manager, _ = make_manager(server, lifecycle)
+    async with manager:
+        key = await manager.subscribe_to_candles(symbol="AAPL{=1m}", from_time=T0)
+        batch = await next_batch(manager)
+        await lifecycle.wait_for(SnapshotComplete)
+    assert [c.time for c in batch] == [T0 + 2 * MINUTE, T0 + MINUTE, T0]
+    assert lifecycle.of(SnapshotComplete) == [SnapshotComplete("AAPL{=m}", snipped=False)]
+    assert manager.subscription_metadata[key].state == "live"
+    metrics = manager.get_metrics()
+    assert metrics["channels"]["candles"]["message_count"] == 1
+    assert metrics["channels"]["candles"]["event_count"] == 3
+    assert metrics["connection"]["connect_count"] == 1
+    assert metrics["connection"]["state"] == "closed"
+    assert metrics["subscriptions"]["candles"] == 1
+
+
+async def test_missing_setup_reply_times_out_and_reconnects(server: ScriptedServer) -> None:
+    """Every handshake wait has a limit: no SETUP reply → HandshakeTimeout → a new attempt."""
+    server.reply_setup = False
+    lifecycle = Lifecycle()
+    manager, _ = make_manager(server, lifecycle, handshake_timeout=0.05)
+    async with manager:
+        first, _ = await lifecycle.wait_for(Disconnected, 2)
+    assert first.reason is DisconnectReason.HANDSHAKE_TIMEOUT
+    assert "no SETUP within 0.05 s" in first.error
+    assert HandshakeTimeout.__name__ in first.error
+    assert len(server.sessions) >= 2
+
+
+async def test_rejected_token_is_refreshed_then_connects(server: ScriptedServer) -> None:
+    """AUTH_STATE UNAUTHORIZED after AUTH → get(force_refresh=True) → reconnect with it."""
+    lifecycle = Lifecycle()
+    manager, source = make_manager(server, lifecycle, tokens=["expired-token", TOKEN])
+    async with manager:
+        await lifecycle.wait_for(Connected)
+    assert source.calls == [False, True]
+    (rejected,) = lifecycle.of(Disconnected)
+    assert rejected.reason is DisconnectReason.AUTH_REJECTED
+    assert manager.get_metrics()["connection"]["token_refreshes"] == 1
+
+
+async def test_unsupported_protocol_is_fatal_with_a_clear_error(server: ScriptedServer) -> None:
+    """ERROR UNSUPPORTED_PROTOCOL stops the manager; candles() raises it, no retry."""
+
+    def reject(session: Session, event: SubscriptionRequested) -> None:
+        session.protocol.send_error(ErrorCode.UNSUPPORTED_PROTOCOL, "version 0.1 retired")
+
+    server.on_subscription = reject
+    lifecycle = Lifecycle()
+    manager, _ = make_manager(server, lifecycle)
+    await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=T0)
+    async with manager:
+        with pytest.raises(UnsupportedProtocol, match=r"version 0\.1 retired"):
+            async with asyncio.timeout(TIMEOUT):
+                async for _ in manager.candles():
+                    pass
+    (stopped,) = lifecycle.of(Stopped)
+    assert isinstance(stopped.error, UnsupportedProtocol)
+    assert len(server.sessions) == 1
+    assert manager.state == "closed"
+
+
+async def test_max_attempts_ends_with_connection_error_carrying_the_cause() -> None:
+    """With max_attempts, repeated failures end in ConnectionError whose cause is the last one."""
+    lifecycle = Lifecycle()
+    async with serve(lambda ws: ws.close(), "127.0.0.1", 0) as refusing:
+        port = refusing.sockets[0].getsockname()[1]
+        source = TokenSource(f"ws://127.0.0.1:{port}/", [TOKEN])
+        manager = DXLinkManager(
+            source, max_attempts=3, reconnect_delays=short_backoff, on_event=lifecycle
+        )
+        async with manager:
+            with pytest.raises(ConnectionError, match="after 3 consecutive") as caught:
+                async with asyncio.timeout(TIMEOUT):
+                    async for _ in manager.candles():
+                        pass
+    assert caught.value.__cause__ is not None
+    assert "max_attempts=3" in str(caught.value)
+    assert len(source.calls) == 3
+
+
+async def test_oversized_frames_are_fatal_with_advice() -> None:
+    """A server 1009 close means our frame was too big: stop and say which setting to lower."""
+
+    async def close_1009(ws: ServerConnection) -> None:
+        await ws.close(1009, "message too big")
+
+    async with serve(close_1009, "127.0.0.1", 0) as closing:
+        port = closing.sockets[0].getsockname()[1]
+        manager = DXLinkManager(
+            TokenSource(f"ws://127.0.0.1:{port}/", [TOKEN]), reconnect_delays=short_backoff
+        )
+        async with manager:
+            with pytest.raises(ConfigurationError, match="lower max_batch_bytes"):
+                async with asyncio.timeout(TIMEOUT):
+                    async for _ in manager.candles():
+                        pass
+
+
+async def test_token_never_appears_in_logs_errors_or_metrics(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through a rejection, a refresh and a full handshake, no token text leaks anywhere."""
+    caplog.set_level(logging.DEBUG)
+    lifecycle = Lifecycle()
+    stale = "stale-token-77c1"
+    manager, _ = make_manager(server, lifecycle, tokens=[stale, TOKEN])
+    async with manager:
+        await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=T0)
+        await next_batch(manager)
+    # The scripted server's own frame log is the test double's, not the client's.
+    texts = [r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server")]
+    texts += [repr(event) for event in lifecycle.events]
+    texts += [repr(manager.get_metrics()), repr(manager.subscription_metadata)]
+    assert any("AUTH frame (token hidden)" in text for text in texts)  # frames were logged
+    for secret in (TOKEN, stale):
+        assert not [text for text in texts if secret in text]
