@@ -14,9 +14,10 @@ envelope codec in ``messages.py``. A :class:`FeedDecoder` holds one channel's me
 
 Value rules (§3.5, §4.2): doubles pass through ``float()``, so ``"NaN"``, ``"Infinity"`` and
 ``"-Infinity"`` become floats (numeric strings are accepted too, harmlessly); integer fields
-must be JSON integers (``operator.index``; a float is rejected, so an ``index`` that lost
-precision as a double can never slip in); ``index`` stays an exact int. If ``index`` is
-absent it is derived from ``time`` and ``sequence``; if ``time`` is absent, from ``index``.
+must be JSON integers (a float is rejected, so an ``index`` that lost precision as a double
+can never slip in; JSON ``true``/``false`` pass as Python's bool, which is an int);
+``index`` stays an exact int. If ``index`` is absent it is derived from ``time`` and
+``sequence``; if ``time`` is absent, from ``index``.
 
 Encoding (for the simulator) writes Candle tuples in either format for a given field list.
 FULL writes every listed field, NaN/±Infinity as the strings ``"NaN"``/``"Infinity"``/
@@ -28,11 +29,13 @@ per FULL event group), naming the event and field. No I/O, no clock.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from pipeline.dxlink.errors import InvalidMessage, UsageError
 from pipeline.dxlink.events import WIRE_TO_FIELD, Candle
@@ -58,6 +61,10 @@ CANDLE_WIRE_FIELDS: frozenset[str] = frozenset({"eventType", *WIRE_TO_FIELD})
 _SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _INT_FIELDS = ("time", "sequence", "flags", "index", "event_time", "count")
 _DOUBLE_FIELDS = Candle._fields[7:]
+# From this many events per array the column path beats the row path (bench_decode).
+_COLUMN_MIN_EVENTS = 20
+# What a generated decoder raises on a wrongly typed value (then _diagnose names it).
+_DECODE_ERRORS = (TypeError, ValueError, AttributeError, OverflowError)
 # Bound on distinct FULL key sets cached per channel; a hostile server cannot grow memory.
 _MAX_CACHED_DECODERS = 64
 
@@ -96,8 +103,10 @@ def candle_decoder(fields: Sequence[str]) -> CandleDecoder:
     """Build the decoder for back-to-back Candle values laid out as ``fields`` (§3.4).
 
     The returned function takes the flat values array (its length a multiple of
-    ``len(fields)``) and returns the Candle tuples. It raises ``TypeError``/``ValueError``
-    on a wrongly typed value; :class:`FeedDecoder` turns that into a precise InvalidMessage.
+    ``len(fields)``) and returns the Candle tuples. It raises ``TypeError``/``ValueError``/
+    ``OverflowError`` on a wrongly typed value; :class:`FeedDecoder` turns that into a precise
+    InvalidMessage. Both of its paths (see ``_decoder_source``) accept and reject the same
+    values and build the same tuples.
 
     Raises:
         InvalidMessage: ``fields`` lacks ``eventSymbol``, or has neither ``time`` nor ``index``.
@@ -109,48 +118,145 @@ def candle_decoder(fields: Sequence[str]) -> CandleDecoder:
         raise InvalidMessage(
             f"Candle eventFields have neither time nor index: {list(fields)!r:.200}"
         )
-    # The loop body, one statement per line; indented below.
-    lines = [f"s = v[o + {at['symbol']}]", "if s.__class__ is not str: raise TypeError"]
-    for name in _INT_FIELDS:
-        if name in at:
-            lines.append(f"{name} = as_int(v[o + {at[name]}])")
-    # §4.2: index = ((time // 1000) << 32) | ((time % 1000) << 22) | sequence, and back.
-    if "index" not in at:
-        if "sequence" not in at:
-            lines.append("sequence = 0")
-        lines.append(
-            "index = ((time // 1000) << 32) | ((time % 1000) << 22) | (sequence & 0x3FFFFF)"
-        )
-    elif "sequence" not in at:
-        lines.append("sequence = index & 0x3FFFFF")
-    if "time" not in at:
-        lines.append("time = (index >> 32) * 1000 + ((index >> 22) & 0x3FF)")
-    derived = ("time", "sequence", "index")
-    ints = ", ".join(name if name in at or name in derived else "0" for name in _INT_FIELDS)
-    doubles = ", ".join(
-        f"flt(v[o + {at[name]}])" if name in at else "nan" for name in _DOUBLE_FIELDS
-    )
-    lines.append(f"append(new(Candle, (s, {ints}, {doubles})))")
-    source = "\n".join(
-        [
-            "def decode(v):",
-            "    out = []",
-            "    append = out.append",
-            f"    for o in range(0, len(v), {len(fields)}):",
-            *("        " + line for line in lines),
-            "    return out",
-        ]
-    )
+    source = _decoder_source(at, len(fields))
     namespace: dict[str, Any] = {
         "new": tuple.__new__,
         "Candle": Candle,
         "as_int": operator.index,
         "flt": float,
+        "special": _SPECIAL_DOUBLES.get,
         "nan": math.nan,
+        "join": "".join,
+        "repeat": itertools.repeat,
+        "special_column": _special_column,
+        "total": sum,
+        "bit_and": operator.and_,
     }
     exec(compile(source, f"<candle decoder {len(fields)} fields>", "exec"), namespace)
     decoder: CandleDecoder = namespace["decode"]
     return decoder
+
+
+def _special_column(column: list[Any], count: int) -> Iterable[float]:
+    """A double field's column that holds strings, as floats (§3.5), for the column path.
+
+    ``float("NaN")`` parses text and costs ~10x a plain ``float(x)``, so a column of nothing
+    but ``"NaN"`` (impVolatility and openInterest, usually) becomes a repeat of one NaN, and
+    any other maps the three special strings through a dict before ``float``.
+    """
+    if column.count("NaN") == count:
+        return itertools.repeat(math.nan, count)
+    return map(float, map(cast(Any, _SPECIAL_DOUBLES.get), column, column))
+
+
+def _decoder_source(at: dict[str, int], width: int) -> str:
+    """Python source of ``decode(v)`` for one field layout (offsets in ``at``).
+
+    Two paths, chosen per call by the number of events:
+
+    * column path (``_COLUMN_MIN_EVENTS`` or more, and ``index`` and ``time`` listed): each
+      field is one strided slice ``v[offset::width]`` converted by a C-level ``map``, and
+      ``zip`` feeds ``tuple.__new__``: no Python bytecode runs per event.
+    * row path: one loop iteration per event, unpacking the ``width`` values at once and
+      calling a converter only for a value that is not already the right type.
+    """
+    names = {attribute: f"a_{attribute}" for attribute in at}
+    lines = ["def decode(v):", f"    n = len(v) // {width}"]
+    if "index" in at and "time" in at:
+        lines += _column_lines(at, width)
+    # Row path: unpack one event; positions we do not use (and duplicates) go to `_`.
+    unpacked = ["_"] * width
+    for attribute, offset in at.items():
+        unpacked[offset] = names[attribute]
+    targets = ", ".join(unpacked) + ","
+    checks = [f"if {names['symbol']}.__class__ is not str: raise TypeError"]
+    for name in _INT_FIELDS:
+        if name in at:
+            var = names[name]
+            checks.append(f"if {var}.__class__ is not int: {var} = as_int({var})")
+    for name in _DOUBLE_FIELDS:
+        if name in at:
+            var = names[name]
+            checks.append(
+                f"if {var}.__class__ is not float: "
+                f'{var} = nan if {var} == "NaN" else flt(special({var}, {var}))'
+            )
+    # §4.2: index = ((time // 1000) << 32) | ((time % 1000) << 22) | sequence, and back.
+    if "index" not in at:
+        checks.append(
+            "a_index = ((a_time // 1000) << 32) | ((a_time % 1000) << 22)"
+            + (" | (a_sequence & 0x3FFFFF)" if "sequence" in at else "")
+        )
+    elif "sequence" not in at:
+        checks.append("a_sequence = a_index & 0x3FFFFF")
+    if "time" not in at:
+        checks.append("a_time = (a_index >> 32) * 1000 + ((a_index >> 22) & 0x3FF)")
+    known = {*at, "time", "index"} | ({"sequence"} if "index" in at else set())
+    ints = [f"a_{name}" if name in known else "0" for name in _INT_FIELDS]
+    doubles = [names[name] if name in at else "nan" for name in _DOUBLE_FIELDS]
+    candle = f"new(Candle, ({names['symbol']}, {', '.join(ints + doubles)}))"
+    lines += [
+        "    if n == 1:",  # one event (a live update): unpack the list itself, no loop
+        f"        {targets} = v",
+        *(f"        {line}" for line in checks),
+        f"        return [{candle}]",
+        "    out = []",
+        "    append = out.append",
+        "    it = iter(v)",
+        f"    for {targets} in zip({', '.join(['it'] * width)}):",
+        *(f"        {line}" for line in checks),
+        f"        append({candle})",
+        "    return out",
+    ]
+    return "\n".join(lines)
+
+
+def _column_lines(at: dict[str, int], width: int) -> list[str]:
+    """The column path of ``decode(v)``: runs when there are enough events to pay off.
+
+    Checks cost a few ns per value here: ``join`` raises unless every symbol is a str, and
+    ``sum`` of an integer field's column is an int only if every value is an int (a float
+    makes it a float; a string, null, array or object raises TypeError).
+    """
+    lines = [
+        f"    if n >= {_COLUMN_MIN_EVENTS}:",
+        f"        symbols = v[{at['symbol']}::{width}]",
+        "        join(symbols)",
+    ]
+    columns = ["symbols"]
+    for name in _INT_FIELDS:
+        if name == "index" or (name == "sequence" and "sequence" not in at):
+            continue
+        if name in at:
+            lines.append(f"        c_{name} = v[{at[name]}::{width}]")
+            lines.append(f"        if total(c_{name}).__class__ is not int: raise TypeError")
+    # The index column is near 2**63: its sum would leave the C fast path, so map instead.
+    if "sequence" in at:
+        index = f"map(as_int, v[{at['index']}::{width}])"
+    else:  # §4.2: sequence = index & 0x3FFFFF; the index column is needed twice.
+        lines.append(f"        c_index = list(map(as_int, v[{at['index']}::{width}]))")
+        index = "c_index"
+    for name in _INT_FIELDS:
+        if name == "index":
+            columns.append(index)
+        elif name == "sequence" and "sequence" not in at:
+            columns.append("map(bit_and, c_index, repeat(0x3FFFFF, n))")
+        else:
+            columns.append(f"c_{name}" if name in at else "repeat(0, n)")
+    for name in _DOUBLE_FIELDS:
+        if name not in at:
+            columns.append("repeat(nan, n)")
+            continue
+        lines.append(f"        d_{name} = v[{at[name]}::{width}]")
+        lines.append(
+            f"        d_{name} = special_column(d_{name}, n) "
+            f"if d_{name}[0].__class__ is str else map(flt, d_{name})"
+        )
+        columns.append(f"d_{name}")
+    lines.append("        return list(map(new, repeat(Candle, n), zip(")
+    lines += [f"            {column}," for column in columns]
+    lines.append("        )))")
+    return lines
 
 
 def _diagnose(values: list[Any], fields: Sequence[str], event_type: str) -> InvalidMessage:
@@ -167,7 +273,7 @@ def _diagnose(values: list[Any], fields: Sequence[str], event_type: str) -> Inva
                     operator.index(value)
                 elif attribute in _DOUBLE_FIELDS:
                     float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 expected = (
                     "a string"
                     if attribute == "symbol"
@@ -195,6 +301,8 @@ class FeedDecoder:
     def __init__(self, event_fields: Mapping[str, Sequence[str]] | None = None) -> None:
         self._fields: dict[str, tuple[str, ...]] = {}
         self._decoders: dict[tuple[str, ...], CandleDecoder | InvalidMessage] = {}
+        # The current COMPACT Candle layout: (field count, decoder), None if unusable.
+        self._compact_candle: tuple[int, CandleDecoder] | None = None
         if event_fields:
             self.update(event_fields)
 
@@ -207,6 +315,30 @@ class FeedDecoder:
         """Merge a FEED_CONFIG ``eventFields``: each listed type's list is replaced (§3.2)."""
         for event_type, names in event_fields.items():
             self._fields[event_type] = tuple(names)
+        fields = self._fields.get(CANDLE)
+        self._compact_candle = None
+        if fields:
+            # An unusable list stays None here; decode() reports it with every Candle pair.
+            with suppress(InvalidMessage):
+                self._compact_candle = (len(fields), self._candle_decoder(fields))
+
+    def compact_candles(self, values: object) -> list[Candle] | None:
+        """Decode one COMPACT ``Candle`` values array, or return None if it is not clean.
+
+        The per-frame fast path (``ClientProtocol``): no batches, no error objects. None
+        means "not decodable as is" (no usable Candle field list, a count that is not a
+        multiple of it, a wrongly typed value); :meth:`decode` then says exactly why.
+        """
+        layout = self._compact_candle
+        if layout is None or values.__class__ is not list:
+            return None
+        width, decoder = layout
+        if len(values) % width:
+            return None
+        try:
+            return decoder(values)
+        except _DECODE_ERRORS:
+            return None
 
     def _candle_decoder(self, fields: tuple[str, ...]) -> CandleDecoder:
         decoder = self._decoders.get(fields)
@@ -276,7 +408,7 @@ class FeedDecoder:
         decoder = self._candle_decoder(fields)
         try:
             return CandleEvents(decoder(values))
-        except (TypeError, ValueError, AttributeError, OverflowError):
+        except _DECODE_ERRORS:
             raise _diagnose(values, fields, event_type) from None
 
     def _decode_full(self, events: list[Any]) -> tuple[list[DecodedBatch], list[InvalidMessage]]:
@@ -320,7 +452,7 @@ class FeedDecoder:
             decoder = self._candle_decoder(fields)
             try:
                 candles.extend(decoder(values))
-            except (TypeError, ValueError, AttributeError, OverflowError):
+            except _DECODE_ERRORS:
                 raise _diagnose(values, fields, event_type) from None
         return CandleEvents(candles)
 

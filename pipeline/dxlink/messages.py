@@ -58,6 +58,7 @@ __all__ = [
     "excerpt",
     "message_type",
     "parse",
+    "parse_object",
 ]
 
 JsonObject: TypeAlias = dict[str, Any]
@@ -543,7 +544,23 @@ def parse(frame: str | bytes) -> Message:
     """
     if not isinstance(frame, (str, bytes)):
         raise InvalidMessage(f"frame must be str or bytes, not {type(frame).__name__}")
-    obj = _decode_json(frame)
+    return parse_object(_decode_json(frame), frame)
+
+
+def parse_object(obj: object, frame: str | bytes) -> Message:
+    """Build the message model of a frame whose JSON is already decoded (§2.3).
+
+    :func:`parse` is ``orjson.loads`` followed by this; a caller that has looked at the
+    decoded object itself (the protocol's FEED_DATA fast path) continues here without
+    parsing the text twice.
+
+    Args:
+        obj: ``orjson.loads(frame)``.
+        frame: the frame it came from, for the excerpt in errors.
+
+    Raises:
+        InvalidMessage: the only exception this function raises, as for :func:`parse`.
+    """
     try:
         return _from_object(obj)
     except InvalidMessage as exc:

@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
 
+import orjson
+
 from pipeline.dxlink.errors import InvalidMessage, ProtocolViolation, UsageError, server_error
 from pipeline.dxlink.feed_codec import FeedDecoder
 from pipeline.dxlink.messages import (
@@ -32,6 +34,7 @@ from pipeline.dxlink.messages import (
     encode,
     message_type,
     parse,
+    parse_object,
 )
 from pipeline.dxlink.protocol_events import (
     ErrorReceived,
@@ -90,6 +93,9 @@ class ChannelState(Enum):
     CONFIGURED = "CONFIGURED"
     CLOSED = "CLOSED"
 
+
+_loads = orjson.loads
+_UNDECODED = object()  # receive_message: the frame is not JSON (or not str/bytes)
 
 # Module-level aliases compared by identity (``state is AUTHORIZED``), as websockets does.
 CONNECTING, SETUP_SENT, AWAIT_AUTH, AUTHORIZING, AUTHORIZED, CLOSED = ConnState
@@ -159,13 +165,14 @@ class ProtocolCore(ABC):
     ) -> None:
         if not keepalive_timeout > 0 or not accept_keepalive_timeout > 0:
             raise UsageError("keepalive_timeout and accept_keepalive_timeout must be > 0 seconds")
-        self.keepalive_timeout = keepalive_timeout
-        """Seconds we promise never to stay silent longer than (our SETUP, §2.6)."""
-        self.accept_keepalive_timeout = accept_keepalive_timeout
-        """Seconds we would like the peer to advertise (our SETUP, §2.6)."""
-        self.peer_keepalive_timeout: float | None = None
-        """The peer's advertised keepaliveTimeout, once its SETUP arrived."""
-        self.peer_accept_keepalive_timeout: float | None = None
+        # The four advertised timeouts (§2.6); every change recomputes the keepalive interval,
+        # which receive_message() checks on each frame and so must not rebuild each time.
+        self._keepalive_timeout = keepalive_timeout
+        self._accept_keepalive_timeout = accept_keepalive_timeout
+        self._peer_keepalive_timeout: float | None = None
+        self._peer_accept_keepalive_timeout: float | None = None
+        self._keepalive_interval = 0.0
+        self._refresh_keepalive_interval()
         self.logger = logger or logging.getLogger("pipeline.dxlink.protocol")
         self.debug = self.logger.isEnabledFor(logging.DEBUG)
         self._state = CONNECTING
@@ -240,15 +247,58 @@ class ProtocolCore(ABC):
     # -- timers (§2.6) -------------------------------------------------------------------
 
     @property
+    def keepalive_timeout(self) -> float:
+        """Seconds we promise never to stay silent longer than (our SETUP, §2.6)."""
+        return self._keepalive_timeout
+
+    @keepalive_timeout.setter
+    def keepalive_timeout(self, seconds: float) -> None:
+        self._keepalive_timeout = seconds
+        self._refresh_keepalive_interval()
+
+    @property
+    def accept_keepalive_timeout(self) -> float:
+        """Seconds we would like the peer to advertise (our SETUP, §2.6)."""
+        return self._accept_keepalive_timeout
+
+    @accept_keepalive_timeout.setter
+    def accept_keepalive_timeout(self, seconds: float) -> None:
+        self._accept_keepalive_timeout = seconds
+        self._refresh_keepalive_interval()
+
+    @property
+    def peer_keepalive_timeout(self) -> float | None:
+        """The peer's advertised keepaliveTimeout, once its SETUP arrived."""
+        return self._peer_keepalive_timeout
+
+    @peer_keepalive_timeout.setter
+    def peer_keepalive_timeout(self, seconds: float | None) -> None:
+        self._peer_keepalive_timeout = seconds
+        self._refresh_keepalive_interval()
+
+    @property
+    def peer_accept_keepalive_timeout(self) -> float | None:
+        """The peer's advertised acceptKeepaliveTimeout, once its SETUP arrived."""
+        return self._peer_accept_keepalive_timeout
+
+    @peer_accept_keepalive_timeout.setter
+    def peer_accept_keepalive_timeout(self, seconds: float | None) -> None:
+        self._peer_accept_keepalive_timeout = seconds
+        self._refresh_keepalive_interval()
+
+    @property
     def keepalive_interval(self) -> float:
         """Send something at least this often: min(all advertised timeouts) / 2 (§2.6)."""
-        advertised = [self.keepalive_timeout, self.accept_keepalive_timeout]
+        return self._keepalive_interval
+
+    def _refresh_keepalive_interval(self) -> None:
+        advertised = [self._keepalive_timeout, self._accept_keepalive_timeout]
         advertised += [
             t
-            for t in (self.peer_keepalive_timeout, self.peer_accept_keepalive_timeout)
+            for t in (self._peer_keepalive_timeout, self._peer_accept_keepalive_timeout)
             if t and t > 0
         ]
-        return min(advertised) / 2
+        self._keepalive_interval = min(advertised) / 2
 
     @property
     @abstractmethod
@@ -298,7 +348,8 @@ class ProtocolCore(ABC):
 
     def receive_message(self, frame: str | bytes, now: float) -> None:
         """Feed one received frame. Never raises; results go to ``events_received()``."""
-        self._tick(now)
+        if now is not None and now > self._now:  # _tick(), inlined: this runs per frame
+            self._now = now
         if self._state is CLOSED:
             if self.debug:
                 self.logger.debug("< ignored after close: %r", frame[:80])
@@ -306,10 +357,26 @@ class ProtocolCore(ABC):
         if not self._started:
             self._start_timers(now)
         self._last_received = self._now
+        decoded: object = _UNDECODED
+        if frame.__class__ is str or frame.__class__ is bytes:
+            try:  # noqa: SIM105 (suppress() costs a context manager per frame)
+                decoded = _loads(frame)
+            except ValueError:  # orjson.JSONDecodeError; parse() below words the reason
+                pass
+        if decoded.__class__ is dict and not self.debug:
+            try:
+                handled = self._receive_fast(decoded)
+            except Exception:  # a bug of ours: the full path below still handles the frame
+                self.logger.exception("! bug in the fast path; taking the full path")
+                handled = False
+            if handled:
+                if self._now - self._last_sent >= self._keepalive_interval:
+                    self._keepalive_if_due(self._now)
+                return
         # Bad frames are logged at debug only: they become events, and the driver counts and
         # reports them (a server spraying junk must not flood the log).
         try:
-            message = parse(frame)
+            message = parse(frame) if decoded is _UNDECODED else parse_object(decoded, frame)
         except InvalidMessage as exc:
             if self.debug:
                 self.logger.debug("! invalid message: %s", exc)
@@ -336,6 +403,15 @@ class ProtocolCore(ABC):
             violation.__cause__ = exc
             self._emit(ViolationReceived(violation))
         self._keepalive_if_due(self._now)
+
+    def _receive_fast(self, decoded: JsonObject) -> bool:
+        """Handle a decoded frame without building its message model, if it is one we can.
+
+        The role's per-frame hot path. It must take only frames whose outcome equals the
+        full path's (parse, the ALLOWED tables, ``_dispatch``) and return False for anything
+        else, untouched, so the full path words every error. By default it takes nothing.
+        """
+        return False
 
     def _check_allowed(self, message: Message) -> None:
         kind = message_type(message)

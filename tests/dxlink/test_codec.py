@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.dxlink.errors import (
@@ -28,7 +28,13 @@ from pipeline.dxlink.events import (
     sequence_of,
     time_of,
 )
-from pipeline.dxlink.feed_codec import CandleEvents, FeedDecoder, OtherEvents, encode_candles
+from pipeline.dxlink.feed_codec import (
+    CandleEvents,
+    FeedDecoder,
+    OtherEvents,
+    candle_decoder,
+    encode_candles,
+)
 from pipeline.dxlink.messages import (
     Auth,
     AuthState,
@@ -49,6 +55,7 @@ from pipeline.dxlink.messages import (
     SubscriptionItem,
     encode,
     parse,
+    parse_object,
 )
 
 NAN = math.nan
@@ -669,3 +676,175 @@ MESSAGES = st.one_of(
 def test_encode_then_parse_round_trips(message: Message) -> None:
     """Every message type survives encode -> parse unchanged."""
     assert parse(encode(message)) == message
+
+
+# --------------------------------------------------------------------------------------------
+# The decoder's two paths (row and column), the client's compact_candles call, parse_object.
+
+COLUMN_EVENTS = 24  # at least feed_codec._COLUMN_MIN_EVENTS: the whole array takes the column path
+# tastyware's order (dxlink-protocol.md §4.1): no eventType, doubles after the ints, OHLC last.
+TASTYWARE_FIELDS = (*CANDLE_FIELDS[1:8], *CANDLE_FIELDS[12:], *CANDLE_FIELDS[8:12])
+
+
+def comparable(candles: list[Candle]) -> list[tuple[object, ...]]:
+    """Candles as tuples in which NaN equals NaN (and, as in Python, True equals 1)."""
+    return [tuple("NaN" if value != value else value for value in candle) for candle in candles]
+
+
+def sample(count: int) -> list[Candle]:
+    """``count`` distinct candles with every double kind: finite, NaN, both infinities."""
+    candles = []
+    for number in range(count):
+        time_ms = 1756303200000 - number * 300_000
+        candles.append(
+            Candle(
+                f"S{number % 3}{{=5m}}",
+                time_ms,
+                number % 5,
+                (SNAPSHOT_BEGIN if number == 0 else 0) | (number % 2),
+                index_of(time_ms, number % 5),
+                number * 7,
+                57 + number,
+                229.5 + number,
+                230.0 + number,
+                NAN if number % 4 == 0 else 229.0,
+                math.inf if number == 3 else 229.75,
+                2105.0 + number,
+                229.6,
+                -math.inf if number == 5 else 1003.0,
+                1102.0,
+                NAN,
+                NAN if number % 2 else 0.25,
+            )
+        )
+    return candles
+
+
+def by_one(decoder: Any, values: list[Any], width: int) -> list[Candle]:
+    """Decode one event at a time (the row path's one-event branch)."""
+    return [c for o in range(0, len(values), width) for c in decoder(values[o : o + width])]
+
+
+def outcome(decode: Any) -> tuple[str, list[tuple[object, ...]]]:
+    """("ok", comparable candles) or ("error", []) when the decoder rejects the values."""
+    try:
+        return "ok", comparable(decode())
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return "error", []
+
+
+@pytest.mark.parametrize(
+    "fields", [T4_FIELDS, T7_FIELDS, TASTYWARE_FIELDS], ids=["T4", "T7", "tastyware"]
+)
+def test_column_path_decodes_exactly_like_the_row_path(fields: tuple[str, ...]) -> None:
+    """Many events (column path), pairs (row loop) and single events agree, NaN/±Inf included."""
+    candles = sample(COLUMN_EVENTS)
+    (_, values) = encode_candles(candles, fields=fields, data_format=DataFormat.COMPACT)
+    values = orjson.loads(orjson.dumps(values))  # ints stay ints, as the wire has them
+    decoder = candle_decoder(fields)
+    whole = decoder(values)
+    pairs = [
+        c
+        for o in range(0, len(values), 2 * len(fields))
+        for c in decoder(values[o : o + 2 * len(fields)])
+    ]
+    assert (
+        comparable(whole) == comparable(pairs) == comparable(by_one(decoder, values, len(fields)))
+    )
+    if fields != T7_FIELDS:  # T7's list lacks count, vwap, ...: compare the shared fields
+        assert comparable(whole) == comparable(candles)
+    assert all(type(c.volume) is float and type(c.index) is int for c in whole)
+
+
+def test_column_path_converts_integer_doubles_and_special_strings() -> None:
+    """Integers in double fields become floats; "NaN"/"Infinity" columns, mixed or not, too."""
+    fields = ("eventSymbol", "time", "index", "open", "volume", "impVolatility", "openInterest")
+    values: list[Any] = []
+    for number in range(COLUMN_EVENTS):
+        special = ["NaN", "Infinity", "-Infinity", 1][number % 4]
+        values += ["A{=d}", number * 1000, index_of(number * 1000), 5, "NaN", special, 2.5]
+    candles = candle_decoder(fields)(values)
+    assert all(type(c.open) is float and c.open == 5.0 for c in candles)
+    assert all(math.isnan(c.volume) for c in candles)
+    assert [c.imp_volatility for c in candles[:4]][1:] == [math.inf, -math.inf, 1.0]
+    assert math.isnan(candles[0].imp_volatility)
+    assert comparable(candles) == comparable(by_one(candle_decoder(fields), values, 7))
+
+
+_junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "nan", "1.5", "", "AAPL{=d}"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.sampled_from([T4_FIELDS, T7_FIELDS, TASTYWARE_FIELDS]),
+    st.lists(st.tuples(st.integers(0, 10**6), _junk), max_size=3),
+)
+def test_both_paths_accept_and_reject_the_same_values(
+    fields: tuple[str, ...], edits: list[tuple[int, Any]]
+) -> None:
+    """With junk anywhere, the column path fails exactly when some single event fails."""
+    (_, values) = encode_candles(
+        sample(COLUMN_EVENTS), fields=fields, data_format=DataFormat.COMPACT
+    )
+    values = orjson.loads(orjson.dumps(values))
+    for position, value in edits:
+        values[position % len(values)] = value
+    decoder = candle_decoder(fields)
+    whole = outcome(lambda: decoder(values))
+    assert whole == outcome(lambda: by_one(decoder, values, len(fields)))
+    batches, errors = FeedDecoder({"Candle": fields}).decode(FeedData(1, ["Candle", values]))
+    assert (whole[0] == "error") == bool(errors) and len(batches) + len(errors) == 1
+    if errors:
+        assert errors[0].reason.startswith("Candle event")  # names the event and the field
+
+
+def test_compact_candles_decodes_clean_arrays_and_declines_the_rest() -> None:
+    """compact_candles: the Candles of a clean array, else None (decode() words the error)."""
+    decoder = FeedDecoder({"Candle": T4_FIELDS})
+    values = orjson.loads(T6)["data"][1]
+    assert comparable(decoder.compact_candles(values) or []) == comparable(
+        candles_of(T6, T4_FIELDS)
+    )
+    assert decoder.compact_candles([]) == []
+    assert decoder.compact_candles(values[:-1]) is None  # not a multiple of 18
+    assert decoder.compact_candles({"Candle": 1}) is None
+    assert decoder.compact_candles([*values[:5], "x", *values[6:]]) is None  # time not an int
+    assert FeedDecoder().compact_candles(values) is None  # no Candle list yet
+    assert FeedDecoder({"Candle": ("time", "open")}).compact_candles([1, 2.0]) is None
+    decoder.update({"Quote": ("bidPrice",)})  # another type's list keeps the Candle layout
+    assert decoder.compact_candles(values) is not None
+    decoder.update({"Candle": T7_FIELDS})  # a new Candle list replaces the layout (§3.2)
+    assert decoder.compact_candles(values) is None
+    assert decoder.compact_candles(orjson.loads(T7[0])["data"][1]) is not None
+
+
+def test_json_booleans_in_integer_fields_count_as_one_and_zero() -> None:
+    """true/false in an integer field decode as 1/0 on every path (a bool is an int)."""
+    fields = ("eventSymbol", "time", "eventFlags")
+    values = [v for n in range(COLUMN_EVENTS) for v in ("A{=d}", n, n % 2 == 1)]
+    decoder = candle_decoder(fields)
+    assert [c.flags for c in decoder(values)] == [n % 2 for n in range(COLUMN_EVENTS)]
+    assert [c.flags for c in by_one(decoder, values, 3)] == [n % 2 for n in range(COLUMN_EVENTS)]
+
+
+@pytest.mark.parametrize(("wire", "model"), [v[1:] for v in VECTORS], ids=[v[0] for v in VECTORS])
+def test_parse_object_continues_from_decoded_json(wire: str, model: Message) -> None:
+    """parse_object(orjson.loads(frame), frame) is parse(frame)."""
+    assert parse_object(orjson.loads(wire), wire) == model
+
+
+def test_parse_object_errors_carry_the_frame_excerpt() -> None:
+    """parse_object's InvalidMessage names the problem and quotes the (token-free) frame."""
+    frame = '{"type":"AUTH","channel":0,"token":7}'
+    with pytest.raises(InvalidMessage) as info:
+        parse_object(orjson.loads(frame), frame)
+    assert info.value.reason == "token must be a string, not a number"
+    assert info.value.excerpt == '{"type":"AUTH","channel":0,"token":"<hidden>"}'

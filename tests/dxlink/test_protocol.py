@@ -6,11 +6,14 @@ Sections: dxlink-protocol.md §2.2 (handshake), §2.4 (channels), §2.6 (keepali
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.dxlink.errors import (
     ServerInvalidMessage,
@@ -22,6 +25,7 @@ from pipeline.dxlink.events import (
     CANDLE_FIELDS,
     Candle,
 )
+from pipeline.dxlink.feed_codec import FeedDecoder
 from pipeline.dxlink.messages import (
     DataFormat,
     ErrorCode,
@@ -82,9 +86,11 @@ def state_of(proto: ClientProtocol | ServerProtocol) -> ConnState:
     return proto.state
 
 
-def authorized_client(token: str | None = "tok", now: float = 0.0) -> ClientProtocol:
+def authorized_client(
+    token: str | None = "tok", now: float = 0.0, logger: logging.Logger | None = None
+) -> ClientProtocol:
     """A client driven through §2.2 to AUTHORIZED by raw server frames."""
-    client = ClientProtocol(token=token)
+    client = ClientProtocol(token=token, logger=logger)
     client.start(now)
     for frame in (SERVER_SETUP, UNAUTHORIZED, AUTHORIZED):
         client.receive_message(frame, now)
@@ -93,9 +99,11 @@ def authorized_client(token: str | None = "tok", now: float = 0.0) -> ClientProt
     return client
 
 
-def configured_client(fields: str = T4_CONFIG) -> ClientProtocol:
+def configured_client(
+    fields: str = T4_CONFIG, logger: logging.Logger | None = None
+) -> ClientProtocol:
     """An authorized client with channel 1 opened and configured with T4's fields."""
-    client = authorized_client()
+    client = authorized_client(logger=logger)
     assert client.open_channel("HISTORY") == 1
     client.receive_message(VECTORS[8][1].replace("CHANNEL_REQUEST", "CHANNEL_OPENED"), 0)
     client.receive_message(fields, 0)
@@ -475,6 +483,178 @@ class TestClientTimers:
             ClientProtocol(token="t", keepalive_timeout=0)
         with pytest.raises(UsageError, match="dead_peer_timeout"):
             ClientProtocol(token="t", dead_peer_timeout=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# The client's FEED_DATA fast path: same outcome as the full path, frame for frame.
+
+# A DEBUG logger makes the client take the full path for every frame (it logs each message).
+FULL_PATH_LOGGER = logging.getLogger("tests.dxlink.full_path")
+FULL_PATH_LOGGER.setLevel(logging.DEBUG)
+FULL_PATH_LOGGER.propagate = False
+FULL_PATH_LOGGER.addHandler(logging.NullHandler())
+
+_junk_value = st.one_of(
+    st.integers(-(2**64), 2**64),
+    st.floats(),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "AAPL{=5m}", "Candle", "", "1.5"]),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=1),
+)
+
+
+@st.composite
+def feed_frames(draw: st.DrawFn) -> str:
+    """FEED_DATA-like frames: real T6/T7 data, edited values, odd shapes, channels, types."""
+    data: Any = orjson.loads(draw(st.sampled_from([T6, *T7])))["data"]
+    values = data[1]
+    for position, value in draw(st.lists(st.tuples(st.integers(0, 99), _junk_value), max_size=2)):
+        values[position % len(values)] = value
+    if draw(st.booleans()):
+        del values[draw(st.integers(0, len(values) - 1))]  # a count that is not a multiple
+    if draw(st.booleans()):  # many events: the decoder's column path
+        data[1] = values * 12
+    shape = draw(st.sampled_from(["pair", "pair", "pair", "two pairs", "bare", "FULL", "dict"]))
+    if shape == "two pairs":
+        data = [*data, draw(st.sampled_from(["Candle", "Quote"])), values]
+    elif shape == "bare":
+        data = data[1]
+    elif shape == "FULL":
+        data = [{"eventType": "Candle", "eventSymbol": "A{=d}", "time": 0}]
+    elif shape == "dict":
+        data = {"Candle": values}
+    frame: dict[str, Any] = {
+        "type": draw(st.sampled_from(["FEED_DATA", "FEED_DATA", "FEED_CONFIG", "KEEPALIVE"])),
+        "channel": draw(st.sampled_from([1, 1, 1, 1.0, True, "1", 3, 0, -1, None])),
+        "data": data,
+    }
+    if draw(st.booleans()):
+        frame["extra"] = [1]
+    return json.dumps(frame)
+
+
+def observed(client: ClientProtocol) -> tuple[str, list[dict[str, Any]], ConnState]:
+    """What a driver sees after a frame: the events (repr), queued frames and state."""
+    return repr(client.events_received()), sent(client), client.state
+
+
+class TestClientFastPath:
+    """receive_message's FEED_DATA fast path (protocol.py) against the full path."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(feed_frames(), min_size=1, max_size=4))
+    def test_fast_path_and_full_path_give_the_same_events(self, frames: list[str]) -> None:
+        """For any FEED_DATA-like frames, the same events, replies and state as the full path."""
+        fast, full = configured_client(), configured_client(logger=FULL_PATH_LOGGER)
+        assert not fast.debug and full.debug
+        for step, frame in enumerate(frames):
+            fast.receive_message(frame, 1.0 + step)
+            full.receive_message(frame, 1.0 + step)
+            assert observed(fast) == observed(full)
+
+    @pytest.mark.parametrize(
+        "frame",
+        [
+            T6.replace('"channel":1', '"channel":true'),
+            T6.replace('"channel":1', '"channel":1.0'),
+            T6.replace('"channel":1', '"channel":"1"'),
+            T6.replace('"channel":1', '"channel":3'),
+            T6.replace('"data":["Candle",', '"data":["Quote",'),
+            T6.replace('"data":["Candle",', '"data":["Candle",[],"Candle",'),
+            T6.replace('"NaN"]]}', '"x"]]}'),
+            T6.replace('"type":"FEED_DATA"', '"type":"FEED_CONFIG"'),
+        ],
+        ids=[
+            "bool channel",
+            "float channel",
+            "string channel",
+            "unknown channel",
+            "Quote",
+            "two pairs",
+            "bad value",
+            "another type",
+        ],
+    )
+    def test_edge_frames_match_the_full_path(self, frame: str) -> None:
+        """Frames close to the fast path's shape have the full path's outcome exactly."""
+        fast, full = configured_client(), configured_client(logger=FULL_PATH_LOGGER)
+        fast.receive_message(frame, 1.0)
+        full.receive_message(frame, 1.0)
+        assert observed(fast) == observed(full)
+
+    @pytest.mark.parametrize("situation", ["cancelled", "opened", "rejected"])
+    def test_channel_and_connection_states_match_the_full_path(self, situation: str) -> None:
+        """FEED_DATA on a cancelled or unconfigured channel, or after a token rejection."""
+        clients = []
+        for logger in (None, FULL_PATH_LOGGER):
+            if situation == "opened":
+                client = authorized_client(logger=logger)
+                client.open_channel("HISTORY")
+                client.receive_message(
+                    VECTORS[8][1].replace("CHANNEL_REQUEST", "CHANNEL_OPENED"), 0
+                )
+            else:
+                client = configured_client(logger=logger)
+                if situation == "cancelled":
+                    client.cancel_channel(1)
+                else:
+                    client.receive_message(UNAUTHORIZED, 0.5)
+            client.messages_to_send()
+            client.events_received()
+            client.receive_message(T6, 1.0)
+            clients.append(observed(client))
+        assert clients[0] == clients[1]
+
+    def test_t6_through_the_fast_path_is_one_candles_received(self) -> None:
+        """A clean T6 frame becomes one CandlesReceived equal to the full path's, frozen."""
+        client = configured_client()
+        client.receive_message(T6, 1.0)
+        (event,) = client.events_received()
+        assert isinstance(event, CandlesReceived) and event.channel == 1
+        assert same(event, CandlesReceived(1, candles_of(T6, T4_FIELDS)))
+        with pytest.raises(AttributeError):
+            event.channel = 2  # type: ignore[misc]
+        client.receive_message(T6.encode(), 2.0)  # bytes take the same path
+        assert same(client.events_received(), [event])
+
+    def test_fast_path_still_sends_a_due_keepalive(self) -> None:
+        """Only FEED_DATA arriving for 30 s still makes the client send its KEEPALIVE (§2.6)."""
+        client = configured_client()
+        client.receive_message(T6, 29.0)
+        assert sent(client) == []
+        client.receive_message(T6, 30.0)
+        assert sent(client) == [{"type": "KEEPALIVE", "channel": 0}]
+        assert client.next_deadline() == 60.0
+
+    def test_a_fast_path_bug_falls_back_to_the_full_path(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An exception inside the fast path is logged; the full path still decodes the frame."""
+        client = configured_client()
+
+        def broken(values: object) -> None:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(FeedDecoder, "compact_candles", lambda self, values: broken(values))
+        with caplog.at_level(logging.ERROR, logger="pipeline.dxlink.protocol"):
+            client.receive_message(T6, 1.0)
+        (event,) = client.events_received()
+        assert isinstance(event, CandlesReceived) and len(event.candles) == 2
+        assert "bug in the fast path" in caplog.text
+
+    def test_timeout_changes_refresh_the_keepalive_interval(self) -> None:
+        """Setting any advertised timeout recomputes keepalive_interval (min / 2, §2.6)."""
+        client = ClientProtocol(token="t")
+        assert client.keepalive_interval == 30
+        client.peer_keepalive_timeout = 10
+        assert client.keepalive_interval == 5
+        client.peer_accept_keepalive_timeout = 4
+        client.keepalive_timeout = 6
+        assert client.keepalive_interval == 2
+        client.peer_keepalive_timeout = client.peer_accept_keepalive_timeout = None
+        client.accept_keepalive_timeout = 8
+        assert client.keepalive_interval == 3
 
 
 # --------------------------------------------------------------------------------------------
