@@ -114,6 +114,7 @@ from pipeline.dxlink.subscriptions import (
 from pipeline.dxlink.symbols import CandleInterval, CandleSymbol
 
 __all__ = [
+    "Backpressure",
     "CandleInterval",
     "ChannelMetrics",
     "Connected",
@@ -196,13 +197,21 @@ class SnapshotComplete:
 
 
 @dataclass(frozen=True, slots=True)
+class Backpressure:
+    """The reader found a delivery queue full and now waits for the consumer (§ pattern 9)."""
+
+    stream: str
+    """``"candles"`` or ``"events"``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stopped:
     """The manager stopped: ``error`` is None after ``aclose()``, else the fatal failure."""
 
     error: BaseException | None
 
 
-LifecycleEvent: TypeAlias = Connected | Disconnected | SnapshotComplete | Stopped
+LifecycleEvent: TypeAlias = Connected | Disconnected | SnapshotComplete | Backpressure | Stopped
 
 
 class EventBatch(NamedTuple):
@@ -681,7 +690,7 @@ class DXLinkManager:
             elif isinstance(event, EventsReceived):
                 self._count_data(conn, event.channel, len(event.events))
                 batch = EventBatch(event.event_type, event.events)
-                await self._deliver(conn, self._event_queue, batch, conn.roles[event.channel])
+                await self._deliver(conn, self._event_queue, batch, "events")
             elif isinstance(event, ServerSetup):
                 self._step(conn, "AUTH_STATE")
             elif isinstance(event, Authorized):
@@ -835,6 +844,7 @@ class DXLinkManager:
             started = self._now()
             conn.blocked = True
             self._delivery.blocked_count += 1
+            self._notify(Backpressure(role))
             try:
                 await queue.put(item)
             finally:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -25,7 +25,6 @@ from pipeline.dxlink.client import (
     Connected,
     Disconnected,
     DXLinkManager,
-    LifecycleEvent,
     SnapshotComplete,
     Stopped,
 )
@@ -43,6 +42,7 @@ from pipeline.dxlink.protocol import (
     ServerProtocol,
     SubscriptionRequested,
 )
+from tests.dxlink.test_client import Lifecycle, TokenSource
 from tests.timing import TIMEOUT, short_backoff
 
 T0 = 1_756_252_800_000  # 2025-08-27T00:00Z
@@ -57,6 +57,8 @@ class Session:
     protocol: ServerProtocol
     ws: ServerConnection
     received: list[ProtocolEvent] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    """The server's loop time at each frame received."""
     channels: dict[str, int] = field(default_factory=dict)  # contract -> channel
 
 
@@ -103,6 +105,7 @@ class ScriptedServer:
         protocol.start(loop.time())
         with contextlib.suppress(ConnectionClosed):  # clients may vanish without a close
             async for frame in ws:
+                session.arrivals.append(loop.time())
                 protocol.receive_message(frame, loop.time())
                 for event in protocol.events_received():
                     session.received.append(event)
@@ -172,49 +175,6 @@ async def server() -> AsyncIterator[ScriptedServer]:
         yield scripted
         for task in scripted._tasks:
             task.cancel()
-
-
-class TokenSource:
-    """A TokenSource with the real shape: ``.token`` is a SecretStr, refresh hands the next."""
-
-    def __init__(self, url: str, tokens: list[str]) -> None:
-        self.url = url
-        self.tokens = tokens
-        self.calls: list[bool] = []
-
-    async def get(self, force_refresh: bool = False) -> Any:
-        self.calls.append(force_refresh)
-        if force_refresh and len(self.tokens) > 1:
-            self.tokens.pop(0)
-        return _Quote(SecretStr(self.tokens[0]), self.url)
-
-
-@dataclass(frozen=True)
-class _Quote:
-    token: SecretStr
-    dxlink_url: str
-
-
-class Lifecycle:
-    """Records lifecycle events; tests wait on them instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.events: list[LifecycleEvent] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: LifecycleEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    async def wait_for(self, kind: type[Any], count: int = 1) -> list[Any]:
-        async with asyncio.timeout(TIMEOUT):
-            while len(self.of(kind)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.of(kind)
 
 
 def make_manager(
@@ -382,3 +342,16 @@ async def test_token_never_appears_in_logs_errors_or_metrics(
     assert any("AUTH frame (token hidden)" in text for text in texts)  # frames were logged
     for secret in (TOKEN, stale):
         assert not [text for text in texts if secret in text]
+
+
+async def test_idle_connection_sends_keepalives_within_the_timeout(server: ScriptedServer) -> None:
+    """With nothing to say the client still sends something every keepalive_timeout / 2."""
+    lifecycle = Lifecycle()
+    manager, _ = make_manager(server, lifecycle, keepalive_timeout=0.4)
+    async with manager:
+        await lifecycle.wait_for(Connected)
+        await server.wait_for(lambda: len(server.events(KeepaliveReceived)) >= 6)
+    arrivals = server.sessions[0].arrivals
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert max(gaps) < 0.4  # the server, with the same timeout, would never drop us
+    assert lifecycle.of(Disconnected) == []

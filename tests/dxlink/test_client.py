@@ -1,0 +1,363 @@
+"""DXLinkManager against the real simulator over real sockets on 127.0.0.1 (STYLE.md §C).
+
+Every fault the simulator can inject must end with data flowing again and the registry fully
+resubscribed. Waits are on explicit events (lifecycle notifications, the simulator's own
+``wait_for_*``) bounded by generous limits; timeouts under test are short (0.2-0.5 s) and
+configured, never slept through. Helpers shared with ``test_client_handshake.py`` live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from pipeline.dxlink.client import (
+    Connected,
+    Disconnected,
+    DXLinkManager,
+    LifecycleEvent,
+    SnapshotComplete,
+)
+from pipeline.dxlink.events import Candle
+from pipeline.dxlink.metrics import DisconnectReason
+from pipeline.simulator import Simulator, SimulatorClock
+from tests.timing import TIMEOUT, short_backoff
+
+START = 1_756_252_800_000  # 2025-08-27T00:00Z
+HOUR = 3_600_000
+NOW = START + 6 * HOUR
+SIM_TOKEN = "sim-token-5e1d"
+
+
+class TokenSource:
+    """A TokenSource with the real shape: ``.token`` is a SecretStr, refresh hands the next."""
+
+    def __init__(self, url: str, tokens: list[str]) -> None:
+        self.url = url
+        self.tokens = tokens
+        self.calls: list[bool] = []
+
+    async def get(self, force_refresh: bool = False) -> Any:
+        self.calls.append(force_refresh)
+        if force_refresh and len(self.tokens) > 1:
+            self.tokens.pop(0)
+        return _Quote(SecretStr(self.tokens[0]), self.url)
+
+
+@dataclass(frozen=True)
+class _Quote:
+    token: SecretStr
+    dxlink_url: str
+
+
+class Lifecycle:
+    """Records lifecycle events; tests wait on them instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.events: list[LifecycleEvent] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: LifecycleEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def wait_for(self, kind: type[Any], count: int = 1) -> list[Any]:
+        async with asyncio.timeout(TIMEOUT):
+            while len(self.of(kind)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.of(kind)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(clock=SimulatorClock.manual(NOW), token=SIM_TOKEN) as simulator:
+        yield simulator
+
+
+def make_client(sim: Simulator, lifecycle: Lifecycle, **kwargs: Any) -> DXLinkManager:
+    settings: dict[str, Any] = {
+        "reconnect_delays": short_backoff,
+        "on_event": lifecycle,
+        "wall_clock": lambda: NOW / 1000,  # the simulator's time, for fromTime checks
+    }
+    settings.update(kwargs)
+    tokens = settings.pop("tokens", [SIM_TOKEN])
+    return DXLinkManager(TokenSource(sim.url, tokens), **settings)
+
+
+class Collector:
+    """Consumes candles() in the background, like the service does."""
+
+    def __init__(self, manager: DXLinkManager) -> None:
+        self.candles: list[Candle] = []
+        self.batches = 0
+        self._changed = asyncio.Event()
+        self.task = asyncio.create_task(self._run(manager))
+
+    async def _run(self, manager: DXLinkManager) -> None:
+        async for batch in manager.candles():
+            self.candles.extend(batch)
+            self.batches += 1
+            self._changed.set()
+
+    async def wait_batches(self, count: int) -> None:
+        """Wait until ``count`` batches have arrived in total."""
+        async with asyncio.timeout(TIMEOUT):
+            while self.batches < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+SERIES = ["AAPL{=5m}", "SPY{=m}", "QQQ{=h}"]
+
+
+async def subscribe_all(manager: DXLinkManager, from_time: int = NOW - 2 * HOUR) -> None:
+    for key in SERIES:
+        await manager.subscribe_to_candles(symbol=key, from_time=from_time)
+
+
+async def assert_resubscribed(
+    sim: Simulator, lifecycle: Lifecycle, snapshots: int, from_time: int = NOW - 2 * HOUR
+) -> None:
+    """Data flows again (every series' snapshot completed once more) on one live connection,
+    and that connection carries exactly the registry's series."""
+    await lifecycle.wait_for(SnapshotComplete, snapshots)
+    async with asyncio.timeout(TIMEOUT):
+        await sim.wait_for(lambda: sim.connections == 1)
+    (subscribed,) = sim.subscriptions().values()
+    assert subscribed == dict.fromkeys(SERIES, from_time)
+
+
+async def test_snapshot_matches_the_simulators_truth(sim: Simulator) -> None:
+    """The candles delivered for a series are exactly the simulator's ground truth."""
+    lifecycle = Lifecycle()
+    async with make_client(sim, lifecycle) as manager:
+        collector = Collector(manager)
+        await manager.subscribe_to_candles(symbol="AAPL", interval="5m", from_time=NOW - HOUR)
+        await lifecycle.wait_for(SnapshotComplete)
+    await collector.task
+    truth = sim.truth("AAPL{=5m}", NOW - HOUR, include_live=True)
+    got = {c.time: (c.open, c.high, c.low, c.close, c.volume) for c in collector.candles}
+    assert got == {c.time: (c.open, c.high, c.low, c.close, c.volume) for c in truth}
+    assert len(truth) == 12
+
+
+FAULTS: dict[str, Callable[[Simulator], Any]] = {
+    "drop": lambda sim: sim.drop_connections(),
+    "close_1000": lambda sim: sim.close_connections(1000),
+    "close_1001": lambda sim: sim.close_connections(1001),
+    "error_timeout": lambda sim: sim.send_error("TIMEOUT", "too slow"),
+    "error_unknown": lambda sim: sim.send_error("UNKNOWN", "?"),
+    "error_invalid_message": lambda sim: sim.send_error("INVALID_MESSAGE", "bad json"),
+    "error_bad_action_connection": lambda sim: sim.send_error("BAD_ACTION", "no", channel=0),
+}
+REASONS = {
+    "drop": DisconnectReason.CONNECTION_LOST,
+    "close_1000": DisconnectReason.SERVER_CLOSED,
+    "close_1001": DisconnectReason.SERVER_CLOSED,
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_fault_ends_with_data_flowing_and_everything_resubscribed(
+    sim: Simulator, fault: str
+) -> None:
+    """After each connection fault the client reconnects and resubscribes every series."""
+    lifecycle = Lifecycle()
+    async with make_client(sim, lifecycle) as manager:
+        Collector(manager)
+        await subscribe_all(manager)
+        await lifecycle.wait_for(SnapshotComplete, len(SERIES))
+        await FAULTS[fault](sim)
+        await assert_resubscribed(sim, lifecycle, 2 * len(SERIES))
+        (disconnected,) = lifecycle.of(Disconnected)
+        assert disconnected.reason is REASONS.get(fault, DisconnectReason.SERVER_ERROR)
+        assert len(lifecycle.of(Connected)) == 2
+        assert manager.get_metrics()["connection"]["connect_count"] == 2
+
+
+async def test_stalled_server_is_detected_by_the_keepalive_timeout() -> None:
+    """A server that goes silent with the socket open is declared dead and replaced."""
+    lifecycle = Lifecycle()
+    clock = SimulatorClock.manual(NOW)
+    async with Simulator(clock=clock, token=SIM_TOKEN, keepalive_timeout=0.3) as sim:
+        manager = make_client(sim, lifecycle, dead_peer_timeout=0.3)
+        async with manager:
+            Collector(manager)
+            await subscribe_all(manager)
+            await lifecycle.wait_for(SnapshotComplete, len(SERIES))
+            sim.stall(True)
+            await assert_resubscribed(sim, lifecycle, 2 * len(SERIES))
+    (disconnected,) = lifecycle.of(Disconnected)
+    assert disconnected.reason is DisconnectReason.PEER_TIMEOUT
+    assert "nothing received for 0.3" in disconnected.error
+
+
+async def test_expired_token_is_refreshed_mid_session(sim: Simulator) -> None:
+    """Token rotation: AUTH_STATE UNAUTHORIZED → fetch a new token → reconnect and resume."""
+    lifecycle = Lifecycle()
+    manager = make_client(sim, lifecycle, tokens=[SIM_TOKEN, "sim-token-rotated"])
+    async with manager:
+        Collector(manager)
+        await subscribe_all(manager)
+        await lifecycle.wait_for(SnapshotComplete, len(SERIES))
+        await sim.rotate_token("sim-token-rotated")
+        await assert_resubscribed(sim, lifecycle, 2 * len(SERIES))
+    (disconnected,) = lifecycle.of(Disconnected)
+    assert disconnected.reason is DisconnectReason.AUTH_REJECTED
+    assert manager.get_metrics()["connection"]["token_refreshes"] == 1
+
+
+async def test_error_unauthorized_refreshes_the_token(sim: Simulator) -> None:
+    """ERROR UNAUTHORIZED on channel 0 is an auth failure: new token, then reconnect."""
+    lifecycle = Lifecycle()
+    async with make_client(sim, lifecycle) as manager:
+        Collector(manager)
+        await subscribe_all(manager)
+        await lifecycle.wait_for(SnapshotComplete, len(SERIES))
+        await sim.send_error("UNAUTHORIZED", "Session not found: api")
+        await assert_resubscribed(sim, lifecycle, 2 * len(SERIES))
+        assert manager.get_metrics()["connection"]["token_refreshes"] == 1
+
+
+async def test_malformed_frame_is_counted_not_fatal(sim: Simulator) -> None:
+    """A garbled frame is counted and skipped; the same connection keeps delivering."""
+    lifecycle = Lifecycle()
+    async with make_client(sim, lifecycle) as manager:
+        collector = Collector(manager)
+        await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=NOW - HOUR)
+        await lifecycle.wait_for(SnapshotComplete)
+        batches = collector.batches
+        await sim.send_malformed()
+        await sim.advance(120)  # live updates, sent after the garbage on the same socket
+        await collector.wait_batches(batches + 1)
+        metrics = manager.get_metrics()
+    assert metrics["connection"]["malformed_messages"] == 1
+    assert metrics["connection"]["connect_count"] == 1
+    assert lifecycle.of(Disconnected) == []
+
+
+async def test_channel_error_only_affects_that_channel(sim: Simulator) -> None:
+    """A channel-level ERROR is counted on that channel; the connection stays up."""
+    lifecycle = Lifecycle()
+    async with make_client(sim, lifecycle) as manager:
+        collector = Collector(manager)
+        await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=NOW - HOUR)
+        await lifecycle.wait_for(SnapshotComplete)
+        batches = collector.batches
+        await sim.send_error("UNKNOWN", "channel trouble", channel=1)
+        await sim.advance(120)
+        await collector.wait_batches(batches + 1)
+        metrics = manager.get_metrics()
+    assert metrics["channels"]["candles"]["error_count"] == 1
+    assert metrics["connection"]["connect_count"] == 1
+
+
+def recording(
+    factory: Callable[[], Iterator[float]],
+) -> tuple[list[float], Callable[[], Iterator[float]]]:
+    """Wrap a delay factory so the test sees every delay the supervisor asked for."""
+    requested: list[float] = []
+
+    def delays() -> Iterator[float]:
+        for delay in factory():
+            requested.append(delay)
+            yield delay
+
+    return requested, delays
+
+
+async def test_accept_then_drop_server_causes_no_reconnect_storm(sim: Simulator) -> None:
+    """Connections that die young never reset the backoff: delays keep growing to the cap."""
+    lifecycle = Lifecycle()
+    requested, delays = recording(short_backoff)
+    async with make_client(sim, lifecycle, reconnect_delays=delays) as manager:
+        Collector(manager)
+        await subscribe_all(manager)
+        await lifecycle.wait_for(SnapshotComplete, len(SERIES))
+        sim.drop_next_connections(8)
+        await sim.drop_connections()
+        await assert_resubscribed(sim, lifecycle, 2 * len(SERIES))
+    # One delay per failure, growing 1, 2, 4 ... 20 ms and never starting over.
+    assert requested == [0.001, 0.002, 0.004, 0.008, 0.016, 0.02, 0.02, 0.02, 0.02]
+    assert sim.connect_count == 1 + len(requested)
+    assert len(lifecycle.of(Connected)) == 2
+
+
+async def test_backoff_delays_stay_within_full_jitter_bounds(sim: Simulator) -> None:
+    """The default backoff (first ≤ 0.5 s, doubling, cap 30 s), with an injected sleep."""
+    lifecycle = Lifecycle()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)  # recorded, not waited: the client reconnects at once
+
+    async with make_client(sim, lifecycle, reconnect_delays=None, sleep=sleep) as manager:
+        await lifecycle.wait_for(Connected)
+        sim.drop_next_connections(7)
+        await sim.drop_connections()
+        await lifecycle.wait_for(Connected, 2)
+        assert manager.get_metrics()["connection"]["reconnect_attempts"] == 8
+    assert len(slept) == 8
+    for attempt, delay in enumerate(slept):
+        assert 0.0 <= delay <= min(30.0, 0.5 * 2**attempt)
+
+
+async def test_max_attempts_gives_up_with_the_last_cause(sim: Simulator) -> None:
+    """Against a server that keeps dropping, max_attempts ends in ConnectionError."""
+    lifecycle = Lifecycle()
+    sim.drop_next_connections(100)
+    async with make_client(sim, lifecycle, max_attempts=4) as manager:
+        with pytest.raises(ConnectionError, match="after 4 consecutive") as caught:
+            async with asyncio.timeout(TIMEOUT):
+                async for _ in manager.candles():
+                    pass
+    assert caught.value.__cause__ is not None
+    assert sim.connect_count == 4
+    assert manager.get_metrics()["connection"]["state"] == "closed"
+
+
+async def test_resubscription_resumes_from_the_callbacks_points(sim: Simulator) -> None:
+    """After a reconnect each series resumes from its resume point (never before fromTime);
+    the callback is called once per reconnect with every series key."""
+    lifecycle = Lifecycle()
+    calls: list[list[str]] = []
+    first = NOW - 2 * HOUR
+
+    async def resume_points(keys: list[str]) -> dict[str, int]:
+        calls.append(sorted(keys))
+        return {"AAPL{=5m}": NOW - HOUR, "SPY{=m}": first - HOUR}  # QQQ: no point
+
+    async with make_client(sim, lifecycle, resume_points=resume_points) as manager:
+        Collector(manager)
+        await subscribe_all(manager, from_time=first)
+        await lifecycle.wait_for(SnapshotComplete, len(SERIES))
+        assert calls == []  # the first connection uses the requested fromTime
+        await sim.drop_connections()
+        await lifecycle.wait_for(SnapshotComplete, 2 * len(SERIES))
+        async with asyncio.timeout(TIMEOUT):
+            await sim.wait_for(lambda: sim.connections == 1)
+        (subscribed,) = sim.subscriptions().values()
+        metadata = manager.subscription_metadata["AAPL{=5m}"]
+    assert calls == [sorted(SERIES)]
+    assert subscribed == {"AAPL{=5m}": NOW - HOUR, "SPY{=m}": first, "QQQ{=h}": first}
+    assert (metadata.from_time, metadata.sent_from) == (first, NOW - HOUR)
+
+
+async def test_subscriptions_made_while_disconnected_are_sent_on_connect(sim: Simulator) -> None:
+    """The registry is the truth: series added before start() all go out after the handshake."""
+    lifecycle = Lifecycle()
+    manager = make_client(sim, lifecycle)
+    await subscribe_all(manager)
+    async with manager:
+        Collector(manager)
+        await assert_resubscribed(sim, lifecycle, len(SERIES))
