@@ -266,6 +266,9 @@ class Market:
         """
         if not self.trades(symbol):
             return []
+        history_start = self.config.history_start_ms
+        if history_start is not None and history_start > from_ms:
+            from_ms = period.start_of(history_start)  # nothing traded before
         length = period.length_ms
         first = period.start_of(from_ms)
         if first < from_ms:

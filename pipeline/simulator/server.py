@@ -262,7 +262,7 @@ class Simulator:
     def truth(
         self,
         series: str | tuple[str, str],
-        from_ms: int = 0,
+        from_ms: int,
         to_ms: int | None = None,
         *,
         include_live: bool = False,
