@@ -737,6 +737,7 @@ class DXLinkManager:
         conn.configured.add(role)
         if conn.ready_at is not None:  # a channel the server had closed is back
             self._queue_all(role, {k: s.sent_from or s.from_time for k, s in self._candles()})
+            self._wakeup.set()
             return
         if conn.configured != set(_CONTRACTS):
             return

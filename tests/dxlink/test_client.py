@@ -9,6 +9,7 @@ configured, never slept through. Helpers shared with ``test_client_handshake.py`
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -60,21 +61,23 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.events: list[LifecycleEvent] = []
+        self.counts: Counter[type[Any]] = Counter()
         self._changed = asyncio.Event()
 
     def __call__(self, event: LifecycleEvent) -> None:
         self.events.append(event)
+        self.counts[type(event)] += 1
         self._changed.set()
 
     def of(self, kind: type[Any]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
 
-    async def wait_for(self, kind: type[Any], count: int = 1) -> list[Any]:
+    async def wait_for(self, kind: type[Any], count: int = 1) -> None:
+        """Wait until ``count`` events of ``kind`` have been seen in total."""
         async with asyncio.timeout(TIMEOUT):
-            while len(self.of(kind)) < count:
+            while self.counts[kind] < count:
                 self._changed.clear()
                 await self._changed.wait()
-        return self.of(kind)
 
 
 @pytest.fixture
@@ -229,37 +232,35 @@ async def test_error_unauthorized_refreshes_the_token(sim: Simulator) -> None:
         assert manager.get_metrics()["connection"]["token_refreshes"] == 1
 
 
-async def test_malformed_frame_is_counted_not_fatal(sim: Simulator) -> None:
-    """A garbled frame is counted and skipped; the same connection keeps delivering."""
+HARMLESS: dict[str, tuple[Callable[[Simulator], Any], tuple[str, str, str]]] = {
+    "malformed_frame": (lambda sim: sim.send_malformed(), ("connection", "malformed_messages", "")),
+    "channel_error": (
+        lambda sim: sim.send_error("UNKNOWN", "channel trouble", channel=1),
+        ("channels", "candles", "error_count"),
+    ),
+}
+
+
+@pytest.mark.parametrize("incident", HARMLESS)
+async def test_malformed_frames_and_channel_errors_are_counted_not_fatal(
+    sim: Simulator, incident: str
+) -> None:
+    """A garbled frame or a channel-level ERROR is counted; the same connection keeps going."""
+    inject, (group, name, counter) = HARMLESS[incident]
     lifecycle = Lifecycle()
     async with make_client(sim, lifecycle) as manager:
         collector = Collector(manager)
         await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=NOW - HOUR)
         await lifecycle.wait_for(SnapshotComplete)
         batches = collector.batches
-        await sim.send_malformed()
-        await sim.advance(120)  # live updates, sent after the garbage on the same socket
+        await inject(sim)
+        await sim.advance(120)  # live updates, sent after the incident on the same socket
         await collector.wait_batches(batches + 1)
         metrics = manager.get_metrics()
-    assert metrics["connection"]["malformed_messages"] == 1
+    value = metrics[group][name][counter] if counter else metrics[group][name]
+    assert value == 1
     assert metrics["connection"]["connect_count"] == 1
     assert lifecycle.of(Disconnected) == []
-
-
-async def test_channel_error_only_affects_that_channel(sim: Simulator) -> None:
-    """A channel-level ERROR is counted on that channel; the connection stays up."""
-    lifecycle = Lifecycle()
-    async with make_client(sim, lifecycle) as manager:
-        collector = Collector(manager)
-        await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=NOW - HOUR)
-        await lifecycle.wait_for(SnapshotComplete)
-        batches = collector.batches
-        await sim.send_error("UNKNOWN", "channel trouble", channel=1)
-        await sim.advance(120)
-        await collector.wait_batches(batches + 1)
-        metrics = manager.get_metrics()
-    assert metrics["channels"]["candles"]["error_count"] == 1
-    assert metrics["connection"]["connect_count"] == 1
 
 
 def recording(

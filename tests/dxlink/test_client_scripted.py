@@ -28,9 +28,9 @@ from pipeline.dxlink.client import (
     SnapshotComplete,
     Stopped,
 )
-from pipeline.dxlink.errors import ConfigurationError, UnsupportedProtocol
+from pipeline.dxlink.errors import ConfigurationError, UnsupportedProtocol, UsageError
 from pipeline.dxlink.events import CANDLE_FIELDS, SNAPSHOT_BEGIN, SNAPSHOT_END, Candle, index_of
-from pipeline.dxlink.messages import DataFormat, ErrorCode
+from pipeline.dxlink.messages import DataFormat, ErrorCode, FeedConfig, FeedData, encode
 from pipeline.dxlink.metrics import DisconnectReason
 from pipeline.dxlink.protocol import (
     AuthRequested,
@@ -247,7 +247,8 @@ async def test_missing_setup_reply_times_out_and_reconnects(server: ScriptedServ
     lifecycle = Lifecycle()
     manager, _ = make_manager(server, lifecycle, handshake_timeout=0.05)
     async with manager:
-        first, _ = await lifecycle.wait_for(Disconnected, 2)
+        await lifecycle.wait_for(Disconnected, 2)
+    first = lifecycle.of(Disconnected)[0]
     assert first.reason is DisconnectReason.HANDSHAKE_TIMEOUT
     assert "no SETUP within 0.05 s" in first.error
     assert HandshakeTimeout.__name__ in first.error
@@ -355,3 +356,113 @@ async def test_idle_connection_sends_keepalives_within_the_timeout(server: Scrip
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
     assert max(gaps) < 0.4  # the server, with the same timeout, would never drop us
     assert lifecycle.of(Disconnected) == []
+
+
+async def test_server_closing_a_channel_reopens_it_and_resubscribes(server: ScriptedServer) -> None:
+    """CHANNEL_CLOSED from the server affects that channel only: a new one, same series."""
+    lifecycle = Lifecycle()
+    manager, _ = make_manager(server, lifecycle)
+    async with manager:
+        await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=T0)
+        await lifecycle.wait_for(SnapshotComplete)
+        session = server.sessions[0]
+        session.protocol.close_channel(session.channels["HISTORY"])
+        for text in session.protocol.messages_to_send():
+            await session.ws.send(text)
+        await lifecycle.wait_for(SnapshotComplete, 2)
+    requests = server.events(ChannelRequested)
+    assert [(r.channel, r.parameters["contract"]) for r in requests] == [
+        (1, "HISTORY"),
+        (3, "AUTO"),
+        (5, "HISTORY"),
+    ]
+    (first, again) = server.events(SubscriptionRequested)
+    assert (first.channel, again.channel) == (1, 5)
+    assert again.add == first.add
+    assert len(server.sessions) == 1 and lifecycle.of(Disconnected) == []
+
+
+async def test_regular_events_use_the_auto_channel_and_are_delivered(
+    server: ScriptedServer,
+) -> None:
+    """subscribe() goes to the AUTO channel, events() yields the decoded events, and a
+    reconnect resubscribes them; unsubscribe() sends a remove."""
+    lifecycle = Lifecycle()
+    manager, _ = make_manager(server, lifecycle)
+    await manager.subscribe(["AAPL", "SPY"], event_type="Quote")
+    async with manager:
+        await server.wait_for(lambda: bool(server.events(SubscriptionRequested)))
+        session = server.sessions[0]
+        channel = session.channels["AUTO"]
+        fields = ("eventType", "eventSymbol", "bidPrice", "askPrice")
+        await session.ws.send(
+            encode(FeedConfig(channel, 0.1, DataFormat.COMPACT, {"Quote": fields}))
+        )
+        await session.ws.send(encode(FeedData(channel, ["Quote", ["Quote", "AAPL", 1.5, 1.6]])))
+        async with asyncio.timeout(TIMEOUT):
+            batch = await anext(aiter(manager.events()))
+        await manager.unsubscribe("SPY", event_type="Quote")
+        await server.wait_for(lambda: len(server.events(SubscriptionRequested)) == 2)
+        await session.ws.close(1001)
+        await lifecycle.wait_for(Connected, 2)
+        await server.wait_for(lambda: len(server.events(SubscriptionRequested)) == 3)
+    assert batch.event_type == "Quote"
+    assert batch.events == [
+        {"eventType": "Quote", "eventSymbol": "AAPL", "bidPrice": 1.5, "askPrice": 1.6}
+    ]
+    first, removal, resubscribed = server.events(SubscriptionRequested)
+    assert first.channel == channel
+    assert sorted(i.symbol for i in first.add) == ["AAPL", "SPY"]
+    assert [(i.type, i.symbol) for i in removal.remove] == [("Quote", "SPY")]
+    assert [(i.type, i.symbol) for i in resubscribed.add] == [("Quote", "AAPL")]
+    assert manager.get_metrics()["channels"]["events"]["event_count"] == 1
+
+
+async def test_candle_unsubscribe_sends_remove_with_from_time(server: ScriptedServer) -> None:
+    """§2.3: a time-series remove carries fromTime; the registry forgets the series."""
+    lifecycle = Lifecycle()
+    manager, _ = make_manager(server, lifecycle)
+    async with manager:
+        await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=T0)
+        await lifecycle.wait_for(SnapshotComplete)
+        assert await manager.unsubscribe_from_candles(symbol="AAPL", interval="1m")
+        assert not await manager.unsubscribe_from_candles(symbol="AAPL", interval="1m")
+        await server.wait_for(lambda: not server.subscribed)
+    (_, removal) = server.events(SubscriptionRequested)
+    assert [(i.symbol, i.from_time) for i in removal.remove] == [("AAPL{=m}", T0)]
+    assert dict(manager.subscription_metadata) == {}
+
+
+async def test_candles_ends_after_aclose_once_drained(server: ScriptedServer) -> None:
+    """After aclose() the consumer still gets what was queued, then the iteration ends."""
+    lifecycle = Lifecycle()
+    manager, _ = make_manager(server, lifecycle)
+    async with manager:
+        await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=T0)
+        await lifecycle.wait_for(SnapshotComplete)
+    batches = [batch async for batch in manager.candles()]
+    assert [len(b) for b in batches] == [3]
+    assert lifecycle.of(Stopped) == [Stopped(None)]
+    with pytest.raises(UsageError, match="closed"):
+        await manager.start()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"symbol": "AAPL", "interval": "5x", "from_time": T0}, "not a candle period"),
+        ({"symbol": "AAPL{=5m", "from_time": T0}, "unbalanced or misplaced braces"),
+        ({"symbol": "AAPL", "from_time": T0}, "has no candle period"),
+        ({"symbol": "AAPL{=5m}", "interval": "5m", "from_time": T0}, "already has a period"),
+        ({"symbol": "AAPL", "interval": "5m", "from_time": T0 // 1000}, "looks like seconds"),
+        ({"symbol": "AAPL", "interval": "5m", "from_time": 2 * T0}, "in the future"),
+    ],
+)
+async def test_bad_candle_requests_fail_with_clear_errors(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """Unknown intervals, malformed symbols and implausible fromTimes are refused up front."""
+    manager = DXLinkManager(TokenSource("ws://127.0.0.1:1/", [TOKEN]))
+    with pytest.raises(ValueError, match=message):
+        await manager.subscribe_to_candles(**kwargs)
+    assert len(manager.subscription_metadata) == 0
