@@ -1,4 +1,4 @@
-"""Retry policy of the DXLink client: whether to retry (``classify``), when (``Backoff``).
+"""Retry and pacing policy of the DXLink client: whether to retry, when, and how fast to send.
 
 STYLE.md pattern 6: the supervisor in ``client.py`` is the only retry loop; everything else
 raises. This module decides, in one place, what each failure means:
@@ -13,6 +13,8 @@ raises. This module decides, in one place, what each failure means:
   rule: the sequence only starts over once a connection has *stayed healthy* for a while, so a
   server that accepts and drops at once cannot cause a reconnect storm (storage-and-libs.md §4:
   websockets' own iterator resets after every handshake and made 1 118 connections in 2 s).
+* :class:`TokenBucket` paces FEED_SUBSCRIPTION messages so that a burst of thousands of
+  subscriptions does not trip the server's BAD_ACTION rate limit (dxlink-protocol.md §8).
 
 No I/O, no clock: callers pass durations in seconds.
 """
@@ -49,10 +51,13 @@ __all__ = [
     "Backoff",
     "HandshakeTimeout",
     "PeerTimeout",
+    "TokenBucket",
     "backoff",
     "classify",
+    "describe",
     "disconnect_reason",
     "explain_fatal",
+    "fatal_error",
 ]
 
 
@@ -263,3 +268,90 @@ class Backoff:
         """Start the delay sequence over."""
         self._delays = self._factory()
         self.attempt = 0
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free description of a failure for logs and metrics."""
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def fatal_error(exc: BaseException, max_batch_bytes: int, max_message_size: int) -> BaseException:
+    """The error a FATAL failure ends the manager with: what to fix, with the cause chained."""
+    if isinstance(exc, ConnectionClosed | InvalidStatus | InvalidURI):
+        return ConfigurationError(
+            explain_fatal(exc, max_batch_bytes=max_batch_bytes, max_message_size=max_message_size)
+        )
+    return exc  # DXLink errors already say what to fix; anything else is a bug: keep it
+
+
+_TOKEN_EPSILON = 1e-9
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, holding at most ``capacity``.
+
+    Pure: every method takes ``now``. The bucket starts full, so a small burst goes out at
+    once and only a large one (a resubscription of thousands of series) is paced.
+    """
+
+    def __init__(self, *, rate: float, capacity: float, now: float) -> None:
+        """Create a full bucket.
+
+        Args:
+            rate: tokens added per second (> 0).
+            capacity: the most tokens the bucket holds, i.e. the largest burst (>= 1).
+            now: the current time in seconds.
+
+        Raises:
+            ValueError: if ``rate`` <= 0 or ``capacity`` < 1.
+        """
+        if not rate > 0:
+            raise ValueError(f"token bucket rate must be > 0 tokens/s, got {rate!r}")
+        if not capacity >= 1:
+            raise ValueError(f"token bucket capacity must be >= 1 token, got {capacity!r}")
+        self.rate = rate
+        """Tokens added per second."""
+        self.capacity = capacity
+        """The most tokens the bucket holds."""
+        self._tokens = capacity
+        self._updated = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._updated:
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+
+    def tokens(self, now: float) -> float:
+        """Return the tokens available at ``now``."""
+        self._refill(now)
+        return self._tokens
+
+    def delay(self, cost: float, now: float) -> float:
+        """Return the seconds until ``cost`` tokens are available (0 if they are now).
+
+        A cost above ``capacity`` is treated as ``capacity``: it can never be saved up, so
+        it waits for a full bucket and then drives the bucket negative (paying the debt).
+        """
+        self._refill(now)
+        needed = min(cost, self.capacity) - self._tokens
+        # A caller that waited exactly the returned delay must find the tokens there, despite
+        # float rounding in the refill; otherwise it would spin on ever tinier delays.
+        return 0.0 if needed <= _TOKEN_EPSILON else needed / self.rate
+
+    def take(self, cost: float, now: float) -> None:
+        """Spend ``cost`` tokens at ``now`` (the balance may go negative: a debt)."""
+        self._refill(now)
+        self._tokens -= cost
+
+    def set_rate(self, rate: float, now: float) -> None:
+        """Change the refill rate from ``now`` on (used to slow down after BAD_ACTION)."""
+        if not rate > 0:
+            raise ValueError(f"token bucket rate must be > 0 tokens/s, got {rate!r}")
+        self._refill(now)
+        self.rate = rate
+
+    def drain(self, now: float) -> None:
+        """Empty the bucket, so the next spend waits a full refill interval."""
+        self._refill(now)
+        self._tokens = min(self._tokens, 0.0)

@@ -46,7 +46,6 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from pipeline.dxlink.backoff import (
     DEFAULT_INITIAL_DELAY,
@@ -57,16 +56,11 @@ from pipeline.dxlink.backoff import (
     PeerTimeout,
     backoff,
     classify,
+    describe,
     disconnect_reason,
-    explain_fatal,
+    fatal_error,
 )
-from pipeline.dxlink.errors import (
-    BadAction,
-    ConfigurationError,
-    ServerError,
-    Unauthorized,
-    UsageError,
-)
+from pipeline.dxlink.errors import BadAction, ServerError, Unauthorized, UsageError
 from pipeline.dxlink.events import (
     CANDLE_FIELDS,
     SNAPSHOT_BEGIN,
@@ -76,11 +70,17 @@ from pipeline.dxlink.events import (
 )
 from pipeline.dxlink.messages import Contract, DataFormat, JsonObject, SubscriptionItem
 from pipeline.dxlink.metrics import (
+    Backpressure,
     ChannelMetrics,
+    Connected,
     ConnectionMetrics,
     ConnectionState,
     DeliveryMetrics,
+    Disconnected,
     DisconnectReason,
+    LifecycleEvent,
+    SnapshotComplete,
+    Stopped,
     snapshot,
 )
 from pipeline.dxlink.protocol import (
@@ -109,6 +109,8 @@ from pipeline.dxlink.subscriptions import (
     SubscriptionPacer,
     SubscriptionRegistry,
     SubscriptionState,
+    candle_symbol,
+    symbol_list,
     validate_from_time,
 )
 from pipeline.dxlink.symbols import CandleInterval, CandleSymbol
@@ -168,50 +170,6 @@ class TokenSource(Protocol):
     async def get(self, force_refresh: bool = False) -> _QuoteToken:
         """Return a token and the URL to use; ``force_refresh`` after a rejection."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """The handshake completed; subscriptions are going out."""
-
-    url: str
-    attempt: int
-    """Consecutive attempts before this one succeeded (0: first try)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnected:
-    """A connection (or attempt) ended; ``retry_in`` is None when the manager stops."""
-
-    reason: DisconnectReason
-    error: str
-    retry_in: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotComplete:
-    """A candle series' snapshot ended (§6.2); ``snipped`` if a server limit cut it short."""
-
-    series: str
-    snipped: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Backpressure:
-    """The reader found a delivery queue full and now waits for the consumer (§ pattern 9)."""
-
-    stream: str
-    """``"candles"`` or ``"events"``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Stopped:
-    """The manager stopped: ``error`` is None after ``aclose()``, else the fatal failure."""
-
-    error: BaseException | None
-
-
-LifecycleEvent: TypeAlias = Connected | Disconnected | SnapshotComplete | Backpressure | Stopped
 
 
 class EventBatch(NamedTuple):
@@ -460,12 +418,12 @@ class DXLinkManager:
 
     async def subscribe(self, symbols: Iterable[str], event_type: str = "Quote") -> None:
         """Subscribe regular events, e.g. ``subscribe(["AAPL"], "Quote")`` (idempotent)."""
-        added = self._registry.add_regular(event_type, _as_list(symbols))
+        added = self._registry.add_regular(event_type, symbol_list(symbols))
         self._enqueue("events", [SubscriptionItem(t, s) for t, s in added], adding=True)
 
     async def unsubscribe(self, symbols: Iterable[str], event_type: str = "Quote") -> None:
         """Remove regular subscriptions (idempotent)."""
-        removed = self._registry.remove_regular(event_type, _as_list(symbols))
+        removed = self._registry.remove_regular(event_type, symbol_list(symbols))
         self._enqueue("events", [SubscriptionItem(t, s) for t, s in removed], adding=False)
 
     async def subscribe_to_candles(
@@ -502,7 +460,7 @@ class DXLinkManager:
         """
         periods = [intervals] if isinstance(intervals, str) else list(intervals)
         bases = [symbols] if isinstance(symbols, str | CandleSymbol) else list(symbols)
-        parsed = [_candle_symbol(s, i) for s in bases for i in periods]
+        parsed = [candle_symbol(s, i) for s in bases for i in periods]
         from_ms = validate_from_time(from_time, round(self._wall_clock() * 1000))
         now = self._now()
         changed = [self._registry.add_candle(s, from_ms, now) for s in parsed]
@@ -514,7 +472,7 @@ class DXLinkManager:
         self, *, symbol: str | CandleSymbol, interval: str | CandleInterval | None = None
     ) -> bool:
         """Remove a candle series; return whether it was subscribed."""
-        removed = self._registry.remove_candle(_candle_symbol(symbol, interval).normalized)
+        removed = self._registry.remove_candle(candle_symbol(symbol, interval).normalized)
         if removed is None:
             return False
         # §2.3: fromTime is required in a time-series remove, its value ignored.
@@ -556,7 +514,7 @@ class DXLinkManager:
                         uptime = self._now() - conn.ready_at
                     self._disconnected(exc, started)
                     if action is Action.FATAL:
-                        fatal = _fatal(exc, self._pacer.max_bytes, self._max_message_size)
+                        fatal = fatal_error(exc, self._pacer.max_bytes, self._max_message_size)
                         if fatal is exc:
                             raise
                         raise fatal from exc
@@ -568,16 +526,16 @@ class DXLinkManager:
                         raise ConnectionError(
                             f"gave up after {self._backoff.attempt} consecutive failed "
                             f"connection attempts (max_attempts={self._max_attempts}); "
-                            f"last failure: {_describe(exc)}"
+                            f"last failure: {describe(exc)}"
                         ) from exc
                     metrics.state = ConnectionState.BACKING_OFF
-                    self._notify(Disconnected(disconnect_reason(exc), _describe(exc), delay))
-                    logger.info("x reconnecting in %.3f s after %s", delay, _describe(exc))
+                    self._notify(Disconnected(disconnect_reason(exc), describe(exc), delay))
+                    logger.info("x reconnecting in %.3f s after %s", delay, describe(exc))
                     await self._sleep(delay)
                     metrics.reconnect_attempts += 1
         except Exception as exc:
-            logger.error("! DXLink client stopped: %s", _describe(exc))
-            self._notify(Disconnected(DisconnectReason.FATAL, _describe(exc), None))
+            logger.error("! DXLink client stopped: %s", describe(exc))
+            self._notify(Disconnected(DisconnectReason.FATAL, describe(exc), None))
             self._finish(exc)
         except asyncio.CancelledError:
             if self._conn is not None:
@@ -590,7 +548,7 @@ class DXLinkManager:
     def _disconnected(self, exc: BaseException, started: float) -> None:
         metrics = self._connection_metrics
         metrics.record_disconnect(disconnect_reason(exc), self._now())
-        metrics.last_error = _describe(exc)
+        metrics.last_error = describe(exc)
         self._registry.on_disconnect()
         self._pacer.clear()
         logger.warning(
@@ -872,43 +830,5 @@ ResumePoints: TypeAlias = Callable[
 ]
 
 
-def _candle_symbol(
-    symbol: str | CandleSymbol, interval: str | CandleInterval | None
-) -> CandleSymbol:
-    """Parse ``symbol`` (+ ``interval``) into a candle symbol, or raise a clear ValueError."""
-    if isinstance(symbol, CandleSymbol):
-        if interval is not None:
-            raise ValueError(f"{symbol.normalized!r} already has a period; pass interval=None")
-        return symbol
-    if interval is None:
-        return CandleSymbol.parse(symbol)
-    if "{" in symbol:
-        raise ValueError(
-            f"{symbol!r} already has a period; pass either a candle symbol, or a streamer "
-            "symbol with interval=..."
-        )
-    return CandleSymbol.of(symbol, str(interval))
-
-
-def _as_list(symbols: Iterable[str]) -> list[str]:
-    """``"AAPL"`` means one symbol, not four."""
-    return [symbols] if isinstance(symbols, str) else list(symbols)
-
-
 def _candle_item(key: str, from_time: int) -> SubscriptionItem:
     return SubscriptionItem("Candle", key, from_time=from_time)
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description of a failure for logs and metrics."""
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
-
-
-def _fatal(exc: BaseException, max_batch_bytes: int, max_message_size: int) -> BaseException:
-    """The error a FATAL failure ends the manager with: what to fix, with the cause chained."""
-    if isinstance(exc, ConnectionClosed | InvalidStatus | InvalidURI):
-        return ConfigurationError(
-            explain_fatal(exc, max_batch_bytes=max_batch_bytes, max_message_size=max_message_size)
-        )
-    return exc  # DXLink errors already say what to fix; anything else is a bug: keep it

@@ -1,8 +1,11 @@
-"""Counters of the DXLink client: per channel, per connection, and delivery back-pressure.
+"""What the DXLink client tells the outside world: counters and lifecycle notifications.
 
-Everything here is a plain attribute increment on the hot path (no locks, no clock reads of
-its own: callers pass the timestamps they already have). :func:`snapshot` turns the lot into
-plain dicts for ``DXLinkManager.get_metrics()``, Prometheus export and logs.
+Counters (per channel, per connection, delivery back-pressure) are plain attribute increments
+on the hot path (no locks, no clock reads of their own: callers pass the timestamps they
+already have). :func:`snapshot` turns the lot into plain dicts for
+``DXLinkManager.get_metrics()``, Prometheus export and logs. The :data:`LifecycleEvent`
+classes are what ``DXLinkManager(on_event=...)`` is called with: connected, disconnected
+(with the reason and the next delay), snapshot complete per series, back-pressure, stopped.
 
 Channels are keyed by *role* (``"candles"`` for the HISTORY channel, ``"events"`` for the AUTO
 channel), not by number: numbers are handed out afresh on every connection (§2.4), while a
@@ -13,14 +16,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeAlias
 
 __all__ = [
+    "Backpressure",
     "ChannelMetrics",
+    "Connected",
     "ConnectionMetrics",
     "ConnectionState",
     "DeliveryMetrics",
     "DisconnectReason",
+    "Disconnected",
+    "LifecycleEvent",
+    "SnapshotComplete",
+    "Stopped",
     "snapshot",
 ]
 
@@ -140,6 +149,50 @@ class ConnectionMetrics:
         """Seconds connected in total, the current connection included."""
         current = 0.0 if self.connected_since is None else max(0.0, now - self.connected_since)
         return self.uptime_closed + current
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The handshake completed; subscriptions are going out."""
+
+    url: str
+    attempt: int
+    """Consecutive attempts before this one succeeded (0: first try)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """A connection (or attempt) ended; ``retry_in`` is None when the manager stops."""
+
+    reason: DisconnectReason
+    error: str
+    retry_in: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotComplete:
+    """A candle series' snapshot ended (§6.2); ``snipped`` if a server limit cut it short."""
+
+    series: str
+    snipped: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Backpressure:
+    """The reader found a delivery queue full and now waits for the consumer (§ pattern 9)."""
+
+    stream: str
+    """``"candles"`` or ``"events"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The manager stopped: ``error`` is None after ``aclose()``, else the fatal failure."""
+
+    error: BaseException | None
+
+
+LifecycleEvent: TypeAlias = Connected | Disconnected | SnapshotComplete | Backpressure | Stopped
 
 
 def snapshot(

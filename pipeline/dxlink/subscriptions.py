@@ -31,10 +31,11 @@ from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 
+from pipeline.dxlink.backoff import TokenBucket
 from pipeline.dxlink.errors import UsageError
 from pipeline.dxlink.events import SNAPSHOT_BEGIN, SNAPSHOT_END, SNAPSHOT_SNIP
 from pipeline.dxlink.messages import FeedSubscription, SubscriptionItem, encode
-from pipeline.dxlink.symbols import CandleSymbol
+from pipeline.dxlink.symbols import CandleInterval, CandleSymbol
 
 __all__ = [
     "CandleSubscription",
@@ -45,7 +46,9 @@ __all__ = [
     "SubscriptionState",
     "TokenBucket",
     "batch_size",
+    "candle_symbol",
     "item_size",
+    "symbol_list",
     "validate_event_type",
     "validate_from_time",
     "validate_symbol",
@@ -203,6 +206,29 @@ def validate_from_time(from_time: int | datetime, now_ms: int) -> int:
     return from_time
 
 
+def candle_symbol(
+    symbol: str | CandleSymbol, interval: str | CandleInterval | None
+) -> CandleSymbol:
+    """Parse ``symbol`` (+ ``interval``) into a candle symbol, or raise a clear ValueError."""
+    if isinstance(symbol, CandleSymbol):
+        if interval is not None:
+            raise ValueError(f"{symbol.normalized!r} already has a period; pass interval=None")
+        return symbol
+    if interval is None:
+        return CandleSymbol.parse(symbol)
+    if "{" in symbol:
+        raise ValueError(
+            f"{symbol!r} already has a period; pass either a candle symbol, or a streamer "
+            "symbol with interval=..."
+        )
+    return CandleSymbol.of(symbol, str(interval))
+
+
+def symbol_list(symbols: Iterable[str]) -> list[str]:
+    """``"AAPL"`` means one symbol, not four."""
+    return [symbols] if isinstance(symbols, str) else list(symbols)
+
+
 class SubscriptionRegistry:
     """The desired subscriptions; survives reconnects.
 
@@ -332,78 +358,6 @@ class SubscriptionRegistry:
 
 # --------------------------------------------------------------------------------------------
 # Sending: a token bucket, batching by count and bytes, and the pacer that combines them.
-
-_TOKEN_EPSILON = 1e-9
-
-
-class TokenBucket:
-    """A token bucket: ``rate`` tokens per second, holding at most ``capacity``.
-
-    Pure: every method takes ``now``. The bucket starts full, so a small burst goes out at
-    once and only a large one (a resubscription of thousands of series) is paced.
-    """
-
-    def __init__(self, *, rate: float, capacity: float, now: float) -> None:
-        """Create a full bucket.
-
-        Args:
-            rate: tokens added per second (> 0).
-            capacity: the most tokens the bucket holds, i.e. the largest burst (>= 1).
-            now: the current time in seconds.
-
-        Raises:
-            ValueError: if ``rate`` <= 0 or ``capacity`` < 1.
-        """
-        if not rate > 0:
-            raise ValueError(f"token bucket rate must be > 0 tokens/s, got {rate!r}")
-        if not capacity >= 1:
-            raise ValueError(f"token bucket capacity must be >= 1 token, got {capacity!r}")
-        self.rate = rate
-        """Tokens added per second."""
-        self.capacity = capacity
-        """The most tokens the bucket holds."""
-        self._tokens = capacity
-        self._updated = now
-
-    def _refill(self, now: float) -> None:
-        if now > self._updated:
-            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
-
-    def tokens(self, now: float) -> float:
-        """Return the tokens available at ``now``."""
-        self._refill(now)
-        return self._tokens
-
-    def delay(self, cost: float, now: float) -> float:
-        """Return the seconds until ``cost`` tokens are available (0 if they are now).
-
-        A cost above ``capacity`` is treated as ``capacity``: it can never be saved up, so
-        it waits for a full bucket and then drives the bucket negative (paying the debt).
-        """
-        self._refill(now)
-        needed = min(cost, self.capacity) - self._tokens
-        # A caller that waited exactly the returned delay must find the tokens there, despite
-        # float rounding in the refill; otherwise it would spin on ever tinier delays.
-        return 0.0 if needed <= _TOKEN_EPSILON else needed / self.rate
-
-    def take(self, cost: float, now: float) -> None:
-        """Spend ``cost`` tokens at ``now`` (the balance may go negative: a debt)."""
-        self._refill(now)
-        self._tokens -= cost
-
-    def set_rate(self, rate: float, now: float) -> None:
-        """Change the refill rate from ``now`` on (used to slow down after BAD_ACTION)."""
-        if not rate > 0:
-            raise ValueError(f"token bucket rate must be > 0 tokens/s, got {rate!r}")
-        self._refill(now)
-        self.rate = rate
-
-    def drain(self, now: float) -> None:
-        """Empty the bucket, so the next spend waits a full refill interval."""
-        self._refill(now)
-        self._tokens = min(self._tokens, 0.0)
-
 
 # §8: the server closes with 1009 on a large client frame; dxFeed's JS client cuts
 # subscriptions into chunks of ~8192 estimated characters. We measure exact encoded bytes and
