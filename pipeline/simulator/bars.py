@@ -25,6 +25,7 @@ __all__ = [
     "removal_candle",
 ]
 
+_new = tuple.__new__
 # Ticks per currency unit: prices are integer cents, so 22984 ticks is 229.84.
 PRICE_SCALE = 100
 
@@ -115,25 +116,14 @@ def check_bar(bar: Bar) -> None:
 def bar_to_candle(symbol: str, time_ms: int, bar: Bar, *, flags: int = 0) -> Candle:
     """The Candle event for ``bar`` as the candle of ``symbol`` starting at ``time_ms``."""
     scale = PRICE_SCALE
-    return Candle(
-        symbol=symbol,
-        time=time_ms,
-        sequence=0,
-        flags=flags,
-        index=index_of(time_ms, 0),
-        event_time=0,  # tastytrade sends 0 for candles (§4.1)
-        count=bar.trades,
-        open=bar.open / scale,
-        high=bar.high / scale,
-        low=bar.low / scale,
-        close=bar.close / scale,
-        volume=float(bar.volume),
-        vwap=bar.turnover / bar.volume / scale,
-        bid_volume=float(bar.bid_volume),
-        ask_volume=float(bar.ask_volume),
-        imp_volatility=math.nan,
-        open_interest=math.nan,
-    )
+    # Positional tuple.__new__: snapshots build thousands of these (events.py field order).
+    return _new(Candle, (
+        symbol, time_ms, 0, flags, index_of(time_ms, 0),
+        0,  # eventTime: tastytrade sends 0 for candles (§4.1)
+        bar.trades, bar.open / scale, bar.high / scale, bar.low / scale, bar.close / scale,
+        float(bar.volume), bar.turnover / bar.volume / scale,
+        float(bar.bid_volume), float(bar.ask_volume), math.nan, math.nan,
+    ))  # fmt: skip
 
 
 def removal_candle(symbol: str, time_ms: int, *, flags: int = REMOVE_EVENT) -> Candle:

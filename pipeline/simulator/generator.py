@@ -216,13 +216,13 @@ def _try_split(
         if size >= 3:
             # A trade strictly inside the child may set a new high, another a new low.
             reach = sigma * math.sqrt(size)
-            lift = int(rnd() * reach)
-            if lift and high < p_high:
-                high = min(p_high, high + lift)
+            high += int(rnd() * reach)
+            if high > p_high:
+                high = p_high
             if size >= 4:
-                drop = int(rnd() * reach)
-                if drop and low > p_low:
-                    low = max(p_low, low - drop)
+                low -= int(rnd() * reach)
+                if low < p_low:
+                    low = p_low
         highs[j], lows[j] = high, low
         previous = close
     # Key trades strictly inside a child set its high/low; redo that child without extensions.
@@ -343,18 +343,22 @@ def _spread_turnover(
     only then towards its high or low: a child whose VWAP sits at an extreme is hard to split.
     Returns None when no such turnovers exist.
     """
-    hard = [
-        (v * lo + (hi - lo), v * hi - (hi - lo))
-        for v, hi, lo in zip(volumes, highs, lows, strict=True)
-    ]
-    soft = [
-        (max(a, v * lo + (hi - lo) // 4), min(b, v * hi - (hi - lo) // 4))
-        for v, hi, lo, (a, b) in zip(volumes, highs, lows, hard, strict=True)
-    ]
-    result = [
-        lo if (x := round(v * t)) < lo else hi if x > hi else x
-        for v, t, (lo, hi) in zip(volumes, targets, soft, strict=True)
-    ]
+    hard: list[tuple[int, int]] = []
+    soft: list[tuple[int, int]] = []
+    result: list[int] = []
+    for v, hi, lo, t in zip(volumes, highs, lows, targets, strict=True):
+        spread = hi - lo
+        floor, ceiling = v * lo + spread, v * hi - spread
+        quarter = spread // 4
+        inner_floor, inner_ceiling = v * lo + quarter, v * hi - quarter
+        if inner_floor < floor:
+            inner_floor = floor
+        if inner_ceiling > ceiling:
+            inner_ceiling = ceiling
+        hard.append((floor, ceiling))
+        soft.append((inner_floor, inner_ceiling))
+        x = round(v * t)
+        result.append(inner_floor if x < inner_floor else inner_ceiling if x > inner_ceiling else x)
     missing = turnover - sum(result)
     for bounds in (soft, hard):
         if missing == 0:
