@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -60,7 +61,13 @@ from pipeline.dxlink.backoff import (
     disconnect_reason,
     fatal_error,
 )
-from pipeline.dxlink.errors import BadAction, ServerError, Unauthorized, UsageError
+from pipeline.dxlink.errors import (
+    BadAction,
+    ServerError,
+    Unauthorized,
+    UnsupportedProtocol,
+    UsageError,
+)
 from pipeline.dxlink.events import (
     CANDLE_FIELDS,
     SNAPSHOT_BEGIN,
@@ -132,18 +139,23 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class _HideAuthFrames(logging.Filter):
-    """websockets logs every frame at DEBUG, AUTH included: replace those lines (no token)."""
+class _HideSecrets(logging.Filter):
+    """websockets logs every frame and header at DEBUG: hide AUTH frames (the token) and
+    credential headers (user info in the URL becomes ``Authorization: Basic``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if '"AUTH"' in record.getMessage():
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
+            record.args = (args[0], "<hidden>")
+        elif '"AUTH"' in record.getMessage():
             record.msg, record.args = "%s AUTH frame (token hidden)", (str(record.msg)[:1],)
         return True
 
 
-# The logger handed to websockets; its filter keeps tokens out of frame-level debug logs.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+# The logger handed to websockets; its filter keeps secrets out of its debug logs.
 _ws_logger = logging.getLogger(f"{__name__}.websocket")
-_ws_logger.addFilter(_HideAuthFrames())
+_ws_logger.addFilter(_HideSecrets())
 
 # 16 MiB: a candle history snapshot can exceed websockets' 1 MiB default (storage-and-libs §4).
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
@@ -559,9 +571,8 @@ class DXLinkManager:
         """Run one connection until it fails; always raises."""
         secret = quote.token
         token = secret if isinstance(secret, str) else secret.get_secret_value()
-        url = quote.dxlink_url
         async with connect(
-            url,
+            quote.dxlink_url,
             open_timeout=self._connect_timeout,
             close_timeout=self._close_timeout,
             ping_interval=None,  # protocol KEEPALIVE is the liveness check (module docstring)
@@ -574,6 +585,7 @@ class DXLinkManager:
                 dead_peer_timeout=self._dead_peer_timeout,
             )
             now = self._now()
+            url = _loggable(quote.dxlink_url)
             conn = _Connection(ws, protocol, url, step_deadline=now + self._handshake_timeout)
             conn.last_received = now
             self._conn = conn
@@ -612,7 +624,7 @@ class DXLinkManager:
                 # Not reading (a slow consumer): the server's silence cannot be measured, so
                 # no timer may declare it dead; wait for the reader to resume.
                 deadlines = [None]
-            due = min((d for d in deadlines if d is not None), default=None)
+            due = min((d for d in deadlines if d is not None and d < math.inf), default=None)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(due):
                     await self._wakeup.wait()
@@ -753,8 +765,8 @@ class DXLinkManager:
 
     def _on_error(self, conn: _Connection, error: ServerError) -> None:
         role = conn.roles.get(error.channel)
-        if role is None:
-            raise error  # connection level (§2.7): the supervisor classifies it
+        if role is None or isinstance(error, Unauthorized | UnsupportedProtocol):
+            raise error  # connection level (§2.7), or auth/version: the supervisor decides
         self._channel_metrics[role].error_count += 1
         if not isinstance(error, BadAction):
             return  # a channel-level error affects only that channel; logged by the protocol
@@ -828,6 +840,16 @@ class DXLinkManager:
 ResumePoints: TypeAlias = Callable[
     [list[str]], Awaitable[Mapping[str, int | None]] | Mapping[str, int | None]
 ]
+
+
+def _loggable(url: str) -> str:
+    """``url`` without user info, query or fragment, which could carry credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _candle_item(key: str, from_time: int) -> SubscriptionItem:

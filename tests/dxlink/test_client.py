@@ -220,14 +220,16 @@ async def test_expired_token_is_refreshed_mid_session(sim: Simulator) -> None:
     assert manager.get_metrics()["connection"]["token_refreshes"] == 1
 
 
-async def test_error_unauthorized_refreshes_the_token(sim: Simulator) -> None:
-    """ERROR UNAUTHORIZED on channel 0 is an auth failure: new token, then reconnect."""
+@pytest.mark.parametrize("channel", [0, 1])
+async def test_error_unauthorized_refreshes_the_token(sim: Simulator, channel: int) -> None:
+    """ERROR UNAUTHORIZED (connection or channel level) is an auth failure: new token,
+    then reconnect."""
     lifecycle = Lifecycle()
     async with make_client(sim, lifecycle) as manager:
         Collector(manager)
         await subscribe_all(manager)
         await lifecycle.wait_for(SnapshotComplete, len(SERIES))
-        await sim.send_error("UNAUTHORIZED", "Session not found: api")
+        await sim.send_error("UNAUTHORIZED", "Session not found: api", channel=channel)
         await assert_resubscribed(sim, lifecycle, 2 * len(SERIES))
         assert manager.get_metrics()["connection"]["token_refreshes"] == 1
 

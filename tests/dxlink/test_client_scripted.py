@@ -9,6 +9,7 @@ every message the client sent, in order. Faults of the full simulator are in
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import logging
@@ -328,11 +329,15 @@ async def test_oversized_frames_are_fatal_with_advice() -> None:
 async def test_token_never_appears_in_logs_errors_or_metrics(
     server: ScriptedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Through a rejection, a refresh and a full handshake, no token text leaks anywhere."""
+    """Through a rejection, a refresh and a full handshake, no token text (nor a password
+    in the URL) leaks into logs, lifecycle events or metrics."""
     caplog.set_level(logging.DEBUG)
     lifecycle = Lifecycle()
     stale = "stale-token-77c1"
-    manager, _ = make_manager(server, lifecycle, tokens=[stale, TOKEN])
+    url = server.url.replace("ws://", "ws://user:url-password-9d2@")
+    manager = DXLinkManager(
+        TokenSource(url, [stale, TOKEN]), reconnect_delays=short_backoff, on_event=lifecycle
+    )
     async with manager:
         await manager.subscribe_to_candles(symbol="AAPL", interval="1m", from_time=T0)
         await next_batch(manager)
@@ -341,8 +346,11 @@ async def test_token_never_appears_in_logs_errors_or_metrics(
     texts += [repr(event) for event in lifecycle.events]
     texts += [repr(manager.get_metrics()), repr(manager.subscription_metadata)]
     assert any("AUTH frame (token hidden)" in text for text in texts)  # frames were logged
-    for secret in (TOKEN, stale):
+    basic = base64.b64encode(b"user:url-password-9d2").decode()
+    assert any("Authorization: <hidden>" in text for text in texts)
+    for secret in (TOKEN, stale, "url-password-9d2", basic):
         assert not [text for text in texts if secret in text]
+    assert lifecycle.of(Connected)[0].url == server.url
 
 
 async def test_idle_connection_sends_keepalives_within_the_timeout(server: ScriptedServer) -> None:
