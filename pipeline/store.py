@@ -646,7 +646,10 @@ def _open(
     )
     try:
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET enable_progress_bar = false")
+        # DuckDB refuses any progress-bar setting inside Jupyter without ipywidgets
+        # (duckdb#7590); the bar is off there anyway, so that refusal is harmless.
+        with suppress(duckdb.InvalidInputException):
+            con.execute("SET enable_progress_bar = false")
         _load_extension(con, "ducklake")
         _load_extension(con, spec.kind)
         if spec.kind == "sqlite":

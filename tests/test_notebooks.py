@@ -20,7 +20,6 @@ import polars as pl
 import pytest
 from matplotlib.colors import to_rgb
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 from nbformat import NotebookNode
 
 from pipeline import analysis
@@ -31,11 +30,6 @@ EXPLORE = "01_explore_candles.ipynb"
 QUALITY = "02_data_quality.ipynb"
 CELL_TIMEOUT_S = 60  # per cell; a cell takes well under 2 s, this only stops a hung kernel
 MIN_PNG_BYTES = 20_000  # an empty 11x6 in. figure with two axes is about 18 KB
-# pipeline/store.py runs `SET enable_progress_bar = false` on every connection; inside a
-# Jupyter kernel without ipywidgets DuckDB refuses any progress-bar setting (duckdb#7590),
-# so no notebook can open the store. Until store.py tolerates that, a run failing with this
-# exact message is reported as an expected failure; any other failure still fails.
-STORE_PROGRESS_BAR_BUG = "Could not change the progress bar setting"
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +59,7 @@ def run_notebook(name: str, store: Path, figures: Path, scratch: Path) -> Notebo
         kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOKS)}},
     )
-    try:
-        client.execute(env=env)
-    except CellExecutionError as exc:
-        if STORE_PROGRESS_BAR_BUG in str(exc):
-            pytest.xfail("store.connect fails in Jupyter without ipywidgets (duckdb#7590)")
-        raise
+    client.execute(env=env)
     return notebook
 
 
