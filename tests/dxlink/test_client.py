@@ -182,10 +182,33 @@ async def test_fault_ends_with_data_flowing_and_everything_resubscribed(
         await lifecycle.wait_for(SnapshotComplete, len(SERIES))
         await FAULTS[fault](sim)
         await assert_resubscribed(sim, lifecycle, 2 * len(SERIES))
-        (disconnected,) = lifecycle.of(Disconnected)
-        assert disconnected.reason is REASONS.get(fault, DisconnectReason.SERVER_ERROR)
-        assert len(lifecycle.of(Connected)) == 2
-        assert manager.get_metrics()["connection"]["connect_count"] == 2
+        metrics = manager.get_metrics()
+    reason = REASONS.get(fault, DisconnectReason.SERVER_ERROR)
+    (disconnected,) = lifecycle.of(Disconnected)
+    assert disconnected.reason is reason
+    assert len(lifecycle.of(Connected)) == 2
+    connection = metrics["connection"]
+    assert (connection["connect_count"], connection["reconnect_attempts"]) == (2, 1)
+    assert connection["disconnect_count"] == {reason: 1}
+    assert connection["state"] == "connected" and connection["total_uptime"] > 0
+    assert connection["last_connect_time"] == NOW / 1000
+    assert metrics["channels"]["candles"]["last_message_time"] == NOW / 1000
+    assert metrics["subscriptions"]["candles"] == len(SERIES)
+
+
+async def test_concurrent_failures_cause_exactly_one_reconnect(sim: Simulator) -> None:
+    """An ERROR, a close and a drop at once: the supervisor alone decides, once."""
+    lifecycle = Lifecycle()
+    async with make_client(sim, lifecycle) as manager:
+        Collector(manager)
+        await subscribe_all(manager)
+        await lifecycle.wait_for(SnapshotComplete, len(SERIES))
+        await asyncio.gather(
+            sim.send_error("TIMEOUT", "late"), sim.close_connections(1001), sim.drop_connections()
+        )
+        await assert_resubscribed(sim, lifecycle, 2 * len(SERIES))
+    assert len(lifecycle.of(Disconnected)) == 1
+    assert sim.connect_count == 2
 
 
 async def test_stalled_server_is_detected_by_the_keepalive_timeout() -> None:
@@ -329,17 +352,24 @@ async def test_max_attempts_gives_up_with_the_last_cause(sim: Simulator) -> None
     assert manager.get_metrics()["connection"]["state"] == "closed"
 
 
-async def test_resubscription_resumes_from_the_callbacks_points(sim: Simulator) -> None:
+@pytest.mark.parametrize("asynchronous", [True, False])
+async def test_resubscription_resumes_from_the_callbacks_points(
+    sim: Simulator, asynchronous: bool
+) -> None:
     """After a reconnect each series resumes from its resume point (never before fromTime);
-    the callback is called once per reconnect with every series key."""
+    the callback (async or plain) is called once per reconnect with every series key."""
     lifecycle = Lifecycle()
     calls: list[list[str]] = []
     first = NOW - 2 * HOUR
 
-    async def resume_points(keys: list[str]) -> dict[str, int]:
+    def points(keys: list[str]) -> dict[str, int]:
         calls.append(sorted(keys))
         return {"AAPL{=5m}": NOW - HOUR, "SPY{=m}": first - HOUR}  # QQQ: no point
 
+    async def points_later(keys: list[str]) -> dict[str, int]:
+        return points(keys)
+
+    resume_points = points_later if asynchronous else points
     async with make_client(sim, lifecycle, resume_points=resume_points) as manager:
         Collector(manager)
         await subscribe_all(manager, from_time=first)

@@ -43,6 +43,7 @@ from pipeline.dxlink.protocol import (
     ServerProtocol,
     SubscriptionRequested,
 )
+from pipeline.tastytrade import TastytradeAPIError, TastytradeAuthError
 from tests.dxlink.test_client import Lifecycle, TokenSource
 from tests.timing import TIMEOUT, short_backoff
 
@@ -474,3 +475,47 @@ async def test_bad_candle_requests_fail_with_clear_errors(
     with pytest.raises(ValueError, match=message):
         await manager.subscribe_to_candles(**kwargs)
     assert len(manager.subscription_metadata) == 0
+
+
+class FailingSource(TokenSource):
+    """A token source whose first calls fail with the given errors."""
+
+    def __init__(self, url: str, failures: list[Exception]) -> None:
+        super().__init__(url, [TOKEN])
+        self.failures = failures
+
+    async def get(self, force_refresh: bool = False) -> Any:
+        if self.failures:
+            self.calls.append(force_refresh)
+            raise self.failures.pop(0)
+        return await super().get(force_refresh)
+
+
+async def test_rejected_login_is_fatal_and_never_connects(server: ScriptedServer) -> None:
+    """The token source cannot log in (REST rejected the credentials): stop, say what to fix."""
+    rejected = TastytradeAuthError(
+        "tastytrade rejected the refresh token; set TASTYTRADE_REFRESH_TOKEN",
+        env_vars=("TASTYTRADE_REFRESH_TOKEN",),
+    )
+    lifecycle = Lifecycle()
+    manager = DXLinkManager(FailingSource(server.url, [rejected]), on_event=lifecycle)
+    async with manager:
+        with pytest.raises(TastytradeAuthError, match="set TASTYTRADE_REFRESH_TOKEN"):
+            async with asyncio.timeout(TIMEOUT):
+                async for _ in manager.candles():
+                    pass
+    assert server.sessions == []
+    assert lifecycle.of(Stopped) == [Stopped(rejected)]
+
+
+async def test_transient_token_source_failure_is_retried(server: ScriptedServer) -> None:
+    """A 503 from the token endpoint is transient: back off and try again."""
+    unavailable = TastytradeAPIError("GET /api-quote-tokens", status=503)
+    lifecycle = Lifecycle()
+    source = FailingSource(server.url, [unavailable])
+    manager = DXLinkManager(source, reconnect_delays=short_backoff, on_event=lifecycle)
+    async with manager:
+        await lifecycle.wait_for(Connected)
+    assert source.calls == [False, False]
+    (failed,) = lifecycle.of(Disconnected)
+    assert failed.reason is DisconnectReason.CONNECTION_LOST and "503" in failed.error
