@@ -40,6 +40,8 @@ from pipeline.simulator.bars import Bar
 
 __all__ = ["apportion", "split_bar"]
 
+# Share of a child's range at either end that its VWAP stays out of when it can (see _targets).
+_MARGIN = 0.1
 # Largest exponential tilt of the volume split: the dearest child gets at most e**3 (~20)
 # times its even share relative to the cheapest.
 _MAX_TILT = 3.0
@@ -162,9 +164,9 @@ def _bridge(
     return values, bumps
 
 
-def _closes(parent: Bar, sizes: list[int], values: list[float], bumps: list[float]) -> list[int]:
+def _closes(parent: Bar, volumes: list[int], values: list[float], bumps: list[float]) -> list[int]:
     """Children's last prices: the walk, lifted or lowered by a multiple of the bumps so that
-    the path's trade-weighted average meets the parent's VWAP, rounded into [low, high].
+    the path's volume-weighted average meets the parent's VWAP, rounded into [low, high].
 
     Without this, a parent's VWAP and its children's prices would drift apart and the
     turnovers could only be made to add up by pushing children's VWAPs to their extremes.
@@ -172,13 +174,13 @@ def _closes(parent: Bar, sizes: list[int], values: list[float], bumps: list[floa
     low, high = parent.low, parent.high
     level = bump = 0.0
     previous_value, previous_bump = float(parent.open), 0.0
-    for size, value, lift in zip(sizes, values, bumps, strict=True):
-        level += size * (previous_value + value)
-        bump += size * (previous_bump + lift)
+    for volume, value, lift in zip(volumes, values, bumps, strict=True):
+        level += volume * (previous_value + value)
+        bump += volume * (previous_bump + lift)
         previous_value, previous_bump = value, lift
     shift = 0.0
     if bump > 0:
-        shift = (2.0 * parent.trades * parent.turnover / parent.volume - level) / bump
+        shift = (2.0 * parent.turnover - level) / bump
     closes = []
     for value, lift in zip(values, bumps, strict=True):
         price = round(value + shift * lift)
@@ -201,8 +203,9 @@ def _try_split(
     # Every child's last trade lies on the bridge; its first trade repeats the previous
     # child's last price (a gapless path) unless it is a single trade or a key trade.
     sigma = (p_high - p_low) / (2.0 * math.sqrt(p_count))
+    volumes = _spread_volume(parent, sizes, rng)
     values, bumps = _bridge([end - 1 for end in ends], keys, sigma, rng)
-    closes = _closes(parent, sizes, values, bumps)
+    closes = _closes(parent, volumes, values, bumps)
     n = len(sizes)
     opens = [0] * n
     highs = [0] * n
@@ -234,12 +237,12 @@ def _try_split(
             highs[j] = max(opens[j], closes[j], *inside)
             lows[j] = min(opens[j], closes[j], *inside)
 
-    volumes = _spread_volume(parent, sizes, rng)
-    targets = _targets(parent, highs, lows, volumes, rng)
-    turnovers = _spread_turnover(p_turnover, sizes, volumes, highs, lows, targets)
+    prices = (opens, highs, lows, closes)
+    targets, bands = _targets(parent, prices, volumes, _margin(parent), rng)
+    turnovers = _spread_turnover(p_turnover, sizes, volumes, highs, lows, targets, bands)
     if turnovers is None:
         volumes = _tilt_volume(parent, sizes, volumes, targets)
-        turnovers = _spread_turnover(p_turnover, sizes, volumes, highs, lows, targets)
+        turnovers = _spread_turnover(p_turnover, sizes, volumes, highs, lows, targets, bands)
         if turnovers is None:
             return None
     bids = apportion(p_bid, volumes)
@@ -264,32 +267,59 @@ def _spread_volume(parent: Bar, sizes: list[int], rng: Random) -> list[int]:
     return [size + share for size, share in zip(sizes, shares, strict=True)]
 
 
-def _targets(
-    parent: Bar, highs: list[int], lows: list[int], volumes: list[int], rng: Random
-) -> list[float]:
-    """Each child's intended VWAP (ticks), so that together they meet the parent's turnover.
+def _margin(parent: Bar) -> float:
+    """How far (share of its range) a child's VWAP should stay from its high and low.
 
-    A child's own choice is its mid-price, jittered by up to a fifth of its range. Where the
-    children's path does not average out to the parent's VWAP, every target is pulled by the
-    same fraction towards the parent's VWAP, but never out of the middle half of the child's
-    range: a VWAP stuck at a child's high or low would leave that child nothing to split.
+    A tenth, or half of the parent's own distance from its edges if that is smaller: a parent
+    trading near its high needs children trading near theirs, and each level down keeps some
+    room for the next.
+    """
+    spread = parent.high - parent.low
+    if spread == 0:
+        return _MARGIN
+    place = (parent.turnover / parent.volume - parent.low) / spread
+    return min(_MARGIN, 0.5 * min(place, 1.0 - place))
+
+
+def _targets(
+    parent: Bar,
+    prices: tuple[list[int], list[int], list[int], list[int]],
+    volumes: list[int],
+    margin: float,
+    rng: Random,
+) -> tuple[list[float], list[tuple[float, float]]]:
+    """Each child's intended VWAP (ticks), and the band it should stay in.
+
+    A child's natural VWAP is the mean of its open, high, low and close (where its trades
+    mostly happen), jittered by a twentieth of its range. Its band is a quarter of its range
+    either side of that, but never within ``margin`` of its high or low: a VWAP at an extreme,
+    or far from where the child's prices are, would leave its own split nothing to work with.
+    Where the children do not average out to the parent's VWAP, every target is pulled by the
+    same fraction towards the parent's VWAP, within its band.
     """
     rnd = rng.random
     vwap = parent.turnover / parent.volume
-    own = []
-    pulled = []
-    for hi, lo in zip(highs, lows, strict=True):
-        quarter = (hi - lo) * 0.25
-        own.append((hi + lo) * 0.5 + (rnd() - 0.5) * 0.8 * quarter)
-        floor, ceiling = lo + quarter, hi - quarter
+    own: list[float] = []
+    pulled: list[float] = []
+    bands: list[tuple[float, float]] = []
+    for open_, high, low, close in zip(*prices, strict=True):
+        spread = high - low
+        natural = (open_ + high + low + close) * 0.25
+        floor = max(low + spread * margin, natural - 0.25 * spread)
+        ceiling = min(high - spread * margin, natural + 0.25 * spread)
+        if floor > ceiling:
+            floor = ceiling = (floor + ceiling) * 0.5
+        mine = natural + (rnd() - 0.5) * 0.1 * spread
+        own.append(floor if mine < floor else ceiling if mine > ceiling else mine)
         pulled.append(floor if vwap < floor else ceiling if vwap > ceiling else vwap)
+        bands.append((floor, ceiling))
     own_total = sum(v * t for v, t in zip(volumes, own, strict=True))
     pulled_total = sum(v * t for v, t in zip(volumes, pulled, strict=True))
     if pulled_total == own_total:
-        return own
+        return own, bands
     pull = (parent.turnover - own_total) / (pulled_total - own_total)
     pull = 0.0 if pull < 0.0 else 1.0 if pull > 1.0 else pull
-    return [t + (p - t) * pull for t, p in zip(own, pulled, strict=True)]
+    return [t + (p - t) * pull for t, p in zip(own, pulled, strict=True)], bands
 
 
 def _tilt_volume(
@@ -336,25 +366,28 @@ def _spread_turnover(
     highs: list[int],
     lows: list[int],
     targets: list[float],
+    bands: list[tuple[float, float]],
 ) -> list[int] | None:
     """Every child's turnover, within its ``Bar`` bounds and adding up to ``turnover``.
 
-    What the targets miss is spread first within the middle half of every child's range, and
-    only then towards its high or low: a child whose VWAP sits at an extreme is hard to split.
-    Returns None when no such turnovers exist.
+    What the targets miss is spread first within every child's band (see ``_targets``), and
+    only then up to its high or low. Returns None when no such turnovers exist.
     """
     hard: list[tuple[int, int]] = []
     soft: list[tuple[int, int]] = []
     result: list[int] = []
-    for v, hi, lo, t in zip(volumes, highs, lows, targets, strict=True):
+    for v, hi, lo, t, (band_low, band_high) in zip(
+        volumes, highs, lows, targets, bands, strict=True
+    ):
         spread = hi - lo
         floor, ceiling = v * lo + spread, v * hi - spread
-        quarter = spread // 4
-        inner_floor, inner_ceiling = v * lo + quarter, v * hi - quarter
+        inner_floor, inner_ceiling = math.ceil(v * band_low), math.floor(v * band_high)
         if inner_floor < floor:
             inner_floor = floor
         if inner_ceiling > ceiling:
             inner_ceiling = ceiling
+        if inner_floor > inner_ceiling:
+            inner_floor = inner_ceiling = min(max(round(v * t), floor), ceiling)
         hard.append((floor, ceiling))
         soft.append((inner_floor, inner_ceiling))
         x = round(v * t)
