@@ -7,20 +7,22 @@ nodes someone asks for. Every split is *exact*: the children combine (``bars.com
 into the parent, trade count, volume, turnover and bid/ask volume included. So a candle of any
 period built from any level of the tree is the aggregate of the same trades.
 
-How a split keeps the aggregate exact:
+How a split keeps the aggregate exact (and the VWAPs plausible):
 
 1. Trade counts: the parent's trades are apportioned over the slots (some slots get
    none: quiet periods, no candle). Trades are numbered 0..count-1 in time order.
-2. Prices: trade 0 is the parent's open, the last trade its close, and when neither reaches the
-   parent's high (low) a trade strictly inside is pinned to it ("key trades"). The first and
-   last trade of every child lie on a random walk pinned to the key trades (a Brownian bridge),
-   clamped to ``[low, high]``. A child's high/low come from its own trades and may reach further
-   when the child has trades to spare.
-3. Volumes: every trade gets one share; the rest is spread over the children, tilted towards
-   dear or cheap children so that the children's turnovers can add up to the parent's.
-4. Turnover: each child takes a turnover near its own mid-price and the remainder is spread
-   within each child's feasible range (``Bar`` invariants). Bid/ask volumes are apportioned
-   under each child's volume.
+2. Volumes: every trade gets one share; the rest is apportioned at random over the children.
+3. Prices: trade 0 is the parent's open, the last trade its close, and when neither reaches the
+   parent's high (low) a trade strictly inside is pinned to it ("key trades"). Every child's
+   last trade lies on a random walk pinned to the key trades (a Brownian bridge), lifted or
+   lowered between key trades so that the path's volume-weighted average meets the parent's
+   VWAP, and clamped to ``[low, high]``; its first trade repeats the previous child's last
+   price. A child's high/low may reach further inside the parent's range when it has trades
+   to spare.
+4. Turnover: each child aims at the mean of its own open, high, low and close, pulled towards
+   the parent's VWAP within a band away from its extremes; what is still missing is spread
+   first within those bands, then within the ``Bar`` bounds, tilting volume towards dear or
+   cheap children if needed. Bid/ask volumes are apportioned under each child's volume.
 
 In the rare case the constraints cannot be met, the whole parent goes into one child: still
 exact, just lumpy. Deterministic: a split depends only on the parent and the ``Random`` given.
