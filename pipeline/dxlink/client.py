@@ -619,7 +619,7 @@ class DXLinkManager:
             if conn.ready_at is None:
                 deadlines.append(conn.step_deadline)
             else:
-                deadlines.append(self._pacer.next_ready(now))
+                deadlines.append(self._pacer.next_ready(now, conn.configured))
             if conn.blocked and now >= conn.last_received + protocol.dead_peer_timeout:
                 # Not reading (a slow consumer): the server's silence cannot be measured, so
                 # no timer may declare it dead; wait for the reader to resume.

@@ -552,9 +552,10 @@ class SubscriptionPacer:
         self._forget_before(now - self.resend_window)
         return out
 
-    def next_ready(self, now: float) -> float | None:
-        """Return when :meth:`ready` will next have a batch, or None if nothing waits."""
-        if not len(self):
+    def next_ready(self, now: float, roles: Collection[str] | None = None) -> float | None:
+        """Return when :meth:`ready` will next have a batch for ``roles`` (all if None), or
+        None if nothing waits for them."""
+        if not any(q for r, q in self._pending.items() if roles is None or r in roles):
             return None
         return now + self.bucket.delay(1, now)
 

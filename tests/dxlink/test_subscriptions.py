@@ -386,6 +386,16 @@ def test_later_operation_on_an_item_replaces_the_earlier_one() -> None:
     assert batch.add == (candle_item(2),) and batch.remove == (candle_item(1),)
 
 
+def test_ready_and_next_ready_can_be_limited_to_some_roles() -> None:
+    """Items of a channel that is not usable yet neither go out nor make the caller wake."""
+    pacer = SubscriptionPacer(now=0.0)
+    pacer.add("candles", [candle_item(1)])
+    assert pacer.next_ready(0.0, {"events"}) is None
+    assert pacer.ready(0.0, {"events"}) == []
+    assert pacer.next_ready(0.0, {"candles"}) == 0.0
+    assert [b.role for b in pacer.ready(0.0, {"candles"})] == ["candles"]
+
+
 def test_roles_take_turns() -> None:
     """A long candle queue does not starve the events channel."""
     pacer = SubscriptionPacer(now=0.0, max_items=1, rate=1.0, burst=2.0)
