@@ -97,6 +97,7 @@ def connect(
     path: str | Path | None = None,
     *,
     catalog: str | None = None,
+    data_path: str | Path | None = None,
     verify_extensions: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection with the lake attached and the views created.
@@ -107,6 +108,7 @@ def connect(
     Args:
         path: The store folder; ``None`` reads :func:`store_path`.
         catalog: A non-default catalog (see :func:`pipeline.store.parse_catalog`).
+        data_path: A non-default Parquet folder (see :class:`pipeline.store.CandleStore`).
         verify_extensions: Check the DuckDB extension signatures (see
             :class:`pipeline.store.CandleStore`).
 
@@ -116,7 +118,11 @@ def connect(
     folder = store_path() if path is None else Path(path)
     try:
         return connect_store(
-            folder, catalog=catalog, read_only=True, verify_extensions=verify_extensions
+            folder,
+            catalog=catalog,
+            data_path=data_path,
+            read_only=True,
+            verify_extensions=verify_extensions,
         )
     except StoreError as exc:
         hint = f"; set {STORE_ENV} to the store folder" if path is None else ""

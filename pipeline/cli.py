@@ -62,6 +62,7 @@ def cli() -> None:
 @click.option("--interval", "intervals", multiple=True, help="Candle period, e.g. 5m (repeatable).")
 @click.option("--duration", help="Stop after this long, e.g. 90s, 10m, 2h [default: run forever].")
 @click.option("--store", "store_path", help="Store folder [default: store.path].")
+@click.option("--shard", help="Capture only shard K of N of the series, e.g. 2/3 [default: all].")
 def ingest(
     config_path: Path | None,
     profile: str | None,
@@ -69,6 +70,7 @@ def ingest(
     intervals: tuple[str, ...],
     duration: str | None,
     store_path: str | None,
+    shard: str | None,
 ) -> None:
     """Stream candles into the store until interrupted.
 
@@ -85,6 +87,7 @@ def ingest(
             "subscriptions.symbols": list(symbols),
             "subscriptions.intervals": list(intervals),
             "store.path": store_path,
+            "ingest.shard": shard,
         },
     )
     seconds = None
@@ -122,7 +125,9 @@ def query(
     config = load(config_path, profile)
     path = store_path or config.store.path
     try:
-        frame = run_query(sql, path=path, catalog=config.store.catalog)
+        frame = run_query(
+            sql, path=path, catalog=config.store.catalog, data_path=config.store.data_path
+        )
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "parquet" and sys.stdout.isatty():
@@ -157,6 +162,7 @@ def export(
             out,
             path=store_path or config.store.path,
             catalog=config.store.catalog,
+            data_path=config.store.data_path,
             fmt=fmt,  # type: ignore[arg-type]
             where=where,
         )

@@ -55,6 +55,7 @@ from pydantic.fields import FieldInfo
 
 from pipeline.dxlink.errors import ConfigurationError
 from pipeline.dxlink.symbols import CandleSymbol, parse_interval
+from pipeline.sharding import SINGLE, ShardSpec
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -62,6 +63,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "IngestConfig",
     "LoggingConfig",
     "ManagerConfig",
     "MetricsConfig",
@@ -401,6 +403,12 @@ class StoreConfig(_Section):
         allowed="sqlite:<path> or postgres:<conninfo> without a password (use PGPASSWORD)",
     )
     """Catalog location; unset means a SQLite file inside ``path``."""
+    data_path: str | None = _option(
+        None,
+        min_length=1,
+        allowed="a directory shared by every shard (a local or network folder)",
+    )
+    """Folder of the Parquet files; unset means ``<path>/data``. Shards share one."""
 
     @field_validator("catalog")
     @classmethod
@@ -413,6 +421,23 @@ class StoreConfig(_Section):
         if kind == "postgres" and re.search(r"password\s*=|://[^/@\s]*:[^/@\s]*@", target):
             raise ValueError("the conninfo contains a password; set PGPASSWORD or ~/.pgpass")
         return value
+
+
+class IngestConfig(_Section):
+    """How this ingest process divides the work with others (docs/scaling.md)."""
+
+    shard: str | None = _option(None, allowed='"K/N" with 1 <= K <= N, e.g. "2/3"')
+    """Capture only the series hashed to shard K of N; unset captures every series."""
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str | None) -> str | None:
+        return None if value is None else str(ShardSpec.parse(value))
+
+    @property
+    def shard_spec(self) -> ShardSpec:
+        """The shard as a :class:`~pipeline.sharding.ShardSpec` (``1/1`` when unset)."""
+        return SINGLE if self.shard is None else ShardSpec.parse(self.shard)
 
 
 class ScheduleConfig(_Section):
@@ -455,6 +480,7 @@ class Config(_Section):
     client: ClientConfig = ClientConfig()
     manager: ManagerConfig = ManagerConfig()
     store: StoreConfig = StoreConfig()
+    ingest: IngestConfig = IngestConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -72,6 +72,7 @@ def run_query(
     *,
     path: str | Path = "data",
     catalog: str | None = None,
+    data_path: str | Path | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> pl.DataFrame:
     """Run read-only SQL against the store and return the last statement's result.
@@ -84,7 +85,7 @@ def run_query(
     statements = duckdb.extract_statements(sql)
     for attempt in range(_RETRIES + 1):
         try:
-            con = connect(path, catalog=catalog, read_only=True)
+            con = connect(path, catalog=catalog, data_path=data_path, read_only=True)
         except StoreError as exc:
             raise QueryError(str(exc)) from exc
         try:
@@ -129,6 +130,7 @@ def export_store(
     *,
     path: str | Path = "data",
     catalog: str | None = None,
+    data_path: str | Path | None = None,
     fmt: Literal["parquet", "csv"] = "parquet",
     where: str | None = None,
 ) -> int:
@@ -152,7 +154,7 @@ def export_store(
         _check_read_only(f"SELECT 1 FROM candles WHERE {where}")
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        con = connect(path, catalog=catalog, read_only=True)
+        con = connect(path, catalog=catalog, data_path=data_path, read_only=True)
     except StoreError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise QueryError(str(exc)) from exc

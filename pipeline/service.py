@@ -107,8 +107,12 @@ class IngestService:
     ) -> None:
         self.config = config
         self.stats = ServiceStats()
-        self.series: tuple[CandleSymbol, ...] = config.subscriptions.candle_symbols()
-        """Every series this service captures."""
+        self.shard = config.ingest.shard_spec
+        """Which share of the configured series this process captures (docs/scaling.md)."""
+        self.series: tuple[CandleSymbol, ...] = self.shard.select(
+            config.subscriptions.candle_symbols()
+        )
+        """Every series this service captures: the configured ones its shard owns."""
         self._periods = {s.normalized: s for s in self.series}
         self._token_source = token_source
         self._source_clock_ms = source_clock_ms
@@ -156,7 +160,9 @@ class IngestService:
         self.stats.started_at = time.time()
         if self._store is None:
             cfg = self.config.store
-            self._store = await asyncio.to_thread(CandleStore, cfg.path, catalog=cfg.catalog)
+            self._store = await asyncio.to_thread(
+                CandleStore, cfg.path, catalog=cfg.catalog, data_path=cfg.data_path
+            )
         try:
             await self.metrics.start()
             await self._warm_start()
@@ -267,9 +273,10 @@ class IngestService:
         scheduler.add_job(
             self._scheduled_flush, "interval", seconds=schedule.flush_interval, id="flush"
         )
-        scheduler.add_job(
-            self.compact, "interval", seconds=schedule.compaction_interval, id="compaction"
-        )
+        if self.shard.runs_compaction:  # one compactor per lake: shard 1 (pipeline.sharding)
+            scheduler.add_job(
+                self.compact, "interval", seconds=schedule.compaction_interval, id="compaction"
+            )
         scheduler.start()
         self._scheduler = scheduler
 

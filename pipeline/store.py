@@ -198,6 +198,7 @@ def connect(
     path: str | Path = "data",
     *,
     catalog: str | None = None,
+    data_path: str | Path | None = None,
     read_only: bool = True,
     verify_extensions: bool = True,
 ) -> duckdb.DuckDBPyConnection:
@@ -211,6 +212,7 @@ def connect(
     Args:
         path: The store folder.
         catalog: See :func:`parse_catalog`.
+        data_path: See :class:`CandleStore`.
         read_only: Attach read-only (the default for readers).
         verify_extensions: See :class:`CandleStore`.
 
@@ -224,7 +226,7 @@ def connect(
             f"no candle store at {root}: {spec.target} does not exist; run ingest first "
             "or pass the folder that holds catalog.sqlite"
         )
-    con = _open(root, spec, read_only=read_only, verify_extensions=verify_extensions)
+    con = _open(root, spec, data_path, read_only=read_only, verify_extensions=verify_extensions)
     try:
         if not _has_candles_table(con):
             raise StoreError(f"the lake at {root} has no candles table yet; run ingest first")
@@ -242,6 +244,9 @@ class CandleStore:
     Args:
         path: The store folder (created if missing).
         catalog: See :func:`parse_catalog`; default ``sqlite:<path>/catalog.sqlite``.
+        data_path: Folder of the Parquet files; default ``<path>/data``. Several ingest
+            shards on one PostgreSQL catalog share one (docs/scaling.md); every process
+            attaching the lake must name the same folder.
         max_retries: How often one transaction is retried after a transient collision
             (SQLite busy, DuckLake commit conflict) before :class:`StoreBusyError`.
         retry_delay_s: The first retry waits up to this long; each next one doubles.
@@ -259,6 +264,7 @@ class CandleStore:
         path: str | Path = "data",
         *,
         catalog: str | None = None,
+        data_path: str | Path | None = None,
         max_retries: int = 5,
         retry_delay_s: float = 0.05,
         max_retry_delay_s: float = 2.0,
@@ -284,7 +290,11 @@ class CandleStore:
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
         self._con = _open(
-            self.root, self.catalog, read_only=False, verify_extensions=verify_extensions
+            self.root,
+            self.catalog,
+            data_path,
+            read_only=False,
+            verify_extensions=verify_extensions,
         )
         try:
             self._run(self._create_schema)
@@ -634,7 +644,12 @@ def _registered(con: duckdb.DuckDBPyConnection, **frames: pl.DataFrame | None) -
 
 
 def _open(
-    root: Path, spec: CatalogSpec, *, read_only: bool, verify_extensions: bool
+    root: Path,
+    spec: CatalogSpec,
+    data_path: str | Path | None,
+    *,
+    read_only: bool,
+    verify_extensions: bool,
 ) -> duckdb.DuckDBPyConnection:
     """A connection with the extensions loaded, the lake attached and UTC times."""
     con = duckdb.connect(
@@ -654,8 +669,8 @@ def _open(
         _load_extension(con, spec.kind)
         if spec.kind == "sqlite":
             _prepare_sqlite_catalog(Path(spec.target), read_only=read_only)
-        data_path = root.resolve() / DATA_DIR
-        options = f"DATA_PATH {_quote(str(data_path) + '/')}"
+        data = Path(data_path).resolve() if data_path is not None else root.resolve() / DATA_DIR
+        options = f"DATA_PATH {_quote(str(data).rstrip('/') + '/')}"
         if spec.kind == "sqlite":
             # The folder is self-contained: a copied or moved store keeps working.
             options += ", OVERRIDE_DATA_PATH true"
