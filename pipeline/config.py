@@ -350,19 +350,19 @@ class ClientConfig(_Section):
     """Seconds allowed for the TCP/TLS/WebSocket connect."""
     handshake_timeout: float = Field(default=10.0, gt=0, le=600)
     """Seconds allowed for each handshake reply: SETUP, AUTH_STATE, CHANNEL_OPENED (§2.6)."""
-    backoff_initial: float = Field(default=1.0, gt=0, le=3600)
+    backoff_initial: float = Field(default=0.5, gt=0, le=3600)
     """Upper bound of the first reconnect delay in seconds (full jitter)."""
-    backoff_max: float = Field(default=60.0, gt=0, le=86_400)
+    backoff_max: float = Field(default=30.0, gt=0, le=86_400)
     """Cap on the reconnect delay in seconds; must be at least backoff_initial."""
     healthy_after: float = Field(default=30.0, ge=0, le=86_400)
     """Seconds a connection must live before the backoff resets to backoff_initial."""
     max_attempts: int = Field(default=0, ge=0, le=1_000_000)
     """Consecutive failed connects before giving up; 0 retries forever."""
-    batch_max_items: int = Field(default=200, ge=1, le=100_000)
+    batch_max_items: int = Field(default=500, ge=1, le=100_000)
     """Most subscriptions in one FEED_SUBSCRIPTION message."""
-    batch_max_bytes: int = Field(default=8000, ge=256, le=1_048_576)
+    batch_max_bytes: int = Field(default=6000, ge=256, le=1_048_576)
     """Most bytes in one FEED_SUBSCRIPTION message (§8: larger frames get close code 1009)."""
-    subscribe_rate: float = Field(default=10.0, gt=0, le=10_000)
+    subscribe_rate: float = Field(default=20.0, gt=0, le=10_000)
     """Subscription messages per second, sustained (token bucket refill)."""
     subscribe_burst: int = Field(default=20, ge=1, le=10_000)
     """Subscription messages that may be sent back to back (token bucket size)."""

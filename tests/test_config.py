@@ -57,7 +57,7 @@ def test_no_file_gives_simulator_defaults() -> None:
     config = load_config(None, environ={}, now=NOW)
     assert config == Config()
     assert config.source.kind == "simulator"
-    assert config.client.batch_max_bytes == 8000
+    assert config.client.batch_max_bytes == 6000
     assert config.schedule.flush_interval == 5.0
     assert config.metrics.port == 9464
 
@@ -527,7 +527,7 @@ def test_describe_options_documents_every_option() -> None:
     for option in options:
         assert option.type and option.default and option.description, option
     by_key = {option.key: option for option in options}
-    assert by_key["client.batch_max_bytes"].default == "8000"
+    assert by_key["client.batch_max_bytes"].default == "6000"
     assert by_key["metrics.host"].default == '"127.0.0.1"'
     assert by_key["metrics.port"].type == "integer >= 0 and <= 65535"
 

@@ -26,7 +26,7 @@ MINUTE = 60_000
 
 
 def _simulator(**kwargs: object) -> Simulator:
-    return Simulator(token=TOKEN, seed=3, clock=SimulatorClock.manual(START_MS), **kwargs)  # type: ignore[arg-type]
+    return Simulator(token=TOKEN, seed=1, clock=SimulatorClock.manual(START_MS), **kwargs)  # type: ignore[arg-type]
 
 
 async def _store_matches_truth(
