@@ -93,6 +93,8 @@ _EXTENSIONS = {
 # SQLite busy / DuckLake commit conflicts: the only errors worth retrying. Anything else (a
 # type error, a full disk, a missing table) fails at once.
 _TRANSIENT = re.compile(r"database is (locked|busy)|conflict", re.IGNORECASE)
+# Two processes creating DuckLake's metadata tables in one new catalog at once.
+_INIT_RACE = re.compile(r"already exists|duplicate key|conflict", re.IGNORECASE)
 _SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 # Compared to decide "unchanged"; revision is not, so a restart that counts revisions from 0
 # again does not rewrite candles whose values are already stored.
@@ -289,15 +291,14 @@ class CandleStore:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
-        self._con = _open(
-            self.root,
-            self.catalog,
-            data_path,
-            read_only=False,
-            verify_extensions=verify_extensions,
-        )
+        self._con = self._open_writer(data_path, verify_extensions)
         try:
-            self._run(self._create_schema)
+            try:
+                self._run(self._create_schema)
+            except StoreError as exc:
+                if not _INIT_RACE.search(str(exc)):
+                    raise
+                self._run(self._create_schema)  # another shard created it first: now it exists
         except BaseException:
             self._con.close()
             raise
@@ -508,6 +509,33 @@ class CandleStore:
             raise
         finally:
             con.execute("USE memory")
+
+    def _open_writer(
+        self, data_path: str | Path | None, verify_extensions: bool
+    ) -> duckdb.DuckDBPyConnection:
+        """Attach the lake, retrying when another process initialises a new catalog.
+
+        Shards started together on an empty PostgreSQL catalog race to create DuckLake's
+        metadata tables; the losers fail with "already exists" / "duplicate key" and, on a
+        retry, find the catalog the winner made.
+        """
+        for retry in range(self._max_retries + 1):
+            try:
+                return _open(
+                    self.root,
+                    self.catalog,
+                    data_path,
+                    read_only=False,
+                    verify_extensions=verify_extensions,
+                )
+            except StoreError as exc:
+                if retry == self._max_retries or not _INIT_RACE.search(str(exc)):
+                    raise
+                self.stats.retries += 1
+                delay = min(self._max_retry_delay_s, self._retry_delay_s * 2**retry)
+                logger.warning("! catalog initialised concurrently, retry %d", retry + 1)
+                self._sleep(delay * (0.5 + self._rng.random() / 2))
+        raise AssertionError("unreachable: the loop returns or raises")
 
     def _run(self, attempt: Callable[[duckdb.DuckDBPyConnection], _T]) -> _T:
         """Run ``attempt`` under the lock, retrying transient collisions (see module doc)."""

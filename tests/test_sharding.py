@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -128,7 +129,8 @@ async def test_service_captures_only_its_shard(tmp_path: Path) -> None:
     owned: list[str] = []
     schedules: list[set[str]] = []
     for k in (1, 2, 3):
-        config = service_config(tmp_path, symbols=symbols, **{"ingest.shard": f"{k}/3"})
+        shard: dict[str, Any] = {"ingest.shard": f"{k}/3"}
+        config = service_config(tmp_path, symbols=symbols, **shard)
         service = IngestService(config, token_source=SimulatorTokenSource("ws://x", TOKEN))
         owned.extend(s.normalized for s in service.series)
         assert all(shard_of(s, 3) == k for s in service.series)
