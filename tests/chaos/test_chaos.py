@@ -1,0 +1,97 @@
+"""Seeded chaos: the store equals the simulator's truth after a schedule of every fault.
+
+The default suite runs two short seeds; ``--run-soak`` adds a long run over many seeds.
+A failure prints the seed and the fault timeline; ``ChaosRun(seed, tmp_path)`` replays it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.process import KillRun
+from tests.chaos.runner import FAULT_KINDS, ChaosReport, ChaosRun, PlannedFault, plan_faults
+
+SOAK_SEEDS = int(os.environ.get("CHAOS_SOAK_SEEDS", "24"))
+
+
+def _check(report: ChaosReport) -> None:
+    assert report.problems == [], report.describe()
+    assert report.memory_limit_bytes > 0, report.describe()
+    assert report.peak_memory_bytes <= report.memory_limit_bytes, report.describe()
+    assert report.peak_queue <= report.queue_limit, report.describe()
+
+
+def test_a_seed_gives_the_same_schedule() -> None:
+    """plan_faults is a function of the seed: same seed, same faults; another seed differs."""
+    assert plan_faults(11, 20) == plan_faults(11, 20)
+    assert plan_faults(11, 20) != plan_faults(12, 20)
+
+
+def test_a_schedule_holds_every_fault_kind_when_there_is_room() -> None:
+    """With at least one step per kind, every fault kind is injected at least once."""
+    for seed in range(20):
+        faults = plan_faults(seed, len(FAULT_KINDS) + 1)
+        assert {f.kind for f in faults} == set(FAULT_KINDS)
+        assert len({f.step for f in faults}) == len(faults)
+        assert all(f.step >= 1 for f in faults)
+
+
+def test_a_bad_plan_is_refused_with_what_is_allowed() -> None:
+    """Unknown fault kinds and too few steps are refused, naming the valid choices."""
+    with pytest.raises(ValueError, match=r"unknown fault kinds.*'drop'"):
+        plan_faults(1, 10, ("drop", "earthquake"))
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        plan_faults(1, 1)
+
+
+def test_a_failure_report_names_the_seed_and_the_timeline() -> None:
+    """describe() carries the seed, each problem and the whole timeline for a replay."""
+    report = ChaosReport(seed=42, faults=[PlannedFault(3, "drop", "", 60)])
+    report.timeline += ["[  0.10s] step 3: drop() for 60s", "[  0.20s] drained"]
+    report.problems.append("AAPL{=m}: missing 2026-11-03 15:04")
+    text = report.describe()
+    assert "seed=42" in text and "ChaosRun(seed=42" in text
+    assert "missing 2026-11-03 15:04" in text
+    assert "step 3: drop() for 60s" in text and "drained" in text
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_chaos_short(tmp_path: Path, seed: int) -> None:
+    """Every fault once, seeded order: no missing, duplicate or wrong candle; bounded memory."""
+    run = ChaosRun(seed, tmp_path, steps=len(FAULT_KINDS) + 2, subscription_rate=10.0)
+    report = await run.run()
+    _check(report)
+    assert {f.kind for f in report.faults} == set(FAULT_KINDS)
+    assert report.services_started >= 2, "close 1009 must have restarted the service"
+    assert report.bad_actions > 0, "the subscription bursts never met BAD_ACTION"
+    assert report.flush_failures > 0, "the full disk never failed a flush"
+
+
+@pytest.mark.timeout(120)
+async def test_ingest_killed_mid_flush_restarts_without_loss(tmp_path: Path) -> None:
+    """SIGKILL of the ingest process while it flushes, then a restart: store == truth."""
+    report = await KillRun(seed=5, workdir=tmp_path, kills=1).run()
+    assert report.problems == [], report.describe()
+    assert report.kills == 1, report.describe()
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("seed", range(100, 100 + SOAK_SEEDS))
+async def test_chaos_long(tmp_path: Path, seed: int) -> None:
+    """A long schedule per seed (40 steps, faults drawn at random): store == truth, bounded."""
+    report = await ChaosRun(seed, tmp_path, steps=40).run()
+    _check(report)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("seed", range(200, 206))
+async def test_kill_long(tmp_path: Path, seed: int) -> None:
+    """Five SIGKILLs at seeded moments per seed: the restarted ingest loses nothing."""
+    report = await KillRun(seed=seed, workdir=tmp_path, kills=5).run()
+    assert report.problems == [], report.describe()
