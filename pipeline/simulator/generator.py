@@ -1,4 +1,4 @@
-"""Top-down generation of trades: split one ``Bar`` into the bars of its sub-periods.
+"""Top-down generation of trades: split ``Bar`` aggregates into the bars of their sub-periods.
 
 Why top-down: a 2,000-candle daily history spans five years, far too many trades to draw one
 by one. Instead the market draws a week's aggregate first, then splits it into seven days, each
@@ -16,39 +16,70 @@ How a split keeps the aggregate exact (and the VWAPs plausible):
    parent's high (low) a trade strictly inside is pinned to it ("key trades"). Every child's
    last trade lies on a random walk pinned to the key trades (a Brownian bridge), lifted or
    lowered between key trades so that the path's volume-weighted average meets the parent's
-   VWAP, and clamped to ``[low, high]``; its first trade repeats the previous child's last
-   price. A child's high/low may reach further inside the parent's range when it has trades
-   to spare.
+   VWAP; where the lifted path would leave ``[low, high]`` it is folded back inside rather than
+   clamped (no runs of closes stuck on an edge). A child's first trade repeats the previous
+   child's last price, and its high/low may reach further inside the parent's range when it
+   has trades to spare.
 4. Turnover: each child aims at the mean of its own open, high, low and close, pulled towards
    the parent's VWAP within a band away from its extremes; what is still missing is spread
-   first within those bands, then within the ``Bar`` bounds, tilting volume towards dear or
-   cheap children if needed. Bid/ask volumes are apportioned under each child's volume.
+   first within those bands, then within the ``Bar`` bounds. Bid/ask volumes are apportioned
+   under each child's volume.
 
-In the rare case the constraints cannot be met, the whole parent goes into one child: still
-exact, just lumpy. Deterministic: a split depends only on the parent and the ``Random`` given.
-The code is written as flat loops over lists because it is the simulator's hot path (one split
-per 60 candles of history). No I/O, no clock.
+Rarely (about 1 split in 3,000) the turnovers cannot be met that way; that split is redone in
+plain Python, tilting volume towards dear or cheap children and moving shares between
+single-price children. If even that fails the whole parent goes into one child: still exact,
+just lumpy.
+
+Speed: the market asks for hundreds of splits at a time (a 2,000-candle history), so
+``split_rows`` does all of them at once with numpy, one row per parent; its random numbers are
+a counter-based hash of each row's seed, so a row's children depend only on its parent and seed,
+never on the other rows of the batch. No I/O, no clock.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate
 from random import Random
 
+import numpy as np
+from numpy.typing import NDArray
+
 from pipeline.simulator.bars import Bar
 
-__all__ = ["apportion", "split_bar"]
+__all__ = [
+    "FIELDS",
+    "Rows",
+    "apportion",
+    "mix64",
+    "rows_to_bars",
+    "split_bar",
+    "split_rows",
+    "uniforms",
+]
+
+Rows = NDArray[np.int64]
+Floats = NDArray[np.float64]
+
+FIELDS = len(Bar._fields)
+"""Columns of a bar row: the ``Bar`` fields in order; a row of zeros (0 trades) is no bar."""
+_TRADES = Bar._fields.index("trades")
 
 # Share of a child's range at either end that its VWAP stays out of when it can (see _targets).
 _MARGIN = 0.1
 # Largest exponential tilt of the volume split: the dearest child gets at most e**3 (~20)
 # times its even share relative to the cheapest.
 _MAX_TILT = 3.0
-# Half-width of a zero-mean, unit-variance uniform distribution: cheap price noise.
-_UNIFORM_HALF_WIDTH = math.sqrt(3.0)
+# Standard deviation of a uniform draw on [-0.5, 0.5): scales it to unit variance.
+_UNIFORM_SD = math.sqrt(1.0 / 12.0)
+# splitmix64 constants (Steele, Lea & Flood 2014): a counter-based generator.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+# Uniform draws per slot (quiet, weight, volume, walk, high, low, jitter) and per split.
+_PER_SLOT = 7
+_PER_SPLIT = 4
 
 
 def apportion(total: int, weights: Sequence[int]) -> list[int]:
@@ -73,6 +104,27 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     return [b - a for a, b in zip([0, *cuts], cuts)]  # noqa: B905 (lengths differ by design)
 
 
+def mix64(keys: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """The splitmix64 finaliser of every key: a well-mixed 64-bit hash, keys one apart
+    included."""
+    with np.errstate(over="ignore"):
+        z = (keys ^ (keys >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def uniforms(seeds: NDArray[np.uint64], count: int) -> Floats:
+    """``count`` uniforms in [0, 1) for every seed, shape ``(len(seeds), count)``.
+
+    splitmix64 of ``seed + k * golden``: each value depends only on its seed and position, so
+    a batch gives every row the same numbers it would get alone.
+    """
+    steps = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN
+    with np.errstate(over="ignore"):
+        z = mix64(seeds[:, None] + steps[None, :])
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def split_bar(
     parent: Bar, slots: int, rng: Random, *, quiet_fraction: float = 0.0
 ) -> list[Bar | None]:
@@ -88,240 +140,366 @@ def split_bar(
     Returns:
         ``slots`` entries in time order whose ``combine`` equals ``parent``.
     """
-    children = None if parent.trades == 1 else _try_split(parent, slots, rng, quiet_fraction)
-    if children is None:
-        children = [None] * slots
-        children[rng.randrange(slots)] = parent
-    return children
+    rows = np.array([parent], dtype=np.int64)
+    seeds = np.array([rng.getrandbits(64)], dtype=np.uint64)
+    return rows_to_bars(split_rows(rows, slots, seeds, quiet_fraction=quiet_fraction)[0])
 
 
-def _trade_counts(count: int, slots: int, rng: Random, quiet_fraction: float) -> list[int]:
-    rnd = rng.random
+def rows_to_bars(rows: Rows) -> list[Bar | None]:
+    """The ``Bar`` (or None for a row of no trades) of every row of an ``(n, FIELDS)`` array."""
+    new = tuple.__new__  # skips Bar.__new__'s Python frame: this runs per candle
+    return [new(Bar, row) if row[_TRADES] else None for row in rows.tolist()]
+
+
+def split_rows(
+    parents: Rows, slots: int, seeds: NDArray[np.uint64], *, quiet_fraction: float = 0.0
+) -> Rows:
+    """Split every parent row into ``slots`` child rows at once.
+
+    Args:
+        parents: ``(n, FIELDS)`` int64 bar rows, each satisfying ``check_bar``.
+        slots: Sub-periods per parent.
+        seeds: One 64-bit seed per parent; a row's split depends only on its parent and seed.
+        quiet_fraction: Probability that a slot is forced quiet.
+
+    Returns:
+        ``(n, slots, FIELDS)`` int64 child rows; rows of zeros are quiet slots.
+    """
+    count = len(parents)
+    out = np.zeros((count, slots, FIELDS), dtype=np.int64)
+    if count == 0:
+        return out
+    u = uniforms(seeds, _PER_SLOT * slots + _PER_SPLIT)
+    draws = u[:, : _PER_SLOT * slots].reshape(count, _PER_SLOT, slots)
+    extra = u[:, _PER_SLOT * slots :]
+    o, h, lo, _, n, v, t, bid, ask = (parents[:, i] for i in range(FIELDS))
+
+    counts = _trade_counts(n, draws[:, 0], draws[:, 1], extra[:, 2], quiet_fraction)
+    volumes = counts + _apportion_rows(np.maximum(v - n, 0), counts * (50 + (draws[:, 2] * 100)))
+    keys, key_prices = _key_trades(parents, extra)
+    sigma = (h - lo) / (2.0 * np.sqrt(n))
+    ends = np.cumsum(counts, axis=1)
+    firsts_ord = ends - counts
+    lasts_ord = np.maximum(ends - 1, 0)
+    values, bumps = _bridge(lasts_ord, keys, key_prices, sigma, draws[:, 3])
+    closes = _closes(parents, volumes, values, bumps)
+
+    # A child's first trade repeats the previous child's last price (quiet slots repeat it
+    # too, so the shift works), unless it is a key trade or the child's only trade.
+    previous = np.concatenate([o[:, None], closes[:, :-1]], axis=1)
+    opens = np.where(counts == 1, closes, previous)
+    for k in (1, 2):
+        at_key = (firsts_ord == keys[:, k, None]) & (counts > 1)
+        opens = np.where(at_key, key_prices[:, k, None], opens)
+    highs = np.maximum(opens, closes)
+    lows = np.minimum(opens, closes)
+    # A trade strictly inside the child may set a new high, another a new low.
+    reach = sigma[:, None] * np.sqrt(counts)
+    highs = np.where(counts >= 3, np.minimum(highs + (draws[:, 4] * reach), h[:, None]), highs)
+    lows = np.where(counts >= 4, np.maximum(lows - (draws[:, 5] * reach), lo[:, None]), lows)
+    highs, lows = highs.astype(np.int64), lows.astype(np.int64)
+    # Key trades strictly inside a child set its high/low; that child has no extensions.
+    inside = [(firsts_ord < keys[:, k, None]) & (keys[:, k, None] < ends - 1) for k in (1, 2)]
+    keyed = inside[0] | inside[1]
+    if keyed.any():
+        top, bottom = np.maximum(opens, closes), np.minimum(opens, closes)
+        for k in (1, 2):
+            price = key_prices[:, k, None]
+            top = np.where(inside[k - 1], np.maximum(top, price), top)
+            bottom = np.where(inside[k - 1], np.minimum(bottom, price), bottom)
+        highs = np.where(keyed, top, highs)
+        lows = np.where(keyed, bottom, lows)
+
+    targets, band_low, band_high = _targets(
+        parents, opens, highs, lows, closes, volumes, draws[:, 6]
+    )
+    turnovers, met = _spread_turnover_rows(t, volumes, highs, lows, targets, band_low, band_high)
+    lumpy = n == 1
+    tilt = np.flatnonzero(~met & ~lumpy)
+    if len(tilt):
+        volumes[tilt] = _tilt_rows(parents[tilt], counts[tilt], volumes[tilt], targets[tilt])
+        turnovers[tilt], met[tilt] = _spread_turnover_rows(
+            t[tilt], volumes[tilt], highs[tilt], lows[tilt],
+            targets[tilt], band_low[tilt], band_high[tilt],
+        )  # fmt: skip
+    for row in np.flatnonzero(~met & ~lumpy).tolist():
+        redone = _redo_turnover(parents[row], counts[row], volumes[row], highs[row], lows[row],
+                                targets[row], band_low[row], band_high[row])  # fmt: skip
+        if redone is None:
+            lumpy[row] = True
+        else:
+            volumes[row], turnovers[row] = redone
+    bids = _apportion_rows(bid, volumes)
+    asks = _apportion_rows(ask, volumes - bids)
+    for i, column in enumerate(
+        (opens, highs, lows, closes, counts, volumes, turnovers, bids, asks)
+    ):
+        out[:, :, i] = column
+    out[counts == 0] = 0
+    for row in np.flatnonzero(lumpy).tolist():
+        out[row] = 0
+        out[row, int(extra[row, 3] * slots)] = parents[row]
+    return out
+
+
+def _apportion_rows(totals: Rows, weights: Rows | Floats) -> Rows:
+    """``apportion`` of every row's total over that row's weights, exactly, in int64.
+
+    Callers keep ``total * sum(weights)`` well inside int64 (below 2**62).
+    """
+    running = np.cumsum(weights.astype(np.int64), axis=1)
+    weight_sums = np.maximum(running[:, -1:], 1)
+    cuts = totals[:, None] * running // weight_sums
+    return np.diff(cuts, axis=1, prepend=0)
+
+
+def _trade_counts(
+    trades: Rows, quiet_draws: Floats, weight_draws: Floats, spare: Floats, quiet_fraction: float
+) -> Rows:
+    weights = 200 + (weight_draws * 800).astype(np.int64)
     if quiet_fraction:
-        weights = [0 if rnd() < quiet_fraction else 200 + int(rnd() * 800) for _ in range(slots)]
-        if not any(weights):
-            weights[rng.randrange(slots)] = 1
-    else:
-        weights = [200 + int(rnd() * 800) for _ in range(slots)]
-    return apportion(count, weights)
+        weights[quiet_draws < quiet_fraction] = 0
+        silent = np.flatnonzero(~weights.any(axis=1))
+        weights[silent, (spare[silent] * weights.shape[1]).astype(np.int64)] = 1
+    return _apportion_rows(trades, weights)
 
 
-def _key_trades(parent: Bar, rng: Random) -> list[tuple[int, int]]:
-    """``(ordinal, price)`` of the trades the split must keep, in time order."""
-    last = parent.trades - 1
-    inside = [p for p in (parent.high, parent.low) if p != parent.open and p != parent.close]
-    keys = [(0, parent.open), (last, parent.close)]
-    if inside:
-        first = 1 + rng.randrange(last - 1)
-        keys.append((first, inside[0]))
-        if len(inside) == 2:
-            # A distinct second ordinal: invariant says there are at least two inside.
-            second = 1 + rng.randrange(last - 2)
-            keys.append((second + (second >= first), inside[1]))
-        keys.sort()
-    return keys
+def _key_trades(parents: Rows, extra: Floats) -> tuple[Rows, Rows]:
+    """``(ordinals, prices)`` of the four key trades per row, shape ``(n, 4)``, in time order.
+
+    Open at 0, close at the last trade, and the high/low where neither reaches them at ordinals
+    strictly inside; a row with fewer inside keys repeats the close in their place.
+    """
+    o, h, lo, c, n = (parents[:, i] for i in range(5))
+    last = n - 1
+    high_inside = (h != o) & (h != c)
+    low_inside = (lo != o) & (lo != c)
+    first = 1 + (extra[:, 0] * np.maximum(n - 2, 1)).astype(np.int64)
+    second = 1 + (extra[:, 1] * np.maximum(n - 3, 1)).astype(np.int64)
+    second += second >= first
+    one = high_inside | low_inside
+    both = high_inside & low_inside
+    ord1 = np.where(one, first, last)
+    price1 = np.where(high_inside, h, np.where(low_inside, lo, c))
+    ord2 = np.where(both, second, last)
+    price2 = np.where(both, lo, c)
+    swap = ord2 < ord1
+    ordinals = np.stack([np.zeros_like(n), np.where(swap, ord2, ord1),
+                         np.where(swap, ord1, ord2), last], axis=1)  # fmt: skip
+    prices = np.stack(
+        [o, np.where(swap, price2, price1), np.where(swap, price1, price2), c], axis=1
+    )
+    return ordinals, prices
 
 
 def _bridge(
-    points: list[int], keys: list[tuple[int, int]], sigma: float, rng: Random
-) -> tuple[list[float], list[float]]:
-    """A random walk at the ascending trade ordinals ``points``, pinned to ``keys``.
+    points: Rows, keys: Rows, key_prices: Rows, sigma: Floats, walk_draws: Floats
+) -> tuple[Floats, Floats]:
+    """A random walk at each row's ascending trade ordinals ``points``, pinned to its keys.
 
-    Sampled in one pass as a Brownian bridge: each point is drawn given the previous point and
-    the next key trade, so the walk lands exactly on every key price.
+    The walk's increments have variance ``sigma**2`` per trade; between two key trades ``a``
+    and ``b`` the straight line from ``walk(a)`` to ``walk(b)`` is swapped for the one between
+    the key prices (a Brownian bridge), so the path lands exactly on every key price.
 
     Returns:
         The walk at each point, and a bump at each point: ``4(x-a)(b-x)/(b-a)**2`` between
         the key trades ``a`` and ``b`` around it, 0 on a key trade and 1 half-way. Adding a
         multiple of the bumps moves the path up or down without moving a key trade.
     """
-    rnd = rng.random
-    scale = sigma * 2.0 * _UNIFORM_HALF_WIDTH
-    values = [0.0] * len(points)
-    bumps = [0.0] * len(points)
-    next_key = 1
-    prev_ordinal, key_start = keys[0]
-    prev_value = float(key_start)
-    segment_start = prev_ordinal
-    key_ordinal, key_price = keys[1]
-    for i, ordinal in enumerate(points):
-        while key_ordinal < ordinal:
-            prev_ordinal, prev_value, segment_start = key_ordinal, float(key_price), key_ordinal
-            next_key += 1
-            key_ordinal, key_price = keys[next_key]
-        if ordinal == key_ordinal:
-            value = float(key_price)
-        else:
-            span = key_ordinal - prev_ordinal
-            gap = ordinal - prev_ordinal
-            value = (
-                prev_value
-                + (key_price - prev_value) * gap / span
-                + scale * math.sqrt(gap * (key_ordinal - ordinal) / span) * (rnd() - 0.5)
-            )
-            width = key_ordinal - segment_start
-            bumps[i] = 4.0 * (ordinal - segment_start) * (key_ordinal - ordinal) / (width * width)
-        values[i] = value
-        prev_ordinal, prev_value = ordinal, value
-    return values, bumps
+    x = points.astype(np.float64)
+    gaps = np.diff(x, axis=1, prepend=0.0)
+    walk = np.cumsum(np.sqrt(gaps) * (walk_draws - 0.5) / _UNIFORM_SD, axis=1)
+    # The walk at each key ordinal, interpolated between the points either side of it.
+    after = (points[:, None, :] < keys[:, :, None]).sum(axis=2)  # first point at or past
+    upper = np.minimum(after, points.shape[1] - 1)
+    below = np.maximum(after - 1, 0)
+    x_hi, w_hi = np.take_along_axis(x, upper, 1), np.take_along_axis(walk, upper, 1)
+    x_lo = np.where(after > 0, np.take_along_axis(x, below, 1), 0.0)
+    w_lo = np.where(after > 0, np.take_along_axis(walk, below, 1), 0.0)
+    span = x_hi - x_lo
+    key_walk = np.where(
+        span > 0, w_lo + (w_hi - w_lo) * (keys - x_lo) / np.where(span > 0, span, 1.0), w_hi
+    )
+    # The key segment around every point: (a, b] between consecutive key trades.
+    segment = (points > keys[:, 1, None]).astype(np.int64) + (points > keys[:, 2, None])
+    a, b = np.take_along_axis(keys, segment, 1), np.take_along_axis(keys, segment + 1, 1)
+    pa = np.take_along_axis(key_prices, segment, 1).astype(np.float64)
+    pb = np.take_along_axis(key_prices, segment + 1, 1).astype(np.float64)
+    wa, wb = np.take_along_axis(key_walk, segment, 1), np.take_along_axis(key_walk, segment + 1, 1)
+    width = (b - a).astype(np.float64)
+    frac = np.where(width > 0, (x - a) / np.where(width > 0, width, 1.0), 0.0)
+    values = pa + (pb - pa) * frac + sigma[:, None] * (walk - wa - (wb - wa) * frac)
+    return values, 4.0 * frac * (1.0 - frac)
 
 
-def _closes(parent: Bar, volumes: list[int], values: list[float], bumps: list[float]) -> list[int]:
+def _closes(parents: Rows, volumes: Rows, values: Floats, bumps: Floats) -> Rows:
     """Children's last prices: the walk, lifted or lowered by a multiple of the bumps so that
     the path's volume-weighted average meets the parent's VWAP, rounded into [low, high].
 
     Without this, a parent's VWAP and its children's prices would drift apart and the
     turnovers could only be made to add up by pushing children's VWAPs to their extremes.
+    A child trades between its open (the previous close) and its close, hence the pairs.
     """
-    low, high = parent.low, parent.high
-    level = bump = 0.0
-    previous_value, previous_bump = float(parent.open), 0.0
-    for volume, value, lift in zip(volumes, values, bumps, strict=True):
-        level += volume * (previous_value + value)
-        bump += volume * (previous_bump + lift)
-        previous_value, previous_bump = value, lift
-    shift = 0.0
-    if bump > 0:
-        shift = (2.0 * parent.turnover - level) / bump
-    closes = []
-    for value, lift in zip(values, bumps, strict=True):
-        price = round(value + shift * lift)
-        closes.append(low if price < low else high if price > high else price)
-    return closes
+    o, h, lo, t = parents[:, 0], parents[:, 1], parents[:, 2], parents[:, 6]
+    weight = volumes.astype(np.float64)
+    previous_values = np.concatenate([o[:, None].astype(np.float64), values[:, :-1]], axis=1)
+    previous_bumps = np.concatenate([np.zeros_like(bumps[:, :1]), bumps[:, :-1]], axis=1)
+    level = (weight * (previous_values + values)).sum(axis=1)
+    bump = (weight * (previous_bumps + bumps)).sum(axis=1)
+    shift = np.where(bump > 0, (2.0 * t - level) / np.where(bump > 0, bump, 1.0), 0.0)
+    prices = np.rint(values + shift[:, None] * bumps)
+    return np.clip(prices, lo[:, None], h[:, None]).astype(np.int64)
 
 
-def _try_split(
-    parent: Bar, slots: int, rng: Random, quiet_fraction: float
-) -> list[Bar | None] | None:
-    p_open, p_high, p_low, _, p_count, _, p_turnover, p_bid, p_ask = parent
-    rnd = rng.random
-    counts = _trade_counts(p_count, slots, rng, quiet_fraction)
-    slot_of = [i for i, k in enumerate(counts) if k]
-    sizes = [counts[i] for i in slot_of]
-    ends = list(accumulate(sizes))  # exclusive end ordinal of every child
-    keys = _key_trades(parent, rng)
-    key_price = dict(keys)
-
-    # Every child's last trade lies on the bridge; its first trade repeats the previous
-    # child's last price (a gapless path) unless it is a single trade or a key trade.
-    sigma = (p_high - p_low) / (2.0 * math.sqrt(p_count))
-    volumes = _spread_volume(parent, sizes, rng)
-    values, bumps = _bridge([end - 1 for end in ends], keys, sigma, rng)
-    closes = _closes(parent, volumes, values, bumps)
-    n = len(sizes)
-    opens = [0] * n
-    highs = [0] * n
-    lows = [0] * n
-    previous = p_open
-    for j, size in enumerate(sizes):
-        close = closes[j]
-        first = close if size == 1 else key_price.get(ends[j] - size, previous)
-        opens[j] = first
-        high, low = (first, close) if first > close else (close, first)
-        if size >= 3:
-            # A trade strictly inside the child may set a new high, another a new low.
-            reach = sigma * math.sqrt(size)
-            high += int(rnd() * reach)
-            if high > p_high:
-                high = p_high
-            if size >= 4:
-                low -= int(rnd() * reach)
-                if low < p_low:
-                    low = p_low
-        highs[j], lows[j] = high, low
-        previous = close
-    # Key trades strictly inside a child set its high/low; redo that child without extensions.
-    for ordinal, _ in keys[1:-1]:
-        j = bisect_right(ends, ordinal)
-        first_ordinal = ends[j] - sizes[j]
-        if first_ordinal < ordinal < ends[j] - 1:
-            inside = [p for o, p in keys if first_ordinal < o < ends[j] - 1]
-            highs[j] = max(opens[j], closes[j], *inside)
-            lows[j] = min(opens[j], closes[j], *inside)
-
-    prices = (opens, highs, lows, closes)
-    targets, bands = _targets(parent, prices, volumes, _margin(parent), rng)
-    turnovers = _spread_turnover(p_turnover, sizes, volumes, highs, lows, targets, bands)
-    if turnovers is None:
-        volumes = _tilt_volume(parent, sizes, volumes, targets)
-        turnovers = _spread_turnover(p_turnover, sizes, volumes, highs, lows, targets, bands)
-        if turnovers is None:
-            return None
-    bids = apportion(p_bid, volumes)
-    asks = apportion(p_ask, [v - b for v, b in zip(volumes, bids, strict=True)])
-    result: list[Bar | None] = [None] * slots
-    new = tuple.__new__  # skips Bar.__new__'s Python frame: this loop runs per child
-    for j in range(n):
-        result[slot_of[j]] = new(Bar, (
-            opens[j], highs[j], lows[j], closes[j],
-            sizes[j], volumes[j], turnovers[j], bids[j], asks[j],
-        ))  # fmt: skip
-    return result
-
-
-def _spread_volume(parent: Bar, sizes: list[int], rng: Random) -> list[int]:
-    """Every child's volume: one share per trade plus a random part of the rest."""
-    spare = parent.volume - parent.trades
-    if spare <= 0:
-        return list(sizes)
-    rnd = rng.random
-    shares = apportion(spare, [s * (500 + int(rnd() * 1000)) for s in sizes])
-    return [size + share for size, share in zip(sizes, shares, strict=True)]
-
-
-def _margin(parent: Bar) -> float:
+def _margins(parents: Rows) -> Floats:
     """How far (share of its range) a child's VWAP should stay from its high and low.
 
     A tenth, or half of the parent's own distance from its edges if that is smaller: a parent
     trading near its high needs children trading near theirs, and each level down keeps some
     room for the next.
     """
-    spread = parent.high - parent.low
-    if spread == 0:
-        return _MARGIN
-    place = (parent.turnover / parent.volume - parent.low) / spread
-    return min(_MARGIN, 0.5 * min(place, 1.0 - place))
+    spread = (parents[:, 1] - parents[:, 2]).astype(np.float64)
+    place = (parents[:, 6] / parents[:, 5] - parents[:, 2]) / np.where(spread > 0, spread, 1.0)
+    return np.where(spread > 0, np.minimum(_MARGIN, 0.5 * np.minimum(place, 1.0 - place)), _MARGIN)
 
 
 def _targets(
-    parent: Bar,
-    prices: tuple[list[int], list[int], list[int], list[int]],
-    volumes: list[int],
-    margin: float,
-    rng: Random,
-) -> tuple[list[float], list[tuple[float, float]]]:
-    """Each child's intended VWAP (ticks), and the band it should stay in.
+    parents: Rows, opens: Rows, highs: Rows, lows: Rows, closes: Rows, volumes: Rows,
+    jitter_draws: Floats,
+) -> tuple[Floats, Floats, Floats]:  # fmt: skip
+    """Each child's intended VWAP (ticks), and the band ``[low, high]`` it should stay in.
 
     A child's natural VWAP is the mean of its open, high, low and close (where its trades
     mostly happen), jittered by a twentieth of its range. Its band is a quarter of its range
-    either side of that, but never within ``margin`` of its high or low: a VWAP at an extreme,
-    or far from where the child's prices are, would leave its own split nothing to work with.
-    Where the children do not average out to the parent's VWAP, every target is pulled by the
-    same fraction towards the parent's VWAP, within its band.
+    either side of that, but never within the parent's margin (``_margins``) of its high or
+    low: a VWAP at an extreme, or far from where the child's prices are, would leave its own
+    split nothing to work with. Where the children do not average out to the parent's VWAP,
+    every target is pulled by the same fraction towards the parent's VWAP, within its band.
     """
-    rnd = rng.random
-    vwap = parent.turnover / parent.volume
-    own: list[float] = []
-    pulled: list[float] = []
-    bands: list[tuple[float, float]] = []
-    for open_, high, low, close in zip(*prices, strict=True):
-        spread = high - low
-        natural = (open_ + high + low + close) * 0.25
-        floor = max(low + spread * margin, natural - 0.25 * spread)
-        ceiling = min(high - spread * margin, natural + 0.25 * spread)
-        if floor > ceiling:
-            floor = ceiling = (floor + ceiling) * 0.5
-        mine = natural + (rnd() - 0.5) * 0.1 * spread
-        own.append(floor if mine < floor else ceiling if mine > ceiling else mine)
-        pulled.append(floor if vwap < floor else ceiling if vwap > ceiling else vwap)
-        bands.append((floor, ceiling))
-    own_total = sum(v * t for v, t in zip(volumes, own, strict=True))
-    pulled_total = sum(v * t for v, t in zip(volumes, pulled, strict=True))
-    if pulled_total == own_total:
-        return own, bands
-    pull = (parent.turnover - own_total) / (pulled_total - own_total)
-    pull = 0.0 if pull < 0.0 else 1.0 if pull > 1.0 else pull
-    return [t + (p - t) * pull for t, p in zip(own, pulled, strict=True)], bands
+    turnover, margin = parents[:, 6].astype(np.float64), _margins(parents)[:, None]
+    vwap = (turnover / parents[:, 5])[:, None]
+    spread = (highs - lows).astype(np.float64)
+    natural = (opens + highs + lows + closes) * 0.25
+    floor = np.maximum(lows + spread * margin, natural - 0.25 * spread)
+    ceiling = np.minimum(highs - spread * margin, natural + 0.25 * spread)
+    crossed = floor > ceiling
+    middle = (floor + ceiling) * 0.5
+    floor, ceiling = np.where(crossed, middle, floor), np.where(crossed, middle, ceiling)
+    own = np.clip(natural + (jitter_draws - 0.5) * 0.1 * spread, floor, ceiling)
+    pulled = np.clip(vwap, floor, ceiling)
+    weight = volumes.astype(np.float64)
+    own_total = (weight * own).sum(axis=1)
+    pulled_total = (weight * pulled).sum(axis=1)
+    apart = pulled_total != own_total
+    pull = (turnover - own_total) / np.where(apart, pulled_total - own_total, 1.0)
+    pull = np.where(apart, np.clip(pull, 0.0, 1.0), 0.0)[:, None]
+    return own + (pulled - own) * pull, floor, ceiling
+
+
+def _fill(room: Rows, amount: Rows) -> Rows:
+    """Per row, ``amount`` (``<= room.sum()``) spread over ``room`` about in proportion, each
+    part within its room and the parts adding up to ``amount`` exactly.
+
+    Proportional parts are rounded down (with a hair of slack against float error), and the
+    few units left go greedily to the first entries with room to spare.
+    """
+    total = room.sum(axis=1)
+    fraction = amount / np.where(total > 0, total, 1) * (1.0 - 1e-12)
+    parts = np.minimum((room * fraction[:, None]).astype(np.int64), room)
+    left = amount - parts.sum(axis=1)
+    spare = room - parts
+    before = np.cumsum(spare, axis=1) - spare
+    filled: Rows = parts + np.clip(left[:, None] - before, 0, spare)
+    return filled
+
+
+def _spread_turnover_rows(
+    turnover: Rows, volumes: Rows, highs: Rows, lows: Rows,
+    targets: Floats, band_low: Floats, band_high: Floats,
+) -> tuple[Rows, NDArray[np.bool_]]:  # fmt: skip
+    """Every child's turnover, within its ``Bar`` bounds, and per row whether they add up to
+    the parent's ``turnover``.
+
+    What the targets miss is spread first within every child's band (see ``_targets``), and
+    only then up to its high or low. Quiet slots (volume 0) get 0.
+    """
+    spread = highs - lows
+    floor = volumes * lows + spread * (volumes > 0)
+    ceiling = volumes * highs - spread * (volumes > 0)
+    inner_floor = np.maximum(np.ceil(volumes * band_low).astype(np.int64), floor)
+    inner_ceiling = np.minimum(np.floor(volumes * band_high).astype(np.int64), ceiling)
+    crossed = inner_floor > inner_ceiling
+    aim = np.rint(volumes * targets).astype(np.int64)
+    fallback = np.clip(aim, floor, ceiling)
+    inner_floor = np.where(crossed, fallback, inner_floor)
+    inner_ceiling = np.where(crossed, fallback, inner_ceiling)
+    result = np.clip(aim, inner_floor, inner_ceiling)
+    missing = turnover - result.sum(axis=1)
+    for low_bound, high_bound in ((inner_floor, inner_ceiling), (floor, ceiling)):
+        up = missing > 0
+        room = np.where(up[:, None], high_bound - result, result - low_bound)
+        room = np.maximum(room, 0)
+        absorbed = np.minimum(np.abs(missing), room.sum(axis=1))
+        sign = np.where(up, 1, -1)
+        result += sign[:, None] * _fill(room, absorbed)
+        missing -= sign * absorbed
+    return result, missing == 0
+
+
+def _tilt_rows(parents: Rows, counts: Rows, volumes: Rows, targets: Floats) -> Rows:
+    """Re-weight every row's spare volume towards dear (or cheap) children so that the
+    volume-weighted targets move towards the parent's VWAP.
+
+    An exponential tilt, at most ``_MAX_TILT`` from even, solved by bisection (all rows at
+    once): busy dear minutes rather than one minute holding all the volume.
+    """
+    spare = (volumes - counts).astype(np.float64)
+    total = (volumes - counts).sum(axis=1)
+    active = counts > 0
+    low = np.where(active, targets, np.inf).min(axis=1, keepdims=True)
+    high = np.where(active, targets, -np.inf).max(axis=1, keepdims=True)
+    width = high - low
+    flat = (total <= 0) | (width[:, 0] <= 0)
+    scaled = np.where(active, (targets - low) / np.where(width > 0, width, 1.0), 0.0)
+    aims = np.where(active, targets, 0.0)
+    wanted = parents[:, 6] - (counts * aims).sum(axis=1)
+    below = np.full(len(parents), -_MAX_TILT)
+    above = np.full(len(parents), _MAX_TILT)
+    for _ in range(20):
+        middle = (below + above) / 2
+        weights = spare * np.exp(middle[:, None] * scaled)
+        reached = total * (weights * aims).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-300)
+        short = reached < wanted
+        below = np.where(short, middle, below)
+        above = np.where(short, above, middle)
+    tilted = spare * np.exp(((below + above) / 2)[:, None] * scaled)
+    # Integer weights of at most 1e6 each keep ``total * sum(weights)`` inside int64.
+    scale = 1e6 / np.maximum(tilted.max(axis=1, keepdims=True), 1e-300)
+    shares = _apportion_rows(total, np.rint(tilted * scale))
+    return np.where(flat[:, None], volumes, counts + shares)
+
+
+def _redo_turnover(
+    parent: Rows, counts: Rows, volumes: Rows, highs: Rows, lows: Rows,
+    targets: Floats, band_low: Floats, band_high: Floats,
+) -> tuple[Rows, Rows] | None:  # fmt: skip
+    """The slow, thorough turnover spread of one split in plain Python: within the bands and
+    bounds, then moving shares between single-price children, then with volume tilted towards
+    dear or cheap children. Returns the row's ``(volumes, turnovers)``, or None if all fail."""
+    active = np.flatnonzero(counts)
+    bar = Bar(*parent.tolist())
+    sizes, vols = counts[active].tolist(), volumes[active].tolist()
+    his, los, aims = highs[active].tolist(), lows[active].tolist(), targets[active].tolist()
+    bands = list(zip(band_low[active].tolist(), band_high[active].tolist(), strict=True))
+    turnovers = _spread_turnover(bar.turnover, sizes, vols, his, los, aims, bands)
+    if turnovers is None:
+        vols = _tilt_volume(bar, sizes, vols, aims)
+        turnovers = _spread_turnover(bar.turnover, sizes, vols, his, los, aims, bands)
+        if turnovers is None:
+            return None
+    new_volumes, new_turnovers = np.zeros_like(volumes), np.zeros_like(volumes)
+    new_volumes[active], new_turnovers[active] = vols, turnovers
+    return new_volumes, new_turnovers
 
 
 def _tilt_volume(

@@ -25,15 +25,16 @@ No I/O, no clock: every query takes ``now_ms``.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from random import Random
 from typing import NamedTuple
 
+import numpy as np
+
 from pipeline.simulator.bars import Bar, combine
-from pipeline.simulator.generator import split_bar
+from pipeline.simulator.generator import FIELDS, Rows, mix64, rows_to_bars, split_rows, uniforms
 
 __all__ = [
     "DAY_MS",
@@ -63,12 +64,18 @@ _WEEK, _DAY, _HOUR, _MINUTE, _SECOND = range(5)
 _LEVEL_MS = (WEEK_MS, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS)
 _UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": WEEK_MS}
 
-# Entries kept in the small caches (week bars, price-path noise) before they start over.
+# Entries kept in the small caches (week bars, corrections) before they start over.
 _MAX_SMALL_CACHE = 50_000
-# Candles drawn per step when walking back through a long history.
+# Weeks drawn together (and cached together) when week bars are needed.
+_WEEK_BLOCK = 64
+# Candles drawn in the first step when walking back through a history, and at most per step.
 _CHUNK_CANDLES = 512
+_MAX_CHUNK_CANDLES = 8192
 # Octaves of the weekly price path (value noise). 2**6 weeks is the longest swing.
 _OCTAVES = 7
+# Odd multiplier spreading consecutive cells and weeks over the 64-bit hash input.
+_LATTICE_STEP = np.uint64(0x9E3779B97F4A7C15)
+_TRADES = Bar._fields.index("trades")
 
 
 def visible_end(now_ms: int) -> int:
@@ -228,11 +235,9 @@ class Market:
     def __init__(self, config: MarketConfig | None = None) -> None:
         self.config = config or MarketConfig()
         """The parameters this market was built with."""
-        self._splits: OrderedDict[tuple[str, int, int], tuple[Bar | None, ...]] = OrderedDict()
+        self._splits: OrderedDict[tuple[str, int, int], Rows] = OrderedDict()
         self._profiles: dict[str, _Profile] = {}
-        self._weeks: dict[tuple[str, int], Bar] = {}
-        self._anchors: dict[tuple[str, int], int] = {}
-        self._noise: dict[tuple[str, int, int], float] = {}
+        self._week_blocks: dict[tuple[str, int], Rows] = {}
         self._hasher = hashlib.blake2b(str(self.config.seed).encode() + b"|", digest_size=8)
         self._corrections: dict[tuple[str, int], Correction | None] = {}
         self.splits_drawn = 0
@@ -296,10 +301,11 @@ class Market:
         if limit < 1:
             raise ValueError(f"limit must be at least 1 candle, got {limit}")
         result: list[tuple[int, Bar]] = []
-        for candle in self.iter_latest(symbol, period, from_ms, now_ms):
-            if len(result) == limit:
-                return result, True
-            result.append(candle)
+        # limit + 1 candles, plus the slot of a live candle that may not have started.
+        for chunk in self._newest_chunks(symbol, period, from_ms, now_ms, limit + 2):
+            result.extend(chunk)
+            if len(result) > limit:
+                return result[:limit], True
         return result, False
 
     def iter_latest(
@@ -310,6 +316,18 @@ class Market:
         Lazy: candles are drawn in chunks as the caller consumes them, so a long history
         can be served piece by piece.
         """
+        for chunk in self._newest_chunks(symbol, period, from_ms, now_ms, _CHUNK_CANDLES):
+            yield from chunk
+
+    def _newest_chunks(
+        self, symbol: str, period: Period, from_ms: int, now_ms: int, first_chunk: int
+    ) -> Iterator[list[tuple[int, Bar]]]:
+        """The candles starting at or after ``from_ms`` in lists, newest first throughout.
+
+        The first list spans ``first_chunk`` candle periods (all of them when the range is at
+        most ``_MAX_CHUNK_CANDLES``), each next one twice the last: a long history is drawn in
+        a few large batches (``split_rows`` is fastest on many splits at once).
+        """
         if not self.trades(symbol):
             return
         length = period.length_ms
@@ -317,14 +335,20 @@ class Market:
         history_start = self.config.history_start_ms
         if history_start is not None and history_start > from_ms:
             from_ms = period.start_of(history_start)
+        chunk = first_chunk
+        if (chunk_end - from_ms) // length <= _MAX_CHUNK_CANDLES:
+            chunk = max(chunk, (chunk_end - from_ms) // length + 1)
         while chunk_end > from_ms:
-            first = period.start_of(max(from_ms, chunk_end - _CHUNK_CANDLES * length))
+            first = period.start_of(max(from_ms, chunk_end - chunk * length))
             if first < from_ms:
                 first += length
             if first >= chunk_end:
                 return
-            yield from reversed(self.candle_bars(symbol, period, first, chunk_end, now_ms))
+            candles = self.candle_bars(symbol, period, first, chunk_end, now_ms)
+            candles.reverse()
+            yield candles
             chunk_end = first
+            chunk = min(2 * chunk, _MAX_CHUNK_CANDLES)
 
     def _complete_candles(
         self, symbol: str, period: Period, first_ms: int, end_ms: int, now_ms: int
@@ -334,55 +358,40 @@ class Market:
             return []
         level = _level_of(period)
         per_candle = period.length_ms // _LEVEL_MS[level]
-        nodes = self._level_bars(symbol, level, first_ms, end_ms, now_ms)
-        result: list[tuple[int, Bar]] = []
-        time_ms = first_ms
+        rows = self._level_bars(symbol, level, first_ms, end_ms, now_ms)
+        if per_candle > 1:
+            rows = _combine_rows(rows.reshape(-1, per_candle, FIELDS))
         length = period.length_ms
-        if per_candle == 1:
-            for bar in nodes:
-                if bar is not None:
-                    result.append((time_ms, bar))
-                time_ms += length
-            return result
-        for offset in range(0, len(nodes), per_candle):
-            bar = combine(nodes[offset : offset + per_candle])
-            if bar is not None:
-                result.append((time_ms, bar))
-            time_ms += length
-        return result
+        times = range(first_ms, first_ms + len(rows) * length, length)
+        return [
+            (time_ms, bar)
+            for time_ms, bar in zip(times, rows_to_bars(rows), strict=True)
+            if bar is not None
+        ]
 
-    def _level_bars(
-        self, symbol: str, level: int, start_ms: int, end_ms: int, now_ms: int
-    ) -> list[Bar | None]:
-        """Bars of the consecutive ``level`` nodes covering ``[start_ms, end_ms)``."""
-        index = _node_index(level, start_ms)
-        last = _node_index(level, end_ms - 1)
-        bars: list[Bar | None] = []
-        if level == _WEEK:
-            bars = [self._week_bar(symbol, week) for week in range(index, last + 1)]
-        else:
-            step = _LEVEL_MS[level]
-            while index <= last:
-                node_start = _node_start(level, index)
-                parent = _node_index(level - 1, node_start)
-                slot = (node_start - _node_start(level - 1, parent)) // step
-                children = self._children(symbol, level - 1, parent)
-                taken = children[slot : slot + last + 1 - index]
-                bars.extend(taken)
-                index += len(taken)
+    def _level_bars(self, symbol: str, level: int, start_ms: int, end_ms: int, now_ms: int) -> Rows:
+        """Bar rows of the consecutive ``level`` nodes covering ``[start_ms, end_ms)``, with
+        the corrections visible at ``now_ms`` applied and nothing before history's start."""
+        base = _node_index(level, start_ms)
+        rows = self._level_rows(symbol, level, base, _node_index(level, end_ms - 1))
+        changed: list[int] = []
         history_start = self.config.history_start_ms
         if history_start is not None and start_ms < history_start:
-            base = _node_index(level, start_ms)
-            for node in range(base, base + len(bars)):
-                if _node_start(level, node) < history_start:
-                    bars[node - base] = self._node_bar(symbol, level, node, now_ms)
+            changed.extend(
+                node
+                for node in range(base, base + len(rows))
+                if _node_start(level, node) < history_start
+            )
         for fix in self._corrections_within(symbol, start_ms, end_ms, now_ms):
             first = _node_index(level, max(start_ms, fix.minute_ms))
             stop = _node_index(level, min(end_ms, fix.minute_ms + MINUTE_MS) - 1)
-            base = _node_index(level, start_ms)
-            for node in range(first, stop + 1):
-                bars[node - base] = self._node_bar(symbol, level, node, now_ms)
-        return bars
+            changed.extend(range(first, stop + 1))
+        if changed:
+            rows = rows.copy()
+            for node in changed:
+                bar = self._node_bar(symbol, level, node, now_ms)
+                rows[node - base] = bar if bar is not None else 0
+        return rows
 
     def corrections_published(self, symbol: str, after_ms: int, upto_ms: int) -> list[Correction]:
         """The corrections of ``symbol`` that become visible in ``(after_ms, upto_ms]``."""
@@ -406,23 +415,6 @@ class Market:
     def _rng(self, *parts: object) -> Random:
         return Random(self._seed(*parts))
 
-    def _uniforms(self, *parts: object) -> list[float]:
-        """Eight uniforms in [0, 1) fixed for ``parts``: cheaper than seeding a Random."""
-        hasher = hashlib.blake2b(self._hasher.digest() + "|".join(map(str, parts)).encode())
-        digest = hasher.digest()
-        return [int.from_bytes(digest[i : i + 8], "little") / 2**64 for i in range(0, 64, 8)]
-
-    def _lattice(self, symbol: str, octave: int, cell: int) -> float:
-        """A value in [-1, 1) fixed for each (symbol, octave, cell): the price path's noise."""
-        key = (symbol, octave, cell)
-        value = self._noise.get(key)
-        if value is None:
-            value = self._seed("anchor", *key) / 2**63 - 1.0
-            if len(self._noise) >= _MAX_SMALL_CACHE:
-                self._noise.clear()
-            self._noise[key] = value
-        return value
-
     def _profile(self, symbol: str) -> _Profile:
         profile = self._profiles.get(symbol)
         if profile is None:
@@ -436,84 +428,134 @@ class Market:
             self._profiles[symbol] = profile
         return profile
 
-    def _anchor(self, symbol: str, week: int) -> int:
-        """The price (ticks) at the start of ``week``: multi-octave value noise in log price."""
-        key = (symbol, week)
-        price = self._anchors.get(key)
-        if price is not None:
-            return price
+    def _level_rows(self, symbol: str, level: int, first: int, last: int) -> Rows:
+        """Rows of the ``level`` nodes ``first..last`` as drawn, before corrections."""
+        if level == _WEEK:
+            return self._week_rows(symbol, first, last)
+        parent_first = _node_index(level - 1, _node_start(level, first))
+        parent_last = _node_index(level - 1, _node_start(level, last))
+        skip = (_node_start(level, first) - _node_start(level - 1, parent_first)) // _LEVEL_MS[
+            level
+        ]
+        splits = self._split_range(symbol, level - 1, parent_first, parent_last)
+        rows = splits[0] if len(splits) == 1 else np.concatenate(splits)
+        return rows[skip : skip + last - first + 1]
+
+    def _split_range(self, symbol: str, level: int, first: int, last: int) -> list[Rows]:
+        """The children (rows) of the ``level`` nodes ``first..last``; missing splits are
+        drawn together in one batch."""
+        cache = self._splits
+        found: list[Rows | None] = []
+        missing: list[int] = []
+        for index in range(first, last + 1):
+            key = (symbol, level, index)
+            rows = cache.get(key)
+            if rows is not None:
+                cache.move_to_end(key)
+            else:
+                missing.append(index)
+            found.append(rows)
+        if missing:
+            low = missing[0]
+            parents = self._level_rows(symbol, level, low, missing[-1])
+            slots = _LEVEL_MS[level] // _LEVEL_MS[level + 1]
+            trading = [i for i in missing if parents[i - low, _TRADES]]
+            seeds = np.array(
+                [self._seed("split", symbol, level, i) for i in trading], dtype=np.uint64
+            )
+            drawn = split_rows(
+                parents[[i - low for i in trading]],
+                slots,
+                seeds,
+                quiet_fraction=self.config.quiet_fraction,
+            )
+            splits = dict(zip(trading, drawn, strict=True))
+            silent = np.zeros((slots, FIELDS), dtype=np.int64)
+            for index in missing:
+                rows = splits.get(index, silent)
+                found[index - first] = rows
+                cache[(symbol, level, index)] = rows
+            self.splits_drawn += len(missing)
+            while len(cache) > self.config.cache_size:
+                cache.popitem(last=False)
+        return [rows for rows in found if rows is not None]
+
+    def _week_rows(self, symbol: str, first: int, last: int) -> Rows:
+        """Rows of the weeks ``first..last``, cached in blocks of ``_WEEK_BLOCK``; missing
+        blocks are drawn together."""
+        blocks = range(first // _WEEK_BLOCK, last // _WEEK_BLOCK + 1)
+        cache = self._week_blocks
+        found = [cache.get((symbol, block)) for block in blocks]
+        missing = [block for block, rows in zip(blocks, found, strict=True) if rows is None]
+        if missing:
+            drawn = self._draw_weeks(
+                symbol, missing[0] * _WEEK_BLOCK, (missing[-1] + 1 - missing[0]) * _WEEK_BLOCK
+            )
+            if len(cache) + len(missing) > _MAX_SMALL_CACHE:
+                cache.clear()
+            for block in missing:
+                start = (block - missing[0]) * _WEEK_BLOCK
+                found[block - blocks[0]] = cache[(symbol, block)] = drawn[
+                    start : start + _WEEK_BLOCK
+                ]
+        present = [rows for rows in found if rows is not None]
+        rows = present[0] if len(present) == 1 else np.concatenate(present)
+        start = first - blocks[0] * _WEEK_BLOCK
+        return rows[start : start + last - first + 1]
+
+    def _anchors(self, symbol: str, weeks: Rows) -> Rows:
+        """The price (ticks) at the start of each week: multi-octave value noise in log price.
+
+        Each octave's lattice value is a hash of ``(seed, symbol, octave, cell)`` in [-1, 1).
+        """
         profile = self._profile(symbol)
-        offset = 0.0
+        offset = np.zeros(len(weeks))
         for octave in range(_OCTAVES):
-            cell, within = divmod(week, 1 << octave)
-            left = self._lattice(symbol, octave, cell)
-            right = self._lattice(symbol, octave, cell + 1)
+            cells, within = np.divmod(weeks, 1 << octave)
+            base = np.uint64(self._seed("anchor", symbol, octave))
+            with np.errstate(over="ignore"):
+                keys = base + np.stack([cells, cells + 1]).astype(np.uint64) * _LATTICE_STEP
+            left, right = mix64(keys).astype(np.float64) / 2**63 - 1.0
             blend = left + (right - left) * within / (1 << octave)
             offset += profile.weekly_volatility * 0.7 * 2 ** (octave / 2) * blend
-        price = max(1, round(profile.base_price * math.exp(offset)))
-        if len(self._anchors) >= _MAX_SMALL_CACHE:
-            self._anchors.clear()
-        self._anchors[key] = price
-        return price
+        prices: Rows = np.maximum(1, np.rint(profile.base_price * np.exp(offset))).astype(np.int64)
+        return prices
 
-    def _week_bar(self, symbol: str, week: int) -> Bar:
-        key = (symbol, week)
-        bar = self._weeks.get(key)
-        if bar is None:
-            bar = self._draw_week(symbol, week)
-            if len(self._weeks) >= _MAX_SMALL_CACHE:
-                self._weeks.clear()
-            self._weeks[key] = bar
-        return bar
-
-    def _draw_week(self, symbol: str, week: int) -> Bar:
-        """A week's aggregate: from one anchor price to the next, with seeded range and size."""
+    def _draw_weeks(self, symbol: str, first: int, count: int) -> Rows:
+        """Rows of ``count`` weeks from ``first``: each from one anchor price to the next, with
+        seeded range and size."""
         profile = self._profile(symbol)
-        u = self._uniforms("week", symbol, week)
-        open_, close = self._anchor(symbol, week), self._anchor(symbol, week + 1)
-        reach = max(1.0, open_ * profile.weekly_volatility * 0.5)
+        weeks = np.arange(first, first + count + 1, dtype=np.int64)
+        anchors = self._anchors(symbol, weeks)
+        with np.errstate(over="ignore"):
+            keys = (
+                np.uint64(self._seed("week", symbol)) + weeks[:-1].astype(np.uint64) * _LATTICE_STEP
+            )
+        u = uniforms(mix64(keys), 7).T
+        open_, close = anchors[:-1], anchors[1:]
+        reach = np.maximum(1.0, open_ * profile.weekly_volatility * 0.5)
         # Exponential draws for how far the week reaches beyond its open and close.
-        high = max(open_, close) + int(-math.log(1.0 - u[0]) * reach)
-        low = max(1, min(open_, close) - int(-math.log(1.0 - u[1]) * reach))
-        count = max(4, round(profile.trades_per_second * WEEK_MS / 1000 * (0.7 + 0.6 * u[2])))
-        shares = count * profile.shares_per_trade * (0.8 + 0.4 * u[3])
-        volume = max(2 * count, round(shares))
+        high = np.maximum(open_, close) + (-np.log1p(-u[0]) * reach).astype(np.int64)
+        low = np.maximum(1, np.minimum(open_, close) - (-np.log1p(-u[1]) * reach).astype(np.int64))
+        trades = profile.trades_per_second * WEEK_MS / 1000 * (0.7 + 0.6 * u[2])
+        count_ = np.maximum(4, np.rint(trades)).astype(np.int64)
+        shares = count_ * profile.shares_per_trade * (0.8 + 0.4 * u[3])
+        volume = np.maximum(2 * count_, np.rint(shares)).astype(np.int64)
         spread = high - low
         # Near the average of the path's four key prices, where the trades mostly happen.
         vwap = (open_ + high + low + close) / 4 + (u[4] - 0.5) * 0.1 * spread
-        turnover = min(volume * high - spread, max(volume * low + spread, round(volume * vwap)))
-        bid = round(volume * (0.30 + 0.15 * u[5]))
-        ask = round(volume * (0.30 + 0.15 * u[6]))
-        return Bar(open_, high, low, close, count, volume, turnover, bid, ask)
+        turnover = np.rint(volume * vwap).astype(np.int64)
+        turnover = np.minimum(volume * high - spread, np.maximum(volume * low + spread, turnover))
+        bid = np.rint(volume * (0.30 + 0.15 * u[5])).astype(np.int64)
+        ask = np.rint(volume * (0.30 + 0.15 * u[6])).astype(np.int64)
+        return np.stack([open_, high, low, close, count_, volume, turnover, bid, ask], axis=1)
 
     def _generated(self, symbol: str, level: int, index: int) -> Bar | None:
         """The node's aggregate as drawn, before corrections."""
-        if level == _WEEK:
-            return self._week_bar(symbol, index)
-        start = _node_start(level, index)
-        parent_index = _node_index(level - 1, start)
-        slot = (start - _node_start(level - 1, parent_index)) // _LEVEL_MS[level]
-        return self._children(symbol, level - 1, parent_index)[slot]
+        return rows_to_bars(self._level_rows(symbol, level, index, index))[0]
 
-    def _children(self, symbol: str, level: int, index: int) -> tuple[Bar | None, ...]:
-        key = (symbol, level, index)
-        cached = self._splits.get(key)
-        if cached is not None:
-            self._splits.move_to_end(key)
-            return cached
-        slots = _LEVEL_MS[level] // _LEVEL_MS[level + 1]
-        parent = self._generated(symbol, level, index)
-        if parent is None:
-            children: tuple[Bar | None, ...] = (None,) * slots
-        else:
-            rng = self._rng("split", symbol, level, index)
-            quiet = self.config.quiet_fraction
-            children = tuple(split_bar(parent, slots, rng, quiet_fraction=quiet))
-        self.splits_drawn += 1
-        self._splits[key] = children
-        if len(self._splits) > self.config.cache_size:
-            self._splits.popitem(last=False)
-        return children
+    def _children(self, symbol: str, level: int, index: int) -> Rows:
+        return self._split_range(symbol, level, index, index)[0]
 
     # -- corrections -----------------------------------------------------------------------------
 
@@ -580,8 +622,24 @@ class Market:
         if any(fix.removes for fix in fixes):
             return None
         seconds = self._children(symbol, _MINUTE, start // MINUTE_MS)
-        last_active = max(i for i, bar in enumerate(seconds) if bar is not None)
+        last_active = int(np.flatnonzero(seconds[:, _TRADES])[-1])
         return _apply(generated, fixes) if (start // SECOND_MS) % 60 == last_active else generated
+
+
+def _combine_rows(groups: Rows) -> Rows:
+    """``combine`` of every group of an ``(n, k, FIELDS)`` array of consecutive bar rows
+    (rows of 0 trades are quiet): an ``(n, FIELDS)`` array, exact in int64."""
+    trading = groups[:, :, _TRADES] > 0
+    first = np.argmax(trading, axis=1)[:, None]
+    last = (groups.shape[1] - 1 - np.argmax(trading[:, ::-1], axis=1))[:, None]
+    out = np.zeros((len(groups), FIELDS), dtype=np.int64)
+    out[:, 0] = np.take_along_axis(groups[:, :, 0], first, 1)[:, 0]
+    out[:, 1] = np.where(trading, groups[:, :, 1], np.iinfo(np.int64).min).max(axis=1)
+    out[:, 2] = np.where(trading, groups[:, :, 2], np.iinfo(np.int64).max).min(axis=1)
+    out[:, 3] = np.take_along_axis(groups[:, :, 3], last, 1)[:, 0]
+    out[:, _TRADES:] = groups[:, :, _TRADES:].sum(axis=1)
+    out[~trading.any(axis=1)] = 0
+    return out
 
 
 def _apply(bar: Bar | None, fixes: Collection[Correction]) -> Bar | None:

@@ -140,9 +140,12 @@ def test_latest_bars_newest_first_with_a_limit() -> None:
 def test_quiet_periods_leave_gaps() -> None:
     """With quiet_fraction, some minutes have no trades and so no candle."""
     market = Market(MarketConfig(quiet_fraction=0.3))
-    minutes = bars_of(market, M1, START, START + 3 * HOUR_MS)
+    days = bars_of(market, D1, START - 30 * DAY_MS, START)
+    assert 0 < len(days) < 30  # whole days are quiet too
+    start = max(days)
+    minutes = bars_of(market, M1, start, start + 3 * HOUR_MS)
     assert 0 < len(minutes) < 180
-    hours = bars_of(market, H1, START, START + 3 * HOUR_MS)
+    hours = bars_of(market, H1, start, start + 3 * HOUR_MS)
     for time_ms, bar in hours.items():
         assert combine(minutes.get(t) for t in range(time_ms, time_ms + HOUR_MS, MINUTE_MS)) == bar
 

@@ -1,0 +1,76 @@
+"""Simulator history generation (issue 6, item 2): candles drawn per second, per period.
+
+The backfill benchmark serves S series x N candles of history from the simulator; that
+generation must be well under a second for 200 x 2,000 candles, or the simulator, not the
+client, is what gets measured. Each period is timed on a fresh ``Market`` (nothing cached), as
+``Market.latest_bars`` of N candles for each of S symbols, in CPU seconds of this process.
+
+    ./run python -m benchmarks.bench_market                  # 200 series x 2,000 candles
+    ./run python -m benchmarks.bench_market --series 20 --periods 1m 5m
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+from benchmarks.common import machine_info, print_table, write_json
+from pipeline.simulator.market import Market, MarketConfig, Period
+
+__all__ = ["BUDGET_SECONDS", "PERIODS", "main", "measure"]
+
+PERIODS = ("1s", "1m", "5m", "1h", "1d", "1w")
+BUDGET_SECONDS = 1.0
+"""CPU seconds allowed for 200 series x 2,000 candles (issue 6: ``well under`` this)."""
+NOW_MS = 1_764_000_000_000  # 2025-11-24T16:00Z, the same instant for every period
+
+
+def _period(text: str) -> Period:
+    return Period.of(int(text[:-1]), text[-1])
+
+
+def measure(period: Period, series: int, candles: int, config: MarketConfig) -> tuple[float, int]:
+    """CPU seconds to draw ``candles`` candles of ``series`` symbols on a fresh market, and how
+    many candles came back."""
+    market = Market(config)
+    drawn = 0
+    start = time.process_time()
+    for number in range(series):
+        bars, _ = market.latest_bars(f"SYM{number}", period, 0, NOW_MS, candles)
+        drawn += len(bars)
+    return time.process_time() - start, drawn
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Time every period and print candles per second and the scaled 200 x 2,000 cost."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=200)
+    parser.add_argument("--candles", type=int, default=2_000)
+    parser.add_argument("--periods", nargs="+", default=list(PERIODS))
+    parser.add_argument("--quiet-fraction", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    config = MarketConfig(quiet_fraction=args.quiet_fraction)
+    rows = []
+    figures = {}
+    for text in args.periods:
+        seconds, drawn = measure(_period(text), args.series, args.candles, config)
+        rate = drawn / seconds if seconds else float("inf")
+        workload = 200 * 2_000 / rate  # seconds for the backfill benchmark's workload
+        figures[text] = {"cpu_seconds": seconds, "candles": drawn, "candles_per_second": rate}
+        verdict = "ok" if workload < BUDGET_SECONDS else "over"
+        rows.append((text, drawn, round(seconds, 3), round(rate), round(workload, 3), verdict))
+    print_table(
+        f"Market history generation, {args.series} series x {args.candles} candles, fresh market",
+        ["period", "candles", "cpu s", "candles/s", "s per 200x2000", f"< {BUDGET_SECONDS:g} s"],
+        rows,
+    )
+    path = write_json(
+        "market",
+        {"machine": machine_info(["numpy"]), "args": vars(args), "periods": figures},
+    )
+    print(f"\nwritten {path}")
+
+
+if __name__ == "__main__":
+    main()
