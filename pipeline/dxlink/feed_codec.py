@@ -8,15 +8,18 @@ envelope codec in ``messages.py``. A :class:`FeedDecoder` holds one channel's me
 * ``Candle`` events become :class:`~pipeline.dxlink.events.Candle` tuples. This is the hot
   path, so for each field list a specialised decoder function is generated once (the same
   technique ``collections.namedtuple`` and ``dataclasses`` use): it reads each value by its
-  fixed offset and builds the tuple with no per-event dicts or loops over fields. Generated
-  source contains only integer offsets and names defined here, never wire text.
+  fixed offset and builds the tuple with no per-event dicts or loops over fields; from
+  ``_COLUMN_MIN_EVENTS`` events on it works field by field with no bytecode per event.
+  Generated source contains only integer offsets and names defined here, never wire text.
+  :meth:`FeedDecoder.compact_candles` is the client's per-frame call (benchmarks/README.md).
 * Other event types become plain dicts ``{"eventType": T, field: value, ...}``.
 
 Value rules (§3.5, §4.2): doubles pass through ``float()``, so ``"NaN"``, ``"Infinity"`` and
 ``"-Infinity"`` become floats (numeric strings are accepted too, harmlessly); integer fields
 must be JSON integers (a float is rejected, so an ``index`` that lost precision as a double
-can never slip in; JSON ``true``/``false`` pass as Python's bool, which is an int);
-``index`` stays an exact int. If ``index`` is absent it is derived from ``time`` and
+can never slip in; JSON ``true``/``false`` count as 1/0, as Python's bool is an int, and the
+column path keeps the bool object rather than pay a conversion per value); ``index`` stays
+an exact int. If ``index`` is absent it is derived from ``time`` and
 ``sequence``; if ``time`` is absent, from ``index``.
 
 Encoding (for the simulator) writes Candle tuples in either format for a given field list.

@@ -20,6 +20,9 @@ Driver contract (the I/O layer, e.g. ``client.py`` or the simulator, does exactl
 * ``receive_message`` never raises: garbled frames become ``InvalidMessageReceived``,
   illegal-in-state messages ``ViolationReceived``; both are counted, never fatal here.
 * ``events_received()`` and ``messages_to_send()`` return the pending list and clear it.
+* COMPACT Candle FEED_DATA on a CONFIGURED channel, nearly every frame, takes a fast path
+  (``ClientProtocol._receive_fast``) with exactly the full path's events; with the logger at
+  DEBUG every frame takes the full path, which logs each message.
 * Actions (``open_channel``, ``subscribe``, ``send_candles``...) only queue outgoing text; they
   raise ``UsageError`` when called in a state that does not allow them (a caller bug). Each
   takes an optional keyword ``now``; without it the latest ``now`` the protocol was given is
