@@ -89,6 +89,8 @@ _EXTENSIONS = {
     "ducklake": ("duckdb_extension_ducklake", "ducklake"),
     "sqlite": ("duckdb_extension_sqlite_scanner", "sqlite_scanner"),
     "postgres": ("duckdb_extension_postgres_scanner", "postgres_scanner"),
+    # Only for a data path on object storage (s3://, gs://, https://): docs/scaling.md.
+    "httpfs": ("duckdb_extension_httpfs", "httpfs"),
 }
 # SQLite busy / DuckLake commit conflicts: the only errors worth retrying. Anything else (a
 # type error, a full disk, a missing table) fails at once.
@@ -697,8 +699,14 @@ def _open(
         _load_extension(con, spec.kind)
         if spec.kind == "sqlite":
             _prepare_sqlite_catalog(Path(spec.target), read_only=read_only)
-        data = Path(data_path).resolve() if data_path is not None else root.resolve() / DATA_DIR
-        options = f"DATA_PATH {_quote(str(data).rstrip('/') + '/')}"
+        if _is_url(data_path):
+            _load_extension(con, "httpfs")
+            data = str(data_path)
+        elif data_path is not None:
+            data = str(Path(data_path).resolve())
+        else:
+            data = str(root.resolve() / DATA_DIR)
+        options = f"DATA_PATH {_quote(data.rstrip('/') + '/')}"
         if spec.kind == "sqlite":
             # The folder is self-contained: a copied or moved store keeps working.
             options += ", OVERRIDE_DATA_PATH true"
@@ -709,6 +717,11 @@ def _open(
         con.close()
         raise StoreError(f"cannot open the lake at {root}: {_redact(str(exc))}") from exc
     return con
+
+
+def _is_url(data_path: str | Path | None) -> bool:
+    """An object-storage location such as ``s3://bucket/lake/`` rather than a folder."""
+    return isinstance(data_path, str) and "://" in data_path
 
 
 def _load_extension(con: duckdb.DuckDBPyConnection, kind: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pipeline.cli import cli
 from pipeline.config import ConfigError, loads_config
 from pipeline.service import IngestService
 from pipeline.sharding import SINGLE, ShardSpec, shard_of
-from pipeline.store import CandleStore, connect
+from pipeline.store import CandleStore, StoreError, connect
 from pipeline.tastytrade import SimulatorTokenSource
 from tests.service_harness import TOKEN, service_config
 from tests.test_store import candle_frame
@@ -156,3 +157,13 @@ def test_store_writes_parquet_under_a_separate_data_path(tmp_path: Path) -> None
         assert con.sql("SELECT count(*) FROM candles").fetchone() == (500,)
     finally:
         con.close()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("duckdb_extension_httpfs") is not None,
+    reason="httpfs is installed; this checks the message shown without it",
+)
+def test_object_storage_data_path_names_the_missing_extension(tmp_path: Path) -> None:
+    """An s3:// data path without the httpfs package fails naming the package to install."""
+    with pytest.raises(StoreError, match="install duckdb-extension-httpfs=="):
+        CandleStore(tmp_path, data_path="s3://bucket/lake/", verify_extensions=False)
