@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 from pipeline.config import Config
+from pipeline.dxlink.errors import DXLinkError
 from pipeline.service import IngestService, token_source_for
-from pipeline.store import CandleStore
-from pipeline.tastytrade import TastytradeError
+from pipeline.store import CandleStore, StoreError
 
 __all__ = ["IngestError", "run_ingest", "status_line"]
 
@@ -49,8 +49,10 @@ def run_ingest(config: Config, *, duration: float | None = None, interactive: bo
         )
     try:
         asyncio.run(_main(config, duration, interactive))
-    except TastytradeError as exc:
-        raise IngestError(str(exc)) from None
+    except (DXLinkError, ConnectionError, StoreError, OSError) as exc:
+        # Fatal by classification (bad credentials, unsupported protocol, attempts exhausted,
+        # an unusable store or port): the message says what to fix; no traceback.
+        raise IngestError(f"{type(exc).__name__}: {exc}") from None
 
 
 async def _main(config: Config, duration: float | None, interactive: bool) -> None:

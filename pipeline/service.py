@@ -26,9 +26,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -176,14 +177,19 @@ class IngestService:
                 )
             self._consumer = asyncio.create_task(self._consume(), name="candles-consumer")
             self._start_scheduler()
-            waiters: list[Awaitable[object]] = [self._stop.wait(), self._consumer]
+            waiters: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(self._stop.wait()),
+                self._consumer,
+            ]
             if duration is not None:
-                waiters.append(asyncio.sleep(duration))
-            done, _ = await asyncio.wait(
-                [asyncio.ensure_future(w) for w in waiters], return_when=asyncio.FIRST_COMPLETED
-            )
-            if self._consumer in done and self._consumer.exception() is not None:
-                raise self._consumer.exception()  # type: ignore[misc]
+                waiters.append(asyncio.ensure_future(asyncio.sleep(duration)))
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                if waiter is not self._consumer:
+                    waiter.cancel()
+            if self._consumer in done:
+                # The client ended on its own: a fatal error (raised here) or a closed feed.
+                self._consumer.result()
         finally:
             await self._shutdown()
 
@@ -258,7 +264,13 @@ class IngestService:
 
     async def _warm_start(self) -> None:
         """Load each series' recent stored candles, so replayed snapshots merge with them."""
+        # One catalog query finds the series that hold anything: a per-series read costs
+        # ~0.5 s even on an empty DuckLake table (benchmarks/README.md, backfill startup).
+        keys = [symbol.normalized for symbol in self.series]
+        stored = await asyncio.to_thread(self.store.resume_points, keys)
         for symbol in self.series:
+            if symbol.normalized not in stored:
+                continue
             frame = await asyncio.to_thread(
                 self.store.recent, symbol.normalized, WARM_START_CANDLES
             )
