@@ -604,7 +604,7 @@ class DXLinkManager:
         """The pump: recv → protocol → events → flush. Raises when the connection ends."""
         ws, protocol = conn.ws, conn.protocol
         while True:
-            frame = await ws.recv()
+            frame = await ws.recv(decode=False)  # orjson reads bytes; skip a UTF-8 decode
             conn.last_received = now = self._now()
             protocol.receive_message(frame, now)
             await self._handle(conn, protocol.events_received())
