@@ -7,13 +7,23 @@ client, is what gets measured. Each period is timed on a fresh ``Market`` (nothi
 
     ./run python -m benchmarks.bench_market                  # 200 series x 2,000 candles
     ./run python -m benchmarks.bench_market --series 20 --periods 1m 5m
+    ./run python -m benchmarks.bench_market --series 20 --baseline fa37bcd~1   # before/after
+
+``--baseline REF`` also times ``market.py`` and ``generator.py`` as of git commit REF (loaded
+from ``git show`` into a temporary package), alternating with the current code in the same
+run, and prints the speed-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from benchmarks.common import machine_info, print_table, write_json
 from pipeline.simulator.market import Market, MarketConfig, Period
@@ -30,10 +40,40 @@ def _period(text: str) -> Period:
     return Period.of(int(text[:-1]), text[-1])
 
 
-def measure(period: Period, series: int, candles: int, config: MarketConfig) -> tuple[float, int]:
+MarketFactory = Callable[[MarketConfig], Market]
+
+
+def baseline_market(ref: str, workdir: Path) -> MarketFactory:
+    """``Market`` as of git commit ``ref``: its market.py and generator.py in a temporary
+    package (bars.py and the rest are today's)."""
+    package = workdir / "baseline_simulator"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("market", "generator"):
+        source = subprocess.run(
+            ["git", "show", f"{ref}:pipeline/simulator/{name}.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        source = source.replace("pipeline.simulator.generator", "baseline_simulator.generator")
+        (package / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(workdir))
+    module = importlib.import_module("baseline_simulator.market")
+    factory: MarketFactory = module.Market
+    return factory
+
+
+def measure(
+    period: Period,
+    series: int,
+    candles: int,
+    config: MarketConfig,
+    factory: MarketFactory = Market,
+) -> tuple[float, int]:
     """CPU seconds to draw ``candles`` candles of ``series`` symbols on a fresh market, and how
     many candles came back."""
-    market = Market(config)
+    market = factory(config)
     drawn = 0
     start = time.process_time()
     for number in range(series):
@@ -49,20 +89,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--candles", type=int, default=2_000)
     parser.add_argument("--periods", nargs="+", default=list(PERIODS))
     parser.add_argument("--quiet-fraction", type=float, default=0.0)
+    parser.add_argument("--baseline", metavar="REF", help="also time this git commit's code")
     args = parser.parse_args(argv)
     config = MarketConfig(quiet_fraction=args.quiet_fraction)
-    rows = []
-    figures = {}
-    for text in args.periods:
-        seconds, drawn = measure(_period(text), args.series, args.candles, config)
-        rate = drawn / seconds if seconds else float("inf")
-        workload = 200 * 2_000 / rate  # seconds for the backfill benchmark's workload
-        figures[text] = {"cpu_seconds": seconds, "candles": drawn, "candles_per_second": rate}
-        verdict = "ok" if workload < BUDGET_SECONDS else "over"
-        rows.append((text, drawn, round(seconds, 3), round(rate), round(workload, 3), verdict))
+    with tempfile.TemporaryDirectory() as workdir:
+        before = baseline_market(args.baseline, Path(workdir)) if args.baseline else None
+        rows, figures = [], {}
+        for text in args.periods:
+            period = _period(text)
+            seconds, drawn = measure(period, args.series, args.candles, config)
+            rate = drawn / seconds if seconds else float("inf")
+            workload = 200 * 2_000 / rate  # seconds for the backfill benchmark's workload
+            figure = {"cpu_seconds": seconds, "candles": drawn, "candles_per_second": rate}
+            row: list[object] = [text, drawn, round(seconds, 3), round(rate), round(workload, 3)]
+            if before is not None:
+                old_seconds, old_drawn = measure(period, args.series, args.candles, config, before)
+                old_rate = old_drawn / old_seconds if old_seconds else float("inf")
+                figure["baseline_candles_per_second"] = old_rate
+                row += [round(old_rate), round(rate / old_rate, 1)]
+            figures[text] = figure
+            rows.append(row)
+    headers = ["period", "candles", "cpu s", "candles/s", "s per 200x2000"]
+    if args.baseline:
+        headers += [f"{args.baseline} candles/s", "speed-up"]
     print_table(
-        f"Market history generation, {args.series} series x {args.candles} candles, fresh market",
-        ["period", "candles", "cpu s", "candles/s", "s per 200x2000", f"< {BUDGET_SECONDS:g} s"],
+        f"Market history generation, {args.series} series x {args.candles} candles, fresh "
+        f"market (budget: 200 x 2,000 in < {BUDGET_SECONDS:g} CPU s)",
+        headers,
         rows,
     )
     path = write_json(

@@ -213,16 +213,24 @@ def split_rows(
     targets, band_low, band_high = _targets(
         parents, opens, highs, lows, closes, volumes, draws[:, 6]
     )
-    turnovers, met = _spread_turnover_rows(t, volumes, highs, lows, targets, band_low, band_high)
+    turnovers, missing = _spread_turnover_rows(
+        t, volumes, highs, lows, targets, band_low, band_high
+    )
     lumpy = n == 1
-    tilt = np.flatnonzero(~met & ~lumpy)
-    if len(tilt):
+    _move_shares_rows(
+        np.flatnonzero((missing != 0) & ~lumpy), missing, counts, volumes, highs, lows, turnovers
+    )
+    for _ in range(2):  # a second tilt compounds the first when one is not enough
+        tilt = np.flatnonzero((missing != 0) & ~lumpy)
+        if len(tilt) == 0:
+            break
         volumes[tilt] = _tilt_rows(parents[tilt], counts[tilt], volumes[tilt], targets[tilt])
-        turnovers[tilt], met[tilt] = _spread_turnover_rows(
+        turnovers[tilt], missing[tilt] = _spread_turnover_rows(
             t[tilt], volumes[tilt], highs[tilt], lows[tilt],
             targets[tilt], band_low[tilt], band_high[tilt],
         )  # fmt: skip
-    for row in np.flatnonzero(~met & ~lumpy).tolist():
+        _move_shares_rows(tilt, missing, counts, volumes, highs, lows, turnovers)
+    for row in np.flatnonzero((missing != 0) & ~lumpy).tolist():
         redone = _redo_turnover(parents[row], counts[row], volumes[row], highs[row], lows[row],
                                 targets[row], band_low[row], band_high[row])  # fmt: skip
         if redone is None:
@@ -416,9 +424,9 @@ def _fill(room: Rows, amount: Rows) -> Rows:
 def _spread_turnover_rows(
     turnover: Rows, volumes: Rows, highs: Rows, lows: Rows,
     targets: Floats, band_low: Floats, band_high: Floats,
-) -> tuple[Rows, NDArray[np.bool_]]:  # fmt: skip
-    """Every child's turnover, within its ``Bar`` bounds, and per row whether they add up to
-    the parent's ``turnover``.
+) -> tuple[Rows, Rows]:  # fmt: skip
+    """Every child's turnover, within its ``Bar`` bounds, and per row how much is still
+    missing from the parent's ``turnover`` (0 when they add up).
 
     What the targets miss is spread first within every child's band (see ``_targets``), and
     only then up to its high or low. Quiet slots (volume 0) get 0.
@@ -443,7 +451,59 @@ def _spread_turnover_rows(
         sign = np.where(up, 1, -1)
         result += sign[:, None] * _fill(room, absorbed)
         missing -= sign * absorbed
-    return result, missing == 0
+    return result, missing
+
+
+def _move_shares_rows(
+    which: NDArray[np.intp],
+    missing: Rows,
+    counts: Rows,
+    volumes: Rows,
+    highs: Rows,
+    lows: Rows,
+    turnovers: Rows,
+) -> None:
+    """Make up the turnover shortfalls of rows ``which`` by moving shares between their
+    single-price children, in place (``missing``, ``volumes``, ``turnovers``).
+
+    A single-price child's turnover is volume x price, so moving one share from a child at
+    price ``a`` to one at price ``b`` changes the total by ``b - a``. Greedy, largest useful
+    step first, all rows at once.
+    """
+    which = which[missing[which] != 0]
+    if len(which) == 0:
+        return
+    all_missing, all_volumes, all_turnovers = missing, volumes, turnovers
+    missing, volumes, turnovers = missing[which], volumes[which], turnovers[which]
+    counts, highs, lows = counts[which], highs[which], lows[which]
+    slots = counts.shape[1]
+    flat = (highs == lows) & (counts > 0)
+    steps = lows[:, None, :] - lows[:, :, None]  # [row, giver, taker]
+    # The shortfall never changes sign (a move never overshoots), so neither do useful steps.
+    toward = flat[:, :, None] & flat[:, None, :] & (steps * np.sign(missing)[:, None, None] > 0)
+    sizes = np.where(toward, np.abs(steps), 0)
+    active = np.arange(len(missing))
+    for _ in range(16):
+        spare = (volumes[active] > counts[active])[:, :, None]
+        reach = np.abs(missing[active])[:, None, None]
+        score = np.where(spare & (sizes[active] <= reach), sizes[active], 0)
+        best = score.reshape(len(active), -1).argmax(axis=1)
+        giver, taker = np.divmod(best, slots)
+        go = score[np.arange(len(active)), giver, taker] > 0
+        active, giver, taker = active[go], giver[go], taker[go]
+        if len(active) == 0:
+            break
+        step = steps[active, giver, taker]
+        shares = np.minimum(missing[active] // step, volumes[active, giver] - counts[active, giver])
+        volumes[active, giver] -= shares
+        volumes[active, taker] += shares
+        turnovers[active, giver] = volumes[active, giver] * lows[active, giver]
+        turnovers[active, taker] = volumes[active, taker] * lows[active, taker]
+        missing[active] -= shares * step
+        active = active[missing[active] != 0]
+        if len(active) == 0:
+            break
+    all_missing[which], all_volumes[which], all_turnovers[which] = missing, volumes, turnovers
 
 
 def _tilt_rows(parents: Rows, counts: Rows, volumes: Rows, targets: Floats) -> Rows:

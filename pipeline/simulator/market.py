@@ -25,6 +25,7 @@ No I/O, no clock: every query takes ``now_ms``.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ _WEEK_BLOCK = 64
 # Candles drawn in the first step when walking back through a history, and at most per step.
 _CHUNK_CANDLES = 512
 _MAX_CHUNK_CANDLES = 8192
+_MIN_CHUNK_CANDLES = 64
 # Octaves of the weekly price path (value noise). 2**6 weeks is the longest swing.
 _OCTAVES = 7
 # Odd multiplier spreading consecutive cells and weeks over the 64-bit hash input.
@@ -302,7 +304,7 @@ class Market:
             raise ValueError(f"limit must be at least 1 candle, got {limit}")
         result: list[tuple[int, Bar]] = []
         # limit + 1 candles, plus the slot of a live candle that may not have started.
-        for chunk in self._newest_chunks(symbol, period, from_ms, now_ms, limit + 2):
+        for chunk in self._newest_chunks(symbol, period, from_ms, now_ms, limit + 2, limit + 1):
             result.extend(chunk)
             if len(result) > limit:
                 return result[:limit], True
@@ -320,13 +322,21 @@ class Market:
             yield from chunk
 
     def _newest_chunks(
-        self, symbol: str, period: Period, from_ms: int, now_ms: int, first_chunk: int
+        self,
+        symbol: str,
+        period: Period,
+        from_ms: int,
+        now_ms: int,
+        first_chunk: int,
+        wanted: int | None = None,
     ) -> Iterator[list[tuple[int, Bar]]]:
         """The candles starting at or after ``from_ms`` in lists, newest first throughout.
 
         The first list spans ``first_chunk`` candle periods (all of them when the range is at
         most ``_MAX_CHUNK_CANDLES``), each next one twice the last: a long history is drawn in
-        a few large batches (``split_rows`` is fastest on many splits at once).
+        a few large batches (``split_rows`` is fastest on many splits at once). Given how many
+        candles are ``wanted``, the next span is sized from how many candles the last one held
+        (quiet periods) instead.
         """
         if not self.trades(symbol):
             return
@@ -347,8 +357,14 @@ class Market:
             candles = self.candle_bars(symbol, period, first, chunk_end, now_ms)
             candles.reverse()
             yield candles
+            spanned = (chunk_end - first) // length
             chunk_end = first
-            chunk = min(2 * chunk, _MAX_CHUNK_CANDLES)
+            chunk = 2 * chunk
+            if wanted is not None:
+                wanted -= len(candles)
+                density = max(len(candles), 1) / spanned
+                chunk = max(_MIN_CHUNK_CANDLES, math.ceil(1.2 * wanted / density))
+            chunk = min(chunk, _MAX_CHUNK_CANDLES)
 
     def _complete_candles(
         self, symbol: str, period: Period, first_ms: int, end_ms: int, now_ms: int
