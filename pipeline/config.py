@@ -406,7 +406,7 @@ class StoreConfig(_Section):
     data_path: str | None = _option(
         None,
         min_length=1,
-        allowed="a folder shared by every shard, or an object-storage URL (s3://bucket/lake/)",
+        allowed="a directory shared by every shard (a local or network folder)",
     )
     """Folder of the Parquet files; unset means ``<path>/data``. Shards share one."""
 
