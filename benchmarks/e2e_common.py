@@ -1,0 +1,394 @@
+"""Helpers for the end-to-end benchmarks: figures with baselines, a simulator in its own
+process, a raw DXLink receiver, the ingest service's config, waiting and process metrics.
+
+The simulator runs in a child process (:class:`SimulatorProcess`) whenever the benchmark
+times or charges CPU to the client: on a 2-core machine a simulator in the same process
+would share the client's GIL and event loop and its cost would be booked as ours.
+
+Every figure that compares carries its baseline, measured in the same run
+(:class:`Figure`); :func:`print_figures` and :func:`markdown_table` show them with the
+ratio and the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import connect
+
+from benchmarks.common import machine_info, print_table, write_json
+from pipeline.config import Config, load_config
+from pipeline.dxlink.events import CANDLE_FIELDS
+from pipeline.dxlink.messages import SubscriptionItem
+from pipeline.dxlink.protocol import Authorized, ChannelOpened, ClientProtocol, FeedConfigured
+from pipeline.simulator import Simulator, SimulatorClock
+
+__all__ = [
+    "START_MS",
+    "TOKEN",
+    "BenchResult",
+    "Figure",
+    "RawReceipt",
+    "SimulatorProcess",
+    "bench_config",
+    "bench_main",
+    "count_feed_events",
+    "markdown_table",
+    "print_figures",
+    "raw_receive",
+    "symbols",
+    "wait_until",
+]
+
+START_MS = int(datetime(2026, 11, 3, 15, 0, tzinfo=UTC).timestamp() * 1000)
+"""Where every benchmark's simulated clock starts (a Tuesday, on a minute boundary)."""
+TOKEN = "bench-token"
+MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One measured figure, with the baseline it is compared with (same run) and its target.
+
+    ``ratio`` is ``value / baseline`` when both exist; ``met`` is None when there is no target.
+    """
+
+    name: str
+    value: float
+    unit: str
+    baseline_name: str | None = None
+    baseline: float | None = None
+    target: str | None = None
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """``value / baseline`` (None without a baseline or with a zero one)."""
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+    def as_json(self) -> dict[str, Any]:
+        """The figure as a JSON-ready dict, ratio included."""
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def _shown(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _verdict(met: bool | None) -> str:
+    return "-" if met is None else ("met" if met else "MISSED")
+
+
+def _rows(figures: Sequence[Figure]) -> list[list[str]]:
+    return [
+        [
+            f.name,
+            f"{_shown(f.value)} {f.unit}",
+            "-" if f.baseline_name is None else f"{f.baseline_name}: {_shown(f.baseline)}",
+            "-" if f.ratio is None else f"{f.ratio:.3g}x",
+            f.target or "-",
+            _verdict(f.met),
+        ]
+        for f in figures
+    ]
+
+
+HEADERS = ("figure", "value", "baseline (same run)", "ratio", "target", "verdict")
+
+
+def print_figures(title: str, figures: Sequence[Figure]) -> None:
+    """Print the figures as one aligned table (via ``benchmarks.common.print_table``)."""
+    print_table(title, HEADERS, _rows(figures))
+
+
+def markdown_table(figures: Sequence[Figure]) -> str:
+    """The figures as a Markdown table, for the README."""
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += [
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _rows(figures)
+    ]
+    return "\n".join(lines)
+
+
+PACKAGES = ("duckdb", "polars", "pyarrow", "websockets", "orjson")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    """What one end-to-end benchmark measured: its figures, its parameters, raw details."""
+
+    name: str
+    title: str
+    figures: list[Figure]
+    parameters: dict[str, Any]
+    details: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict (without machine info; see :func:`bench_main`)."""
+        return {
+            "benchmark": self.name,
+            "title": self.title,
+            "parameters": self.parameters,
+            "figures": [f.as_json() for f in self.figures],
+            "details": self.details,
+        }
+
+
+def bench_main(
+    name: str,
+    description: str | None,
+    run: Callable[[bool, Path], BenchResult],
+    argv: Sequence[str] | None,
+) -> int:
+    """The command line of one benchmark: ``--quick``, run it in a temporary folder, print
+    its table and write ``benchmarks/results/<name>.json``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.bench_{name}", description=description
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as folder:
+        result = run(args.quick, Path(folder))
+    print_figures(result.title, result.figures)
+    path = write_json(
+        name, {**result.as_json(), "quick": args.quick, "machine": machine_info(PACKAGES)}
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+def symbols(count: int, prefix: str = "BS") -> tuple[str, ...]:
+    """``count`` distinct base symbols (``BS0000``...); the simulator trades any symbol."""
+    return tuple(f"{prefix}{i:04d}" for i in range(count))
+
+
+def bench_config(
+    store: Path,
+    *,
+    bases: Sequence[str],
+    intervals: Sequence[str] = ("1m",),
+    from_ms: int,
+    **overrides: Any,
+) -> Config:
+    """A service config for benchmarks: fast reconnects, subscriptions not rate-limited, no
+    metrics, flushes left to the benchmark unless overridden, no environment influence.
+
+    The product's default subscribe rate (10 messages/s) would make subscribing 1,000 series
+    the whole figure; the benchmarks measure the data path, so it is lifted here.
+    """
+    settings: dict[str, Any] = {
+        "subscriptions.symbols": list(bases),
+        "subscriptions.intervals": list(intervals),
+        "subscriptions.from_time": datetime.fromtimestamp(from_ms / 1000, UTC).isoformat(),
+        "store.path": str(store),
+        "client.subscribe_rate": 10_000.0,
+        "client.subscribe_burst": 10_000,
+        "client.handshake_timeout": 10.0,
+        "schedule.flush_interval": 3600.0,
+        "manager.grace_seconds": 0.0,
+        "manager.max_series": max(10_000, 2 * len(bases) * len(intervals)),
+        "metrics.enabled": False,
+    }
+    settings.update(overrides)
+    return load_config(None, None, settings, environ={}, now=datetime(2030, 1, 1, tzinfo=UTC))
+
+
+async def wait_until(
+    condition: Callable[[], bool], *, within: float, what: str, poll: float = 0.002
+) -> float:
+    """Wait until ``condition()`` holds, re-checking every ``poll`` s; return when it first
+    held (``time.perf_counter()``). Raises TimeoutError naming ``what`` after ``within`` s.
+
+    Polling is the benchmark's observer, not synchronisation: it bounds the figure's
+    resolution to ``poll`` seconds, which each benchmark states.
+    """
+    deadline = time.perf_counter() + within
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{what}: not reached within {within} s")
+        await asyncio.sleep(poll)
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------------- simulator process
+
+
+def _serve(settings: dict[str, Any], pipe: multiprocessing.connection.Connection) -> None:
+    """Child process: run a Simulator until the parent sends anything (or goes away)."""
+
+    async def main() -> None:
+        speed = settings.pop("speed")
+        start_ms = settings.pop("start_ms")
+        clock = (
+            SimulatorClock.manual(start_ms)
+            if speed is None
+            else SimulatorClock.accelerated(speed, start_ms)
+        )
+        real_start = time.monotonic()
+        async with Simulator(token=TOKEN, clock=clock, **settings) as sim:
+            pipe.send((sim.url, real_start))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, _recv_quietly, pipe)
+
+    asyncio.run(main())
+
+
+def _recv_quietly(pipe: multiprocessing.connection.Connection) -> None:
+    with contextlib.suppress(EOFError):  # the parent went away: stop as well
+        pipe.recv()
+
+
+class SimulatorProcess:
+    """A :class:`Simulator` in a child process (``spawn``), for use as a context manager.
+
+    Args:
+        speed: Simulated seconds per real second; None for a manual clock that never moves
+            (snapshots only).
+        start_ms: The simulated time at start.
+        **settings: Further ``Simulator`` keyword arguments (plain values only).
+    """
+
+    def __init__(self, *, speed: float | None = None, start_ms: int = START_MS, **settings: Any):
+        self._settings = {"speed": speed, "start_ms": start_ms, **settings}
+        self.speed = speed
+        self.start_ms = start_ms
+        self.url = ""
+        """``ws://`` URL of the running simulator."""
+        self.real_start = 0.0
+        """``time.monotonic()`` (system-wide on Linux) when the simulated clock started."""
+        self._pipe: multiprocessing.connection.Connection | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+
+    def sim_now_ms(self) -> int:
+        """The child's simulated time now, computed from its start (no IPC)."""
+        if self.speed is None:
+            return self.start_ms
+        return self.start_ms + int((time.monotonic() - self.real_start) * self.speed * 1000)
+
+    def __enter__(self) -> SimulatorProcess:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(self._settings, child), daemon=True)
+        self._process.start()
+        child.close()
+        if not parent.poll(60):
+            self._process.kill()
+            raise RuntimeError("the simulator process did not start within 60 s")
+        self.url, self.real_start = parent.recv()
+        self._pipe = parent
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._pipe is not None:
+            self._pipe.send("stop")
+            self._pipe.close()
+        if self._process is not None:
+            self._process.join(10)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+
+
+# ---------------------------------------------------------------------- raw receiver
+
+
+@dataclass(frozen=True, slots=True)
+class RawReceipt:
+    """What :func:`raw_receive` got: the frames and when the first and last arrived."""
+
+    frames: list[str | bytes]
+    subscribed_at: float
+    last_frame_at: float
+
+    @property
+    def seconds(self) -> float:
+        """From sending the subscription to the last frame."""
+        return self.last_frame_at - self.subscribed_at
+
+    @property
+    def bytes(self) -> int:
+        """Total payload bytes of the frames."""
+        return sum(len(f) for f in self.frames)
+
+
+async def raw_receive(url: str, series: Sequence[str], from_ms: int, *, idle: float) -> RawReceipt:
+    """The floor of backfill: receive a subscription's frames and do nothing with them.
+
+    Handshake through :class:`ClientProtocol` (SETUP, AUTH, one HISTORY channel, COMPACT
+    FEED_SETUP with our field list), then one FEED_SUBSCRIPTION for every series, then
+    ``recv()`` in a loop with no parsing until the socket stays quiet for ``idle`` seconds.
+    The figure ends at the last frame's arrival, so the idle wait is not counted.
+    """
+    proto = ClientProtocol(token=TOKEN)
+    async with connect(url, max_size=None, compression=None, ping_interval=None) as ws:
+
+        async def exchange(until: Callable[[list[object]], bool]) -> None:
+            seen: list[object] = []
+            while True:
+                for text in proto.messages_to_send():
+                    await ws.send(text)
+                if until(seen):
+                    return
+                proto.receive_message(await ws.recv(), time.monotonic())
+                seen += proto.events_received()
+
+        proto.start(time.monotonic())
+        await exchange(lambda seen: any(isinstance(e, Authorized) for e in seen))
+        channel = proto.open_channel("HISTORY")
+        await exchange(lambda seen: any(isinstance(e, ChannelOpened) for e in seen))
+        proto.setup_feed(channel, aggregation_period=0.1, event_fields={"Candle": CANDLE_FIELDS})
+        await exchange(lambda seen: any(isinstance(e, FeedConfigured) for e in seen))
+        add = [SubscriptionItem("Candle", s, from_ms) for s in series]
+        proto.subscribe(channel, add=add)
+        frames: list[str | bytes] = []
+        subscribed_at = time.perf_counter()
+        for text in proto.messages_to_send():
+            await ws.send(text)
+        last = subscribed_at
+        while True:
+            try:
+                frame = await asyncio.wait_for(ws.recv(), idle)
+            except TimeoutError:
+                break
+            last = time.perf_counter()
+            frames.append(frame)
+    return RawReceipt(frames, subscribed_at, last)
+
+
+def count_feed_events(frames: Sequence[str | bytes], fields: int = len(CANDLE_FIELDS)) -> int:
+    """Candle events in the COMPACT FEED_DATA frames among ``frames`` (others ignored)."""
+    events = 0
+    for frame in frames:
+        message = orjson.loads(frame)
+        if message.get("type") != "FEED_DATA":
+            continue
+        data = message["data"]
+        for i in range(1, len(data), 2):
+            events += len(data[i]) // fields
+    return events
