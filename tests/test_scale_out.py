@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,7 @@ _databases = itertools.count(1)
 READER = """
 import json, sys, time
 from pathlib import Path
+from typing import Any
 from pipeline.store import connect
 catalog, data_path, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 con = connect(Path(stop).parent, catalog=catalog, data_path=data_path,
@@ -315,3 +317,46 @@ async def test_three_shards_one_killed_equal_the_truth(
                 stored = stored_frame(store, series, FROM_MS, complete_end)
                 problems += [f"{series}: {p}" for p in differences(truth, stored)]
         assert problems == []
+
+
+class _CommitHook:
+    """A connection stand-in that runs ``before_commit`` once, right before the first COMMIT."""
+
+    def __init__(self, con: Any, before_commit: Callable[[], object]) -> None:
+        self._con = con
+        self._before_commit: Callable[[], object] | None = before_commit
+
+    def execute(self, query: str, *args: Any) -> Any:
+        if query == "COMMIT" and self._before_commit is not None:
+            hook, self._before_commit = self._before_commit, None
+            hook()
+        return self._con.execute(query, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+def test_a_conflicting_commit_is_retried_and_lands(lake: tuple[str, Path], tmp_path: Path) -> None:
+    """Another shard commits a delete in the same file first: the loser retries and lands."""
+    catalog, shared = lake
+    stores = [
+        CandleStore(tmp_path, catalog=catalog, data_path=shared, verify_extensions=False,
+                    sleep=lambda _: None)
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        first, other = stores
+        for symbol in ("AAPL", "SPY"):
+            first.upsert(candle_frame(symbol, "1m", 200))
+        first.compact(retain=timedelta(0))  # one file holds both series now
+        first._con = _CommitHook(  # type: ignore[assignment]
+            first._con, lambda: other.upsert(candle_frame("SPY", "1m", 200, close=300.0))
+        )
+        result = first.upsert(candle_frame("AAPL", "1m", 200, close=200.0))
+        assert result.retries >= 1 and result.updated == 200
+        assert first.stats.retries >= 1
+        assert other.history("SPY{=m}")["close"].to_list() == [300.0 + i for i in range(200)]
+        assert other.history("AAPL{=m}")["close"].to_list() == [200.0 + i for i in range(200)]
+    finally:
+        for store in stores:
+            store.close()
