@@ -389,14 +389,19 @@ class ChaosRun:
         store, stats = self._store, self.service.stats
         failed_before, flush_failures_before = store.failed, stats.flush_failures
         store.failures_left = failures
-        # Any flush may hit the full disk: ours, or the consumer's back-pressure flush.
-        for _ in range(4 * failures):
-            if store.failures_left == 0:
-                break
+        # Any flush may hit the full disk: ours, or the consumer's back-pressure flush. A
+        # consumer whose flush failed waits up to 5 s before taking data again (service.py),
+        # so flush until the next failure happened, whenever completed candles come.
+        while store.failures_left:
+            left = store.failures_left
             await self._advance(30, "disk full")
-            await self.service.flush("chaos")
-        if store.failures_left:
-            raise AssertionError(f"disk full: {store.failures_left} failures never reached")
+
+            async def failed_again(left: int) -> None:
+                while store.failures_left == left:
+                    await self.service.flush("chaos")
+                    await asyncio.sleep(0.02)
+
+            await _bounded(failed_again(left), "a flush to meet the full disk")
         surfaced = stats.flush_failures - flush_failures_before
         if surfaced != store.failed - failed_before:
             raise AssertionError(
