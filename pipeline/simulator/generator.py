@@ -71,6 +71,10 @@ _MARGIN = 0.1
 # Largest exponential tilt of the volume split: the dearest child gets at most e**3 (~20)
 # times its even share relative to the cheapest.
 _MAX_TILT = 3.0
+# Corrections of the lift for what folding the path into the parent's range takes away.
+_FOLD_ROUNDS = 3
+# Share of the parent's range near an edge that a path beyond that edge is folded into.
+_FOLD_BAND = 0.1
 # Standard deviation of a uniform draw on [-0.5, 0.5): scales it to unit variance.
 _UNIFORM_SD = math.sqrt(1.0 / 12.0)
 # splitmix64 constants (Steele, Lea & Flood 2014): a counter-based generator.
@@ -342,21 +346,47 @@ def _bridge(
 
 def _closes(parents: Rows, volumes: Rows, values: Floats, bumps: Floats) -> Rows:
     """Children's last prices: the walk, lifted or lowered by a multiple of the bumps so that
-    the path's volume-weighted average meets the parent's VWAP, rounded into [low, high].
+    the path's volume-weighted average meets the parent's VWAP, folded into [low, high].
 
-    Without this, a parent's VWAP and its children's prices would drift apart and the
+    Without the lift, a parent's VWAP and its children's prices would drift apart and the
     turnovers could only be made to add up by pushing children's VWAPs to their extremes.
     A child trades between its open (the previous close) and its close, hence the pairs.
+    Where the lifted path leaves the range it is reflected back inside (clamping would leave
+    a run of closes stuck on the edge), and the lift is corrected for what the folding took
+    away, a few times over.
     """
     o, h, lo, t = parents[:, 0], parents[:, 1], parents[:, 2], parents[:, 6]
     weight = volumes.astype(np.float64)
-    previous_values = np.concatenate([o[:, None].astype(np.float64), values[:, :-1]], axis=1)
-    previous_bumps = np.concatenate([np.zeros_like(bumps[:, :1]), bumps[:, :-1]], axis=1)
-    level = (weight * (previous_values + values)).sum(axis=1)
-    bump = (weight * (previous_bumps + bumps)).sum(axis=1)
-    shift = np.where(bump > 0, (2.0 * t - level) / np.where(bump > 0, bump, 1.0), 0.0)
-    prices = np.rint(values + shift[:, None] * bumps)
+    low, width = lo[:, None].astype(np.float64), (h - lo)[:, None].astype(np.float64)
+    first = o[:, None].astype(np.float64)
+
+    def pair_sum(path: Floats) -> Floats:
+        previous = np.concatenate([first if path is not bumps else 0.0 * first, path[:, :-1]], 1)
+        total: Floats = (weight * (previous + path)).sum(axis=1)
+        return total
+
+    bump = pair_sum(bumps)
+    lifting = bump > 0
+    per_lift = np.where(lifting, bump, 1.0)
+    wanted = 2.0 * t
+    shift = np.where(lifting, (wanted - pair_sum(values)) / per_lift, 0.0)
+    for _ in range(_FOLD_ROUNDS):
+        prices = _fold(values + shift[:, None] * bumps, low, width)
+        shift += np.where(lifting, (wanted - pair_sum(prices)) / per_lift, 0.0)
+    prices = np.rint(_fold(values + shift[:, None] * bumps, low, width))
     return np.clip(prices, lo[:, None], h[:, None]).astype(np.int64)
+
+
+def _fold(prices: Floats, low: Floats, width: Floats) -> Floats:
+    """``prices`` folded into ``[low, low + width]``: what lies beyond an edge by ``d`` lands
+    ``d`` modulo a narrow band (``_FOLD_BAND`` of the range) inside that edge, so the path
+    keeps close to the edge without sticking to it."""
+    band = np.maximum(width * _FOLD_BAND, 1.0)
+    high = low + width
+    above = high - np.mod(prices - high, band)
+    below = low + np.mod(low - prices, band)
+    folded = np.where(prices > high, above, np.where(prices < low, below, prices))
+    return np.clip(folded, low, high)
 
 
 def _margins(parents: Rows) -> Floats:

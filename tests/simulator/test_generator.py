@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from random import Random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.simulator.bars import Bar, check_bar, combine
-from pipeline.simulator.generator import apportion, split_bar
+from pipeline.simulator.generator import apportion, rows_to_bars, split_bar, split_rows
 from tests.simulator.strategies import bars
 
 HOUR = Bar(11_000, 11_300, 10_800, 11_100, 5_000, 500_000, 500_000 * 11_050, 150_000, 160_000)
@@ -85,3 +86,34 @@ def test_a_single_trade_cannot_be_split() -> None:
     single = Bar(500, 500, 500, 500, 1, 100, 50_000, 10, 20)
     children = split_bar(single, 60, Random(2))
     assert [child for child in children if child is not None] == [single]
+
+
+def test_a_batch_splits_every_row_as_it_would_alone() -> None:
+    """split_rows gives each parent the same children whatever else is in the batch."""
+    parents = [
+        HOUR,
+        Bar(500, 500, 500, 500, 1, 100, 50_000, 10, 20),
+        Bar(2_000, 2_000, 2_000, 2_000, 40, 900, 900 * 2_000, 300, 300),
+        Bar(7_000, 7_090, 6_990, 7_010, 45, 4_500, 4_500 * 7_080, 1_000, 2_000),
+    ]
+    rows = np.array(parents, dtype=np.int64)
+    seeds = np.arange(11, 11 + len(parents), dtype=np.uint64)
+    together = split_rows(rows, 60, seeds, quiet_fraction=0.2)
+    for i, parent in enumerate(parents):
+        alone = split_rows(rows[i : i + 1], 60, seeds[i : i + 1], quiet_fraction=0.2)
+        assert np.array_equal(alone[0], together[i])
+        assert combine(rows_to_bars(together[i])) == parent
+
+
+def test_closes_do_not_stick_to_the_parents_edges() -> None:
+    """With the VWAP near the high, no run of 10 minutes closes exactly on the hour's high."""
+    near_high = HOUR._replace(turnover=500_000 * 11_270)
+    runs = []
+    for seed in range(40):
+        children = split_bar(near_high, 60, Random(seed))
+        assert combine(children) == near_high
+        run = 0
+        for child in children:
+            run = run + 1 if child is not None and child.close == near_high.high else 0
+            runs.append(run)
+    assert max(runs) < 10

@@ -192,3 +192,13 @@ def test_market_config_rejects_bad_values() -> None:
         MarketConfig(quiet_fraction=1.0)
     with pytest.raises(ValueError, match="correction_rate"):
         MarketConfig(correction_rate=2.0)
+
+
+@pytest.mark.parametrize(("period", "count"), [(M1, 3_000), (S1, 2_500), (Period.of(1, "w"), 150)])
+def test_a_long_history_matches_candles_queried_one_by_one(period: Period, count: int) -> None:
+    """Candles drawn in one large batch equal the same candles drawn alone on a fresh market."""
+    history, _ = Market(MarketConfig(quiet_fraction=0.1)).latest_bars("AAPL", period, 0, NOW, count)
+    assert len(history) == count
+    fresh = Market(MarketConfig(quiet_fraction=0.1))
+    for time_ms, bar in history[::37]:
+        assert fresh.bar("AAPL", time_ms, time_ms + period.length_ms, NOW) == bar
