@@ -261,10 +261,11 @@ def _apportion_rows(totals: Rows, weights: Rows | Floats) -> Rows:
 
     Callers keep ``total * sum(weights)`` well inside int64 (below 2**62).
     """
-    running = np.cumsum(weights.astype(np.int64), axis=1)
+    running = np.cumsum(weights.astype(np.int64, copy=False), axis=1)
     weight_sums = np.maximum(running[:, -1:], 1)
-    cuts = totals[:, None] * running // weight_sums
-    return np.diff(cuts, axis=1, prepend=0)
+    parts: Rows = totals[:, None] * running // weight_sums
+    parts[:, 1:] -= parts[:, :-1].copy()
+    return parts
 
 
 def _trade_counts(
@@ -321,25 +322,28 @@ def _bridge(
         multiple of the bumps moves the path up or down without moving a key trade.
     """
     x = points.astype(np.float64)
-    gaps = np.diff(x, axis=1, prepend=0.0)
+    gaps = x.copy()
+    gaps[:, 1:] -= x[:, :-1]
+    row = np.arange(len(x))[:, None]  # fancy indexing per row: cheaper than take_along_axis
     walk = np.cumsum(np.sqrt(gaps) * (walk_draws - 0.5) / _UNIFORM_SD, axis=1)
     # The walk at each key ordinal, interpolated between the points either side of it.
     after = (points[:, None, :] < keys[:, :, None]).sum(axis=2)  # first point at or past
     upper = np.minimum(after, points.shape[1] - 1)
     below = np.maximum(after - 1, 0)
-    x_hi, w_hi = np.take_along_axis(x, upper, 1), np.take_along_axis(walk, upper, 1)
-    x_lo = np.where(after > 0, np.take_along_axis(x, below, 1), 0.0)
-    w_lo = np.where(after > 0, np.take_along_axis(walk, below, 1), 0.0)
+    x_hi, w_hi = x[row, upper], walk[row, upper]
+    x_lo = np.where(after > 0, x[row, below], 0.0)
+    w_lo = np.where(after > 0, walk[row, below], 0.0)
     span = x_hi - x_lo
     key_walk = np.where(
         span > 0, w_lo + (w_hi - w_lo) * (keys - x_lo) / np.where(span > 0, span, 1.0), w_hi
     )
     # The key segment around every point: (a, b] between consecutive key trades.
     segment = (points > keys[:, 1, None]).astype(np.int64) + (points > keys[:, 2, None])
-    a, b = np.take_along_axis(keys, segment, 1), np.take_along_axis(keys, segment + 1, 1)
-    pa = np.take_along_axis(key_prices, segment, 1).astype(np.float64)
-    pb = np.take_along_axis(key_prices, segment + 1, 1).astype(np.float64)
-    wa, wb = np.take_along_axis(key_walk, segment, 1), np.take_along_axis(key_walk, segment + 1, 1)
+    after_segment = segment + 1
+    a, b = keys[row, segment], keys[row, after_segment]
+    pa = key_prices[row, segment].astype(np.float64)
+    pb = key_prices[row, after_segment].astype(np.float64)
+    wa, wb = key_walk[row, segment], key_walk[row, after_segment]
     width = (b - a).astype(np.float64)
     frac = np.where(width > 0, (x - a) / np.where(width > 0, width, 1.0), 0.0)
     values = pa + (pb - pa) * frac + sigma[:, None] * (walk - wa - (wb - wa) * frac)

@@ -24,6 +24,7 @@ No I/O, no clock: every query takes ``now_ms``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -379,11 +380,12 @@ class Market:
             rows = _combine_rows(rows.reshape(-1, per_candle, FIELDS))
         length = period.length_ms
         times = range(first_ms, first_ms + len(rows) * length, length)
-        return [
-            (time_ms, bar)
-            for time_ms, bar in zip(times, rows_to_bars(rows), strict=True)
-            if bar is not None
-        ]
+        trading = rows[:, _TRADES] > 0
+        if not trading.all():
+            times = np.arange(first_ms, first_ms + len(rows) * length, length)[trading].tolist()
+            rows = rows[trading]
+        # C-level loops only (no Python frame per candle): this runs for every candle served.
+        return list(zip(times, map(_new_bar, rows.tolist()), strict=True))
 
     def _level_bars(self, symbol: str, level: int, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """Bar rows of the consecutive ``level`` nodes covering ``[start_ms, end_ms)``, with
@@ -640,6 +642,9 @@ class Market:
         seconds = self._children(symbol, _MINUTE, start // MINUTE_MS)
         last_active = int(np.flatnonzero(seconds[:, _TRADES])[-1])
         return _apply(generated, fixes) if (start // SECOND_MS) % 60 == last_active else generated
+
+
+_new_bar = functools.partial(tuple.__new__, Bar)  # a Bar from a row, skipping Bar.__new__
 
 
 def _combine_rows(groups: Rows) -> Rows:
