@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -41,6 +42,8 @@ _READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 # A reader may race compaction, which deletes files an older snapshot still lists; a fresh
 # attempt sees the new snapshot (storage-and-libs.md §1: one retry fixed every case).
 _RETRIES = 2
+# `EXPLAIN [(options)] [ANALYZE|ANALYSE]` in front of the statement it explains.
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 
 
 class QueryError(Exception):
@@ -59,11 +62,18 @@ def _check_read_only(sql: str) -> None:
     if not statements:
         raise QueryError("no SQL statement given; try: SELECT * FROM candles LIMIT 10")
     for statement in statements:
-        if statement.type not in _READ_ONLY:
-            kind = statement.type.name
+        kind = statement.type
+        if kind == duckdb.StatementType.EXPLAIN:
+            # EXPLAIN ANALYZE *runs* what it explains: judge the explained statement itself.
+            inner = _EXPLAIN_PREFIX.sub("", statement.query, count=1)
+            if inner == statement.query:
+                raise QueryRefused("this EXPLAIN form is not supported; use EXPLAIN SELECT ...")
+            _check_read_only(inner)
+        elif kind not in _READ_ONLY:
             raise QueryRefused(
-                f"{kind} statements are not allowed: `candles query` is read-only and only "
-                "runs SELECT (including WITH, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN"
+                f"{kind.name} statements are not allowed: `candles query` is read-only and only "
+                "runs SELECT (including WITH, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN [ANALYZE] "
+                "SELECT"
             )
 
 
