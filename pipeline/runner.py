@@ -125,7 +125,9 @@ def _simulated_start_ms(config: Config) -> int:
     restarts, so resuming from the store never asks for the future.
     """
     now = int(time.time() * 1000)
-    store = CandleStore(config.store.path, catalog=config.store.catalog)
+    store = CandleStore(
+        config.store.path, catalog=config.store.catalog, data_path=config.store.data_path
+    )
     try:
         newest = max(store.resume_points().values(), default=None)
     finally:
