@@ -307,6 +307,8 @@ class ChaosRun:
 
     async def _start_service(self) -> None:
         assert self._tokens is not None
+        if self._service is not None:  # a supervisor restart: keep the old service's count
+            self.report.flush_failures += self._service.stats.flush_failures
         self._service = IngestService(
             self.config,
             token_source=self._tokens,
