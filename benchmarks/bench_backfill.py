@@ -41,7 +41,7 @@ from pipeline.service import IngestService
 from pipeline.store import CandleStore
 from pipeline.tastytrade import SimulatorTokenSource
 
-__all__ = ["TARGET", "main", "measure_service", "run"]
+__all__ = ["TARGET", "main", "measure", "measure_service", "run"]
 
 TARGET = 200_000.0
 """Candles per second made durable (issue 6)."""
@@ -94,7 +94,7 @@ async def measure_service(
     }
 
 
-async def _measure(series: int, candles: int, workdir: Path) -> BenchResult:
+async def measure(series: int, candles: int, workdir: Path) -> BenchResult:
     bases = symbols(series)
     keys = [f"{b}{{=1m}}" for b in bases]
     from_ms = START_MS - candles * MINUTE_MS
@@ -150,7 +150,7 @@ async def _measure(series: int, candles: int, workdir: Path) -> BenchResult:
 def run(quick: bool, workdir: Path) -> BenchResult:
     """Run the benchmark (``quick``: 20 series x 500 candles) in ``workdir``."""
     series, candles = (20, 500) if quick else (200, 2000)
-    return asyncio.run(_measure(series, candles, workdir))
+    return asyncio.run(measure(series, candles, workdir))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from benchmarks.e2e_common import (
     MINUTE_MS,
@@ -45,7 +44,7 @@ from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
 from pipeline.tastytrade import SimulatorTokenSource
 
-__all__ = ["TARGET_SECONDS", "fresh_connect_seconds", "main", "run"]
+__all__ = ["TARGET_SECONDS", "fresh_connect_seconds", "main", "measure", "run"]
 
 TARGET_SECONDS = 1.0
 """Median seconds from an abrupt disconnect to the first new data (issue 6)."""
@@ -81,7 +80,7 @@ def _gap_stored(
     return True
 
 
-async def _measure(series_count: int, rounds: int, workdir: Path) -> BenchResult:
+async def measure(series_count: int, rounds: int, workdir: Path) -> BenchResult:
     bases = symbols(series_count)
     keys = [f"{b}{{=1m}}" for b in bases]
     from_ms = START_MS - 30 * MINUTE_MS
@@ -92,8 +91,8 @@ async def _measure(series_count: int, rounds: int, workdir: Path) -> BenchResult
     async with Simulator(token=TOKEN, clock=SimulatorClock.manual(START_MS)) as sim:
         # Rounds are seconds apart; each models the drop of a connection that had been
         # healthy for the product's healthy_after (30 s), after which backoff starts over.
-        healthy: dict[str, Any] = {"client.healthy_after": 0.0}
-        config = bench_config(workdir / "store", bases=bases, from_ms=from_ms, **healthy)
+        healthy = {"client.healthy_after": 0.0}
+        config = bench_config(workdir / "store", bases=bases, from_ms=from_ms, overrides=healthy)
         store = await asyncio.to_thread(CandleStore, workdir / "store")
         service = IngestService(
             config,
@@ -177,7 +176,7 @@ async def _measure(series_count: int, rounds: int, workdir: Path) -> BenchResult
 def run(quick: bool, workdir: Path) -> BenchResult:
     """Run the benchmark (``quick``: 5 series, 3 rounds) in ``workdir``."""
     series, rounds = (5, 3) if quick else (50, 9)
-    return asyncio.run(_measure(series, rounds, workdir))
+    return asyncio.run(measure(series, rounds, workdir))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import multiprocessing
 import multiprocessing.connection
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,7 +189,7 @@ def bench_config(
     bases: Sequence[str],
     intervals: Sequence[str] = ("1m",),
     from_ms: int,
-    **overrides: Any,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """A service config for benchmarks: fast reconnects, subscriptions not rate-limited, no
     metrics, flushes left to the benchmark unless overridden, no environment influence.
@@ -210,7 +210,7 @@ def bench_config(
         "manager.max_series": max(10_000, 2 * len(bases) * len(intervals)),
         "metrics.enabled": False,
     }
-    settings.update(overrides)
+    settings.update(overrides or {})
     return load_config(None, None, settings, environ={}, now=datetime(2030, 1, 1, tzinfo=UTC))
 
 
@@ -249,14 +249,20 @@ def _serve(settings: dict[str, Any], pipe: multiprocessing.connection.Connection
         async with Simulator(token=TOKEN, clock=clock, **settings) as sim:
             pipe.send((sim.url, real_start))
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, _recv_quietly, pipe)
+            while True:
+                command = await loop.run_in_executor(None, _recv_quietly, pipe)
+                if not isinstance(command, float):
+                    return
+                sim.publish_interval = command  # read by the publish loop every round
 
     asyncio.run(main())
 
 
-def _recv_quietly(pipe: multiprocessing.connection.Connection) -> None:
-    with contextlib.suppress(EOFError):  # the parent went away: stop as well
-        pipe.recv()
+def _recv_quietly(pipe: multiprocessing.connection.Connection) -> object:
+    """The parent's next command; None when it went away (then the child stops too)."""
+    with contextlib.suppress(EOFError):
+        return pipe.recv()
+    return None
 
 
 class SimulatorProcess:
@@ -285,6 +291,12 @@ class SimulatorProcess:
         if self.speed is None:
             return self.start_ms
         return self.start_ms + int((time.monotonic() - self.real_start) * self.speed * 1000)
+
+    def set_publish_interval(self, seconds: float) -> None:
+        """Change the child's real seconds between publish rounds (accelerated clocks)."""
+        if self._pipe is None:
+            raise RuntimeError("the simulator process is not running")
+        self._pipe.send(float(seconds))
 
     def __enter__(self) -> SimulatorProcess:
         context = multiprocessing.get_context("spawn")
@@ -337,13 +349,24 @@ class RawReceipt:
         return sum(len(f) for f in self.frames)
 
 
-async def raw_receive(url: str, series: Sequence[str], from_ms: int, *, idle: float) -> RawReceipt:
+async def raw_receive(
+    url: str,
+    series: Sequence[str],
+    from_ms: int,
+    *,
+    idle: float,
+    duration: float | None = None,
+    aggregation_period: float = 0.1,
+    into: list[tuple[float, str | bytes]] | None = None,
+) -> RawReceipt:
     """The floor of backfill: receive a subscription's frames and do nothing with them.
 
     Handshake through :class:`ClientProtocol` (SETUP, AUTH, one HISTORY channel, COMPACT
     FEED_SETUP with our field list), then one FEED_SUBSCRIPTION for every series, then
-    ``recv()`` in a loop with no parsing until the socket stays quiet for ``idle`` seconds.
-    The figure ends at the last frame's arrival, so the idle wait is not counted.
+    ``recv()`` in a loop with no parsing until the socket stays quiet for ``idle`` seconds
+    (or ``duration`` seconds after subscribing, for a live feed). The figure ends at the
+    last frame's arrival, so the idle wait is not counted. With ``into``, each frame is also
+    appended there with its arrival time as it comes (for an observer running alongside).
     """
     proto = ClientProtocol(token=TOKEN)
     async with connect(url, max_size=None, compression=None, ping_interval=None) as ws:
@@ -362,7 +385,9 @@ async def raw_receive(url: str, series: Sequence[str], from_ms: int, *, idle: fl
         await exchange(lambda seen: any(isinstance(e, Authorized) for e in seen))
         channel = proto.open_channel("HISTORY")
         await exchange(lambda seen: any(isinstance(e, ChannelOpened) for e in seen))
-        proto.setup_feed(channel, aggregation_period=0.1, event_fields={"Candle": CANDLE_FIELDS})
+        proto.setup_feed(
+            channel, aggregation_period=aggregation_period, event_fields={"Candle": CANDLE_FIELDS}
+        )
         await exchange(lambda seen: any(isinstance(e, FeedConfigured) for e in seen))
         add = [SubscriptionItem("Candle", s, from_ms) for s in series]
         proto.subscribe(channel, add=add)
@@ -371,13 +396,16 @@ async def raw_receive(url: str, series: Sequence[str], from_ms: int, *, idle: fl
         for text in proto.messages_to_send():
             await ws.send(text)
         last = subscribed_at
-        while True:
+        ends = float("inf") if duration is None else subscribed_at + duration
+        while last < ends:
             try:
                 frame = await asyncio.wait_for(ws.recv(), idle)
             except TimeoutError:
                 break
             last = time.perf_counter()
             frames.append(frame)
+            if into is not None:
+                into.append((last, frame))
     return RawReceipt(frames, subscribed_at, last)
 
 

@@ -1,0 +1,85 @@
+"""Smoke tests of the end-to-end benchmarks: tiny sizes, well-formed results, no timings judged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_backfill, bench_live, bench_memory, bench_recovery, bench_store
+from benchmarks.e2e_common import BenchResult, Figure, markdown_table
+from benchmarks.run_all import BENCHMARKS, decode_figures
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _check(result: BenchResult, name: str, figures: int) -> None:
+    assert result.name == name
+    assert len(result.figures) >= figures
+    for figure in result.figures:
+        assert math.isfinite(figure.value) and figure.value >= 0, figure
+        assert figure.baseline is None or math.isfinite(figure.baseline), figure
+        assert figure.met in (None, True, False)
+    json.dumps(result.as_json())  # JSON-ready, ratio included
+    table = markdown_table(result.figures)
+    assert table.count("\n") == len(result.figures) + 1
+
+
+def test_backfill_stores_every_candle(tmp_path: Path) -> None:
+    """The backfill benchmark stores series x candles and reports durable candles/s."""
+    result = asyncio.run(bench_backfill.measure(3, 40, tmp_path))
+    _check(result, "backfill", 3)
+    assert result.details["stored"] == 3 * 40
+    assert result.figures[0].target is not None and result.figures[0].baseline
+
+
+def test_recovery_reports_first_data_and_gap(tmp_path: Path) -> None:
+    """The recovery benchmark reconnects after each drop and closes the gap in one flush."""
+    result = asyncio.run(bench_recovery.measure(2, 1, tmp_path))
+    _check(result, "recovery", 2)
+    assert result.details["gap_closed_by_one_flush"] == [True]
+    assert len(result.details["first_data_s"]) == 1
+
+
+def test_live_measures_cpu_and_steps(tmp_path: Path) -> None:
+    """The live benchmark reports CPU per 100k updates and one entry per step run."""
+    result = asyncio.run(bench_live.measure(10, (0.1,), 0.5, tmp_path))
+    _check(result, "live", 2)
+    assert len(result.details["steps"]) == 1
+    assert result.details["steps"][0]["publish_interval"] == 0.1
+
+
+def test_memory_traces_manager_and_ingest_child(tmp_path: Path) -> None:
+    """The memory benchmark traces bytes per candle and samples the ingest child's RSS."""
+    result = bench_memory.measure(3, 40, 0.5, tmp_path)
+    _check(result, "memory", 3)
+    assert result.details["retained"] == 3 * 40
+    assert result.details["backfill_rss"]["peak"] > 0
+
+
+def test_store_upserts_and_queries(tmp_path: Path) -> None:
+    """The store benchmark builds (and caches) its big store and times upsert and reads."""
+    result = bench_store.measure(1, 1, tmp_path / "work", upsert_rows=1000, cache=tmp_path)
+    _check(result, "store", 4)
+    assert result.parameters["rows"] == bench_store.MINUTES_PER_YEAR + 2 * 1000
+    assert result.details["resample_buckets"] == bench_store.MINUTES_PER_YEAR // 60
+    assert (tmp_path / f"store-{bench_store.MINUTES_PER_YEAR}-v1" / "READY").exists()
+
+
+def test_run_all_knows_every_benchmark_and_reads_decode() -> None:
+    """run_all runs items 2-6 and turns bench_decode's JSON into figures against the floor."""
+    assert list(BENCHMARKS) == ["backfill", "live", "recovery", "memory", "store"]
+    case = {"events_per_second": 2.0, "target_met": False}
+    decoded = {
+        "target_fraction_of_json_floor": 0.5,
+        "sizes": {"1": {"cases": {"ours 18": case, "floor 18": {"events_per_second": 8.0}}}},
+    }
+    (figure,) = decode_figures(decoded)
+    assert figure == Figure(
+        "decode 1 ev/msg: receive_message + events",
+        2.0, "events/s", "JSON floor", 8.0, ">= 0.5x JSON floor", False,
+    )  # fmt: skip
+    assert figure.ratio == 0.25
