@@ -159,7 +159,7 @@ class MarketConfig:
         history_start_ms: No trades before this time (rounded down to 00:00 UTC); None means
             the market has always traded.
         cache_size: How many splits (a node's children) to keep; a split of 60 children is
-            about 20 KB.
+            a 60 x 9 int64 array, about 4 KB.
     """
 
     seed: int = 1
