@@ -68,8 +68,10 @@ _UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": WEEK
 
 # Entries kept in the small caches (week bars, corrections) before they start over.
 _MAX_SMALL_CACHE = 50_000
-# Weeks drawn together (and cached together) when week bars are needed.
+# Weeks drawn together (and cached together) when week bars are needed, and how many such
+# blocks (4.6 KB each) to keep before the cache starts over.
 _WEEK_BLOCK = 64
+_MAX_WEEK_BLOCKS = 4096
 # Candles drawn in the first step when walking back through a history, and at most per step.
 _CHUNK_CANDLES = 512
 _MAX_CHUNK_CANDLES = 8192
@@ -509,7 +511,7 @@ class Market:
             drawn = self._draw_weeks(
                 symbol, missing[0] * _WEEK_BLOCK, (missing[-1] + 1 - missing[0]) * _WEEK_BLOCK
             )
-            if len(cache) + len(missing) > _MAX_SMALL_CACHE:
+            if len(cache) + len(missing) > _MAX_WEEK_BLOCKS:
                 cache.clear()
             for block in missing:
                 start = (block - missing[0]) * _WEEK_BLOCK
