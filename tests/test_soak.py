@@ -202,7 +202,7 @@ def _check(result: SoakResult, *, warmup: int, rss_slack_mib: float, latency_sla
     text = result.curve()
     print("\n" + text)  # the curve, for the report (pytest -s)
     steady = result.samples[warmup:]
-    assert len(steady) >= 12, text
+    assert len(steady) >= 10, text
     assert result.problems == [], result.problems
     assert result.flush_failures == 0 and result.busy_failures == 0
     for report in result.reader_reports:
@@ -221,14 +221,14 @@ def _check(result: SoakResult, *, warmup: int, rss_slack_mib: float, latency_sla
 
 
 @pytest.mark.timeout(120)
-async def test_six_simulated_hours_stay_flat(tmp_path: Path) -> None:
-    """Six simulated hours, a drop every 2 h, readers: flat RSS, latency, fds, tasks, threads."""
+async def test_simulated_hours_stay_flat(tmp_path: Path) -> None:
+    """~5 simulated hours, a drop every 2 h, readers: flat RSS, latency, fds, tasks, threads."""
     started = time.monotonic()
     result = await run_soak(
-        tmp_path, days=0.25, step_minutes=20, symbols=("AAPL", "SPY"), fault_every=6,
+        tmp_path, days=0.2, step_minutes=20, symbols=("AAPL", "SPY"), fault_every=6,
         max_historical_candles=60,
     )  # fmt: skip
-    _check(result, warmup=5, rss_slack_mib=24, latency_slack=0.25)
+    _check(result, warmup=4, rss_slack_mib=24, latency_slack=0.25)
     print(f"elapsed {time.monotonic() - started:.1f}s, cli runs {result.cli.runs}")
 
 
