@@ -129,6 +129,8 @@ class IngestService:
         self.metrics = MetricsServer.for_service(self)
         """Prometheus ``/metrics`` and ``/health`` (``metrics.enabled``)."""
         self._flush_lock = asyncio.Lock()
+        self._flushed = asyncio.Event()
+        """Set by every successful flush: a consumer waiting out a failed one retries then."""
         self._stop = asyncio.Event()
         self._scheduler: AsyncIOScheduler | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -322,7 +324,14 @@ class IngestService:
                 logger.warning("! %s; flushing before taking more data", exc)
                 report = await self.flush("backpressure")
                 if report.error is not None:
-                    await asyncio.sleep(min(5.0, self.config.schedule.flush_interval))
+                    # Retry as soon as another flush (scheduled or manual) got through, so a
+                    # store that recovered does not keep the socket reader waiting; else
+                    # after a pause.
+                    self._flushed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._flushed.wait(), min(5.0, self.config.schedule.flush_interval)
+                        )
 
     async def _scheduled_flush(self) -> None:
         await self.flush("schedule")
@@ -348,6 +357,7 @@ class IngestService:
                 logger.error("! flush (%s) failed, candles kept for retry: %s", reason, exc)
                 return report
             self.manager.commit(batch)
+            self._flushed.set()
             report.seconds = time.perf_counter() - started
             report.written = batch.frame.height
             report.deleted = batch.deletions.height

@@ -6,13 +6,26 @@ A failure prints the seed and the fault timeline; ``ChaosRun(seed, tmp_path)`` r
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pipeline.service import IngestService
+from pipeline.simulator import Simulator, SimulatorClock
+from pipeline.tastytrade import SimulatorTokenSource
 from tests.chaos.process import KillRun
-from tests.chaos.runner import FAULT_KINDS, ChaosReport, ChaosRun, PlannedFault, plan_faults
+from tests.chaos.runner import (
+    FAULT_KINDS,
+    ChaosReport,
+    ChaosRun,
+    FaultyStore,
+    PlannedFault,
+    plan_faults,
+)
+from tests.service_harness import START_MS, TOKEN, eventually, series_keys, service_config
 
 SOAK_SEEDS = int(os.environ.get("CHAOS_SOAK_SEEDS", "24"))
 
@@ -80,6 +93,45 @@ async def test_chaos_short(tmp_path: Path, seed: int, kinds: tuple[str, ...]) ->
         assert report.services_started >= 2, "close 1009 must have restarted the service"
     if "disk_full" in kinds:
         assert report.flush_failures > 0, "the full disk never failed a flush"
+
+
+@pytest.mark.timeout(60)
+async def test_a_consumer_held_by_a_full_disk_resumes_when_a_flush_succeeds(
+    tmp_path: Path,
+) -> None:
+    """After a failed back-pressure flush the consumer retries once any flush got through,
+    not only after its 5 s pause (found by chaos: a recovered disk still stalled the feed)."""
+    tight: dict[str, Any] = {"manager.max_historical_candles": 40, "manager.max_unstored": 20}
+    config = service_config(tmp_path / "store", **tight)
+    store = FaultyStore(tmp_path / "store")
+    store.failures_left = 1_000_000
+    async with Simulator(token=TOKEN, seed=3, clock=SimulatorClock.manual(START_MS)) as sim:
+        service = IngestService(
+            config,
+            token_source=SimulatorTokenSource(sim.url, TOKEN),
+            source_clock_ms=lambda: sim.now_ms,
+            store=store,
+        )
+        runner = asyncio.create_task(service.run())
+        try:
+            await asyncio.wait_for(sim.wait_for_subscriptions(len(series_keys(config))), 30)
+            stats = service.stats
+            await eventually(
+                lambda: stats.backpressure_waits >= 1 and stats.flush_failures >= 1,
+                what="the consumer held back by a failed flush",
+            )
+            store.failures_left = 0
+            assert (await service.flush("disk recovered")).error is None
+            received = stats.candles_received
+            await sim.advance(60)
+            # Well inside the 5 s pause the consumer would otherwise sit out.
+            await eventually(
+                lambda: stats.candles_received > received, within=2.5, what="consumer resumed"
+            )
+        finally:
+            service.stop()
+            await asyncio.wait_for(runner, 30)
+            store.close()
 
 
 @pytest.mark.timeout(120)
