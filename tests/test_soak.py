@@ -131,9 +131,11 @@ async def run_soak(
     symbols: tuple[str, ...],
     fault_every: int,
     max_historical_candles: int,
+    compact_every: int = 12,
 ) -> SoakResult:
     """Ingest ``days`` simulated days in steps, dropping the connection every
-    ``fault_every`` steps, with two reader processes and a query CLI loop on the store."""
+    ``fault_every`` steps and compacting every ``compact_every`` (as the hourly job does in
+    production), with two reader processes and a query CLI loop on the store."""
     store_path = workdir / "store"
     config = service_config(
         store_path,
@@ -171,6 +173,8 @@ async def run_soak(
                     what=f"step {step} caught up",
                 )
                 report = await service.flush("soak")
+                if step % compact_every == compact_every - 1:
+                    await service.compact()
                 samples.append(_sample(step, end, report.seconds))
         finally:
             service.stop()
@@ -186,6 +190,8 @@ async def run_soak(
                 stored = stored_frame(store, key, FROM_MS, complete_end)
                 problems += [f"{key}: {d}" for d in differences(truth, stored)[:5]]
     busy = service.store.stats.busy_failures
+    if service.stats.compaction_failures:
+        problems.append(f"{service.stats.compaction_failures} compactions failed")
     return SoakResult(samples, problems, service.stats.flush_failures, busy, reports, cli)
 
 
@@ -226,7 +232,7 @@ async def test_simulated_hours_stay_flat(tmp_path: Path) -> None:
     started = time.monotonic()
     result = await run_soak(
         tmp_path, days=0.2, step_minutes=20, symbols=("AAPL", "SPY"), fault_every=6,
-        max_historical_candles=60,
+        max_historical_candles=60, compact_every=5,
     )  # fmt: skip
     _check(result, warmup=4, rss_slack_mib=24, latency_slack=0.25)
     print(f"elapsed {time.monotonic() - started:.1f}s, cli runs {result.cli.runs}")
