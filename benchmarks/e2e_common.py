@@ -57,6 +57,10 @@ START_MS = int(datetime(2026, 11, 3, 15, 0, tzinfo=UTC).timestamp() * 1000)
 """Where every benchmark's simulated clock starts (a Tuesday, on a minute boundary)."""
 TOKEN = "bench-token"
 MINUTE_MS = 60_000
+KEEPALIVE_EVERY = 15.0
+"""Seconds between the raw receiver's KEEPALIVEs (the simulator's timeout is 60 s)."""
+SUBSCRIBE_CHUNK = 250
+"""Subscription items per FEED_SUBSCRIPTION of the raw receiver (~60 bytes each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,14 +394,19 @@ async def raw_receive(
         )
         await exchange(lambda seen: any(isinstance(e, FeedConfigured) for e in seen))
         add = [SubscriptionItem("Candle", s, from_ms) for s in series]
-        proto.subscribe(channel, add=add)
+        for first in range(0, len(add), SUBSCRIBE_CHUNK):  # §8: frames stay under 64 KiB
+            proto.subscribe(channel, add=add[first : first + SUBSCRIBE_CHUNK])
         frames: list[str | bytes] = []
         subscribed_at = time.perf_counter()
         for text in proto.messages_to_send():
             await ws.send(text)
         last = subscribed_at
         ends = float("inf") if duration is None else subscribed_at + duration
+        keepalive_due = subscribed_at + KEEPALIVE_EVERY
         while last < ends:
+            if last >= keepalive_due:  # §2.6: or the server times a long-lived receiver out
+                await ws.send('{"type":"KEEPALIVE","channel":0}')
+                keepalive_due = last + KEEPALIVE_EVERY
             try:
                 frame = await asyncio.wait_for(ws.recv(), idle)
             except TimeoutError:
