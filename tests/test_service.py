@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.service import IngestService
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
 from tests.service_harness import (
@@ -45,6 +46,26 @@ async def _store_matches_truth(
             return problems
 
     return await asyncio.to_thread(compare)
+
+
+async def _finish_and_compare(
+    sim: Simulator,
+    service: IngestService,
+    runner: asyncio.Task[None],
+    store_path: Path,
+    from_ms: int,
+) -> list[str]:
+    """Wait until the service has everything up to the simulator's now, flush, stop, and
+    compare the store with the truth over every 5-minute-complete period since ``from_ms``."""
+    end = sim.now_ms
+    await eventually(lambda: service.stats.stream_time_ms >= end - MINUTE, what="caught up")
+    await eventually(lambda: service.manager.stats().buffered_events == 0, what="snapshots applied")
+    await service.flush("test")
+    service.stop()
+    await runner
+    complete_end = end - 5 * MINUTE - end % (5 * MINUTE)
+    keys = [s.normalized for s in service.series]
+    return await _store_matches_truth(sim, store_path, keys, from_ms, complete_end)
 
 
 async def test_backfill_and_live_candles_are_stored(tmp_path: Path) -> None:
@@ -91,18 +112,7 @@ async def test_disconnects_leave_no_gap(tmp_path: Path) -> None:
                 # The outage lasts while simulated time moves on: data the client misses.
                 await sim.advance(rng.choice([60, 120, 300]))
                 await sim.wait_for_subscriptions(len(series_keys(config)))
-        end = sim.now_ms
-        complete_end = end - 5 * MINUTE - end % (5 * MINUTE)
-        await eventually(lambda: service.stats.stream_time_ms >= end - MINUTE, what="caught up")
-        await eventually(
-            lambda: service.manager.stats().buffered_events == 0, what="snapshots applied"
-        )
-        await service.flush("test")
-        service.stop()
-        await runner
-        problems = await _store_matches_truth(
-            sim, store_path, series_keys(config), from_ms, complete_end
-        )
+        problems = await _finish_and_compare(sim, service, runner, store_path, from_ms)
         connects = sim.connect_count
     assert problems == []
     assert connects >= 5
@@ -129,18 +139,7 @@ async def test_restart_resumes_from_the_store(tmp_path: Path) -> None:
         await sim.wait_for_subscriptions(len(series_keys(config)))
         resumed_from = sim.subscriptions()
         await sim.advance(60)
-        end = sim.now_ms
-        await eventually(lambda: second.stats.stream_time_ms >= end - MINUTE, what="caught up")
-        await eventually(
-            lambda: second.manager.stats().buffered_events == 0, what="snapshots applied"
-        )
-        await second.flush("test")
-        second.stop()
-        await runner
-        complete_end = end - 5 * MINUTE - end % (5 * MINUTE)
-        problems = await _store_matches_truth(
-            sim, store_path, series_keys(config), from_ms, complete_end
-        )
+        problems = await _finish_and_compare(sim, second, runner, store_path, from_ms)
     assert problems == []
     assert stored_before > 0
     # The restart resumed near the end of what was stored, not from the original fromTime.
@@ -172,16 +171,5 @@ async def test_other_faults_recover(tmp_path: Path, fault: str) -> None:
             await sim.advance(120)
         await sim.wait_for_subscriptions(len(series_keys(config)))
         await sim.advance(60)
-        end = sim.now_ms
-        await eventually(lambda: service.stats.stream_time_ms >= end - MINUTE, what="caught up")
-        await eventually(
-            lambda: service.manager.stats().buffered_events == 0, what="snapshots applied"
-        )
-        await service.flush("test")
-        service.stop()
-        await runner
-        complete_end = end - 5 * MINUTE - end % (5 * MINUTE)
-        problems = await _store_matches_truth(
-            sim, store_path, series_keys(config), from_ms, complete_end
-        )
+        problems = await _finish_and_compare(sim, service, runner, store_path, from_ms)
     assert problems == []
