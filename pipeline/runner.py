@@ -43,10 +43,11 @@ def run_ingest(config: Config, *, duration: float | None = None, interactive: bo
         stream=sys.stderr,
     )
     # Library chatter (every scheduled run, every socket open/close) drowns our own lines.
-    for noisy in ("apscheduler", "websockets"):
-        logging.getLogger(noisy).setLevel(
-            max(logging.WARNING, logging.getLevelName(config.logging.level))
-        )
+    level = logging.getLevelName(config.logging.level)
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, level))
+    # APScheduler warns on every run skipped while a slow flush is still going: that skip is
+    # the intended max_instances=1 behaviour, and our own flush log says what happened.
+    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, level))
     try:
         asyncio.run(_main(config, duration, interactive))
     except (DXLinkError, ConnectionError, StoreError, OSError) as exc:
