@@ -36,6 +36,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pipeline.candles import BackpressureError, Batch, CandleDataManager
 from pipeline.config import Config
 from pipeline.dxlink.client import DXLinkManager
+from pipeline.dxlink.errors import ConfigurationError
 from pipeline.dxlink.events import Candle
 from pipeline.dxlink.symbols import CandleSymbol
 from pipeline.metrics import MetricsServer
@@ -114,13 +115,20 @@ class IngestService:
             config.subscriptions.candle_symbols()
         )
         """Every series this service captures: the configured ones its shard owns."""
+        if len(self.series) > config.manager.max_series:
+            raise ConfigurationError(
+                f"{len(self.series)} series are configured (symbols x intervals) but "
+                f"manager.max_series is {config.manager.max_series}; raise it or shard ingest"
+            )
         self._periods = {s.normalized: s for s in self.series}
         self._token_source = token_source
         self._source_clock_ms = source_clock_ms
         self._own_store = store is None
         self._store = store
         self.manager = CandleDataManager(
-            max_series=max(config.manager.max_series, len(self.series)),
+            # The service knows exactly which series it captures; bounding the manager to
+            # them keeps its memory bound (and the figure reported for it) meaningful.
+            max_series=max(1, len(self.series)),
             max_historical_candles=config.manager.max_historical_candles,
             max_pinned_candles=config.manager.max_unstored,
             grace_ms=int(config.manager.grace_seconds * 1000),

@@ -356,13 +356,17 @@ class DXLinkManager:
         subscriptions = self._registry.counts()
         subscriptions["pending_items"] = len(self._pacer)
         subscriptions["subscribe_rate"] = self._pacer.bucket.rate
-        return snapshot(
+        metrics = snapshot(
             self._connection_metrics,
             self._channel_metrics,
             self._delivery,
             subscriptions,
             loop_now,
         )
+        depths = {"candles": self._candle_queue.qsize(), "events": self._event_queue.qsize()}
+        for role, channel in metrics["channels"].items():
+            channel["queue_depth"] = depths.get(role)
+        return metrics
 
     # ------------------------------------------------------------------ lifecycle
 
