@@ -89,9 +89,8 @@ class IngestService:
 
     Args:
         config: The validated configuration.
-        token_source: Where DXLink URLs and tokens come from. ``None`` builds it from the
-            config; with ``source.kind = "simulator"`` the caller must then pass
-            ``simulator_clock`` and the simulator's token source (see :func:`run_ingest`).
+        token_source: Where DXLink URLs and tokens come from (:func:`token_source_for`
+            builds the one the config asks for; ``pipeline.runner`` starts the simulator).
         source_clock_ms: The source's current time in ms: the wall clock for tastytrade, the
             simulator's clock for an in-process simulator. ``None`` (a simulator in another
             process, whose clock we cannot read) uses the stream's own time alone: the newest
