@@ -1,0 +1,289 @@
+"""The DuckLake lake: extensions, catalog location, attaching it, and the reader's door.
+
+Layout under one folder (default ``data/``)::
+
+    data/catalog.sqlite      DuckLake catalog (SQLite, WAL journal)
+    data/data/main/candles/  Parquet files written by DuckLake
+
+The catalog runs in SQLite's WAL journal mode: with the default rollback journal a reader that
+holds the catalog open blocks the writer's commit for SQLite's busy timeout and then fails it
+("database is locked"); in WAL mode readers and the writer never wait on each other.
+
+Extensions load offline from the PyPI packages ``duckdb-extension-ducklake``,
+``duckdb-extension-sqlite-scanner`` and ``duckdb-extension-postgres-scanner`` (DESIGN.md
+"Store"); auto-install and auto-load are switched off so nothing is ever downloaded.
+
+Every connection caches Parquet footers (``parquet_metadata_cache``): DuckLake never changes a
+data file after writing it (new data gets a new file name), so a cached footer cannot go
+stale, and a per-series read then skips re-parsing the footer of a large compacted file on
+every query (a third of "last 1,000 candles" on a 500 MB file, benchmarks/bench_store).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import sqlite3
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+
+__all__ = [
+    "CATALOG_FILE",
+    "DATA_DIR",
+    "LAKE",
+    "SQL_DIR",
+    "TABLE",
+    "VIEW_FILES",
+    "CatalogSpec",
+    "StoreError",
+    "connect",
+    "create_views",
+    "has_candles_table",
+    "open_lake",
+    "parse_catalog",
+    "quote",
+    "redact",
+]
+
+logger = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.sqlite"
+"""Default SQLite catalog file name inside the store folder."""
+DATA_DIR = "data"
+"""Parquet data folder inside the store folder (DuckLake's DATA_PATH)."""
+LAKE = "lake"
+"""The name the lake is attached under; reader connections ``USE`` it (``FROM candles``)."""
+TABLE = f"{LAKE}.main.candles"
+"""The candles table, qualified: the writer's connection stays on its in-memory database,
+where registering a frame costs ~1 ms instead of ~45 ms with the lake as default."""
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+"""Where ``schema.sql`` and the view files live."""
+VIEW_FILES = ("latest.sql", "gaps.sql", "resample.sql")
+"""The reader's views and macros, created on every :func:`connect`."""
+
+_DUCKDB_VERSION = "v" + duckdb.__version__
+_EXTENSIONS = {
+    "ducklake": ("duckdb_extension_ducklake", "ducklake"),
+    "sqlite": ("duckdb_extension_sqlite_scanner", "sqlite_scanner"),
+    "postgres": ("duckdb_extension_postgres_scanner", "postgres_scanner"),
+    # Only for a data path on object storage (s3://, gs://, https://): docs/scaling.md.
+    "httpfs": ("duckdb_extension_httpfs", "httpfs"),
+}
+_SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the message says what and why."""
+
+
+@dataclass(frozen=True)
+class CatalogSpec:
+    """Where the DuckLake catalog lives: a SQLite file or a PostgreSQL database."""
+
+    kind: Literal["sqlite", "postgres"]
+    target: str = field(repr=False)
+    """The SQLite path, or the libpq connection string (may hold a password: never shown)."""
+
+    def __repr__(self) -> str:
+        return f"CatalogSpec(kind={self.kind!r}, target={redact(self.target)!r})"
+
+    @property
+    def attach_target(self) -> str:
+        """The ``ducklake:`` URI body for ATTACH."""
+        return f"{self.kind}:{self.target}"
+
+
+def parse_catalog(catalog: str | None, root: Path) -> CatalogSpec:
+    """Turn a catalog URL into a :class:`CatalogSpec`.
+
+    Args:
+        catalog: ``None`` for ``<root>/catalog.sqlite``, ``sqlite:<path>``, or
+            ``postgres:<libpq string>`` (e.g. ``postgres:dbname=lake host=db``).
+        root: The store folder, used for the default.
+
+    Raises:
+        ValueError: The URL has another scheme or no target.
+    """
+    if catalog is None:
+        return CatalogSpec("sqlite", str(root / CATALOG_FILE))
+    scheme, _, target = catalog.partition(":")
+    if scheme in ("sqlite", "postgres") and target.strip():
+        return CatalogSpec("sqlite" if scheme == "sqlite" else "postgres", target.strip())
+    raise ValueError(
+        f"catalog {redact(catalog)!r} is not understood: use 'sqlite:<path to catalog file>' "
+        "or 'postgres:<libpq connection string>' (e.g. 'postgres:dbname=lake host=localhost')"
+    )
+
+
+def connect(
+    path: str | Path = "data",
+    *,
+    catalog: str | None = None,
+    data_path: str | Path | None = None,
+    read_only: bool = True,
+    verify_extensions: bool = True,
+) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB connection with the lake attached and the views created.
+
+    This is the reader's door (``candles query``, notebooks): it takes no lock that could
+    block the ingest writer, and each query sees the latest committed snapshot. The
+    connection ``USE``s the lake, so ``SELECT * FROM candles`` works, and it has the
+    temporary views ``latest_candles`` and ``candle_gaps`` and the table macro ``resample``.
+
+    Args:
+        path: The store folder.
+        catalog: See :func:`parse_catalog`.
+        data_path: See :class:`pipeline.store.CandleStore`.
+        read_only: Attach read-only (the default for readers).
+        verify_extensions: See :class:`pipeline.store.CandleStore`.
+
+    Raises:
+        StoreError: There is no lake at ``path`` yet, or the extensions cannot load.
+    """
+    root = Path(path)
+    spec = parse_catalog(catalog, root)
+    if read_only and spec.kind == "sqlite" and not Path(spec.target).exists():
+        raise StoreError(
+            f"no candle store at {root}: {spec.target} does not exist; run ingest first "
+            "or pass the folder that holds catalog.sqlite"
+        )
+    con = open_lake(root, spec, data_path, read_only=read_only, verify_extensions=verify_extensions)
+    try:
+        if not has_candles_table(con):
+            raise StoreError(f"the lake at {root} has no candles table yet; run ingest first")
+        con.execute(f"USE {LAKE}")
+        create_views(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def open_lake(
+    root: Path,
+    spec: CatalogSpec,
+    data_path: str | Path | None,
+    *,
+    read_only: bool,
+    verify_extensions: bool,
+) -> duckdb.DuckDBPyConnection:
+    """A connection with the extensions loaded, the lake attached and UTC times.
+
+    Args:
+        root: The store folder (the default data path is ``<root>/data``).
+        spec: Where the catalog lives.
+        data_path: A folder or object-storage URL for the Parquet files, or ``None``.
+        read_only: Attach read-only.
+        verify_extensions: Check the extension binaries' signatures.
+
+    Raises:
+        StoreError: The extensions or the lake cannot be opened (passwords redacted).
+    """
+    con = duckdb.connect(
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_unsigned_extensions": not verify_extensions,
+        }
+    )
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET parquet_metadata_cache = true")  # see the module docstring
+        # DuckDB refuses any progress-bar setting inside Jupyter without ipywidgets
+        # (duckdb#7590); the bar is off there anyway, so that refusal is harmless.
+        with suppress(duckdb.InvalidInputException):
+            con.execute("SET enable_progress_bar = false")
+        _load_extension(con, "ducklake")
+        _load_extension(con, spec.kind)
+        if spec.kind == "sqlite":
+            _prepare_sqlite_catalog(Path(spec.target), read_only=read_only)
+        if _is_url(data_path):
+            _load_extension(con, "httpfs")
+            data = str(data_path)
+        elif data_path is not None:
+            data = str(Path(data_path).resolve())
+        else:
+            data = str(root.resolve() / DATA_DIR)
+        options = f"DATA_PATH {quote(data.rstrip('/') + '/')}"
+        if spec.kind == "sqlite":
+            # The folder is self-contained: a copied or moved store keeps working.
+            options += ", OVERRIDE_DATA_PATH true"
+        if read_only:
+            options += ", READ_ONLY"
+        con.execute(f"ATTACH {quote('ducklake:' + spec.attach_target)} AS {LAKE} ({options})")
+    except duckdb.Error as exc:
+        con.close()
+        raise StoreError(f"cannot open the lake at {root}: {redact(str(exc))}") from exc
+    return con
+
+
+def has_candles_table(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the attached lake has the candles table yet."""
+    # Probing the table is ~100x faster than listing duckdb_tables(), which scans the catalog.
+    try:
+        con.execute(f"SELECT 1 FROM {TABLE} LIMIT 0")
+    except duckdb.CatalogException:
+        return False
+    return True
+
+
+def create_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the reader's temporary views and macros (the connection ``USE``s the lake)."""
+    for name in VIEW_FILES:
+        con.execute((SQL_DIR / name).read_text(encoding="utf-8"))
+
+
+def quote(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def redact(text: str) -> str:
+    """Hide passwords of libpq strings in messages (secrets never reach logs)."""
+    return _SECRET.sub(r"\1***", text)
+
+
+def _is_url(data_path: str | Path | None) -> bool:
+    """An object-storage location such as ``s3://bucket/lake/`` rather than a folder."""
+    return isinstance(data_path, str) and "://" in data_path
+
+
+def _load_extension(con: duckdb.DuckDBPyConnection, kind: str) -> None:
+    package, name = _EXTENSIONS[kind]
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise StoreError(
+            f"the DuckDB extension package {package!r} is not installed; "
+            f"install {package.replace('_', '-')}=={duckdb.__version__}"
+        ) from exc
+    assert module.__file__ is not None
+    path = (
+        Path(module.__file__).parent / "extensions" / _DUCKDB_VERSION / f"{name}.duckdb_extension"
+    )
+    if not path.is_file():
+        raise StoreError(
+            f"{path} is missing: {package} must be the build for duckdb {duckdb.__version__}"
+        )
+    con.execute(f"LOAD {quote(str(path))}")
+
+
+def _prepare_sqlite_catalog(path: Path, *, read_only: bool) -> None:
+    """Create the catalog file if needed and put it in WAL mode (see the module docstring)."""
+    if read_only:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        mode = db.execute("PRAGMA journal_mode").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                # Another process holds the catalog; it stays in its current mode.
+                logger.warning("! could not switch %s to WAL: %s", path, exc)
+    db.close()
