@@ -207,8 +207,6 @@ class _Connection:
     ready_at: float | None = None
     waiting_for: str = "SETUP"
     step_deadline: float = 0.0
-    last_received: float = 0.0
-    blocked: bool = False
 
 
 class DXLinkManager:
@@ -591,7 +589,6 @@ class DXLinkManager:
             now = self._now()
             url = _loggable(quote.dxlink_url)
             conn = _Connection(ws, protocol, url, step_deadline=now + self._handshake_timeout)
-            conn.last_received = now
             self._conn = conn
             protocol.start(now)
             await self._flush(conn)
@@ -609,8 +606,7 @@ class DXLinkManager:
         ws, protocol = conn.ws, conn.protocol
         while True:
             frame = await ws.recv(decode=False)  # orjson reads bytes; skip a UTF-8 decode
-            conn.last_received = now = self._now()
-            protocol.receive_message(frame, now)
+            protocol.receive_message(frame, self._now())
             await self._handle(conn, protocol.events_received())
             await self._flush(conn)
 
@@ -624,10 +620,6 @@ class DXLinkManager:
                 deadlines.append(conn.step_deadline)
             else:
                 deadlines.append(self._pacer.next_ready(now, conn.configured))
-            if conn.blocked and now >= conn.last_received + protocol.dead_peer_timeout:
-                # Not reading (a slow consumer): the server's silence cannot be measured, so
-                # no timer may declare it dead; wait for the reader to resume.
-                deadlines = [None]
             due = min((d for d in deadlines if d is not None and d < math.inf), default=None)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(due):
@@ -638,9 +630,10 @@ class DXLinkManager:
                 raise HandshakeTimeout(
                     f"no {conn.waiting_for} within {self._handshake_timeout:g} s"
                 )
-            if not conn.blocked or now < conn.last_received + protocol.dead_peer_timeout:
-                protocol.handle_timer(now)
-                await self._handle(conn, protocol.events_received())  # may raise PeerTimeout
+            # Keepalives go out even while the reader is paused; the protocol then holds
+            # back its dead-peer judgement (pause_reading, §2.6).
+            protocol.handle_timer(now)
+            await self._handle(conn, protocol.events_received())  # may raise PeerTimeout
             if conn.ready_at is not None:
                 self._send_batches(conn, self._pacer.ready(now, conn.configured))
             await self._flush(conn)
@@ -719,7 +712,8 @@ class DXLinkManager:
         points: Mapping[str, int | None] = {}
         if self._resume_points is not None and self._connections and keys:
             conn.waiting_for, conn.step_deadline = "resume points", math.inf  # own limit
-            points = await self._ask_resume_points(keys)
+            async with self._reading_paused(conn):
+                points = await self._ask_resume_points(keys)
         from_times = self._registry.resume_from(points)
         for role_ in _CONTRACTS:
             self._queue_all(role_, from_times)
@@ -817,20 +811,30 @@ class DXLinkManager:
         if queue.full():
             await self._flush(conn)  # replies the protocol queued must not wait on a consumer
             started = self._now()
-            conn.blocked = True
             self._delivery.blocked_count += 1
             self._notify(Backpressure(role))
             try:
-                await queue.put(item)
+                async with self._reading_paused(conn):
+                    await queue.put(item)
             finally:
-                conn.blocked = False
                 self._delivery.blocked_seconds += self._now() - started
-                self._wakeup.set()  # the ticker may have paused its timers for us
         else:
             queue.put_nowait(item)
         self._delivery.batches += 1
         metrics = self._channel_metrics[role]
         metrics.queue_high_water_mark = max(metrics.queue_high_water_mark, queue.qsize())
+
+    @contextlib.asynccontextmanager
+    async def _reading_paused(self, conn: _Connection) -> AsyncIterator[None]:
+        """The reader stops reading for a while: tell the protocol, so only its dead-peer
+        timer pauses while keepalives keep going out (§2.6), and re-arm the ticker."""
+        conn.protocol.pause_reading(self._now())
+        self._wakeup.set()
+        try:
+            yield
+        finally:
+            conn.protocol.resume_reading(self._now())
+            self._wakeup.set()
 
     def _notify(self, event: LifecycleEvent) -> None:
         if self._on_event is None:

@@ -183,6 +183,9 @@ class ProtocolCore(ABC):
         self._started = False
         self._last_sent = 0.0
         self._last_received = 0.0
+        # When the driver stopped reading (pause_reading), else None. While paused the
+        # peer's silence is not measured: the dead-peer clock counts reading time only.
+        self._paused_since: float | None = None
 
     # -- state ---------------------------------------------------------------------------
 
@@ -305,20 +308,53 @@ class ProtocolCore(ABC):
     def dead_peer_timeout(self) -> float:
         """Silence after which the peer counts as dead (each role has its rule, §2.6)."""
 
+    @property
+    def reading_paused(self) -> bool:
+        """Whether the driver said it stopped reading (``pause_reading``)."""
+        return self._paused_since is not None
+
+    def pause_reading(self, now: float) -> None:
+        """The driver stops reading frames (a slow consumer's back-pressure). Idempotent.
+
+        Keepalives keep going out on time, but the dead-peer timer stops: frames the peer
+        sends now wait unread in the transport, so its silence cannot be judged (§2.6).
+        """
+        if self._paused_since is None:
+            self._paused_since = self._tick(now)
+
+    def resume_reading(self, now: float) -> None:
+        """The driver reads frames again. Idempotent.
+
+        The paused span is left out of the peer's silence, so the peer counts as dead only
+        after ``dead_peer_timeout`` seconds *of reading* without a frame (§2.6).
+        """
+        if self._paused_since is None:
+            return
+        now = self._tick(now)
+        # A frame the driver still fed us while paused means no silence at all (never later
+        # than now).
+        self._last_received = min(now, self._last_received + (now - self._paused_since))
+        self._paused_since = None
+
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must run next, or ``None`` when no timer is armed."""
         if not self._started or self._state is CLOSED:
             return None
-        return min(
-            self._last_sent + self.keepalive_interval, self._last_received + self.dead_peer_timeout
-        )
+        keepalive_due = self._last_sent + self.keepalive_interval
+        if self._paused_since is not None:
+            return keepalive_due  # no dead-peer deadline while not reading
+        return min(keepalive_due, self._last_received + self.dead_peer_timeout)
 
     def handle_timer(self, now: float) -> None:
-        """Fire whatever is due at ``now``: a KEEPALIVE, or ``PeerTimedOut`` (§2.6)."""
+        """Fire whatever is due at ``now``: a KEEPALIVE, or ``PeerTimedOut`` (§2.6).
+
+        The KEEPALIVE never depends on receiving; ``PeerTimedOut`` needs
+        ``dead_peer_timeout`` seconds of silence counted while reading.
+        """
         self._tick(now)
         if not self._started or self._state is CLOSED:
             return
-        silence = now - self._last_received
+        silence = self.peer_silence(now)
         if silence >= self.dead_peer_timeout:
             self.logger.warning("! no message from the peer for %.1f s; giving up", silence)
             self._send(
@@ -329,6 +365,15 @@ class ProtocolCore(ABC):
             self._set_state(CLOSED)
             return
         self._keepalive_if_due(now)
+
+    def peer_silence(self, now: float) -> float:
+        """Seconds of reading without a frame from the peer, as of ``now`` (§2.6).
+
+        Time while reading was paused does not count; during a pause the figure is the
+        silence measured up to the pause.
+        """
+        until = now if self._paused_since is None else self._paused_since
+        return max(0.0, until - self._last_received)
 
     def _keepalive_if_due(self, now: float) -> None:
         due = now - self._last_sent >= self.keepalive_interval

@@ -39,6 +39,7 @@ from pipeline.dxlink.protocol import (
     ClientSetup,
     FeedSetupRequested,
     KeepaliveReceived,
+    PeerTimedOut,
     ProtocolEvent,
     ServerProtocol,
     SubscriptionRequested,
@@ -62,6 +63,8 @@ class Session:
     arrivals: list[float] = field(default_factory=list)
     """The server's loop time at each frame received."""
     channels: dict[str, int] = field(default_factory=dict)  # contract -> channel
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while frames go out, so the reader's and the timer's frames keep their order."""
 
 
 class ScriptedServer:
@@ -71,6 +74,11 @@ class ScriptedServer:
         self.tokens = {TOKEN}
         """Tokens AUTH accepts."""
         self.keepalive_timeout = 60.0
+        self.run_timers = False
+        """When True: each session runs the protocol's timer like the simulator (KEEPALIVEs,
+        and a close for a client silent longer than its keepaliveTimeout, §2.6)."""
+        self.silent = False
+        """When True: frames are dropped instead of sent (a server gone quiet, socket open)."""
         self.reply_setup = True
         self.hold_auth_state: asyncio.Event | None = None
         """When set: the initial AUTH_STATE waits for this event."""
@@ -105,6 +113,8 @@ class ScriptedServer:
         session = Session(protocol, ws)
         self.sessions.append(session)
         protocol.start(loop.time())
+        if self.run_timers:
+            self._tasks.add(asyncio.create_task(self.time(session)))
         with contextlib.suppress(ConnectionClosed):  # clients may vanish without a close
             async for frame in ws:
                 session.arrivals.append(loop.time())
@@ -112,8 +122,30 @@ class ScriptedServer:
                 for event in protocol.events_received():
                     session.received.append(event)
                     await self.react(session, event)
-                for text in protocol.messages_to_send():
-                    await ws.send(text)
+                await self.flush(session)
+                async with self._changed:
+                    self._changed.notify_all()
+
+    async def flush(self, session: Session) -> None:
+        """Send what the session's protocol queued (or drop it while ``silent``)."""
+        async with session.send_lock:
+            for text in session.protocol.messages_to_send():
+                if not self.silent:
+                    await session.ws.send(text)
+
+    async def time(self, session: Session) -> None:
+        """The server's timer (as in the simulator): sleep to the protocol's deadline, fire it."""
+        loop = asyncio.get_running_loop()
+        protocol = session.protocol
+        with contextlib.suppress(ConnectionClosed):
+            while (deadline := protocol.next_deadline()) is not None:
+                await asyncio.sleep(max(0.0, deadline - loop.time()))  # a timer, not a sync
+                protocol.handle_timer(loop.time())
+                events = protocol.events_received()
+                session.received += events
+                await self.flush(session)
+                if any(isinstance(event, PeerTimedOut) for event in events):
+                    await session.ws.close(1011, "keepalive timeout")
                 async with self._changed:
                     self._changed.notify_all()
 
@@ -122,8 +154,7 @@ class ScriptedServer:
         assert self.hold_auth_state is not None
         await self.hold_auth_state.wait()
         session.protocol.send_auth_state(False)
-        for text in session.protocol.messages_to_send():
-            await session.ws.send(text)
+        await self.flush(session)
 
     async def react(self, session: Session, event: ProtocolEvent) -> None:
         protocol = session.protocol
