@@ -29,6 +29,9 @@ Driver contract (the I/O layer, e.g. ``client.py`` or the simulator, does exactl
   used, which can only make a KEEPALIVE come early, never late.
 * After ``PeerTimedOut`` the protocol has queued ERROR TIMEOUT and is CLOSED: flush, close
   the socket, reconnect with a new protocol object. ``close()`` marks a lost connection.
+* A driver that stops reading for a while (a slow consumer) brackets it with
+  ``pause_reading(now)`` / ``resume_reading(now)``: KEEPALIVEs keep going out, and the peer
+  counts as dead only on silence measured while reading (§2.6).
 
 Time is whatever monotonic seconds the driver passes in; this module imports no clock,
 asyncio or websockets. Logging prefixes: ``=`` state, ``<`` received, ``>`` sent,

@@ -446,7 +446,7 @@ class ProtocolCore(ABC):
                 f"internal error handling {message_type(message)}: {type(exc).__name__}"
             )
             violation.__cause__ = exc
-            self._emit(ViolationReceived(violation))
+            self._emit(ViolationReceived(violation, message_type(message)))
         self._keepalive_if_due(self._now)
 
     def _receive_fast(self, decoded: JsonObject) -> bool:
@@ -483,7 +483,7 @@ class ProtocolCore(ABC):
         return channel
 
     def _on_violation(self, message: Message, error: ProtocolViolation) -> None:
-        self._emit(ViolationReceived(error))
+        self._emit(ViolationReceived(error, message_type(message)))
 
     def _on_error(self, message: Error) -> None:
         self.logger.warning(

@@ -17,7 +17,7 @@ from typing import TypeAlias
 
 from pipeline.dxlink.errors import InvalidMessage, ProtocolViolation, ServerError
 from pipeline.dxlink.events import Candle
-from pipeline.dxlink.messages import DataFormat, JsonObject, SubscriptionItem
+from pipeline.dxlink.messages import DataFormat, JsonObject, MessageType, SubscriptionItem
 
 __all__ = [
     "AuthRejected",
@@ -125,9 +125,13 @@ class InvalidMessageReceived:
 
 @dataclass(frozen=True, slots=True)
 class ViolationReceived:
-    """A well-formed message that is not allowed in the current state."""
+    """A well-formed message that is not allowed in the current state.
+
+    ``message_type`` is the offending message's type, for counting and logging by type.
+    """
 
     error: ProtocolViolation
+    message_type: MessageType
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,7 +199,7 @@ class ServerProtocol(ProtocolCore):
             # Channel traffic before AUTHORIZED is refused the way the server does it (§2.7).
             channel = getattr(message, "channel", 0)
             self._send(Error(ErrorCode.UNAUTHORIZED, f"{kind} before AUTHORIZED", channel))
-        self._emit(ViolationReceived(error))
+        self._emit(ViolationReceived(error, kind))
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, Setup):

@@ -30,6 +30,7 @@ from pipeline.dxlink.messages import (
     DataFormat,
     ErrorCode,
     FeedConfig,
+    MessageType,
     SubscriptionItem,
 )
 from pipeline.dxlink.protocol import (
@@ -322,6 +323,7 @@ class TestClientChannels:
         client.receive_message(frame, 1)
         (event,) = client.events_received()
         assert isinstance(event, ViolationReceived) and reason in str(event.error)
+        assert event.message_type == reason.split()[0]  # the offending type, e.g. AUTH
         assert client.state is ConnState.AUTHORIZED
 
     def test_channel_message_before_authorized_names_state(self) -> None:
@@ -388,7 +390,9 @@ class TestClientChannels:
         client.events_received()
         client.receive_message(T4_CONFIG, 1)
         (event,) = client.events_received()
-        assert "internal error handling FEED_CONFIG: KeyError" in str(event.error)  # type: ignore[union-attr]
+        assert isinstance(event, ViolationReceived)
+        assert "internal error handling FEED_CONFIG: KeyError" in str(event.error)
+        assert event.message_type is MessageType.FEED_CONFIG
 
     def test_close_ignores_frames_and_refuses_actions(self) -> None:
         """After close() frames are ignored, timers stop and actions raise."""
@@ -739,6 +743,7 @@ class TestServer:
         events = server.events_received()
         assert isinstance(events[-1], ViolationReceived)
         assert "CHANNEL_REQUEST not allowed for server in AWAIT_AUTH" in str(events[-1].error)
+        assert events[-1].message_type is MessageType.CHANNEL_REQUEST
         assert sent(server) == [
             {
                 "type": "ERROR",
@@ -772,7 +777,9 @@ class TestServer:
         server.receive_message(VECTORS[5][1], 1)
         server.receive_message(VECTORS[5][1], 1)
         events = server.events_received()
-        assert "already REQUESTED" in str(events[-1].error)  # type: ignore[union-attr]
+        assert isinstance(events[-1], ViolationReceived)
+        assert "already REQUESTED" in str(events[-1].error)
+        assert events[-1].message_type is MessageType.CHANNEL_REQUEST  # for the simulator's log
 
     def test_lazy_event_fields_and_candles(self) -> None:
         """FEED_CONFIG first without eventFields, then with them before the first FEED_DATA."""
