@@ -39,15 +39,15 @@ from __future__ import annotations
 
 import bisect
 import logging
-import struct
+import operator
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import count as counter
-from typing import Any
 
+import numpy as np
 import polars as pl
 
 from pipeline.dxlink.events import (
@@ -61,6 +61,26 @@ from pipeline.dxlink.events import (
     time_of,
 )
 from pipeline.dxlink.symbols import CandleSymbol
+from pipeline.records import (
+    CANDLE_COLUMNS,
+    CANDLE_SCHEMA,
+    EXPOSED,
+    FLOAT_FIELDS,
+    HEAD,
+    KEY_COLUMNS,
+    RECORD,
+    VALUES,
+    VALUES_AT,
+    VALUES_SLICE,
+    as_array,
+    candle_frame,
+    expose,
+    find,
+    key_frame,
+    record_index,
+    split,
+    unchanged,
+)
 
 __all__ = [
     "BYTES_PER_CANDLE",
@@ -77,47 +97,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UTC_MS = pl.Datetime("ms", "UTC")
-CANDLE_SCHEMA: dict[str, pl.DataType] = {
-    "symbol": pl.String(),
-    "period": pl.String(),
-    "time": _UTC_MS,
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Float64(),
-    "vwap": pl.Float64(),
-    "count": pl.Int64(),
-    "bid_volume": pl.Float64(),
-    "ask_volume": pl.Float64(),
-    "imp_volatility": pl.Float64(),
-    "open_interest": pl.Float64(),
-    "revision": pl.Int64(),
-    "ingested_at": _UTC_MS,
-}
-"""The store's columns (docs/CONTRACTS.md) as polars types; frames between manager and store."""
-CANDLE_COLUMNS: tuple[str, ...] = tuple(CANDLE_SCHEMA)
-KEY_COLUMNS: tuple[str, ...] = ("symbol", "period", "time")
-_KEY_SCHEMA = {name: CANDLE_SCHEMA[name] for name in KEY_COLUMNS}
-_FLOAT_FIELDS = (
-    "open", "high", "low", "close", "volume", "vwap",
-    "bid_volume", "ask_volume", "imp_volatility", "open_interest",
-)  # fmt: skip
-
-# Record: index, revision, flags, then the values (count and the ten doubles). The values
-# are compared as bytes, which also treats NaN as equal to NaN.
-_RECORD = struct.Struct("<qqBq10d")
-_VALUES = struct.Struct("<q10d")
-_HEAD = struct.Struct("<qqB")
-_INDEX = struct.Struct("<q")
-_VALUES_AT = _HEAD.size
-_EXPOSED = 0x01  # handed out or loaded from the store: changes bump revision, removal deletes
-BYTES_PER_CANDLE = sys.getsizeof(bytes(_RECORD.size)) + 8
+BYTES_PER_CANDLE = sys.getsizeof(bytes(RECORD.size)) + 8
 """Estimated memory of one held candle: the record plus its deque slot."""
 _BYTES_PER_ENTRY = 64  # one set/dict entry (dirty and deletion bookkeeping), rounded up
 _BYTES_PER_EVENT = sys.getsizeof(Candle("", 0)) + 11 * 24  # a buffered event and its numbers
 _MAX_OUTSTANDING = 16  # batches remembered for commit; older ones are simply retried
+_MANY = 16  # "many" records of a series: one C-level pass over all of them beats a bisect each
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -217,26 +202,18 @@ class _Series:
 
 @dataclass(slots=True)
 class _Outstanding:
-    # (series, index) -> revision handed out; dropped when the candle leaves memory, so a
-    # later candle at the same index (re-added from revision 0) is never taken for it.
-    upserts: dict[tuple[str, int], int]
+    # series key -> {index: revision handed out}; an index is dropped when its candle leaves
+    # memory, so a later candle at that index (re-added from revision 0) is never taken for it.
+    upserts: dict[str, dict[int, int]]
     deletions: list[tuple[str, int, int]]
 
 
-def _index(record: bytes) -> int:
-    value: int = _INDEX.unpack_from(record)[0]
-    return value
+_values_of = operator.itemgetter(VALUES_SLICE)
+"""A Candle's ``count`` .. ``open_interest``: the values of its record, in record order."""
 
 
 def _event_index(event: Candle) -> int:
     return event.index or index_of(event.time, event.sequence)
-
-
-def _pack_values(event: Candle) -> bytes:
-    return _VALUES.pack(
-        event.count, event.open, event.high, event.low, event.close, event.volume, event.vwap,
-        event.bid_volume, event.ask_volume, event.imp_volatility, event.open_interest,
-    )  # fmt: skip
 
 
 class CandleDataManager:
@@ -302,11 +279,22 @@ class CandleDataManager:
             self._refusals += 1
             raise BackpressureError(self._pinned, self.max_pinned_candles)
         touched: dict[str, _Series] = {}
+        room = self.max_buffered_events - 1
+        symbol: str | None = None
+        series: _Series | None = None
         for event in candles:
-            series = self._series_for(event.symbol)
-            if series is not None:
-                self._on_event(series, event)
+            # A server sends a series' events in runs (a snapshot chunk is one series): look it
+            # up once per run. A refused series is asked again per event, which counts them.
+            if series is None or event.symbol != symbol:
+                symbol = event.symbol
+                series = self._series_for(symbol)
+                if series is None:
+                    continue
                 touched[series.symbol.normalized] = series
+            if series.snap_part and not event.flags and len(series.pending) < room:
+                series.pending.append(event)  # §6.3: the bulk of a snapshot, held back
+            else:
+                self._on_event(series, event)
         for series in touched.values():
             self._trim(series)
         self.advance(now_ms)
@@ -346,9 +334,9 @@ class CandleDataManager:
         if frame.height == 0:
             return 0
         rows = frame.select(
-            "symbol", "period", pl.col("time").dt.epoch("ms"), "revision", "count", *_FLOAT_FIELDS
+            "symbol", "period", pl.col("time").dt.epoch("ms"), "revision", "count", *FLOAT_FIELDS
         ).rows()
-        held = {_index(record) for record in entry.records}
+        held = {record_index(record) for record in entry.records}
         loaded: list[bytes] = []
         for row in rows:
             if row[0] != symbol.base or row[1] != symbol.period_label:
@@ -359,9 +347,9 @@ class CandleDataManager:
             index = index_of(row[2])
             if index not in held:
                 held.add(index)
-                values = _VALUES.pack(row[4], *row[5:])
-                loaded.append(_HEAD.pack(index, row[3], _EXPOSED) + values)
-        self._replace_records(entry, sorted([*entry.records, *loaded], key=_index))
+                values = VALUES.pack(row[4], *row[5:])
+                loaded.append(HEAD.pack(index, row[3], EXPOSED) + values)
+        self._replace_records(entry, sorted([*entry.records, *loaded], key=record_index))
         self._trim(entry)
         return len(loaded)
 
@@ -376,29 +364,25 @@ class CandleDataManager:
         Args:
             max_rows: Hand out at most this many candles (deletions always all go).
         """
-        picked: list[tuple[_Series, bytes]] = []
-        upserts: dict[tuple[str, int], int] = {}
+        parts: list[tuple[CandleSymbol, bytes]] = []
+        upserts: dict[str, dict[int, int]] = {}
         deletions: list[tuple[str, int, int]] = []
+        room = sys.maxsize if max_rows is None else max_rows
         for key, series in self._series.items():
             deletions.extend((key, index, rev) for index, rev in series.deleted.items())
-            if not series.unwritten or (max_rows is not None and len(picked) >= max_rows):
+            if not series.unwritten or room <= 0:
                 continue
-            for position, record in list(self._dirty_records(series)):
-                if max_rows is not None and len(picked) >= max_rows:
-                    break
-                if not self._complete(series, record):
-                    continue
-                index, revision, flags = _HEAD.unpack_from(record)
-                if not flags & _EXPOSED:
-                    record = _HEAD.pack(index, revision, flags | _EXPOSED) + record[_VALUES_AT:]
-                    series.records[position] = record
-                picked.append((series, record))
-                upserts[key, index] = revision
+            blob, handed = self._take(series, room)
+            if handed:
+                parts.append((series.symbol, blob))
+                upserts[key] = handed
+                room -= len(handed)
         token = next(self._tokens)
         self._outstanding[token] = _Outstanding(upserts, deletions)
         while len(self._outstanding) > _MAX_OUTSTANDING:
             self._outstanding.popitem(last=False)
-        return Batch(_frame(picked), _deletion_frame(self._series, deletions), token)
+        removed = [(self._series[key].symbol, time_of(index)) for key, index, _ in deletions]
+        return Batch(candle_frame(parts), key_frame(removed), token)
 
     def commit(self, batch: Batch) -> int:
         """The store holds ``batch``: mark its candles stored unless they changed since.
@@ -413,29 +397,24 @@ class CandleDataManager:
         if entry is None:
             return 0
         marked = 0
-        touched: dict[str, _Series] = {}
-        by_series: dict[str, list[tuple[int, int]]] = {}
-        for (key, index), revision in entry.upserts.items():
-            by_series.setdefault(key, []).append((index, revision))
-        for key, handed in by_series.items():
+        for key, handed in entry.upserts.items():
             series = self._series.get(key)
-            if series is None:
+            if series is None or not handed:
                 continue  # removed meanwhile: its deletion is queued
-            held = _held_revisions(series.records, [index for index, _ in handed])
-            for index, revision in handed:
-                # A missing candle was removed meanwhile (its deletion is queued).
-                if index in series.unwritten and held.get(index) == revision:
-                    series.unwritten.discard(index)
-                    marked += 1
-                    touched[key] = series
+            # Stored: still held at the revision handed out. A missing candle was removed
+            # meanwhile (its deletion is queued); a changed one stays dirty.
+            dirty = series.unwritten
+            before = len(dirty)
+            dirty.difference_update(unchanged(series.records, handed))
+            if len(dirty) < before:
+                marked += before - len(dirty)
+                if not dirty:
+                    series.unwritten = set()  # a cleared set keeps its peak-size table
+                self._trim(series)
         for key, index, revision in entry.deletions:
             series = self._series.get(key)
             if series is not None and series.deleted.get(index) == revision:
                 del series.deleted[index]
-        for series in touched.values():
-            if not series.unwritten:
-                series.unwritten = set()  # a cleared set keeps its peak-size table
-            self._trim(series)
         return marked
 
     def release(self, batch: Batch) -> bool:
@@ -466,11 +445,11 @@ class CandleDataManager:
     def next_completion_ms(self) -> int | None:
         """When (stream ms) the next open candle completes by time, or ``None``."""
         due = [
-            time_of(_index(entry.records[-1])) + period + self.grace_ms
+            time_of(record_index(entry.records[-1])) + period + self.grace_ms
             for entry in self._series.values()
             if entry.records
             and (period := entry.symbol.period_ms) is not None
-            and _index(entry.records[-1]) in entry.unwritten
+            and record_index(entry.records[-1]) in entry.unwritten
         ]
         return min(due, default=None)
 
@@ -550,26 +529,29 @@ class CandleDataManager:
             if event.flags & REMOVE_EVENT:
                 self._remove(series, _event_index(event))
             else:
-                self._upsert(series, _event_index(event), _pack_values(event))
+                self._upsert(series, _event_index(event), VALUES.pack(*_values_of(event)))
 
     def _apply_snapshot(self, series: _Series, events: list[Candle]) -> None:
         """Merge a completed snapshot: it replaces only what is held in its covered range."""
-        final: dict[int, bytes | None] = {}
-        for event in events:
-            index = _event_index(event)
-            final[index] = None if event.flags & REMOVE_EVENT else _pack_values(event)
-        real = sorted(index for index, values in final.items() if values is not None)
+        # index -> its last event (a later event of the same index wins, as in §6.3)
+        final = dict(zip(map(_event_index, events), events, strict=True))
+        real = sorted(index for index, event in final.items() if not event.flags & REMOVE_EVENT)
         low = min(final)
         old = list(series.records)
-        start = bisect.bisect_left(old, low, key=_index)
-        end = bisect.bisect_right(old, max(final), key=_index) if real else len(old)
-        held = {_index(record): record for record in old[start:end]}
-        merged: list[bytes] = []
-        for index in real:
-            values = final[index]
-            assert values is not None
-            record = held.pop(index, None)
-            merged.append(self._revised(series, index, record, values))
+        start = bisect.bisect_left(old, low, key=record_index)
+        end = bisect.bisect_right(old, max(final), key=record_index) if real else len(old)
+        held = {record_index(record): record for record in old[start:end]}
+        pack, deleted = RECORD.pack, series.deleted
+        if not held and deleted.keys().isdisjoint(real):  # all new (a backfill): pack in one go
+            merged = [pack(index, 0, 0, *_values_of(final[index])) for index in real]
+            series.unwritten.update(real)
+        else:
+            merged = [
+                self._revised(
+                    series, index, held.pop(index, None), VALUES.pack(*_values_of(final[index]))
+                )
+                for index in real
+            ]
         for index, record in held.items():  # in range, absent from the snapshot: removed
             self._forget(series, index, record)
         self._replace_records(series, [*old[:start], *merged, *old[end:]])
@@ -578,35 +560,35 @@ class CandleDataManager:
 
     def _upsert(self, series: _Series, index: int, values: bytes) -> None:
         records = series.records
-        if not records or index > _index(records[-1]):
+        if not records or index > record_index(records[-1]):
             records.append(self._revised(series, index, None, values))
             return
-        position = _find(records, index)
+        position = find(records, index)
         if position >= 0:
             records[position] = self._revised(series, index, records[position], values)
         else:  # an older candle that is not held: rare, O(n)
-            position = bisect.bisect_left(records, index, key=_index)
+            position = bisect.bisect_left(records, index, key=record_index)
             records.insert(position, self._revised(series, index, None, values))
 
     def _revised(self, series: _Series, index: int, record: bytes | None, values: bytes) -> bytes:
         """The record holding ``values``: unchanged, revised, new or re-added after removal."""
         if record is not None:
-            if record[_VALUES_AT:] == values:
+            if record[VALUES_AT:] == values:
                 return record
-            _, revision, flags = _HEAD.unpack_from(record)
-            if flags & _EXPOSED:
+            _, revision, flags = HEAD.unpack_from(record)
+            if flags & EXPOSED:
                 revision += 1
                 self._revisions += 1
         elif index in series.deleted:  # the store still holds it: a revision, not a new one
-            revision, flags = series.deleted.pop(index) + 1, _EXPOSED
+            revision, flags = series.deleted.pop(index) + 1, EXPOSED
             self._revisions += 1
         else:
             revision, flags = 0, 0
         series.unwritten.add(index)
-        return _HEAD.pack(index, revision, flags) + values
+        return HEAD.pack(index, revision, flags) + values
 
     def _remove(self, series: _Series, index: int) -> None:
-        position = _find(series.records, index)
+        position = find(series.records, index)
         if position >= 0:
             record = series.records[position]
             del series.records[position]
@@ -615,24 +597,35 @@ class CandleDataManager:
     def _forget(self, series: _Series, index: int, record: bytes) -> None:
         self._disown(series, index)
         series.unwritten.discard(index)
-        _, revision, flags = _HEAD.unpack_from(record)
-        if flags & _EXPOSED:
+        _, revision, flags = HEAD.unpack_from(record)
+        if flags & EXPOSED:
             series.deleted[index] = revision
 
-    def _disown(self, series: _Series, index: int) -> None:
-        """The candle leaves memory: batches in flight no longer vouch for that index."""
+    def _disown(self, series: _Series, *indexes: int) -> None:
+        """Candles leave memory: batches in flight no longer vouch for those indexes."""
+        key = series.symbol.normalized
         for entry in self._outstanding.values():
-            entry.upserts.pop((series.symbol.normalized, index), None)
+            handed = entry.upserts.get(key)
+            if handed:
+                for index in indexes:
+                    handed.pop(index, None)
 
     def _replace_records(self, series: _Series, records: list[bytes]) -> None:
         series.records = deque(records)
 
     def _trim(self, series: _Series) -> None:
         """Evict stored candles beyond the bound, oldest first; unstored ones pin the rest."""
-        records, limit = series.records, self.max_historical_candles
-        while len(records) > limit and _index(records[0]) not in series.unwritten:
-            evicted = records.popleft()
-            self._disown(series, _index(evicted))
+        records, limit, dirty = series.records, self.max_historical_candles, series.unwritten
+        excess = len(records) - limit
+        if excess > 0:
+            evictable = excess
+            if dirty:
+                evictable = 0
+                while evictable < excess and record_index(records[evictable]) not in dirty:
+                    evictable += 1
+            evicted = [records.popleft() for _ in range(evictable)]
+            if self._outstanding:
+                self._disown(series, *map(record_index, evicted))
         over = max(0, len(records) - limit)
         self._pinned += over - series.over
         series.over = over
@@ -682,27 +675,62 @@ class CandleDataManager:
         return self._series.get(key)
 
     def _complete(self, series: _Series, record: bytes) -> bool:
-        index, _, flags = _HEAD.unpack_from(record)
-        if flags & _EXPOSED or index < _index(series.records[-1]):
+        index, _, flags = HEAD.unpack_from(record)
+        if flags & EXPOSED or index < record_index(series.records[-1]):
             return True  # handed out once means complete for good, even if its successor goes
         period = series.symbol.period_ms
         return period is not None and self._now >= time_of(index) + period + self.grace_ms
 
-    def _dirty_records(self, series: _Series) -> Iterator[tuple[int, bytes]]:
-        """(position, record) of the unwritten candles, oldest first."""
+    def _take(self, series: _Series, room: int) -> tuple[bytes, dict[int, int]]:
+        """Mark up to ``room`` completed unwritten candles of a series handed out.
+
+        Returns:
+            Their records joined, oldest first, and index -> revision of each.
+        """
         records, dirty = series.records, series.unwritten
-        if len(dirty) * 16 >= len(records):  # many: one pass beats a bisect per candle
-            for position, record in enumerate(records):
-                if _index(record) in dirty:
-                    yield position, record
-            return
-        for index in sorted(dirty):
-            position = _find(records, index)
-            assert position >= 0, "an unwritten candle is always held"
-            yield position, records[position]
+        # Every candle but the newest is complete (§6.5): only the newest needs the check.
+        newest_done = self._complete(series, records[-1])
+        if len(dirty) * _MANY < len(records):  # few (live updates): find each one
+            picked: list[bytes] = []
+            handed: dict[int, int] = {}
+            for index in sorted(dirty)[:room]:
+                position = find(records, index)
+                assert position >= 0, "an unwritten candle is always held"
+                if position == len(records) - 1 and not newest_done:
+                    continue
+                record = records[position]
+                _, revision, flags = HEAD.unpack_from(record)
+                if not flags & EXPOSED:
+                    record = HEAD.pack(index, revision, flags | EXPOSED) + record[VALUES_AT:]
+                    records[position] = record
+                picked.append(record)
+                handed[index] = revision
+            return b"".join(picked), handed
+        # Many (a snapshot's worth): one numpy pass over the series' joined records.
+        blob = b"".join(records)
+        array = as_array(blob)
+        if len(dirty) == len(records):  # every held candle (unwritten ones are always held)
+            chosen = np.ones(len(array), dtype=bool)
+        else:
+            chosen = np.isin(array["index"], np.fromiter(dirty, np.int64, len(dirty)))
+        chosen[-1] &= newest_done
+        positions = np.flatnonzero(chosen)[:room]
+        hidden = positions[(array["flags"][positions] & EXPOSED) == 0]
+        if len(hidden):
+            blob = expose(blob, hidden)
+            array = as_array(blob)
+            if len(hidden) * _MANY >= len(records):
+                series.records = deque(split(blob))
+            else:
+                size = RECORD.size
+                for position in hidden.tolist():
+                    records[position] = blob[position * size : (position + 1) * size]
+        taken = array[positions]
+        handed = dict(zip(taken["index"].tolist(), taken["revision"].tolist(), strict=True))
+        return taken.tobytes(), handed
 
     def _materialise(self, series: _Series, record: bytes) -> CandleData:
-        index, revision, _, count, *v = _RECORD.unpack(record)
+        index, revision, _, count, *v = RECORD.unpack(record)
         return CandleData(
             series.symbol.base, series.symbol.period_label,
             _EPOCH + timedelta(milliseconds=time_of(index)),
@@ -710,73 +738,3 @@ class CandleDataManager:
             bid_volume=v[6], ask_volume=v[7], imp_volatility=v[8], open_interest=v[9],
             is_complete=self._complete(series, record), revision=revision,
         )  # fmt: skip
-
-
-def _held_revisions(records: deque[bytes], indexes: list[int]) -> dict[int, int]:
-    """index -> revision of the held records among ``indexes``."""
-    if len(indexes) * 16 >= len(records):  # many: one C-level unpack of all beats bisects
-        return {i: r for i, r, *_ in _RECORD.iter_unpack(b"".join(records))}
-    held: dict[int, int] = {}
-    for index in indexes:
-        position = _find(records, index)
-        if position >= 0:
-            held[index] = _HEAD.unpack_from(records[position])[1]
-    return held
-
-
-def _find(records: deque[bytes], index: int) -> int:
-    """Position of the record with ``index`` (newest checked first), or -1."""
-    if records and _index(records[-1]) == index:
-        return len(records) - 1
-    position = bisect.bisect_left(records, index, key=_index)
-    if position < len(records) and _index(records[position]) == index:
-        return position
-    return -1
-
-
-def _frame(picked: list[tuple[_Series, bytes]]) -> pl.DataFrame:
-    # One C-level unpack of all records and one transpose (zip) into columns: a Python loop
-    # per candle here cost ~30 us and was half of a backfill flush (benchmarks/README.md).
-    if not picked:
-        return _with_times({name: [] for name in CANDLE_COLUMNS}, CANDLE_SCHEMA)
-    rows = _RECORD.iter_unpack(b"".join([record for _, record in picked]))
-    index, revision, _flags, count, *floats = zip(*rows, strict=True)
-    indexes = pl.Series(index, dtype=pl.Int64)
-    # period_label is computed on each access: once per series, not once per candle.
-    distinct = {id(series): series.symbol for series, _ in picked}
-    bases = {key: symbol.base for key, symbol in distinct.items()}
-    labels = {key: symbol.period_label for key, symbol in distinct.items()}
-    columns: dict[str, object] = {
-        "symbol": [bases[id(series)] for series, _ in picked],
-        "period": [labels[id(series)] for series, _ in picked],
-        # time_of() (§4.2) on the whole column: seconds in the high 32 bits, ms in bits
-        # 22..31 (indexes are >= 0, so floor division is the shift).
-        "time": indexes // (1 << 32) * 1000 + indexes // (1 << 22) % 1024,
-        "count": count,
-        "revision": revision,
-        **dict(zip(_FLOAT_FIELDS, floats, strict=True)),
-        "ingested_at": [None] * len(picked),
-    }
-    return _with_times({name: columns[name] for name in CANDLE_COLUMNS}, CANDLE_SCHEMA)
-
-
-def _deletion_frame(
-    series: dict[str, _Series], deletions: list[tuple[str, int, int]]
-) -> pl.DataFrame:
-    columns: dict[str, list[object]] = {
-        "symbol": [series[key].symbol.base for key, _, _ in deletions],
-        "period": [series[key].symbol.period_label for key, _, _ in deletions],
-        "time": [time_of(index) for _, index, _ in deletions],
-    }
-    return _with_times(columns, _KEY_SCHEMA)
-
-
-def _with_times(columns: dict[str, Any], schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """Build a frame whose Datetime columns were given as ms since the epoch."""
-    raw = {name: (pl.Int64() if dtype == _UTC_MS else dtype) for name, dtype in schema.items()}
-    frame = pl.DataFrame(columns, schema=raw)
-    return frame.with_columns(
-        pl.col(name).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
-        for name, dtype in schema.items()
-        if dtype == _UTC_MS
-    )
