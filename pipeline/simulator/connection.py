@@ -1,7 +1,7 @@
 """One simulator connection: drives a ``ServerProtocol`` over a websockets connection.
 
 The driver is thin (STYLE.md pattern 5). Three tasks share one ``ServerProtocol`` and one
-``FeedSession``:
+``FeedSession`` (the protocol is ``wire.SimServerProtocol``: FEED_DATA built from columns):
 
 * the *reader* feeds every frame to ``protocol.receive_message`` and answers the protocol's
   events (SETUP, AUTH, CHANNEL_REQUEST, FEED_SETUP, FEED_SUBSCRIPTION...);
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,10 +45,10 @@ from pipeline.dxlink.protocol_events import (
     SubscriptionRequested,
     ViolationReceived,
 )
-from pipeline.dxlink.server_protocol import ServerProtocol
 from pipeline.dxlink.subscriptions import TokenBucket
 from pipeline.simulator.market import Market
 from pipeline.simulator.session import CandleSubscription, FeedSession
+from pipeline.simulator.wire import SimServerProtocol
 
 __all__ = ["ConnectionSettings", "Owner", "SimConnection", "SimulatorStats"]
 
@@ -134,7 +134,7 @@ class SimConnection:
         self.owner = owner
         self.settings = settings
         self.log = logging.LoggerAdapter(logger, {"connection": number})
-        self.protocol = ServerProtocol(
+        self.protocol = SimServerProtocol(
             keepalive_timeout=settings.keepalive_timeout,
             accept_keepalive_timeout=settings.keepalive_timeout,
             logger=self.log,
@@ -303,11 +303,11 @@ class SimConnection:
         if self.protocol.channel_state(channel) is OPENED:
             self._configure(channel, None, None, None)
 
-    def _send_candles(self, channel: int, candles: list[Candle]) -> None:
+    def _send_candles(self, channel: int, candles: Sequence[Candle]) -> None:
         size = self.settings.chunk_size
         for start in range(0, len(candles), size):
             chunk = candles[start : start + size]
-            self.protocol.send_candles(channel, chunk)
+            self.protocol.send_candle_events(channel, chunk)
             self.owner.stats.candles_sent += len(chunk)
 
     async def _serve(self, channel: int, subscription: CandleSubscription) -> None:

@@ -161,7 +161,9 @@ class MarketConfig:
         history_start_ms: No trades before this time (rounded down to 00:00 UTC); None means
             the market has always traded.
         cache_size: How many splits (a node's children) to keep; a split of 60 children is
-            a 60 x 9 int64 array, about 4 KB.
+            a 60 x 9 int64 array, about 4.4 KB. The default (about 70 MB when full) keeps the
+            history of hundreds of series of 1m candles once drawn: served again, it is read,
+            not drawn again (a real server serves stored history).
     """
 
     seed: int = 1
@@ -170,7 +172,7 @@ class MarketConfig:
     correction_remove_fraction: float = 0.3
     symbols: frozenset[str] | None = None
     history_start_ms: int | None = None
-    cache_size: int = 4096
+    cache_size: int = 16_384
 
     def __post_init__(self) -> None:
         if self.history_start_ms is not None:
@@ -274,8 +276,20 @@ class Market:
 
         The current candle is included with what has traded so far; quiet periods are absent.
         """
+        times, rows = self.candle_rows(symbol, period, from_ms, to_ms, now_ms)
+        # C-level loops only (no Python frame per candle): this runs for every candle served.
+        return list(zip(times, map(_new_bar, rows.tolist()), strict=True))
+
+    def candle_rows(
+        self, symbol: str, period: Period, from_ms: int, to_ms: int, now_ms: int
+    ) -> tuple[list[int], Rows]:
+        """``candle_bars`` as columns: the candle times and their bar rows (``Bar`` order).
+
+        Every row has trades (quiet periods are absent); snapshots are served from these
+        without a ``Bar`` per candle.
+        """
         if not self.trades(symbol):
-            return []
+            return [], _NO_ROWS
         history_start = self.config.history_start_ms
         if history_start is not None and history_start > from_ms:
             from_ms = period.start_of(history_start)  # nothing traded before
@@ -285,15 +299,18 @@ class Market:
             first += length
         end = min(to_ms, visible_end(now_ms))
         if first >= end:
-            return []
+            return [], _NO_ROWS
         live = period.start_of(end - 1)
         complete_end = live if live + length > visible_end(now_ms) else live + length
-        result = self._complete_candles(symbol, period, first, max(first, complete_end), now_ms)
+        times, rows = self._complete_candles(
+            symbol, period, first, max(first, complete_end), now_ms
+        )
         if complete_end <= live:
             bar = self.bar(symbol, live, live + length, now_ms)
             if bar is not None:
-                result.append((live, bar))
-        return result
+                times.append(live)
+                rows = np.concatenate((rows, np.array([bar], dtype=np.int64)))
+        return times, rows
 
     def latest_bars(
         self, symbol: str, period: Period, from_ms: int, now_ms: int, limit: int
@@ -307,8 +324,9 @@ class Market:
             raise ValueError(f"limit must be at least 1 candle, got {limit}")
         result: list[tuple[int, Bar]] = []
         # limit + 1 candles, plus the slot of a live candle that may not have started.
-        for chunk in self._newest_chunks(symbol, period, from_ms, now_ms, limit + 2, limit + 1):
-            result.extend(chunk)
+        blocks = self._newest_blocks(symbol, period, from_ms, now_ms, limit + 2, limit + 1)
+        for times, rows in blocks:
+            result.extend(zip(times, map(_new_bar, rows.tolist()), strict=True))
             if len(result) > limit:
                 return result[:limit], True
         return result, False
@@ -321,10 +339,17 @@ class Market:
         Lazy: candles are drawn in chunks as the caller consumes them, so a long history
         can be served piece by piece.
         """
-        for chunk in self._newest_chunks(symbol, period, from_ms, now_ms, _CHUNK_CANDLES):
-            yield from chunk
+        for times, rows in self.latest_blocks(symbol, period, from_ms, now_ms):
+            yield from zip(times, map(_new_bar, rows.tolist()), strict=True)
 
-    def _newest_chunks(
+    def latest_blocks(
+        self, symbol: str, period: Period, from_ms: int, now_ms: int
+    ) -> Iterator[tuple[list[int], Rows]]:
+        """``iter_latest`` as columns: blocks of candle times and bar rows, newest first
+        throughout (within a block too), drawn lazily as the caller consumes them."""
+        return self._newest_blocks(symbol, period, from_ms, now_ms, _CHUNK_CANDLES)
+
+    def _newest_blocks(
         self,
         symbol: str,
         period: Period,
@@ -332,10 +357,10 @@ class Market:
         now_ms: int,
         first_chunk: int,
         wanted: int | None = None,
-    ) -> Iterator[list[tuple[int, Bar]]]:
-        """The candles starting at or after ``from_ms`` in lists, newest first throughout.
+    ) -> Iterator[tuple[list[int], Rows]]:
+        """The candles starting at or after ``from_ms`` in blocks, newest first throughout.
 
-        The first list spans ``first_chunk`` candle periods (all of them when the range is at
+        The first block spans ``first_chunk`` candle periods (all of them when the range is at
         most ``_MAX_CHUNK_CANDLES``), each next one twice the last: a long history is drawn in
         a few large batches (``split_rows`` is fastest on many splits at once). Given how many
         candles are ``wanted``, the next span is sized from how many candles the last one held
@@ -357,37 +382,36 @@ class Market:
                 first += length
             if first >= chunk_end:
                 return
-            candles = self.candle_bars(symbol, period, first, chunk_end, now_ms)
-            candles.reverse()
-            yield candles
+            times, rows = self.candle_rows(symbol, period, first, chunk_end, now_ms)
+            times.reverse()
+            yield times, rows[::-1]
             spanned = (chunk_end - first) // length
             chunk_end = first
             chunk = 2 * chunk
             if wanted is not None:
-                wanted -= len(candles)
-                density = max(len(candles), 1) / spanned
+                wanted -= len(times)
+                density = max(len(times), 1) / spanned
                 chunk = max(_MIN_CHUNK_CANDLES, math.ceil(1.2 * wanted / density))
             chunk = min(chunk, _MAX_CHUNK_CANDLES)
 
     def _complete_candles(
         self, symbol: str, period: Period, first_ms: int, end_ms: int, now_ms: int
-    ) -> list[tuple[int, Bar]]:
-        """Candles starting in ``[first_ms, end_ms)`` (aligned), all complete at ``now_ms``."""
+    ) -> tuple[list[int], Rows]:
+        """Times and rows of the candles starting in ``[first_ms, end_ms)`` (aligned), all
+        complete at ``now_ms``; quiet periods left out."""
         if end_ms <= first_ms:
-            return []
+            return [], _NO_ROWS
         level = _level_of(period)
         per_candle = period.length_ms // _LEVEL_MS[level]
         rows = self._level_bars(symbol, level, first_ms, end_ms, now_ms)
         if per_candle > 1:
             rows = _combine_rows(rows.reshape(-1, per_candle, FIELDS))
         length = period.length_ms
-        times = range(first_ms, first_ms + len(rows) * length, length)
         trading = rows[:, _TRADES] > 0
-        if not trading.all():
-            times = np.arange(first_ms, first_ms + len(rows) * length, length)[trading].tolist()
-            rows = rows[trading]
-        # C-level loops only (no Python frame per candle): this runs for every candle served.
-        return list(zip(times, map(_new_bar, rows.tolist()), strict=True))
+        if trading.all():
+            return list(range(first_ms, first_ms + len(rows) * length, length)), rows
+        times = np.arange(first_ms, first_ms + len(rows) * length, length)[trading].tolist()
+        return times, rows[trading]
 
     def _level_bars(self, symbol: str, level: int, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """Bar rows of the consecutive ``level`` nodes covering ``[start_ms, end_ms)``, with
@@ -491,8 +515,10 @@ class Market:
             )
             splits = dict(zip(trading, drawn, strict=True))
             silent = np.zeros((slots, FIELDS), dtype=np.int64)
+            silent.flags.writeable = False
             for index in missing:
                 rows = splits.get(index, silent)
+                rows.flags.writeable = False  # served as views: nobody may change the cache
                 found[index - first] = rows
                 cache[(symbol, level, index)] = rows
             self.splits_drawn += len(missing)
@@ -647,6 +673,7 @@ class Market:
 
 
 _new_bar = functools.partial(tuple.__new__, Bar)  # a Bar from a row, skipping Bar.__new__
+_NO_ROWS: Rows = np.zeros((0, FIELDS), dtype=np.int64)
 
 
 def _combine_rows(groups: Rows) -> Rows:

@@ -2,7 +2,9 @@
 
 Pure: no sockets, no clock; every call takes ``now_ms`` (simulated time). The server feeds it
 the subscription requests that ``ServerProtocol`` decoded and hands what it returns back to
-``ServerProtocol.send_candles``. References are to ``dxlink-protocol.md``.
+``SimServerProtocol.send_candle_events``. Snapshots stay columns (``wire.CandleColumns``: bar
+rows from the market, no ``Candle`` per event) until they are encoded. References are to
+``dxlink-protocol.md``.
 
 What a Candle subscription with ``fromTime`` gets (§6.2):
 
@@ -21,8 +23,12 @@ Without ``fromTime`` a subscription gets the latest candle and its updates, no s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
+
+import numpy as np
 
 from pipeline.dxlink.events import (
     REMOVE_EVENT,
@@ -34,7 +40,9 @@ from pipeline.dxlink.events import (
 from pipeline.dxlink.messages import SubscriptionItem
 from pipeline.dxlink.symbols import CandleSymbol
 from pipeline.simulator.bars import Bar, bar_to_candle, removal_candle
+from pipeline.simulator.generator import FIELDS, Rows
 from pipeline.simulator.market import MINUTE_MS, Market, Period, visible_end
+from pipeline.simulator.wire import CandleColumns
 
 __all__ = [
     "EMPTY_SNAPSHOT",
@@ -43,12 +51,16 @@ __all__ = [
     "FeedSession",
     "Series",
     "snapshot_chunks",
+    "snapshot_columns",
 ]
 
 CANDLE = "Candle"
 # §6.1/§6.2 flag combinations of the synthetic events.
 EMPTY_SNAPSHOT = SNAPSHOT_BEGIN | SNAPSHOT_END | REMOVE_EVENT  # 14
 SNAPSHOT_BOUNDARY = SNAPSHOT_END | REMOVE_EVENT  # 0x0A
+_TRADES = Bar._fields.index("trades")
+_PAIRS_PER_BLOCK = 512
+_new_bar = functools.partial(tuple.__new__, Bar)  # a Bar from a row, skipping Bar.__new__
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,8 @@ def snapshot_chunks(
 ) -> Iterator[list[Candle]]:
     """The snapshot events (§6.2) for ``candles`` given newest first, in chunks.
 
+    ``snapshot_columns`` on ``(time, Bar)`` pairs, with the events as ``Candle`` tuples.
+
     Args:
         series: The series; its key is every event's ``eventSymbol``.
         candles: ``(time, bar)`` newest first, all with ``time >= from_ms``.
@@ -112,41 +126,72 @@ def snapshot_chunks(
         history_limit: Most real candles to send; beyond it the snapshot is SNIPped.
         chunk_size: Most events per chunk (one FEED_DATA message each).
     """
+    pairs = iter(candles)
+
+    def blocks() -> Iterator[tuple[list[int], Rows]]:
+        while block := list(islice(pairs, _PAIRS_PER_BLOCK)):
+            rows = np.array([bar for _, bar in block], dtype=np.int64)
+            yield [time_ms for time_ms, _ in block], rows
+
+    for chunk in snapshot_columns(
+        series, blocks(), from_ms, history_limit=history_limit, chunk_size=chunk_size
+    ):
+        yield list(chunk)
+
+
+def snapshot_columns(
+    series: Series,
+    blocks: Iterable[tuple[list[int], Rows]],
+    from_ms: int,
+    *,
+    history_limit: int,
+    chunk_size: int,
+) -> Iterator[CandleColumns]:
+    """The snapshot events (§6.2) for candles given as column blocks, newest first, in chunks.
+
+    1. The first event has SNAPSHOT_BEGIN.
+    2. The last real candle has SNAPSHOT_END when it starts exactly at ``from_ms``; else a
+       synthetic event at ``from_ms`` with SNAPSHOT_END|REMOVE_EVENT (0x0A) follows.
+    3. Past ``history_limit`` candles the last one sent has SNAPSHOT_SNIP and no boundary
+       event follows; with no candle at all the one event has flags 14 (SB|SE|RE).
+
+    Args:
+        series: The series; its key is every event's ``eventSymbol``.
+        blocks: ``(times, rows)`` newest first throughout, all times ``>= from_ms``; read only
+            as far as ``history_limit`` needs.
+        from_ms: The subscription's ``fromTime``.
+        history_limit: Most real candles to send; beyond it the snapshot is SNIPped.
+        chunk_size: Most events per chunk (one FEED_DATA message each).
+    """
     if chunk_size < 1 or history_limit < 1:
         raise ValueError("chunk_size and history_limit must be at least 1")
     key = series.key
-    chunk: list[Candle] = []
-    pending: tuple[int, Bar] | None = None
-    sent = 0
-    snipped = False
-    for candle in candles:
-        if pending is not None:
-            if sent + 1 == history_limit:
-                snipped = True  # pending is the last candle allowed, and more exist
-                break
-            flags = SNAPSHOT_BEGIN if sent == 0 else 0
-            chunk.append(bar_to_candle(key, pending[0], pending[1], flags=flags))
-            sent += 1
-            if len(chunk) == chunk_size:
-                yield chunk
-                chunk = []
-        pending = candle
-    if pending is None:
-        yield [removal_candle(key, from_ms, flags=EMPTY_SNAPSHOT)]
+    times: list[int] = []
+    parts: list[Rows] = []
+    for block_times, block_rows in blocks:
+        times += block_times
+        parts.append(block_rows)
+        if len(times) > history_limit:
+            break  # one more than allowed: enough to know the snapshot is snipped
+    if not times:
+        yield CandleColumns.empty_event(key, from_ms, EMPTY_SNAPSHOT)
         return
-    time_ms, bar = pending
-    flags = SNAPSHOT_BEGIN if sent == 0 else 0
+    snipped = len(times) > history_limit
+    del times[history_limit:]
+    rows = (parts[0] if len(parts) == 1 else np.concatenate(parts))[: len(times)]
+    flags = [0] * len(times)
+    flags[0] = SNAPSHOT_BEGIN
     if snipped:
-        flags |= SNAPSHOT_SNIP
-    elif time_ms == from_ms:
-        flags |= SNAPSHOT_END
-    chunk.append(bar_to_candle(key, time_ms, bar, flags=flags))
-    if not snipped and time_ms != from_ms:
-        if len(chunk) == chunk_size:
-            yield chunk
-            chunk = []
-        chunk.append(removal_candle(key, from_ms, flags=SNAPSHOT_BOUNDARY))
-    yield chunk
+        flags[-1] |= SNAPSHOT_SNIP
+    elif times[-1] == from_ms:
+        flags[-1] |= SNAPSHOT_END
+    else:
+        times.append(from_ms)
+        flags.append(SNAPSHOT_BOUNDARY)
+        rows = np.concatenate((rows, np.zeros((1, FIELDS), dtype=np.int64)))
+    for start in range(0, len(times), chunk_size):
+        stop = start + chunk_size
+        yield CandleColumns(key, times[start:stop], flags[start:stop], rows[start:stop])
 
 
 @dataclass
@@ -246,7 +291,7 @@ class FeedSession:
             ignored.append(f"{item.symbol}: {exc}")
             return None
 
-    def serve(self, subscription: CandleSubscription, now_ms: int) -> Iterator[list[Candle]]:
+    def serve(self, subscription: CandleSubscription, now_ms: int) -> Iterator[CandleColumns]:
         """The first events of a new subscription at ``now_ms``: its snapshot, in chunks.
 
         Marks the subscription served up to ``now_ms``; later changes come from ``updates``.
@@ -264,26 +309,23 @@ class FeedSession:
                 time_ms, bar = latest[0]
                 subscription.oldest_ms = subscription.live_time = time_ms
                 subscription.live_bar = bar
-                yield [bar_to_candle(series.key, time_ms, bar)]
+                yield CandleColumns(series.key, [time_ms], [0], np.array([bar], dtype=np.int64))
             return
         subscription.oldest_ms = from_ms
-        newest: list[tuple[int, Bar]] = []
-
-        def remember_newest() -> Iterator[tuple[int, Bar]]:
-            for candle in market.iter_latest(series.base, series.period, from_ms, now_ms):
-                if not newest:
-                    newest.append(candle)
-                yield candle
-
-        yield from snapshot_chunks(
+        newest: Bar | None = None
+        newest_time = from_ms
+        for chunk in snapshot_columns(
             series,
-            remember_newest(),
+            market.latest_blocks(series.base, series.period, from_ms, now_ms),
             from_ms,
             history_limit=self.history_limit,
             chunk_size=self.chunk_size,
-        )
-        if newest:
-            subscription.live_time, subscription.live_bar = newest[0]
+        ):
+            if newest is None and chunk.rows[0, _TRADES]:
+                newest_time, newest = chunk.times[0], _new_bar(chunk.rows[0].tolist())
+            yield chunk
+        if newest is not None:
+            subscription.live_time, subscription.live_bar = newest_time, newest
 
     def updates(self, channel: int, now_ms: int) -> list[Candle]:
         """Everything that changed on ``channel``'s served subscriptions up to ``now_ms``."""
