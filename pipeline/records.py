@@ -94,6 +94,7 @@ RECORD_DTYPE = np.dtype(
 assert RECORD_DTYPE.itemsize == RECORD.size
 
 IntArray = npt.NDArray[np.int64]
+_MANY = 16  # "many" records of a series: one C-level pass over all of them beats a bisect each
 
 
 def record_index(record: bytes) -> int:
@@ -133,7 +134,7 @@ def find(records: deque[bytes], index: int) -> int:
 
 def unchanged(records: deque[bytes], handed: dict[int, int]) -> list[int]:
     """The indexes in ``handed`` (index -> revision) still held at that revision."""
-    if len(handed) * 16 < len(records):  # few: a bisect each
+    if len(handed) * _MANY < len(records):  # few: a bisect each
         kept: list[int] = []
         for index, revision in handed.items():
             position = find(records, index)
