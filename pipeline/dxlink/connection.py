@@ -116,6 +116,16 @@ class ConnectionDriver:
         *,
         attempt: int,
     ) -> None:
+        """Wrap an open WebSocket and a fresh protocol; nothing is sent before ``run()``.
+
+        Args:
+            state: the client's shared state.
+            settings: the client's settings (handshake timeout, aggregation period).
+            ws: the open WebSocket; ``flush()`` is the only code that sends on it.
+            protocol: a new ``ClientProtocol`` for this connection.
+            url: the server's URL without credentials, for logs and ``Connected``.
+            attempt: consecutive failed attempts before this one.
+        """
         self.state = state
         self.settings = settings
         self.ws = ws

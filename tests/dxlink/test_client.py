@@ -3,7 +3,8 @@
 Every fault the simulator can inject must end with data flowing again and the registry fully
 resubscribed. Waits are on explicit events (lifecycle notifications, the simulator's own
 ``wait_for_*``) bounded by generous limits; timeouts under test are short (0.2-0.5 s) and
-configured, never slept through. Helpers shared with ``test_client_handshake.py`` live here.
+configured, never slept through. Helpers shared with the other ``test_client_*.py`` live
+here.
 """
 
 from __future__ import annotations
