@@ -364,12 +364,23 @@ def test_client_values_are_bounded(toml: str) -> None:
         ("metrics", 'enabled = "maybe"'),
         ("store", 'path = ""'),
         ("logging", 'level = "verbose"'),
+        ("ingest", "shutdown_timeout = -1"),
+        ("ingest", 'shutdown_timeout = "soon"'),
     ],
 )
 def test_other_sections_are_validated(section: str, toml: str) -> None:
-    """Manager, schedule, metrics, store and logging values name their key when invalid."""
+    """Manager, schedule, metrics, store, ingest and logging values name their key when invalid."""
     key = toml.split(" = ")[0]
     assert f": {section}.{key}: " in one_problem(f"[{section}]\n{toml}\n")
+
+
+def test_shutdown_timeout_defaults_to_a_minute_and_zero_means_forever() -> None:
+    """ingest.shutdown_timeout: 60 s unless set; 0 (wait forever) and env overrides load."""
+    assert load("").ingest.shutdown_timeout == 60.0
+    assert load("[ingest]\nshutdown_timeout = 0\n").ingest.shutdown_timeout == 0.0
+    environ = {"CANDLES_INGEST__SHUTDOWN_TIMEOUT": "2.5"}
+    assert load("", environ=environ).ingest.shutdown_timeout == 2.5
+    assert "allowed: number >= 0 and <= 86400" in one_problem("[ingest]\nshutdown_timeout = -1\n")
 
 
 def test_logging_level_is_case_insensitive() -> None:
