@@ -77,8 +77,18 @@ def ingest(
     With no tastytrade account configured this runs the built-in DXLink simulator:
 
         candles ingest --symbol AAPL --interval 1m --duration 2m
+
+    SIGINT/SIGTERM (or the end of --duration) stores the completed candles, then exits.
+
+    \b
+    Exit status:
+      0   stopped with every completed candle stored
+      1   could not start or had to stop; the message says what to fix
+      75  stopped with completed candles not stored: the store stayed unwritable for
+          ingest.shutdown_timeout seconds, or a second signal arrived while stopping;
+          the log says how many; the next start fetches them from the server again
     """
-    from pipeline.runner import IngestError, run_ingest
+    from pipeline.runner import IngestError, ShutdownIncomplete, run_ingest
 
     config = load(
         config_path,
@@ -98,6 +108,8 @@ def ingest(
             raise click.BadParameter(str(exc), param_hint="--duration") from None
     try:
         run_ingest(config, duration=seconds, interactive=sys.stderr.isatty())
+    except ShutdownIncomplete as exc:
+        sys.exit(exc.exit_code)  # the explanation is in the log already
     except IngestError as exc:
         raise click.ClickException(str(exc)) from None
 
