@@ -1,9 +1,15 @@
 """The upsert core of :class:`pipeline.store.CandleStore`: batch checks and one transaction.
 
 DuckLake has no primary key, so uniqueness of (symbol, period, time) is kept here: the batch
-is deduplicated, the stored versions of its keys are fetched (the batch's time range lets
-DuckLake skip every file whose min/max statistics lie outside it), rows stored with equal
-values are dropped, and the rest is written as delete + insert in one transaction.
+is deduplicated, the stored versions of its keys are fetched, rows stored with equal values
+are dropped, and the rest is written as delete + insert in one transaction.
+
+The stored versions are looked up by *ranges*, one per series and UTC day of the batch,
+rather than by joining the batch's keys: the join's build side is then tens of rows instead
+of the whole batch (100,000 keys took 180-370 ms to probe a 10.5 M-row lake where 70
+ranges took 23-45 ms, benchmarks/bench_store), and DuckLake still skips every file whose
+min/max statistics miss the ranges. A range can return stored rows the batch does not hold;
+:func:`_classify` joins on the exact keys, so those are ignored.
 """
 
 from __future__ import annotations
@@ -76,14 +82,16 @@ def prepare_batch(frame: pl.DataFrame, now: datetime) -> pl.DataFrame:
     batch = batch.with_columns(
         pl.col("ingested_at").fill_null(pl.lit(now, dtype=CANDLE_SCHEMA["ingested_at"]))
     )
-    # Newest revision wins; for equal revisions the later row (stable sort).
-    return (
-        batch.sort("revision", maintain_order=True)
-        .unique(subset=list(KEY_COLUMNS), keep="last", maintain_order=True)
-        .with_columns(
-            pl.col("time").dt.cast_time_unit("us"),
-            pl.col("ingested_at").dt.cast_time_unit("us"),
+    # Counting distinct keys costs a third of deduplicating them, and batches from the
+    # manager hold each key once: only a batch with repeats pays for the dedupe.
+    if batch.select(pl.struct(KEY_COLUMNS).n_unique()).item() != batch.height:
+        # Newest revision wins; for equal revisions the later row (stable sort).
+        batch = batch.sort("revision", maintain_order=True).unique(
+            subset=list(KEY_COLUMNS), keep="last", maintain_order=True
         )
+    return batch.with_columns(
+        pl.col("time").dt.cast_time_unit("us"),
+        pl.col("ingested_at").dt.cast_time_unit("us"),
     )
 
 
@@ -107,7 +115,7 @@ def upsert_once(
         batch: A :func:`prepare_batch` result.
         deletions: A :func:`prepare_keys` result, or ``None``.
     """
-    with _registered(con, incoming=batch, deletion_keys=deletions):
+    with _registered(con, deletion_keys=deletions):
         con.execute("BEGIN")
         try:
             deleted = 0
@@ -118,12 +126,14 @@ def upsert_once(
                     f"AND {_TIME_RANGE}",
                     *_time_range(deletions),
                 )
-            stored = fetch(
-                con,
-                f"SELECT c.* EXCLUDE (ingested_at) FROM {TABLE} c SEMI JOIN incoming b "
-                f"ON {_KEY_MATCH} WHERE {_TIME_RANGE}",
-                _time_range(batch),
-            )
+            with _registered(con, batch_ranges=_day_ranges(batch)):
+                stored = fetch(
+                    con,
+                    f"SELECT c.* EXCLUDE (ingested_at) FROM {TABLE} c JOIN batch_ranges r "
+                    "ON c.symbol = r.symbol AND c.period = r.period "
+                    f"AND c.time BETWEEN r.low AND r.high WHERE {_TIME_RANGE}",
+                    _time_range(batch),
+                )
             changed, replaced = _classify(batch, stored)
             if changed.height == 0 and deleted == 0:
                 rollback(con)
@@ -231,6 +241,15 @@ def _classify(batch: pl.DataFrame, stored: pl.DataFrame) -> tuple[pl.DataFrame, 
     changed = flagged.filter(~pl.col("_same"))
     replaced = changed.filter(pl.col("_existed")).select(KEY_COLUMNS)
     return changed.select(CANDLE_COLUMNS), replaced
+
+
+def _day_ranges(batch: pl.DataFrame) -> pl.DataFrame:
+    """(symbol, period, low, high): the batch's first and last time per series and UTC day."""
+    return (
+        batch.group_by("symbol", "period", pl.col("time").dt.truncate("1d").alias("day"))
+        .agg(pl.col("time").min().alias("low"), pl.col("time").max().alias("high"))
+        .drop("day")
+    )
 
 
 def _time_range(frame: pl.DataFrame) -> list[object]:

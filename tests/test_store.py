@@ -295,6 +295,38 @@ def test_recent_returns_the_newest_n_oldest_first(store: CandleStore, sym: str) 
         store.recent(f"{sym}{{=m}}", -1)
 
 
+def newest_by_sql(store: CandleStore, series: str, n: int) -> list[float]:
+    """The oracle for recent(): the unbounded query, closes oldest first."""
+    frame = store.history(series)
+    return frame["close"].tail(n).to_list()
+
+
+def test_recent_is_exact_across_gaps_wider_than_its_first_bound(
+    store: CandleStore, sym: str
+) -> None:
+    """recent() widens its time bound over gaps (weeks between 1m candles) and still returns n."""
+    series = f"{sym}{{=m}}"
+    store.upsert(candle_frame(sym, n=12, step=timedelta(days=7)))
+    store.upsert(candle_frame(sym, n=3, start=T0 + 84 * timedelta(days=7)))
+    assert store.recent(series, 5)["close"].to_list() == newest_by_sql(store, series, 5)
+    assert store.recent(series, 50)["close"].to_list() == newest_by_sql(store, series, 50)
+    assert store.recent(series, 50).height == 15
+
+
+def test_recent_sees_newer_candles_of_another_writer_and_deletions(tmp_path: Path) -> None:
+    """recent()'s remembered newest time is a hint: other writers' and deleted rows stay exact."""
+    series = "AAPL{=m}"
+    with open_store(tmp_path / "data") as first, open_store(tmp_path / "data") as second:
+        first.upsert(candle_frame(n=20))
+        assert first.recent(series, 3)["close"].to_list() == [117.0, 118.0, 119.0]
+        second.upsert(candle_frame(n=5, start=T0 + 20 * MINUTE, close=200.0))
+        assert first.recent(series, 3)["close"].to_list() == [202.0, 203.0, 204.0]
+        first.upsert(candle_frame(n=0), deletions=keys(first.recent(series, 10)))
+        assert first.recent(series, 3)["close"].to_list() == [112.0, 113.0, 114.0]
+        first.upsert(candle_frame(n=2, start=T0 + 40 * MINUTE, close=300.0))
+        assert first.recent(series, 3)["close"].to_list() == [114.0, 300.0, 301.0]
+
+
 def test_unknown_series_key_is_a_clear_error(store: CandleStore) -> None:
     """A malformed series key raises the symbol parser's ValueError."""
     with pytest.raises(ValueError, match="no candle period"):

@@ -1,0 +1,93 @@
+"""CandleStore upkeep: connection recycling (issue 7, memory) and orphan data files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+import pipeline.store
+from pipeline.lake import StoreError
+from pipeline.store import CandleStore
+from tests.test_store import MINUTE, T0, candle_frame, open_store
+
+
+def writer_memory(store: CandleStore) -> dict[str, int]:
+    """DuckDB's own accounting of the store's connection, bytes per tag (non-zero only)."""
+    rows = store._con.execute(
+        "SELECT tag, memory_usage_bytes FROM duckdb_memory() WHERE memory_usage_bytes > 0"
+    ).fetchall()
+    return {str(tag): int(size) for tag, size in rows}
+
+
+def test_connection_is_recycled_after_n_upserts_and_after_each_compaction(tmp_path: Path) -> None:
+    """Every recycle_after upserts and every compaction open a fresh connection; data stays."""
+    with open_store(tmp_path / "data", recycle_after=3, clock=lambda: datetime.now(UTC)) as store:
+        first = store._con
+        for batch in range(7):
+            store.upsert(candle_frame(n=5, start=T0 + batch * 5 * MINUTE))
+        assert store.stats.connections_recycled == 2
+        assert store._con is not first
+        store.compact()
+        assert store.stats.connections_recycled == 3
+        assert store.count() == 35
+        assert store.recent("AAPL{=m}", 2)["close"].to_list() == [103.0, 104.0]
+        assert store.upsert(candle_frame(n=5, start=T0 + 35 * MINUTE)).inserted == 5
+
+
+def test_a_failed_reopen_keeps_the_working_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the fresh connection cannot open, the store keeps writing on the old one."""
+    with open_store(tmp_path / "data", recycle_after=2) as store:
+        kept = store._con
+
+        def unreachable(*args: object, **kwargs: object) -> None:
+            raise StoreError("cannot open the lake: catalog unreachable")
+
+        monkeypatch.setattr(pipeline.store, "open_lake", unreachable)
+        for batch in range(4):
+            store.upsert(candle_frame(n=5, start=T0 + batch * 5 * MINUTE))
+        assert store._con is kept
+        assert store.stats.connections_recycled == 0
+        assert store.count() == 20
+
+
+def test_writer_connection_caches_stay_small_through_compactions(tmp_path: Path) -> None:
+    """Compactions do not pile file blocks into the writer's caches (was ~2.8 MB each)."""
+    with open_store(tmp_path / "data", clock=lambda: datetime.now(UTC)) as store:
+        for batch in range(30):
+            store.upsert(candle_frame(n=60, start=T0 + batch * 60 * MINUTE))
+            if batch % 10 == 9:
+                store.compact()
+        store.recent("AAPL{=m}", 100)  # a read after the last compaction, as the service does
+        usage = writer_memory(store)
+    assert "EXTERNAL_FILE_CACHE" not in usage, usage
+    assert sum(usage.values()) < 512 * 1024, usage
+
+
+def test_compaction_deletes_orphan_files_only_past_the_retention(tmp_path: Path) -> None:
+    """A killed write's old Parquet file goes; a young one (a shard about to commit) stays."""
+    path = tmp_path / "data"
+    with open_store(path, clock=lambda: datetime.now(UTC)) as store:
+        store.upsert(candle_frame(n=50))
+        (referenced,) = (path / "data").rglob("*.parquet")
+        folder = referenced.parent
+        old_orphan = folder / "ducklake-00000000-0000-7000-8000-000000000001.parquet"
+        young_orphan = folder / "ducklake-00000000-0000-7000-8000-000000000002.parquet"
+        not_ours = folder / "README.txt"
+        for copy in (old_orphan, young_orphan):
+            shutil.copy(referenced, copy)
+        not_ours.write_text("left by a person\n")
+        two_hours_ago = time.time() - 2 * 3600
+        for aged in (old_orphan, not_ours):
+            os.utime(aged, (two_hours_ago, two_hours_ago))
+        result = store.compact(retain=timedelta(hours=1))
+        assert not old_orphan.exists()
+        assert young_orphan.exists() and not_ours.exists() and referenced.exists()
+        assert result.files_removed >= 1
+        assert store.count() == 50
