@@ -9,6 +9,11 @@ process). Names start with ``candles_``, carry their unit, counters end in ``_to
 are only ``channel`` (``candles``/``events``), ``reason`` and ``state``. Nothing per series is
 exported (cardinality); no token, URL credential or error text ever is.
 
+The parts, each importable from here: reading the service (:mod:`pipeline.metrics_source`),
+the health rules (:mod:`pipeline.metrics_health`), the store check
+(:mod:`pipeline.metrics_store_check`) and the Prometheus collector
+(:mod:`pipeline.metrics_collector`); this module is the HTTP server that ties them together.
+
 Definitions (the README copies them):
 
 * ``candles_received_total``: events received from DXLink, revisions and snapshot replays
@@ -42,34 +47,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
-import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self
 
-import duckdb
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from pipeline.candles import CandleDataManager, ManagerStats
-from pipeline.config import Config
-from pipeline.dxlink.metrics import (
-    ChannelMetrics,
-    ConnectionState,
-    DeliveryMetrics,
-    DisconnectReason,
+from pipeline.config import is_loopback_host
+from pipeline.metrics_collector import CandlesCollector, Observation
+from pipeline.metrics_health import FLUSH_OVERDUE_FACTOR, HealthMonitor, HealthReport
+from pipeline.metrics_source import (
+    ClientView,
+    MetricsClient,
+    MetricsSource,
+    MetricsStore,
+    Reading,
+    ServiceCounters,
+    read_source,
 )
-from pipeline.dxlink.symbols import CandleSymbol
-from pipeline.store import StoreStats, connect
+from pipeline.metrics_store_check import StoreCheck, StoreCheckResult
+from pipeline.store import connect
 
 __all__ = [
+    "FLUSH_OVERDUE_FACTOR",
     "CandlesCollector",
     "ClientView",
     "HealthMonitor",
@@ -88,501 +92,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_D = TypeVar("_D", ChannelMetrics, DeliveryMetrics)
-
-FLUSH_OVERDUE_FACTOR = 3.0
-"""A backlog older than this many flush intervals makes the service unhealthy (issue 5)."""
 MAX_REQUEST_HEAD = 16_384
 """Most bytes of request line + headers; a scraper sends a few hundred."""
-
-
-# --------------------------------------------------------------------------- the source
-
-
-class ServiceCounters(Protocol):
-    """What is read of ``IngestService.stats`` (``pipeline.service.ServiceStats``)."""
-
-    started_at: float
-    batches: int
-    candles_received: int
-    flushes: int
-    flush_failures: int
-    candles_stored: int
-    candles_deleted: int
-    last_flush_at: float | None
-    last_flush_seconds: float
-    last_flush_error: str | None
-    compactions: int
-    compaction_failures: int
-    backpressure_waits: int
-    stream_time_ms: int
-
-
-class MetricsClient(Protocol):
-    """The DXLink client: ``get_metrics()`` returns ``pipeline.dxlink.metrics.snapshot()``.
-
-    Each channel's dict may also carry ``queue_depth`` (the delivery queue's current size).
-    """
-
-    def get_metrics(self) -> Mapping[str, Any]: ...
-
-
-class MetricsStore(Protocol):
-    """The open store: only its counters are read."""
-
-    @property
-    def stats(self) -> StoreStats: ...
-
-
-class MetricsSource(Protocol):
-    """What the exporter reads: exactly the public attributes of ``IngestService``.
-
-    ``store`` may raise ``RuntimeError`` before the service opened it; ``client`` is ``None``
-    before it was built. Everything is read on the event loop, like the service writes it.
-    """
-
-    @property
-    def config(self) -> Config: ...
-    @property
-    def stats(self) -> ServiceCounters: ...
-    @property
-    def manager(self) -> CandleDataManager: ...
-    @property
-    def client(self) -> MetricsClient | None: ...
-    @property
-    def store(self) -> MetricsStore: ...
-    @property
-    def series(self) -> Sequence[CandleSymbol]: ...
-    def now_ms(self) -> int: ...
-
-
-def _dataclass_from(kind: type[_D], values: Mapping[str, Any]) -> _D:
-    """Build a metrics dataclass from its ``asdict`` form, ignoring keys it does not have."""
-    names = {f.name for f in fields(kind)}
-    return kind(**{k: v for k, v in values.items() if k in names})
-
-
-@dataclass(frozen=True, slots=True)
-class ClientView:
-    """The DXLink client's counters, parsed from its ``get_metrics()`` dict."""
-
-    state: str = ConnectionState.IDLE
-    connects: int = 0
-    disconnects: Mapping[str, int] = field(default_factory=dict)
-    reconnect_attempts: int = 0
-    connected_seconds: float = 0.0
-    malformed_messages: int = 0
-    protocol_violations: int = 0
-    token_refreshes: int = 0
-    channels: Mapping[str, ChannelMetrics] = field(default_factory=dict)
-    queue_depths: Mapping[str, int] = field(default_factory=dict)
-    delivery: DeliveryMetrics = field(default_factory=DeliveryMetrics)
-    series_by_state: Mapping[str, int] = field(default_factory=dict)
-    """Candle subscriptions by state (pending/snapshot/live) on the current connection."""
-
-    @classmethod
-    def parse(cls, metrics: Mapping[str, Any]) -> ClientView:
-        """Read the dict of ``pipeline.dxlink.metrics.snapshot()`` (extra keys are ignored).
-
-        Raises:
-            KeyError: A documented key is missing (the client broke its contract).
-        """
-        connection = metrics["connection"]
-        channels = metrics.get("channels", {})
-        subscriptions = metrics.get("subscriptions", {})
-        return cls(
-            state=str(connection["state"]),
-            connects=int(connection["connect_count"]),
-            disconnects={str(k): int(v) for k, v in connection["disconnect_count"].items()},
-            reconnect_attempts=int(connection["reconnect_attempts"]),
-            connected_seconds=float(connection["total_uptime"]),
-            malformed_messages=int(connection.get("malformed_messages", 0)),
-            protocol_violations=int(connection.get("protocol_violations", 0)),
-            token_refreshes=int(connection.get("token_refreshes", 0)),
-            channels={str(r): _dataclass_from(ChannelMetrics, v) for r, v in channels.items()},
-            queue_depths={
-                str(role): int(values["queue_depth"])
-                for role, values in channels.items()
-                if values.get("queue_depth") is not None
-            },
-            delivery=_dataclass_from(DeliveryMetrics, metrics.get("delivery", {})),
-            series_by_state={
-                str(k): int(v) for k, v in subscriptions.get("candles_by_state", {}).items()
-            },
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """Everything read from the source at one instant (wall-clock ``now``, Unix seconds)."""
-
-    now: float
-    started_at: float
-    service: ServiceCounters
-    manager: ManagerStats
-    series_limit: int
-    pinned_limit: int
-    store: StoreStats
-    client: ClientView
-
-    @property
-    def flush_backlog(self) -> int:
-        """Completed candles and deletions that wait for a flush (a lower bound, see module)."""
-        return max(0, self.manager.dirty - self.manager.series) + self.manager.pending_deletions
-
-
-def read_source(source: MetricsSource, *, now: float, started_at: float) -> Reading:
-    """Read the source once (on the event loop).
-
-    Args:
-        source: The service.
-        now: The current wall-clock time (Unix seconds).
-        started_at: Used when ``source.stats.started_at`` is unset (0).
-    """
-    client = source.client
-    try:
-        store = source.store.stats
-    except RuntimeError:  # the service has not opened its store yet: nothing written
-        store = StoreStats()
-    return Reading(
-        now=now,
-        started_at=source.stats.started_at or started_at,
-        service=source.stats,
-        manager=source.manager.stats(),
-        series_limit=source.manager.max_series,
-        pinned_limit=source.manager.max_pinned_candles,
-        store=store,
-        client=ClientView() if client is None else ClientView.parse(client.get_metrics()),
-    )
-
-
-# --------------------------------------------------------------------------- health
-
-
-@dataclass(frozen=True, slots=True)
-class HealthReport:
-    """The verdict of ``/health``."""
-
-    healthy: bool
-    reasons: tuple[str, ...]
-    """Why it is unhealthy, one sentence each; empty when healthy."""
-    connection_state: str
-    last_flush_age_seconds: float | None
-    """Seconds since the last successful flush, or ``None`` before the first."""
-    disconnected_seconds: float | None
-    """Seconds the current outage has lasted (as observed), or ``None`` while connected."""
-
-    @property
-    def status(self) -> str:
-        """``"ok"`` or ``"unhealthy"``."""
-        return "ok" if self.healthy else "unhealthy"
-
-    def to_json(self) -> bytes:
-        """The ``/health`` body."""
-        body = {
-            "status": self.status,
-            "reasons": list(self.reasons),
-            "connection_state": self.connection_state,
-            "last_flush_age_seconds": self.last_flush_age_seconds,
-            "disconnected_seconds": self.disconnected_seconds,
-        }
-        return json.dumps(body).encode()
-
-
-class HealthMonitor:
-    """Applies the health rules (module docstring) to successive readings.
-
-    Args:
-        disconnect_grace: Seconds not connected before that alone is unhealthy.
-        flush_interval: The scheduled flush interval in seconds.
-    """
-
-    def __init__(self, *, disconnect_grace: float, flush_interval: float) -> None:
-        if disconnect_grace < 0:
-            raise ValueError(f"disconnect_grace must be >= 0 seconds, got {disconnect_grace}")
-        if flush_interval <= 0:
-            raise ValueError(f"flush_interval must be > 0 seconds, got {flush_interval}")
-        self.disconnect_grace = disconnect_grace
-        self.flush_interval = flush_interval
-        self._down_since: float | None = None
-        self._backlog_since: float | None = None
-
-    def evaluate(self, reading: Reading) -> HealthReport:
-        """Judge one reading; remembers when an outage or a backlog was first seen."""
-        now, client, service = reading.now, reading.client, reading.service
-        reasons: list[str] = []
-        down: float | None = None
-        if client.state == ConnectionState.CONNECTED:
-            self._down_since = None
-        else:
-            if self._down_since is None:
-                # Never connected: down since the start. Otherwise since first seen down.
-                self._down_since = reading.started_at if client.connects == 0 else now
-            down = max(0.0, now - self._down_since)
-            if client.state == ConnectionState.CLOSED:
-                reasons.append("the DXLink client has stopped (state closed); see the log")
-            elif down > self.disconnect_grace:
-                reasons.append(
-                    f"not connected for {down:.0f}s (state {client.state}; "
-                    f"grace {self.disconnect_grace:g}s)"
-                )
-        if service.last_flush_error is not None:
-            # The exception type only: the message is for the log, not for probes.
-            kind = service.last_flush_error.partition(":")[0]
-            reasons.append(
-                f"the last flush failed ({kind}); {service.flush_failures} failed flushes so far"
-            )
-        backlog = reading.flush_backlog
-        if backlog == 0:
-            self._backlog_since = None
-        else:
-            if self._backlog_since is None:
-                self._backlog_since = now
-            last = service.last_flush_at if service.last_flush_at is not None else 0.0
-            waited = now - max(self._backlog_since, last, reading.started_at)
-            limit = FLUSH_OVERDUE_FACTOR * self.flush_interval
-            if waited > limit:
-                reasons.append(
-                    f"{backlog} completed candles have waited {waited:.0f}s for a flush "
-                    f"(limit {FLUSH_OVERDUE_FACTOR:g} x flush_interval = {limit:g}s)"
-                )
-        last_flush = service.last_flush_at
-        return HealthReport(
-            healthy=not reasons,
-            reasons=tuple(reasons),
-            connection_state=client.state,
-            last_flush_age_seconds=None if last_flush is None else max(0.0, now - last_flush),
-            disconnected_seconds=down,
-        )
-
-
-# --------------------------------------------------------------------------- store check
-
-
-@dataclass(frozen=True, slots=True)
-class StoreCheckResult:
-    """What one store check found (definitions in the module docstring)."""
-
-    checked_at: float
-    """Wall-clock time of the check (Unix seconds)."""
-    seconds: float
-    """How long the check took."""
-    gaps: int
-    missing_periods: int
-    backfill_lag_seconds: float | None
-    """``None`` when no configured fixed-length series has a stored candle yet."""
-    series_without_candles: int
-    """Configured series with no stored candle at all."""
-
-
-class StoreCheck:
-    """The periodic, blocking store queries behind gaps and backfill lag (run in a thread).
-
-    Args:
-        connect: Opens a read-only connection to the lake (``pipeline.store.connect``); called
-            lazily, and again after a failure (the store may not exist yet at start).
-        gap_window: Seconds of source time back from now in which gaps are counted.
-        clock: Wall clock for ``checked_at``.
-    """
-
-    def __init__(
-        self,
-        connect: Callable[[], duckdb.DuckDBPyConnection],
-        *,
-        gap_window: float = 86_400.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        if gap_window <= 0:
-            raise ValueError(f"gap_window must be > 0 seconds, got {gap_window}")
-        self._connect = connect
-        self._gap_window_ms = int(gap_window * 1000)
-        self._clock = clock
-        self._con: duckdb.DuckDBPyConnection | None = None
-
-    def run(self, series: Sequence[CandleSymbol], now_ms: int, grace_ms: int) -> StoreCheckResult:
-        """Count recent gaps and compute the backfill lag of ``series`` at source time ``now_ms``.
-
-        Raises:
-            pipeline.store.StoreError: The lake cannot be opened (not created yet).
-            duckdb.Error: A query failed; the connection is reopened next time.
-        """
-        started = time.perf_counter()
-        if self._con is None:
-            self._con = self._connect()
-        try:
-            gap_row = self._con.execute(
-                "SELECT count(*), coalesce(sum(missing_periods), 0) FROM candle_gaps "
-                "WHERE epoch_ms(gap_end) >= ?",
-                [now_ms - self._gap_window_ms],
-            ).fetchone()
-            newest = {
-                (str(symbol), str(period)): int(start)
-                for symbol, period, start in self._con.execute(
-                    "SELECT symbol, period, epoch_ms(max(time)) FROM candles GROUP BY ALL"
-                ).fetchall()
-            }
-        except duckdb.Error:
-            self.close()
-            raise
-        lags: list[int] = []
-        unstored = 0
-        for symbol in series:
-            start = newest.get((symbol.base, symbol.period_label))
-            if start is None:
-                unstored += 1
-            elif (period := symbol.period_ms) is not None:
-                lags.append(max(0, now_ms - grace_ms - (start + 2 * period)))
-        gaps, missing = gap_row if gap_row is not None else (0, 0)
-        return StoreCheckResult(
-            checked_at=self._clock(),
-            seconds=time.perf_counter() - started,
-            gaps=int(gaps),
-            missing_periods=int(missing),
-            backfill_lag_seconds=max(lags) / 1000 if lags else None,
-            series_without_candles=unstored,
-        )
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-
-
-# --------------------------------------------------------------------------- collector
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What one scrape or health check sees."""
-
-    reading: Reading
-    health: HealthReport
-    store_check: StoreCheckResult | None
-    store_check_failures: int
-
-
-def _family(name: str, doc: str, label: str | None = None) -> Metric:
-    """A counter when the name ends in ``_total``, else a gauge."""
-    kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
-    return kind(name, doc, labels=None if label is None else [label])
-
-
-def _plain_metrics(o: Observation) -> list[tuple[str, float | None, str]]:
-    """(name, value, help) of every unlabelled metric; ``None`` values are left out."""
-    r, s, m, st = o.reading, o.reading.service, o.reading.manager, o.reading.store
-    c = r.client
-    rows: list[tuple[str, float | None, str]] = [
-        ("candles_health_ok", o.health.healthy, "1 when /health answers 200."),
-        ("candles_uptime_seconds", max(0.0, r.now - r.started_at), "Service uptime."),
-        ("candles_connects_total", c.connects, "Completed DXLink handshakes."),
-        ("candles_reconnect_attempts_total", c.reconnect_attempts, "Attempts after the first."),
-        ("candles_connected_seconds_total", c.connected_seconds, "Seconds connected in total."),
-        ("candles_token_refreshes_total", c.token_refreshes, "Tokens refetched after rejection."),
-        ("candles_malformed_messages_total", c.malformed_messages, "Invalid frames skipped."),
-        ("candles_protocol_violations_total", c.protocol_violations, "Illegal messages."),
-        ("candles_delivery_blocked_total", c.delivery.blocked_count, "Reader waits on full queue."),
-        ("candles_delivery_blocked_seconds_total", c.delivery.blocked_seconds, "Time waited."),
-        ("candles_received_total", s.candles_received, "Candle events received."),
-        ("candles_batches_total", s.batches, "Candle batches received."),
-        ("candles_completed_total", s.candles_stored, "Completed candles flushed to the store."),
-        ("candles_stored_total", st.rows_written, "Rows the store inserted or rewrote."),
-        ("candles_revised_total", m.revisions, "Changes to candles already handed out."),
-        ("candles_deleted_total", s.candles_deleted, "Stored candles removed server-side."),
-        ("candles_invalid_events_total", m.invalid_events, "Candle events rejected as invalid."),
-        ("candles_refused_series_events_total", m.refused_series_events, "Over series limit."),
-        ("candles_backpressure_waits_total", s.backpressure_waits, "Intake paused for a flush."),
-        ("candles_flushes_total", s.flushes, "Successful flushes that wrote data."),
-        ("candles_flush_failures_total", s.flush_failures, "Failed flushes."),
-        ("candles_last_flush_failed", s.last_flush_error is not None, "1 if the last failed."),
-        ("candles_last_flush_duration_seconds", s.last_flush_seconds, "Last successful flush."),
-        ("candles_last_flush_timestamp_seconds", s.last_flush_at, "Unix time of that flush."),
-        ("candles_compactions_total", s.compactions, "Store compactions run."),
-        ("candles_compaction_failures_total", s.compaction_failures, "Failed compactions."),
-        ("candles_store_retries_total", st.retries, "Store transactions retried (collision)."),
-        ("candles_store_busy_failures_total", st.busy_failures, "Busy through every retry."),
-        ("candles_stream_time_seconds", s.stream_time_ms / 1000 or None, "Newest candle start."),
-        ("candles_series", m.series, "Candle series held in memory."),
-        ("candles_series_limit", r.series_limit, "Most series held (manager bound)."),
-        ("candles_held", m.candles_held, "Candles held in memory."),
-        ("candles_unstored", m.dirty, "Held candles whose current version is unstored."),
-        ("candles_flush_backlog", r.flush_backlog, "Completed, waiting for a flush (lower bound)."),
-        ("candles_pinned", m.pinned, "Unstored candles held beyond the per-series bound."),
-        ("candles_pinned_limit", r.pinned_limit, "Pinned candles before back-pressure."),
-        ("candles_memory_bytes", m.memory_bytes, "Estimated memory held by candles."),
-        ("candles_memory_limit_bytes", m.memory_limit_bytes, "Most the bounds allow (estimate)."),
-        ("candles_store_check_failures_total", o.store_check_failures, "Failed store checks."),
-    ]
-    if (check := o.store_check) is not None:
-        rows += [
-            ("candles_gaps", check.gaps, "Gaps within the gap window, at the last check."),
-            ("candles_gap_missing_periods", check.missing_periods, "Periods those gaps miss."),
-            ("candles_backfill_lag_seconds", check.backfill_lag_seconds, "Worst series."),
-            ("candles_series_without_stored_candles", check.series_without_candles, "None yet."),
-            ("candles_store_check_timestamp_seconds", check.checked_at, "Last store check."),
-            ("candles_store_check_duration_seconds", check.seconds, "Its duration."),
-        ]
-    return rows
-
-
-class CandlesCollector(Collector):
-    """A prometheus_client collector that turns one :class:`Observation` into metrics.
-
-    Args:
-        observe: Called once per scrape, on the scraping thread (the event loop).
-    """
-
-    def __init__(self, observe: Callable[[], Observation]) -> None:
-        self._observe = observe
-
-    def collect(self) -> Iterator[Metric]:
-        """Yield every metric family (see the module docstring)."""
-        o = self._observe()
-        for name, value, doc in _plain_metrics(o):
-            if value is not None:
-                family = _family(name, doc)
-                family.add_sample(name, {}, float(value))
-                yield family
-        client, now = o.reading.client, o.reading.now
-        channels = client.channels
-        states = {str(state): 0.0 for state in ConnectionState} | {client.state: 1.0}
-        labelled: list[tuple[str, str, str, Mapping[str, float]]] = [
-            ("candles_connection_state", "1 for the current state.", "state", states),
-            ("candles_disconnects_total", "Ended connections and failed attempts.", "reason",
-             {str(r): 0 for r in DisconnectReason} | dict(client.disconnects)),
-            ("candles_subscriptions", "Candle subscriptions by snapshot state.", "state",
-             client.series_by_state),
-            ("candles_channel_messages_total", "FEED_DATA messages.", "channel",
-             {k: v.message_count for k, v in channels.items()}),
-            ("candles_channel_events_total", "Events decoded.", "channel",
-             {k: v.event_count for k, v in channels.items()}),
-            ("candles_channel_errors_total", "Channel ERROR messages.", "channel",
-             {k: v.error_count for k, v in channels.items()}),
-            ("candles_channel_last_message_age_seconds", "Since the last FEED_DATA.", "channel",
-             {k: max(0.0, now - v.last_message_time)
-              for k, v in channels.items() if v.last_message_time is not None}),
-            ("candles_channel_queue_depth", "Batches waiting for the consumer.", "channel",
-             client.queue_depths),
-            ("candles_channel_queue_high_water_mark", "Deepest queue seen.", "channel",
-             {k: v.queue_high_water_mark for k, v in channels.items()}),
-        ]  # fmt: skip
-        for name, doc, label, values in labelled:
-            family = _family(name, doc, label)
-            for key, value in sorted(values.items()):
-                family.add_sample(name, {label: key}, float(value))
-            yield family
-
-
-# --------------------------------------------------------------------------- server
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class MetricsServer:
@@ -707,7 +218,7 @@ class MetricsServer:
                 "set metrics.port (0 picks a free port) or metrics.enabled = false",
             ) from exc
         self._port = int(self._server.sockets[0].getsockname()[1])
-        if not _is_loopback(self.host):
+        if not is_loopback_host(self.host):
             logger.warning("! metrics are served on %s, not loopback: anyone who can reach "
                            "this host can read them", self.host)  # fmt: skip
         logger.info("= serving metrics at %s/metrics and %s/health", self.url, self.url)
