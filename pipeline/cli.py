@@ -84,9 +84,9 @@ def ingest(
     Exit status:
       0   stopped with every completed candle stored
       1   could not start or had to stop; the message says what to fix
-      75  stopped with completed candles not stored: the store stayed unwritable for
-          ingest.shutdown_timeout seconds, or a second signal arrived while stopping;
-          the log says how many; the next start fetches them from the server again
+      75  stopped with completed candles not stored (the final flush failed, the store
+          stayed unwritable for ingest.shutdown_timeout seconds, or a second signal came
+          while stopping); the log says how many; the next start fetches them again
     """
     from pipeline.runner import IngestError, ShutdownIncomplete, run_ingest
 
