@@ -21,14 +21,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runner import EXIT_UNSTORED, ShutdownGuard
+from pipeline.dxlink.events import Candle, index_of
+from pipeline.runner import EXIT_UNSTORED, ShutdownGuard, unstored_completed
+from pipeline.service import IngestService
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
+from pipeline.tastytrade import SimulatorTokenSource
 from tests.service_harness import (
     START_MS,
     TOKEN,
     differences,
     eventually,
+    service_config,
     stored_frame,
     truth_frame,
 )
@@ -392,3 +396,27 @@ def test_guard_rejects_bad_bounds(timeout: float, grace: float, message: str) ->
     """Negative timeouts and non-positive grace periods are refused with the rule."""
     with pytest.raises(ValueError, match=message):
         ShutdownGuard(lambda: None, timeout=timeout, grace=grace)
+
+
+# --------------------------------------------------------------------------- the count
+
+
+def _minute(slot: int) -> Candle:
+    time_ms = START_MS + slot * MINUTE
+    return Candle(
+        "AAPL{=m}", time_ms, index=index_of(time_ms), count=3,
+        open=10.0, high=11.0, low=9.0, close=10.5, volume=100.0, vwap=10.2,
+    )  # fmt: skip
+
+
+def test_unstored_completed_counts_what_a_flush_would_write_and_keeps_it(tmp_path: Path) -> None:
+    """The count is the completed, unstored candles; they stay held for a later flush."""
+    config = service_config(tmp_path / "store", symbols=("AAPL",), intervals=("1m",))
+    service = IngestService(config, token_source=SimulatorTokenSource("ws://127.0.0.1:9", TOKEN))
+    service.manager.update([_minute(slot) for slot in range(4)], START_MS)
+    # Slots 0-2 are complete (a newer candle exists); slot 3 is the live one.
+    assert unstored_completed(service) == (3, 0)
+    assert unstored_completed(service) == (3, 0)  # handed back, not consumed
+    # With the clock moved past slot 3's end (grace 0), the live candle is complete too.
+    assert unstored_completed(service, now_ms=START_MS + 4 * MINUTE) == (4, 0)
+    assert service.manager.take_completed().frame.height == 4
