@@ -437,7 +437,11 @@ class SimConnection:
                 return
             self._bucket.take(cost, now)
         added, ignored = self.session.apply(
-            channel, add=event.add, remove=event.remove, reset=event.reset
+            channel,
+            add=event.add,
+            remove=event.remove,
+            reset=event.reset,
+            now_ms=self.owner.sim_now_ms(),
         )
         for note in ignored:
             self.log.info("subscription ignored: %s", note)

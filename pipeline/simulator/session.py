@@ -253,11 +253,14 @@ class FeedSession:
         add: Iterable[SubscriptionItem] = (),
         remove: Iterable[SubscriptionItem] = (),
         reset: bool = False,
+        now_ms: int | None = None,
     ) -> tuple[list[CandleSubscription], list[str]]:
         """Apply a FEED_SUBSCRIPTION: reset, then remove, then add (§2.3).
 
         Adding a series again replaces it, with a new snapshot (§6.2). Non-Candle items are
         ignored (the simulator serves candles only), as are symbols the market cannot serve.
+        Given ``now_ms``, the market draws the added series' current candles in one batch
+        (``Market.prepare``) rather than one series at a time as their snapshots are served.
 
         Returns:
             The new subscriptions (each needs ``serve``), and a note per ignored item.
@@ -279,7 +282,19 @@ class FeedSession:
                 subscription = CandleSubscription(series, item.from_time)
                 known.subscriptions[series.key] = subscription
                 added.append(subscription)
+        if now_ms is not None and added:
+            self._prepare(added, now_ms)
         return added, ignored
+
+    def _prepare(self, subscriptions: Iterable[CandleSubscription], now_ms: int) -> None:
+        """Have the market draw what serving ``subscriptions`` at ``now_ms`` takes, in one
+        batch (``Market.prepare``): one draw per symbol costs the same as one for hundreds."""
+        oldest: dict[str, int] = {}
+        for subscription in subscriptions:
+            since = now_ms if subscription.from_ms is None else subscription.from_ms
+            base = subscription.series.base
+            oldest[base] = min(since, oldest.get(base, since))
+        self.market.prepare(oldest, now_ms)
 
     def _series(self, item: SubscriptionItem, ignored: list[str]) -> Series | None:
         if item.type != CANDLE:
@@ -303,6 +318,15 @@ class FeedSession:
         from_ms = subscription.from_ms
         if not market.trades(series.base):
             return  # §6.2: unknown symbols get no error, just silence
+        if not market.prepared(series.base, now_ms):
+            # A new minute since the subscriptions came in: draw it for all that wait.
+            waiting = (
+                sub
+                for channel in self._channels.values()
+                for sub in channel.subscriptions.values()
+                if not sub.served or sub is subscription
+            )
+            self._prepare(waiting, now_ms)
         if from_ms is None:
             latest = market.latest_bars(series.base, series.period, 0, now_ms, 1)[0]
             if latest:
@@ -332,10 +356,16 @@ class FeedSession:
         known = self._channels.get(channel)
         if known is None:
             return []
+        due = [
+            subscription
+            for subscription in known.subscriptions.values()
+            if subscription.served and now_ms > subscription.published_ms
+        ]
+        # One batch of new splits for every symbol's new minute, not one draw per symbol.
+        self.market.prepare(dict.fromkeys((sub.series.base for sub in due), now_ms), now_ms)
         events: list[Candle] = []
-        for subscription in list(known.subscriptions.values()):
-            if subscription.served and now_ms > subscription.published_ms:
-                events.extend(self._subscription_updates(subscription, now_ms))
+        for subscription in due:
+            events.extend(self._subscription_updates(subscription, now_ms))
         return events
 
     def _subscription_updates(self, sub: CandleSubscription, now_ms: int) -> list[Candle]:

@@ -202,3 +202,48 @@ def test_a_long_history_matches_candles_queried_one_by_one(period: Period, count
     fresh = Market(MarketConfig(quiet_fraction=0.1))
     for time_ms, bar in history[::37]:
         assert fresh.bar("AAPL", time_ms, time_ms + period.length_ms, NOW) == bar
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "parts", "corrections"),
+    [
+        (NOW - 2 * HOUR_MS - 61 * SECOND_MS, NOW, S1, 1.0),  # seconds, minutes, an hour...
+        (NOW - 25 * SECOND_MS, NOW - 2 * SECOND_MS, S1, 1.0),  # some seconds of one minute
+        (START - 9 * DAY_MS, START + 2 * HOUR_MS, H1, 0.0),  # a week, days, then hours
+    ],
+)
+def test_bar_is_the_aggregate_of_the_candles_it_covers(
+    start: int, end: int, parts: Period, corrections: float
+) -> None:
+    """bar() of an aligned range equals combine() of its finer candles (quiet periods,
+    corrections and the start of history included)."""
+    config = MarketConfig(
+        quiet_fraction=0.2, correction_rate=corrections, history_start_ms=START - 8 * DAY_MS
+    )
+    market = Market(config)
+    start, end = start - start % SECOND_MS, end - end % SECOND_MS
+    pieces = [bar for _, bar in market.candle_bars("AAPL", parts, start, end, NOW)]
+    assert pieces and market.bar("AAPL", start, end, NOW) == combine(pieces)
+    assert market.bar("AAPL", START - 10 * DAY_MS, START - 9 * DAY_MS, NOW) is None  # no history
+    with pytest.raises(ValueError, match="whole seconds"):
+        market.bar("AAPL", start + 1, end, NOW)
+
+
+def test_prepare_draws_ahead_in_one_batch_and_changes_nothing() -> None:
+    """After prepare() the live candles and a snapshot's minutes need no further draws,
+    and every candle is what an unprepared market gives."""
+    symbols = [f"S{i}" for i in range(40)]
+    prepared, plain = (
+        Market(MarketConfig(quiet_fraction=0.1)),
+        Market(MarketConfig(quiet_fraction=0.1)),
+    )
+    prepared.prepare(dict.fromkeys(symbols, NOW - 3 * HOUR_MS), NOW)
+    assert all(prepared.prepared(symbol, NOW) for symbol in symbols)
+    assert not plain.prepared("S0", NOW)
+    drawn = prepared.splits_drawn
+    for symbol in symbols:
+        got = prepared.candle_bars(symbol, M1, NOW - 3 * HOUR_MS, NOW + MINUTE_MS, NOW)
+        assert got == plain.candle_bars(symbol, M1, NOW - 3 * HOUR_MS, NOW + MINUTE_MS, NOW)
+    assert prepared.splits_drawn == drawn
+    prepared.prepare(dict.fromkeys(symbols, NOW), NOW + 20 * SECOND_MS)  # same minute: no-op
+    assert prepared.splits_drawn == drawn
