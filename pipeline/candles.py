@@ -46,6 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import count as counter
+from itertools import groupby
 
 import numpy as np
 import polars as pl
@@ -208,6 +209,8 @@ class _Outstanding:
     deletions: list[tuple[str, int, int]]
 
 
+_symbol_of = operator.attrgetter("symbol")
+_flags_of = operator.attrgetter("flags")
 _values_of = operator.itemgetter(VALUES_SLICE)
 """A Candle's ``count`` .. ``open_interest``: the values of its record, in record order."""
 
@@ -279,22 +282,22 @@ class CandleDataManager:
             self._refusals += 1
             raise BackpressureError(self._pinned, self.max_pinned_candles)
         touched: dict[str, _Series] = {}
-        room = self.max_buffered_events - 1
-        symbol: str | None = None
-        series: _Series | None = None
-        for event in candles:
-            # A server sends a series' events in runs (a snapshot chunk is one series): look it
-            # up once per run. A refused series is asked again per event, which counts them.
-            if series is None or event.symbol != symbol:
-                symbol = event.symbol
-                series = self._series_for(symbol)
-                if series is None:
-                    continue
-                touched[series.symbol.normalized] = series
-            if series.snap_part and not event.flags and len(series.pending) < room:
-                series.pending.append(event)  # §6.3: the bulk of a snapshot, held back
-            else:
-                self._on_event(series, event)
+        # A server sends a series' events in runs (a snapshot chunk is one series): one
+        # lookup per run, and a run's unflagged stretches handled at once.
+        for symbol, group in groupby(candles, _symbol_of):
+            run = list(group)
+            series = self._series_for(symbol)
+            if series is None:
+                for _ in run[1:]:  # dropped events are counted (and logged) one by one
+                    self._series_for(symbol)
+                continue
+            touched[series.symbol.normalized] = series
+            start = 0
+            for stop in [i for i, flags in enumerate(map(_flags_of, run)) if flags]:
+                self._apply_plain(series, run, start, stop)
+                self._on_event(series, run[stop])
+                start = stop + 1
+            self._apply_plain(series, run, start, len(run))
         for series in touched.values():
             self._trim(series)
         self.advance(now_ms)
@@ -509,6 +512,17 @@ class CandleDataManager:
             self._apply_snapshot(series, events)
         else:
             self._apply_live(series, events)
+
+    def _apply_plain(self, series: _Series, run: list[Candle], start: int, stop: int) -> None:
+        """``run[start:stop]``, events without flags, as :meth:`_on_event` would apply them."""
+        if start >= stop:
+            return
+        pending = series.pending
+        if series.snap_part and len(pending) + stop - start < self.max_buffered_events:
+            pending.extend(run[start:stop])  # §6.3: a snapshot's body, held back (no overflow)
+            return
+        for event in run[start:stop]:
+            self._on_event(series, event)
 
     def _overflow(self, series: _Series) -> None:
         self._overflows += 1

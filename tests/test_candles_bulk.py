@@ -17,6 +17,7 @@ from typing import Any
 from unittest import mock
 
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,6 +74,20 @@ def thresholds(many: int) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def one_event_at_a_time() -> Iterator[None]:
+    """Unflagged stretches through ``_on_event`` one by one: the plain §6.3 route."""
+
+    def per_event(
+        self: CandleDataManager, series: Any, run: list[Candle], start: int, stop: int
+    ) -> None:
+        for event in run[start:stop]:
+            self._on_event(series, event)
+
+    with mock.patch.object(CandleDataManager, "_apply_plain", per_event):
+        yield
+
+
 def frame_rows(frame: pl.DataFrame) -> list[tuple[Any, ...]]:
     """Rows with NaN made comparable (NaN != NaN in tuples of floats)."""
     return [tuple("NaN" if v != v else v for v in row) for row in frame.rows()]
@@ -118,10 +133,13 @@ flush_ops = st.tuples(
 operations = st.lists(st.one_of(event_ops, snapshot_ops, snapshot_ops, flush_ops), max_size=30)
 
 
-def run(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Apply ``ops`` to a fresh manager; the observations after every step."""
+def run(
+    ops: list[tuple[Any, ...]], *, batched: bool = True, history: int = 30
+) -> list[tuple[Any, ...]]:
+    """Apply ``ops`` to a fresh manager (each op's events in one ``update`` call, or one
+    call per event); the observations after every step."""
     mgr = CandleDataManager(
-        max_series=2, max_historical_candles=30, max_buffered_events=9, grace_ms=0
+        max_series=2, max_historical_candles=history, max_buffered_events=9, grace_ms=0
     )
     now = T0
     in_flight: list[Batch] = []
@@ -135,7 +153,8 @@ def run(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             else:
                 _, symbol, a, b, close = op
                 events = snapshot(symbol, max(a, b), min(a, b), close)
-            mgr.update(events, now)
+            for group in [events] if batched else [[e] for e in events]:
+                mgr.update(group, now)
         elif op[0] == "advance":
             now += 7 * MIN
             mgr.advance(now)
@@ -161,6 +180,25 @@ def test_bulk_and_per_candle_routes_are_indistinguishable(ops: list[tuple[Any, .
         reference = run(ops)
     with thresholds(10**9):
         assert run(ops) == reference
+    assert run(ops) == reference
+
+
+@settings(max_examples=40, deadline=None)
+@given(operations)
+def test_a_batch_applies_like_its_events_one_call_each(ops: list[tuple[Any, ...]]) -> None:
+    """Runs of one series and unflagged stretches in a batch act exactly like single events."""
+    # An unbounded history: where the bound is applied (per call) is not what is compared.
+    with one_event_at_a_time():
+        reference = run(ops, batched=False, history=10**6)
+    assert run(ops, history=10**6) == reference
+
+
+@pytest.mark.parametrize("size", range(6, 14))
+def test_a_snapshot_batch_overflows_its_buffer_exactly_like_single_events(size: int) -> None:
+    """Around max_buffered_events, one batch and one call per event buffer and overflow alike."""
+    ops: list[tuple[Any, ...]] = [("snapshot", SYMBOLS[0], size - 1, 0, 10.0), ("take",)]
+    with one_event_at_a_time():
+        reference = run(ops, batched=False)
     assert run(ops) == reference
 
 
