@@ -10,6 +10,10 @@ Side by side in the same run, best of several rounds:
   a **plain append** of the same frame (``INSERT INTO candles SELECT * FROM frame`` on a
   writer connection: no dedupe, no stored-version lookup, no classification); also the upsert
   of 100,000 *revised* candles (every key already stored, values changed);
+* the **write floor** of the same frame, outside the lake (details only): DuckDB ``COPY`` to
+  one Parquet file per codec (snappy, DuckLake's default; zstd; lz4; uncompressed) and
+  pyarrow's ``write_table``; what a lake append adds on top is the catalog commit and its
+  per-transaction metadata reads;
 * **last 1,000 candles of one series** through ``CandleStore.recent`` against the same SQL on
   a reader connection (``connect()``);
 * **1m -> 1h resample over one symbol-year** through the store's ``resample`` macro, against
@@ -28,7 +32,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import polars as pl
+import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
 from benchmarks.common import RESULTS_DIR
 from benchmarks.e2e_common import BenchResult, Figure, bench_main
@@ -149,6 +155,27 @@ def _append(folder: Path, frame: pl.DataFrame) -> float:
         con.close()
 
 
+_CODECS = ("snappy", "zstd", "lz4", "uncompressed")
+
+
+def _write_floor(folder: Path, frame: pl.DataFrame) -> dict[str, float]:
+    """Seconds to write ``frame`` straight to one Parquet file: DuckDB COPY per codec,
+    and pyarrow (snappy), each on its own; no catalog, no lake."""
+    table = frame.to_arrow()
+    folder.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    try:
+        con.register("frame", table)
+        seconds: dict[str, float] = {}
+        for codec in _CODECS:
+            copy = f"COPY frame TO '{folder / codec}.parquet' (FORMAT parquet, COMPRESSION {codec})"
+            seconds[f"copy_{codec}"] = _timed(lambda: con.execute(copy))  # noqa: B023 (at once)
+    finally:
+        con.close()
+    seconds["pyarrow_snappy"] = _timed(lambda: pq.write_table(table, folder / "pa.parquet"))
+    return seconds
+
+
 def measure(
     symbols: int,
     rounds: int,
@@ -164,7 +191,9 @@ def measure(
     append_s: list[float] = []
     upsert_s: list[float] = []
     revise_s: list[float] = []
+    floors: list[dict[str, float]] = []
     for round_ in range(rounds):
+        floors.append(_write_floor(workdir / "floor", synthetic_frame("FL00", upsert_rows, 0)))
         append_s.append(_append(folder, synthetic_frame(f"AP{round_:02d}", upsert_rows, 0)))
         with CandleStore(folder) as store:
             fresh = synthetic_frame(f"UP{round_:02d}", upsert_rows, 0)
@@ -220,6 +249,7 @@ def measure(
         {
             "copy_s": copied,
             "append_s": append_s,
+            "write_floor_best_s": {key: min(f[key] for f in floors) for key in floors[0]},
             "upsert_new_s": upsert_s,
             "upsert_revised_s": revise_s,
             "recent_ms_median": statistics.median(recent_s) * 1000,
