@@ -167,6 +167,12 @@ def _newest_stored(store_path: Path) -> int:
         return max(store.resume_points(SERIES).values(), default=0)
 
 
+async def _minutes(sim: Simulator, count: int) -> None:
+    """Move the simulator's clock ``count`` minutes, publishing minute by minute."""
+    for _ in range(count):
+        await sim.advance(60)
+
+
 async def _first_flush(ingest: Ingest, store_path: Path) -> None:
     """Wait until the store holds a candle (the ingest process flushed)."""
 
@@ -201,17 +207,16 @@ async def test_unwritable_store_sigterm_exits_within_timeout_then_restart_loses_
             await ingest.bounded(
                 sim.wait_for_subscriptions(len(SERIES)), "subscriptions", 3 * TIMEOUT
             )
-            await sim.advance(60)
+            await ingest.bounded(_minutes(sim, 1), "a simulated minute", TIMEOUT)
             await _first_flush(ingest, store_path)
             await asyncio.to_thread(_make_unwritable, store_path)
-            for _ in range(30):  # half an hour of candles that can no longer be stored
-                await sim.advance(60)
+            # Half an hour of candles that can no longer be stored.
+            await ingest.bounded(_minutes(sim, 30), "30 simulated minutes", 3 * TIMEOUT)
             await ingest.logged(BACKPRESSURE)  # intake is stalled behind the failing store
             stopped_at = time.monotonic()
             ingest.process.send_signal(signal.SIGTERM)
             code = await ingest.wait()
             took = time.monotonic() - stopped_at
-            print(f"exit took {took:.2f}s after SIGTERM")
         log = "\n".join(ingest.lines)
         assert code == EXIT_UNSTORED, log[-3000:]
         found = GAVE_UP.search(log)
@@ -225,7 +230,7 @@ async def test_unwritable_store_sigterm_exits_within_timeout_then_restart_loses_
             await ingest.bounded(
                 sim.wait_for_subscriptions(len(SERIES)), "subscriptions", 3 * TIMEOUT
             )
-            await sim.advance(60)
+            await ingest.bounded(_minutes(sim, 1), "a simulated minute", TIMEOUT)
             end = sim.now_ms
             complete_end = end - 5 * MINUTE - end % (5 * MINUTE)
 
