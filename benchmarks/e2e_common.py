@@ -42,6 +42,7 @@ __all__ = [
     "BenchResult",
     "Figure",
     "RawReceipt",
+    "RawTap",
     "SimulatorProcess",
     "bench_config",
     "bench_main",
@@ -362,13 +363,15 @@ async def raw_receive(
     duration: float | None = None,
     aggregation_period: float = 0.1,
     into: list[tuple[float, str | bytes]] | None = None,
+    first_within: float = 120.0,
 ) -> RawReceipt:
     """The floor of backfill: receive a subscription's frames and do nothing with them.
 
     Handshake through :class:`ClientProtocol` (SETUP, AUTH, one HISTORY channel, COMPACT
     FEED_SETUP with our field list), then one FEED_SUBSCRIPTION for every series, then
     ``recv()`` in a loop with no parsing until the socket stays quiet for ``idle`` seconds
-    (or ``duration`` seconds after subscribing, for a live feed). The figure ends at the
+    after the first frame (which may take up to ``first_within`` seconds), or ``duration``
+    seconds after subscribing, for a live feed. The figure ends at the
     last frame's arrival, so the idle wait is not counted. With ``into``, each frame is also
     appended there with its arrival time as it comes (for an observer running alongside).
     """
@@ -408,7 +411,8 @@ async def raw_receive(
                 await ws.send('{"type":"KEEPALIVE","channel":0}')
                 keepalive_due = last + KEEPALIVE_EVERY
             try:
-                frame = await asyncio.wait_for(ws.recv(), idle)
+                # The first frame may take long (the server draws the history first).
+                frame = await asyncio.wait_for(ws.recv(), idle if frames else first_within)
             except TimeoutError:
                 break
             last = time.perf_counter()
@@ -416,6 +420,117 @@ async def raw_receive(
             if into is not None:
                 into.append((last, frame))
     return RawReceipt(frames, subscribed_at, last)
+
+
+# ---------------------------------------------------------------------- raw tap process
+
+
+def _tap(
+    url: str,
+    series: list[str],
+    from_ms: int,
+    aggregation_period: float,
+    pipe: multiprocessing.connection.Connection,
+) -> None:
+    """Child process: a raw receiver that notes (arrival, events) per frame and answers the
+    parent's queries ("cpu", ("events", begin, end)) until it sends anything else."""
+    arrivals: list[tuple[float, int]] = []
+    frames: list[tuple[float, str | bytes]] = []
+
+    async def main() -> None:
+        receiver = asyncio.create_task(
+            raw_receive(
+                url, series, from_ms, idle=3600.0, duration=3600.0,
+                aggregation_period=aggregation_period, into=frames,
+            )
+        )  # fmt: skip
+        pipe.send("started")
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, _recv_quietly, pipe)
+            if receiver.done():
+                receiver.result()  # raises what ended it
+            # Counting is done here, on request, not per frame: the receiver stays raw.
+            arrivals.extend((at, count_feed_events([frame])) for at, frame in frames)
+            frames.clear()
+            if command == "cpu":
+                pipe.send(time.process_time())
+            elif isinstance(command, tuple) and command[0] == "events":
+                _, begin, end = command
+                pipe.send(sum(n for at, n in arrivals if begin <= at < end))
+            else:
+                receiver.cancel()
+                return
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(main())
+
+
+class RawTap:
+    """A raw receiver (``raw_receive``) in its own process, subscribed for as long as the
+    context lasts: what the simulator offers, measured without taking CPU or event-loop
+    time from the client under test. Arrival times are ``time.perf_counter()`` (system-wide
+    CLOCK_MONOTONIC on Linux), so the parent's windows apply.
+
+    Args:
+        url: The simulator's URL.
+        series: Candle symbols to subscribe (``AAPL{=1m}``).
+        from_ms: Their ``fromTime``.
+        aggregation_period: The FEED_SETUP ``acceptAggregationPeriod``.
+    """
+
+    def __init__(
+        self, url: str, series: Sequence[str], from_ms: int, *, aggregation_period: float = 0.0
+    ) -> None:
+        self._args = (url, list(series), from_ms, aggregation_period)
+        self._pipe: multiprocessing.connection.Connection | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+
+    def _ask(self, command: object) -> Any:
+        if self._pipe is None:
+            raise RuntimeError("the raw tap is not running (use it as a context manager)")
+        self._pipe.send(command)
+        if not self._pipe.poll(120):
+            raise RuntimeError("the raw tap did not answer within 120 s")
+        return self._pipe.recv()
+
+    def cpu_seconds(self) -> float:
+        """The tap process's CPU time so far (``time.process_time()`` there)."""
+        return float(self._ask("cpu"))
+
+    def events_between(self, begin: float, end: float) -> int:
+        """Candle events in the FEED_DATA frames that arrived in ``[begin, end)``."""
+        return int(self._ask(("events", begin, end)))
+
+    def __enter__(self) -> RawTap:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        self._process = context.Process(target=_tap, args=(*self._args, child), daemon=True)
+        self._process.start()
+        child.close()
+        if not parent.poll(60):
+            self._process.kill()
+            raise RuntimeError("the raw tap did not start within 60 s")
+        parent.recv()
+        self._pipe = parent
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.send("stop")
+            self._pipe.close()
+            self._pipe = None
+        if self._process is not None:
+            self._process.join(10)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
 
 
 def count_feed_events(frames: Sequence[str | bytes], fields: int = len(CANDLE_FIELDS)) -> int:
