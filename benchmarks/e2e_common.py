@@ -270,6 +270,41 @@ def _recv_quietly(pipe: multiprocessing.connection.Connection) -> object:
     return None
 
 
+def _spawn(
+    target: Callable[..., None], args: tuple[Any, ...], what: str
+) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.connection.Connection, Any]:
+    """Start ``target(*args, pipe)`` in a ``spawn`` child and wait for its first message.
+
+    Returns:
+        The process, the parent's end of the pipe and that first message.
+    """
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=target, args=(*args, child), daemon=True)
+    process.start()
+    child.close()
+    if not parent.poll(60):
+        process.kill()
+        raise RuntimeError(f"{what} did not start within 60 s")
+    return process, parent, parent.recv()
+
+
+def _stop(
+    process: multiprocessing.process.BaseProcess | None,
+    pipe: multiprocessing.connection.Connection | None,
+) -> None:
+    """Ask a child from ``_spawn`` to stop (any non-command message), then join it."""
+    if pipe is not None:
+        with contextlib.suppress(OSError):
+            pipe.send("stop")
+        pipe.close()
+    if process is not None:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
 class SimulatorProcess:
     """A :class:`Simulator` in a child process (``spawn``), for use as a context manager.
 
@@ -304,16 +339,10 @@ class SimulatorProcess:
         self._pipe.send(float(seconds))
 
     def __enter__(self) -> SimulatorProcess:
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(self._settings, child), daemon=True)
-        self._process.start()
-        child.close()
-        if not parent.poll(60):
-            self._process.kill()
-            raise RuntimeError("the simulator process did not start within 60 s")
-        self.url, self.real_start = parent.recv()
-        self._pipe = parent
+        self._process, self._pipe, started = _spawn(
+            _serve, (self._settings,), "the simulator process"
+        )
+        self.url, self.real_start = started
         return self
 
     def __exit__(
@@ -322,14 +351,8 @@ class SimulatorProcess:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._pipe is not None:
-            self._pipe.send("stop")
-            self._pipe.close()
-        if self._process is not None:
-            self._process.join(10)
-            if self._process.is_alive():
-                self._process.kill()
-                self._process.join()
+        _stop(self._process, self._pipe)
+        self._process = self._pipe = None
 
 
 # ---------------------------------------------------------------------- raw receiver
@@ -503,16 +526,7 @@ class RawTap:
         return int(self._ask(("events", begin, end)))
 
     def __enter__(self) -> RawTap:
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        self._process = context.Process(target=_tap, args=(*self._args, child), daemon=True)
-        self._process.start()
-        child.close()
-        if not parent.poll(60):
-            self._process.kill()
-            raise RuntimeError("the raw tap did not start within 60 s")
-        parent.recv()
-        self._pipe = parent
+        self._process, self._pipe, _ = _spawn(_tap, self._args, "the raw tap")
         return self
 
     def __exit__(
@@ -521,16 +535,8 @@ class RawTap:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._pipe is not None:
-            with contextlib.suppress(OSError):
-                self._pipe.send("stop")
-            self._pipe.close()
-            self._pipe = None
-        if self._process is not None:
-            self._process.join(10)
-            if self._process.is_alive():
-                self._process.kill()
-                self._process.join()
+        _stop(self._process, self._pipe)
+        self._process = self._pipe = None
 
 
 def count_feed_events(frames: Sequence[str | bytes], fields: int = len(CANDLE_FIELDS)) -> int:
