@@ -21,6 +21,7 @@ from datetime import datetime
 
 import duckdb
 import polars as pl
+import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
 from pipeline.candles import CANDLE_COLUMNS, CANDLE_SCHEMA, KEY_COLUMNS
 from pipeline.lake import TABLE
@@ -138,7 +139,9 @@ def upsert_once(
             if changed.height == 0 and deleted == 0:
                 rollback(con)
                 return UpsertResult(0, 0, batch.height, 0)
-            with _registered(con, changed_rows=changed, replaced_keys=replaced):
+            # As Arrow: DuckDB scans a polars frame through a conversion of its own that cost
+            # ~25 ms more CPU per 100,000 rows inserted than polars' to_arrow (~2 ms).
+            with _registered(con, changed_rows=changed.to_arrow(), replaced_keys=replaced):
                 if replaced.height:
                     con.execute(
                         f"DELETE FROM {TABLE} c USING replaced_keys b WHERE {_KEY_MATCH} "
@@ -262,7 +265,9 @@ def _time_range(frame: pl.DataFrame) -> list[object]:
 
 
 @contextmanager
-def _registered(con: duckdb.DuckDBPyConnection, **frames: pl.DataFrame | None) -> Iterator[None]:
+def _registered(
+    con: duckdb.DuckDBPyConnection, **frames: pl.DataFrame | pa.Table | None
+) -> Iterator[None]:
     names = [name for name, frame in frames.items() if frame is not None]
     for name in names:
         con.register(name, frames[name])
