@@ -262,6 +262,8 @@ class Market:
         self._hasher = hashlib.blake2b(str(self.config.seed).encode() + b"|", digest_size=8)
         self._corrections: dict[tuple[str, int], Correction | None] = {}
         self._prepared: tuple[int, dict[str, int]] = (-1, {})  # minute, symbol -> oldest
+        self._round_now = -1
+        self._round_bars: dict[tuple[str, Period, int, int], tuple[tuple[int, Bar], ...]] = {}
         self.splits_drawn = 0
         """How many splits were computed (cache misses), for benchmarks."""
 
@@ -354,6 +356,22 @@ class Market:
         times, rows = self.candle_rows(symbol, period, from_ms, to_ms, now_ms)
         # C-level loops only (no Python frame per candle): this runs for every candle served.
         return list(zip(times, map(_new_bar, rows.tolist()), strict=True))
+
+    def round_bars(
+        self, symbol: str, period: Period, from_ms: int, to_ms: int, now_ms: int
+    ) -> tuple[tuple[int, Bar], ...]:
+        """``candle_bars``, remembered until ``now_ms`` changes: every connection's publish
+        round at one ``now_ms`` asks for the same live candles, and gets them computed once."""
+        if now_ms != self._round_now:
+            self._round_now = now_ms
+            self._round_bars.clear()
+        key = (symbol, period, from_ms, to_ms)
+        found = self._round_bars.get(key)
+        if found is None:
+            found = tuple(self.candle_bars(symbol, period, from_ms, to_ms, now_ms))
+            if len(self._round_bars) < _MAX_SMALL_CACHE:
+                self._round_bars[key] = found
+        return found
 
     def candle_rows(
         self, symbol: str, period: Period, from_ms: int, to_ms: int, now_ms: int

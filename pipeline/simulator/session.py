@@ -384,7 +384,7 @@ class FeedSession:
                 first = sub.live_time
             if sub.oldest_ms is not None:
                 first = max(first, sub.oldest_ms)
-            for time_ms, bar in market.candle_bars(base, period, first, now_ms + 1, now_ms):
+            for time_ms, bar in market.round_bars(base, period, first, now_ms + 1, now_ms):
                 if time_ms == sub.live_time and bar == sub.live_bar:
                     continue
                 changed[time_ms] = bar

@@ -247,3 +247,17 @@ def test_prepare_draws_ahead_in_one_batch_and_changes_nothing() -> None:
     assert prepared.splits_drawn == drawn
     prepared.prepare(dict.fromkeys(symbols, NOW), NOW + 20 * SECOND_MS)  # same minute: no-op
     assert prepared.splits_drawn == drawn
+
+
+def test_round_bars_are_candle_bars_remembered_for_one_moment() -> None:
+    """round_bars gives candle_bars; asked again at the same now it is not recomputed, and a
+    new now computes afresh."""
+    market = Market(MarketConfig(correction_rate=0.5))
+    live = M1.start_of(NOW)
+    first = market.round_bars("AAPL", M1, live - MINUTE_MS, NOW + 1, NOW)
+    assert list(first) == market.candle_bars("AAPL", M1, live - MINUTE_MS, NOW + 1, NOW)
+    assert market.round_bars("AAPL", M1, live - MINUTE_MS, NOW + 1, NOW) is first
+    later = NOW + 20 * SECOND_MS
+    moved = market.round_bars("AAPL", M1, live - MINUTE_MS, NOW + 1, later)
+    assert list(moved) == market.candle_bars("AAPL", M1, live - MINUTE_MS, NOW + 1, later)
+    assert moved != first  # the live candle traded on
