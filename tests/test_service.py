@@ -94,6 +94,25 @@ async def test_backfill_and_live_candles_are_stored(tmp_path: Path) -> None:
     assert service.stats.flush_failures == 0
 
 
+async def test_a_backfill_is_flushed_in_batches_while_it_arrives(tmp_path: Path) -> None:
+    """flush_batch_events received start a flush at once, unscheduled; the store equals truth."""
+    store_path = tmp_path / "data"
+    config = service_config(store_path)
+    from_ms = START_MS - 2 * 3600_000
+    async with _simulator() as sim:
+        service = make_service(config, sim)
+        service.flush_batch_events = 100  # the backfill is ~290 events
+        runner = asyncio.create_task(service.run())
+        await sim.wait_for_subscriptions(len(series_keys(config)))
+        await eventually(
+            lambda: any(r.reason == "batch" for r in service.stats.recent_flushes),
+            what="a batch flush",
+        )
+        problems = await _finish_and_compare(sim, service, runner, store_path, from_ms)
+    assert problems == []
+    assert service.stats.flush_failures == 0
+
+
 async def test_disconnects_leave_no_gap(tmp_path: Path) -> None:
     """Random abrupt disconnects while time moves on: the store still equals the truth."""
     store_path = tmp_path / "data"
