@@ -1,0 +1,95 @@
+"""The values :class:`pipeline.candles.CandleDataManager` hands out, and its errors.
+
+Imported from :mod:`pipeline.candles`, which re-exports every name here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import polars as pl
+
+__all__ = ["BackpressureError", "Batch", "CandleData", "CapacityError", "ManagerStats"]
+
+
+class BackpressureError(RuntimeError):
+    """Too many completed candles wait for the store; the update was refused, nothing applied."""
+
+    def __init__(self, pinned: int, limit: int) -> None:
+        self.pinned = pinned
+        self.limit = limit
+        super().__init__(
+            f"refusing candle update: {pinned} completed candles are waiting to be stored "
+            f"(max_pinned_candles={limit}); flush (take_completed, store, commit) and retry"
+        )
+
+
+class CapacityError(ValueError):
+    """A new series would exceed ``max_series``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CandleData:
+    """One candle as held by the manager (a snapshot of it; later updates make new ones)."""
+
+    symbol: str
+    """Streamer symbol, e.g. ``AAPL`` (``CandleSymbol.base``)."""
+    interval: str
+    """Period label, e.g. ``5m`` or ``5m,tho=true`` (``CandleSymbol.period_label``)."""
+    timestamp: datetime
+    """Period start, UTC."""
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    vwap: float
+    count: int
+    bid_volume: float
+    ask_volume: float
+    imp_volatility: float
+    open_interest: float
+    is_complete: bool
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Completed candles to store, and stored candles to delete, handed out together."""
+
+    frame: pl.DataFrame
+    """Exactly :data:`CANDLE_COLUMNS`; ``ingested_at`` is null (the store sets it)."""
+    deletions: pl.DataFrame
+    """Keys (``symbol``, ``period``, ``time``) of stored candles removed server-side."""
+    token: int
+    """Identifies the batch for :meth:`CandleDataManager.commit` / ``release``."""
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write and nothing to delete."""
+        return self.frame.height == 0 and self.deletions.height == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerStats:
+    """Counts and the memory estimate of a :class:`CandleDataManager`."""
+
+    series: int
+    candles_held: int
+    dirty: int
+    """Held candles whose current version is not stored yet."""
+    pinned: int
+    """Candles held beyond ``max_historical_candles`` because they are not stored yet."""
+    pending_deletions: int
+    buffered_events: int
+    """Events held back in unfinished snapshots or transactions."""
+    revisions: int
+    refused_series_events: int
+    invalid_events: int
+    snapshot_overflows: int
+    backpressure_refusals: int
+    memory_bytes: int
+    """Estimate of the memory held now."""
+    memory_limit_bytes: int
+    """Estimate of the most the configured bounds allow."""
