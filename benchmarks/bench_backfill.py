@@ -55,7 +55,9 @@ async def measure_service(
 
     Returns:
         Timings (perf_counter seconds) and counts: ``startup``, ``received``, ``durable``
-        (both from the client's start), ``stored`` rows, ``events`` received, ``flushes``.
+        (both from the client's start), ``stored`` rows, ``events`` received, ``flushes``,
+        ``backpressure_waits`` (the reader held until a flush made room) and each flush's
+        seconds and rows.
     """
     from_ms = START_MS - candles * MINUTE_MS
     # The product's flush schedule (5 s): flushes overlap the receiving, as they would.
@@ -94,6 +96,9 @@ async def measure_service(
         "stored": stored,
         "events": service.stats.candles_received,
         "flushes": service.stats.flushes,
+        "backpressure_waits": service.stats.backpressure_waits,
+        "flush_seconds": [round(f.seconds, 3) for f in service.stats.recent_flushes],
+        "flush_rows": [f.written for f in service.stats.recent_flushes],
     }
 
 
