@@ -7,7 +7,8 @@ dxlink-protocol.md §6.2) are built up front, then fed through the product's pat
 
 1. ``ClientProtocol.receive_message`` + ``events_received`` (decode),
 2. ``CandleDataManager.update`` per decoded batch (snapshot assembly, §6.3),
-3. every ``flush_every`` events and at the end: ``take_completed`` (the batch frame),
+3. every ``FLUSH_EVERY`` events (the service's batch size) and at the end: the flush,
+   ``take_completed`` (the batch frame),
    ``CandleStore.upsert`` (DuckLake transaction) and ``commit``.
 
 Every stage is timed on its own and the whole run end to end (durable candles/s: every
@@ -42,6 +43,7 @@ from benchmarks.e2e_common import (
 from pipeline.candles import CandleDataManager
 from pipeline.dxlink.events import CANDLE_FIELDS
 from pipeline.dxlink.protocol import CandlesReceived
+from pipeline.service import FLUSH_BATCH_EVENTS
 from pipeline.simulator.bars import Bar
 from pipeline.simulator.session import Series, snapshot_chunks
 from pipeline.store import CandleStore
@@ -50,9 +52,8 @@ __all__ = ["FLUSH_EVERY", "TARGET", "StageTimes", "build_frames", "main", "measu
 
 TARGET = 200_000.0
 """Candles per second made durable (issue 6)."""
-FLUSH_EVERY = 100_000
-"""Events between two flushes (about what 5 s of a 200k/s backfill would be ~1M; a smaller
-batch keeps the manager's pinned candles and the store's transactions moderate)."""
+FLUSH_EVERY = FLUSH_BATCH_EVENTS
+"""Events between two flushes: the service's own batch size (``pipeline.service``)."""
 CHUNK = 500
 """Events per FEED_DATA frame (the simulator's default chunk size)."""
 

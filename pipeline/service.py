@@ -47,7 +47,7 @@ from pipeline.metrics import MetricsServer
 from pipeline.store import CandleStore, UpsertResult
 from pipeline.tastytrade import SimulatorTokenSource, TastytradeTokenSource, TokenSource
 
-__all__ = ["FlushReport", "IngestService", "ServiceStats"]
+__all__ = ["FLUSH_BATCH_EVENTS", "FlushReport", "IngestService", "ServiceStats"]
 
 logger = logging.getLogger(__name__)
 
