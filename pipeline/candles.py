@@ -31,8 +31,13 @@ Per series (the normalised candle symbol, e.g. ``AAPL{=5m}``):
   complete (newer ones exist), so a flush always drains them. A new series beyond
   ``max_series`` is refused: its events are dropped, counted and logged once per series.
 
-Candles are held as packed ``bytes`` records (index, revision, flags, count, ten doubles:
-138 bytes, plus 8 for the deque slot) and materialised as :class:`CandleData` on read.
+Candles are held as packed ``bytes`` records (:mod:`pipeline.records`: index, revision, flags,
+count, ten doubles; 138 bytes as an object, plus 8 for the deque slot) and materialised as
+:class:`CandleData` on read. The hot path works in bulk (issue 6): a snapshot's new candles
+are packed in one pass, a series with many candles to hand out or confirm is handled as one
+numpy array over its joined records, and the batch frame's columns come straight from the
+packed bytes. Few candles (live updates) are found one by one; both routes give the same
+result (tests/test_candles_bulk.py).
 """
 
 from __future__ import annotations

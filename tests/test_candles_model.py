@@ -94,7 +94,7 @@ operations = st.lists(st.one_of(events, events, flushes), max_size=60)
 
 def run(ops: list[tuple[object, ...]], mgr: CandleDataManager) -> tuple[Model, dict[int, float]]:
     """Feed ``ops`` to the manager and the model; return the model and the final store."""
-    model, store = Model(), {}
+    model, store = Model(), dict[int, float]()
     in_flight: list[Batch] = []
     for op in ops:
         if op[0] == "event":

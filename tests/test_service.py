@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,9 +171,8 @@ async def test_restart_resumes_from_the_store(tmp_path: Path) -> None:
 async def test_other_faults_recover(tmp_path: Path, fault: str) -> None:
     """A graceful close or a stalled server: data flows again and nothing is missing."""
     store_path = tmp_path / "data"
-    config = service_config(
-        store_path, **{"client.dead_peer_timeout": 1.0, "client.keepalive_timeout": 1.0}
-    )
+    timeouts: dict[str, Any] = {"client.dead_peer_timeout": 1.0, "client.keepalive_timeout": 1.0}
+    config = service_config(store_path, **timeouts)
     from_ms = START_MS - 2 * 3600_000
     async with _simulator(keepalive_timeout=1.0) as sim:
         service = make_service(config, sim)
