@@ -76,8 +76,11 @@ _MAX_WEEK_BLOCKS = 4096
 _CHUNK_CANDLES = 512
 _MAX_CHUNK_CANDLES = 8192
 _MIN_CHUNK_CANDLES = 64
-# Most nodes of one level per symbol that ``Market.prepare`` draws ahead (48 hours of minutes).
+# Most nodes of one level per symbol that ``Market.prepare`` draws ahead (48 hours of minutes),
+# and most splits per ``split_rows`` call there (its temporaries grow with slots**2 per row:
+# ~30 KB for a minute's 60 seconds).
 _PREPARE_NODES = 48
+_PREPARE_BATCH = 1024
 # Octaves of the weekly price path (value noise). 2**6 weeks is the longest swing.
 _OCTAVES = 7
 # Odd multiplier spreading consecutive cells and weeks over the 64-bit hash input.
@@ -304,10 +307,11 @@ class Market:
         )
 
     def prepare(self, oldest: Mapping[str, int], now_ms: int) -> None:
-        """Draw, in one batch per tree level, what serving several symbols at ``now_ms``
+        """Draw, in few batches per tree level, what serving several symbols at ``now_ms``
         takes: the splits down to each symbol's current second, and down to minute bars
         back to ``oldest[symbol]`` (a snapshot's ``fromTime``; at most ``_PREPARE_NODES``
-        nodes of a level per symbol).
+        nodes of a level per symbol, at most half the cache in all, newest first,
+        in batches of ``_PREPARE_BATCH`` splits).
 
         Only a cache warm-up: queries give the same results without it. Drawing 1,000
         symbols' new minutes one symbol at a time costs 1,000 ``split_rows`` calls.
@@ -335,11 +339,16 @@ class Market:
                     for index in range(first, last + 1)
                     if (symbol, level, index) not in cache
                 )
-            if nodes:
+            # Newest first, and no more than half the cache: drawing what would be
+            # evicted before it is served would only cost time.
+            nodes.sort(key=lambda node: -node[1])
+            del nodes[self.config.cache_size // 2 :]
+            for start in range(0, len(nodes), _PREPARE_BATCH):  # bounded numpy temporaries
+                batch = nodes[start : start + _PREPARE_BATCH]
                 parents = np.concatenate(
-                    [self._level_rows(symbol, level, index, index) for symbol, index in nodes]
+                    [self._level_rows(symbol, level, index, index) for symbol, index in batch]
                 )
-                self._draw_splits(level, nodes, parents)
+                self._draw_splits(level, batch, parents)
 
     def prepared(self, symbol: str, now_ms: int) -> bool:
         """Whether the seconds of ``symbol``'s current minute at ``now_ms`` are drawn."""

@@ -247,6 +247,12 @@ def test_prepare_draws_ahead_in_one_batch_and_changes_nothing() -> None:
     assert prepared.splits_drawn == drawn
     prepared.prepare(dict.fromkeys(symbols, NOW), NOW + 20 * SECOND_MS)  # same minute: no-op
     assert prepared.splits_drawn == drawn
+    small = Market(MarketConfig(quiet_fraction=0.1, cache_size=64))
+    small.prepare(dict.fromkeys(symbols, NOW - 3 * HOUR_MS), NOW)  # capped at half the cache
+    assert 0 < small.splits_drawn <= 5 * 32
+    assert small.candle_bars("S7", M1, NOW - HOUR_MS, NOW, NOW) == plain.candle_bars(
+        "S7", M1, NOW - HOUR_MS, NOW, NOW
+    )
 
 
 def test_round_bars_are_candle_bars_remembered_for_one_moment() -> None:
