@@ -202,6 +202,8 @@ def measure(
             revise_s.append(_timed(lambda: store.upsert(revised)))  # noqa: B023
     series = "ST0000{=1m}"
     with CandleStore(folder) as store:
+        # Cold: the first read of the series on a fresh connection (footers, newest time).
+        recent_cold_s = _timed(lambda: store.recent(series, 1000))
         total_rows = store.count()
         recent_s = [_timed(lambda: store.recent(series, 1000)) for _ in range(rounds * 4)]
     reader = connect(folder)
@@ -253,6 +255,7 @@ def measure(
             "upsert_new_s": upsert_s,
             "upsert_revised_s": revise_s,
             "recent_ms_median": statistics.median(recent_s) * 1000,
+            "recent_cold_ms": recent_cold_s * 1000,
             "resample_buckets": buckets,
             "resample_s": resample_s,
             "scan_s": scan_s,

@@ -440,10 +440,11 @@ class CandleStore:
         """Replace the connection with a fresh one (see ``recycle_after``).
 
         The new connection is opened before the old one closes: if it cannot be opened (the
-        catalog unreachable for a moment) the old one stays in use and the next upsert tries
-        again.
+        catalog unreachable for a moment) the old one stays in use, and the next try comes
+        after another ``recycle_after`` upserts (one warning each, not one per flush).
         """
         with self._lock:
+            self._upserts_on_connection = 0
             try:
                 fresh = self._open_writer()
             except StoreError as exc:
@@ -451,7 +452,6 @@ class CandleStore:
                 return
             self._con.close()
             self._con = fresh
-            self._upserts_on_connection = 0
             self.stats.connections_recycled += 1
 
     def _open_writer(self) -> duckdb.DuckDBPyConnection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -40,7 +41,7 @@ def test_connection_is_recycled_after_n_upserts_and_after_each_compaction(tmp_pa
 
 
 def test_a_failed_reopen_keeps_the_working_connection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """If the fresh connection cannot open, the store keeps writing on the old one."""
     with open_store(tmp_path / "data", recycle_after=2) as store:
@@ -50,11 +51,14 @@ def test_a_failed_reopen_keeps_the_working_connection(
             raise StoreError("cannot open the lake: catalog unreachable")
 
         monkeypatch.setattr(pipeline.store, "open_lake", unreachable)
-        for batch in range(4):
-            store.upsert(candle_frame(n=5, start=T0 + batch * 5 * MINUTE))
+        with caplog.at_level(logging.WARNING, logger="pipeline.store"):
+            for batch in range(4):
+                store.upsert(candle_frame(n=5, start=T0 + batch * 5 * MINUTE))
         assert store._con is kept
         assert store.stats.connections_recycled == 0
         assert store.count() == 20
+        reopen_warnings = [r for r in caplog.records if "could not reopen" in r.getMessage()]
+        assert len(reopen_warnings) == 2  # one try per recycle_after upserts, not per upsert
 
 
 def test_writer_connection_caches_stay_small_through_compactions(tmp_path: Path) -> None:
