@@ -362,9 +362,12 @@ class Market:
 
         The current candle is included with what has traded so far; quiet periods are absent.
         """
-        times, rows = self.candle_rows(symbol, period, from_ms, to_ms, now_ms)
+        times, rows, live = self._candles(symbol, period, from_ms, to_ms, now_ms)
         # C-level loops only (no Python frame per candle): this runs for every candle served.
-        return list(zip(times, map(_new_bar, rows.tolist()), strict=True))
+        result = list(zip(times, map(_new_bar, rows.tolist()), strict=True))
+        if live is not None:
+            result.append(live)
+        return result
 
     def round_bars(
         self, symbol: str, period: Period, from_ms: int, to_ms: int, now_ms: int
@@ -390,8 +393,19 @@ class Market:
         Every row has trades (quiet periods are absent); snapshots are served from these
         without a ``Bar`` per candle.
         """
+        times, rows, live = self._candles(symbol, period, from_ms, to_ms, now_ms)
+        if live is not None:
+            times.append(live[0])
+            rows = np.concatenate((rows, np.array([live[1]], dtype=np.int64)))
+        return times, rows
+
+    def _candles(
+        self, symbol: str, period: Period, from_ms: int, to_ms: int, now_ms: int
+    ) -> tuple[list[int], Rows, tuple[int, Bar] | None]:
+        """The complete candles (times, rows) in ``[from_ms, to_ms)`` and the live one, if
+        it is in the range and has traded (a live update usually asks for it alone)."""
         if not self.trades(symbol):
-            return [], _NO_ROWS
+            return [], _NO_ROWS, None
         history_start = self.config.history_start_ms
         if history_start is not None and history_start > from_ms:
             from_ms = period.start_of(history_start)  # nothing traded before
@@ -401,7 +415,7 @@ class Market:
             first += length
         end = min(to_ms, visible_end(now_ms))
         if first >= end:
-            return [], _NO_ROWS
+            return [], _NO_ROWS, None
         live = period.start_of(end - 1)
         complete_end = live if live + length > visible_end(now_ms) else live + length
         times, rows = self._complete_candles(
@@ -410,9 +424,8 @@ class Market:
         if complete_end <= live:
             bar = self.bar(symbol, live, live + length, now_ms)
             if bar is not None:
-                times.append(live)
-                rows = np.concatenate((rows, np.array([bar], dtype=np.int64)))
-        return times, rows
+                return times, rows, (live, bar)
+        return times, rows, None
 
     def latest_bars(
         self, symbol: str, period: Period, from_ms: int, now_ms: int, limit: int
