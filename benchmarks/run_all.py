@@ -1,9 +1,11 @@
 """Run every benchmark of issue 6 and print one combined table.
 
-``./run python -m benchmarks.run_all`` (about 5 minutes; ``--quick``: about 1 minute, small
-sizes, for a smoke run). Runs decode (``bench_decode``, item 1), backfill, live, recovery,
-memory and store (items 2-6), each in its own temporary folder, one after another (never
-side by side: they would take each other's CPU). Prints each benchmark's own table, then one
+``./run python -m benchmarks.run_all`` (about 10 minutes; ``--quick``: about 1.5 minutes,
+small sizes, for a smoke run). Runs decode (``bench_decode``, item 1), the in-process
+pipeline (``bench_pipeline``: frames to durable candles with no socket, the service's own
+ceiling for item 2), backfill, live, recovery, memory and store (items 2-6), each in its
+own temporary folder, one after another (never side by side: they would take each other's
+CPU). Prints each benchmark's own table, then one
 combined table of every figure against its baseline and target, and the same as Markdown
 to paste into the README; writes ``benchmarks/results/<name>.json`` per benchmark and
 ``benchmarks/results/all.json``.
@@ -25,6 +27,7 @@ from benchmarks import (
     bench_decode,
     bench_live,
     bench_memory,
+    bench_pipeline,
     bench_recovery,
     bench_store,
 )
@@ -34,6 +37,7 @@ from benchmarks.e2e_common import PACKAGES, BenchResult, Figure, markdown_table,
 __all__ = ["BENCHMARKS", "decode_figures", "main", "run_benchmarks"]
 
 BENCHMARKS: dict[str, Callable[[bool, Path], BenchResult]] = {
+    "pipeline": bench_pipeline.run,
     "backfill": bench_backfill.run,
     "live": bench_live.run,
     "recovery": bench_recovery.run,

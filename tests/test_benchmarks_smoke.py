@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_backfill, bench_live, bench_memory, bench_recovery, bench_store
+from benchmarks import (
+    bench_backfill,
+    bench_live,
+    bench_memory,
+    bench_pipeline,
+    bench_recovery,
+    bench_store,
+)
 from benchmarks.e2e_common import BenchResult, Figure, markdown_table
 from benchmarks.run_all import BENCHMARKS, decode_figures
 
@@ -34,6 +41,13 @@ def test_backfill_stores_every_candle(tmp_path: Path) -> None:
     _check(result, "backfill", 3)
     assert result.details["stored"] == 3 * 40
     assert result.figures[0].target is not None and result.figures[0].baseline
+
+
+def test_pipeline_stores_every_candle_without_a_socket(tmp_path: Path) -> None:
+    """The in-process pipeline benchmark decodes, assembles and stores series x candles."""
+    result = bench_pipeline.measure(3, 40, tmp_path, 50)
+    _check(result, "pipeline", 2)
+    assert result.details["stored"] == 3 * 40
 
 
 def test_recovery_reports_first_data_and_gap(tmp_path: Path) -> None:
@@ -71,7 +85,7 @@ def test_store_upserts_and_queries(tmp_path: Path) -> None:
 
 def test_run_all_knows_every_benchmark_and_reads_decode() -> None:
     """run_all runs items 2-6 and turns bench_decode's JSON into figures against the floor."""
-    assert list(BENCHMARKS) == ["backfill", "live", "recovery", "memory", "store"]
+    assert list(BENCHMARKS) == ["pipeline", "backfill", "live", "recovery", "memory", "store"]
     case = {"events_per_second": 2.0, "target_met": False}
     decoded = {
         "target_fraction_of_json_floor": 0.5,
