@@ -64,9 +64,9 @@ def test_a_failed_reopen_keeps_the_working_connection(
 def test_writer_connection_caches_stay_small_through_compactions(tmp_path: Path) -> None:
     """Compactions do not pile file blocks into the writer's caches (was ~2.8 MB each)."""
     with open_store(tmp_path / "data", clock=lambda: datetime.now(UTC)) as store:
-        for batch in range(30):
+        for batch in range(16):
             store.upsert(candle_frame(n=60, start=T0 + batch * 60 * MINUTE))
-            if batch % 10 == 9:
+            if batch % 8 == 7:
                 store.compact()
         store.recent("AAPL{=m}", 100)  # a read after the last compaction, as the service does
         usage = writer_memory(store)
