@@ -385,6 +385,54 @@ class Market:
                 self._round_bars[key] = found
         return found
 
+    def fill_round_bars(
+        self, symbols: Collection[str], period: Period, from_ms: int, now_ms: int
+    ) -> None:
+        """Compute ``round_bars(symbol, period, from_ms, now_ms + 1, now_ms)`` for many
+        symbols at once, with one aggregation over all their rows instead of one per symbol.
+
+        Only for the common live update: the range holds nothing but the live candle, and
+        the market has no corrections and no start of history inside it; otherwise (or for
+        symbols that do not trade) nothing is done and ``round_bars`` computes on its own.
+        """
+        end = visible_end(now_ms)
+        live = period.start_of(end - 1)
+        history_start = self.config.history_start_ms
+        first = period.start_of(from_ms)
+        if first < from_ms:
+            first += period.length_ms
+        if (
+            first != live
+            or live + period.length_ms <= end  # complete: not a live candle
+            or self.config.correction_rate
+            or (history_start is not None and history_start > live)
+        ):
+            return
+        if now_ms != self._round_now:
+            self._round_now = now_ms
+            self._round_bars.clear()
+        names = [s for s in symbols if self.trades(s)]
+        runs = list(_aligned_runs(live, end))
+        if not names or not runs:
+            return
+        parts = [
+            np.stack(
+                [
+                    self._level_rows(
+                        symbol, level, _node_index(level, start), _node_index(level, stop - 1)
+                    )
+                    for symbol in names
+                ]
+            )
+            for level, start, stop in runs
+        ]
+        totals = _combine_rows(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
+        key_end = now_ms + 1
+        for symbol, row in zip(names, totals.tolist(), strict=True):
+            found = ((live, _new_bar(row)),) if row[_TRADES] else ()
+            if len(self._round_bars) < _MAX_SMALL_CACHE:
+                self._round_bars[(symbol, period, from_ms, key_end)] = found
+
     def candle_rows(
         self, symbol: str, period: Period, from_ms: int, to_ms: int, now_ms: int
     ) -> tuple[list[int], Rows]:

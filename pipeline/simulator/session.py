@@ -363,6 +363,15 @@ class FeedSession:
         ]
         # One batch of new splits for every symbol's new minute, not one draw per symbol.
         self.market.prepare(dict.fromkeys((sub.series.base for sub in due), now_ms), now_ms)
+        # And one aggregation for every live candle that changed the same way.
+        alike: dict[tuple[Period, int], list[str]] = {}
+        for sub in due:
+            first = _first_changed(sub, sub.published_ms, now_ms)
+            if first is not None:
+                alike.setdefault((sub.series.period, first), []).append(sub.series.base)
+        for (period, first), bases in alike.items():
+            if len(bases) > 1:
+                self.market.fill_round_bars(bases, period, first, now_ms)
         events: list[Candle] = []
         for subscription in due:
             events.extend(self._subscription_updates(subscription, now_ms))
@@ -377,13 +386,8 @@ class FeedSession:
         sub.published_ms = now_ms
         changed: dict[int, Bar | None] = {}
         # Newly visible trades: the candle that was live, and any that started since.
-        seen_end = visible_end(previous_ms)
-        if visible_end(now_ms) > seen_end:
-            first = period.start_of(seen_end)
-            if sub.live_time is not None and sub.live_time < first:
-                first = sub.live_time
-            if sub.oldest_ms is not None:
-                first = max(first, sub.oldest_ms)
+        first = _first_changed(sub, previous_ms, now_ms)
+        if first is not None:
             for time_ms, bar in market.round_bars(base, period, first, now_ms + 1, now_ms):
                 if time_ms == sub.live_time and bar == sub.live_bar:
                     continue
@@ -412,3 +416,17 @@ class FeedSession:
         if sub.live_time is not None and sub.oldest_ms is None:
             sub.oldest_ms = sub.live_time
         return events
+
+
+def _first_changed(sub: CandleSubscription, previous_ms: int, now_ms: int) -> int | None:
+    """The first candle time that trades visible since ``previous_ms`` may have changed
+    (the candle that was live, and any that started since); None when nothing new is visible."""
+    seen_end = visible_end(previous_ms)
+    if visible_end(now_ms) <= seen_end:
+        return None
+    first = sub.series.period.start_of(seen_end)
+    if sub.live_time is not None and sub.live_time < first:
+        first = sub.live_time
+    if sub.oldest_ms is not None:
+        first = max(first, sub.oldest_ms)
+    return first

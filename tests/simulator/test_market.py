@@ -267,3 +267,19 @@ def test_round_bars_are_candle_bars_remembered_for_one_moment() -> None:
     moved = market.round_bars("AAPL", M1, live - MINUTE_MS, NOW + 1, later)
     assert list(moved) == market.candle_bars("AAPL", M1, live - MINUTE_MS, NOW + 1, later)
     assert moved != first  # the live candle traded on
+
+
+@pytest.mark.parametrize("period", [M1, M5, H1, D1])
+def test_fill_round_bars_gives_what_each_symbol_computes_alone(period: Period) -> None:
+    """Live candles aggregated for many symbols at once equal each symbol's candle_bars;
+    markets with corrections, and ranges beyond the live candle, are left to round_bars."""
+    symbols = [f"Q{i}" for i in range(25)]
+    live = period.start_of(visible_end(NOW) - 1)
+    for config in (MarketConfig(quiet_fraction=0.4), MarketConfig(correction_rate=1.0)):
+        batched, alone = Market(config), Market(config)
+        batched.fill_round_bars(symbols, period, live, NOW)
+        batched.fill_round_bars(symbols, period, live - period.length_ms, NOW)  # two candles
+        for symbol in symbols:
+            for first in (live, live - period.length_ms):
+                expected = alone.candle_bars(symbol, period, first, NOW + 1, NOW)
+                assert list(batched.round_bars(symbol, period, first, NOW + 1, NOW)) == expected
