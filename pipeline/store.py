@@ -52,6 +52,7 @@ from pipeline.lake import (
     parse_catalog,
     redact,
 )
+from pipeline.store_memory import pin_mmap_threshold
 from pipeline.store_upsert import (
     UpsertResult,
     count,
@@ -182,6 +183,7 @@ class CandleStore:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
+        pin_mmap_threshold()  # the writer's process keeps no freed DuckDB buffers (issue 7)
         self._data_path = data_path
         self._verify_extensions = verify_extensions
         self._recycle_after = recycle_after
