@@ -363,6 +363,9 @@ class StoreConfig(_Section):
         allowed="a directory shared by every shard (a local or network folder)",
     )
     """Folder of the Parquet files; unset means ``<path>/data``. Shards share one."""
+    recycle_after: int = Field(default=500, ge=1, le=10_000_000)
+    """Upserts after which the ingest writer reopens its DuckDB connection (it also does after
+    every compaction): native memory DuckDB keeps per connection is returned only on close."""
 
     @field_validator("catalog")
     @classmethod
