@@ -27,8 +27,9 @@ How a split keeps the aggregate exact (and the VWAPs plausible):
    (twice at most). Bid/ask volumes are apportioned under each child's volume.
 
 About 1 split in 1,000 still misses after that; it is redone in plain Python (the same steps,
-one split at a time, tilting from the tilted volumes). If even that fails (none in 23,000
-measured splits) the whole parent goes into one child: still exact, just lumpy.
+one split at a time, tilting from the tilted volumes; ``split_fallback.py``). If even that
+fails (none in 23,000 measured splits) the whole parent goes into one child: still exact,
+just lumpy.
 
 Speed: the market asks for hundreds of splits at a time (a 2,000-candle history), so
 ``split_rows`` does all of them at once with numpy, one row per parent; its random numbers are
@@ -39,14 +40,13 @@ never on the other rows of the batch. No I/O, no clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from itertools import accumulate
 from random import Random
 
 import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.simulator.bars import Bar
+from pipeline.simulator.split_fallback import MAX_TILT, TILT_ROUNDS, apportion, redo_turnover
 
 __all__ = [
     "FIELDS",
@@ -68,11 +68,6 @@ _TRADES = Bar._fields.index("trades")
 
 # Share of a child's range at either end that its VWAP stays out of when it can (see _targets).
 _MARGIN = 0.1
-# Largest exponential tilt of the volume split: the dearest child gets at most e**3 (~20)
-# times its even share relative to the cheapest.
-_MAX_TILT = 3.0
-# Bisection steps solving for the tilt: 6 / 2**14 is far finer than a share.
-_TILT_ROUNDS = 14
 # Corrections of the lift for what folding the path into the parent's range takes away.
 _FOLD_ROUNDS = 2
 # Share of the parent's range near an edge that a path beyond that edge is folded into.
@@ -86,28 +81,6 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 # Uniform draws per slot (quiet, weight, volume, walk, high, low, jitter) and per split.
 _PER_SLOT = 7
 _PER_SPLIT = 4
-
-
-def apportion(total: int, weights: Sequence[int]) -> list[int]:
-    """Split ``total`` into integer parts proportional to ``weights``; the parts add up exactly.
-
-    Cumulative rounding: part ``i`` is ``floor(total * W_i / W) - floor(total * W_(i-1) / W)``
-    where ``W_i`` is the running sum of the weights. Every part is within one unit of its exact
-    share, so when ``total <= sum(weights)`` no part exceeds its weight and weights can double
-    as capacities.
-
-    Raises:
-        ValueError: a weight is negative, or all are zero while ``total`` is not.
-    """
-    if min(weights, default=0) < 0:
-        raise ValueError(f"weights must not be negative, got {list(weights)}")
-    weight_sum = sum(weights)
-    if weight_sum == 0:
-        if total:
-            raise ValueError(f"cannot apportion {total} over weights that are all zero")
-        return [0] * len(weights)
-    cuts = [total * running // weight_sum for running in accumulate(weights)]
-    return [b - a for a, b in zip([0, *cuts], cuts)]  # noqa: B905 (lengths differ by design)
 
 
 def mix64(keys: NDArray[np.uint64]) -> NDArray[np.uint64]:
@@ -237,7 +210,7 @@ def split_rows(
         )  # fmt: skip
         _move_shares_rows(tilt, missing, counts, volumes, highs, lows, turnovers)
     for row in np.flatnonzero((missing != 0) & ~lumpy).tolist():
-        redone = _redo_turnover(parents[row], counts[row], volumes[row], highs[row], lows[row],
+        redone = redo_turnover(parents[row], counts[row], volumes[row], highs[row], lows[row],
                                 targets[row], band_low[row], band_high[row])  # fmt: skip
         if redone is None:
             lumpy[row] = True
@@ -554,7 +527,7 @@ def _tilt_rows(parents: Rows, counts: Rows, volumes: Rows, targets: Floats) -> R
     """Re-weight every row's spare volume towards dear (or cheap) children so that the
     volume-weighted targets move towards the parent's VWAP.
 
-    An exponential tilt, at most ``_MAX_TILT`` from even, solved by bisection (all rows at
+    An exponential tilt, at most ``MAX_TILT`` from even, solved by bisection (all rows at
     once): busy dear minutes rather than one minute holding all the volume.
     """
     spare = (volumes - counts).astype(np.float64)
@@ -567,9 +540,9 @@ def _tilt_rows(parents: Rows, counts: Rows, volumes: Rows, targets: Floats) -> R
     scaled = np.where(active, (targets - low) / np.where(width > 0, width, 1.0), 0.0)
     aims = np.where(active, targets, 0.0)
     wanted = parents[:, 6] - (counts * aims).sum(axis=1)
-    below = np.full(len(parents), -_MAX_TILT)
-    above = np.full(len(parents), _MAX_TILT)
-    for _ in range(_TILT_ROUNDS):
+    below = np.full(len(parents), -MAX_TILT)
+    above = np.full(len(parents), MAX_TILT)
+    for _ in range(TILT_ROUNDS):
         middle = (below + above) / 2
         weights = spare * np.exp(middle[:, None] * scaled)
         reached = total * (weights * aims).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-300)
@@ -581,154 +554,3 @@ def _tilt_rows(parents: Rows, counts: Rows, volumes: Rows, targets: Floats) -> R
     scale = 1e6 / np.maximum(tilted.max(axis=1, keepdims=True), 1e-300)
     shares = _apportion_rows(total, np.rint(tilted * scale))
     return np.where(flat[:, None], volumes, counts + shares)
-
-
-def _redo_turnover(
-    parent: Rows, counts: Rows, volumes: Rows, highs: Rows, lows: Rows,
-    targets: Floats, band_low: Floats, band_high: Floats,
-) -> tuple[Rows, Rows] | None:  # fmt: skip
-    """The slow, thorough turnover spread of one split in plain Python: within the bands and
-    bounds, then moving shares between single-price children, then with volume tilted towards
-    dear or cheap children. Returns the row's ``(volumes, turnovers)``, or None if all fail."""
-    active = np.flatnonzero(counts)
-    bar = Bar(*parent.tolist())
-    sizes, vols = counts[active].tolist(), volumes[active].tolist()
-    his, los, aims = highs[active].tolist(), lows[active].tolist(), targets[active].tolist()
-    bands = list(zip(band_low[active].tolist(), band_high[active].tolist(), strict=True))
-    turnovers = _spread_turnover(bar.turnover, sizes, vols, his, los, aims, bands)
-    if turnovers is None:
-        vols = _tilt_volume(bar, sizes, vols, aims)
-        turnovers = _spread_turnover(bar.turnover, sizes, vols, his, los, aims, bands)
-        if turnovers is None:
-            return None
-    new_volumes, new_turnovers = np.zeros_like(volumes), np.zeros_like(volumes)
-    new_volumes[active], new_turnovers[active] = vols, turnovers
-    return new_volumes, new_turnovers
-
-
-def _tilt_volume(
-    parent: Bar, sizes: list[int], volumes: list[int], targets: list[float]
-) -> list[int]:
-    """Re-weight the spare volume towards dear (or cheap) children so that the
-    volume-weighted targets move towards the parent's VWAP.
-
-    An exponential tilt, at most ``_MAX_TILT`` from even, solved by bisection: busy dear
-    minutes rather than one minute holding all the volume.
-    """
-    spare = [v - s for v, s in zip(volumes, sizes, strict=True)]
-    total = sum(spare)
-    low, high = min(targets), max(targets)
-    if total <= 0 or high == low:
-        return volumes
-    wanted = parent.turnover - sum(s * t for s, t in zip(sizes, targets, strict=True))
-    scaled = [(t - low) / (high - low) for t in targets]
-
-    def weights(theta: float) -> list[float]:
-        return [s * math.exp(theta * x) for s, x in zip(spare, scaled, strict=True)]
-
-    def reached(theta: float) -> float:
-        w = weights(theta)
-        return total * sum(wi * t for wi, t in zip(w, targets, strict=True)) / sum(w)
-
-    below, above = -_MAX_TILT, _MAX_TILT
-    for _ in range(_TILT_ROUNDS):
-        middle = (below + above) / 2
-        if reached(middle) < wanted:
-            below = middle
-        else:
-            above = middle
-    tilted = weights((below + above) / 2)
-    scale = 1e9 / max(tilted)
-    shares = apportion(total, [round(w * scale) for w in tilted])
-    return [size + share for size, share in zip(sizes, shares, strict=True)]
-
-
-def _spread_turnover(
-    turnover: int,
-    sizes: list[int],
-    volumes: list[int],
-    highs: list[int],
-    lows: list[int],
-    targets: list[float],
-    bands: list[tuple[float, float]],
-) -> list[int] | None:
-    """Every child's turnover, within its ``Bar`` bounds and adding up to ``turnover``.
-
-    What the targets miss is spread first within every child's band (see ``_targets``), and
-    only then up to its high or low. Returns None when no such turnovers exist.
-    """
-    hard: list[tuple[int, int]] = []
-    soft: list[tuple[int, int]] = []
-    result: list[int] = []
-    for v, hi, lo, t, (band_low, band_high) in zip(
-        volumes, highs, lows, targets, bands, strict=True
-    ):
-        spread = hi - lo
-        floor, ceiling = v * lo + spread, v * hi - spread
-        inner_floor, inner_ceiling = math.ceil(v * band_low), math.floor(v * band_high)
-        if inner_floor < floor:
-            inner_floor = floor
-        if inner_ceiling > ceiling:
-            inner_ceiling = ceiling
-        if inner_floor > inner_ceiling:
-            inner_floor = inner_ceiling = min(max(round(v * t), floor), ceiling)
-        hard.append((floor, ceiling))
-        soft.append((inner_floor, inner_ceiling))
-        x = round(v * t)
-        result.append(inner_floor if x < inner_floor else inner_ceiling if x > inner_ceiling else x)
-    missing = turnover - sum(result)
-    for bounds in (soft, hard):
-        if missing == 0:
-            return result
-        if missing > 0:
-            room = [max(0, hi - x) for x, (_, hi) in zip(result, bounds, strict=True)]
-        else:
-            room = [max(0, x - lo) for x, (lo, _) in zip(result, bounds, strict=True)]
-        absorbed = min(abs(missing), sum(room))
-        sign = 1 if missing > 0 else -1
-        if absorbed:
-            for j, extra in enumerate(apportion(absorbed, room)):
-                result[j] += sign * extra
-        missing -= sign * absorbed
-    if missing and not _move_shares(missing, sizes, volumes, highs, lows, result):
-        return None
-    return result
-
-
-def _move_shares(
-    missing: int,
-    sizes: list[int],
-    volumes: list[int],
-    highs: list[int],
-    lows: list[int],
-    turnovers: list[int],
-) -> bool:
-    """Make up a turnover shortfall by moving shares between single-price children, in place.
-
-    A single-price child's turnover is volume x price, so moving one share from a child at
-    price ``a`` to one at price ``b`` changes the total by ``b - a``. Greedy, largest useful
-    step first. Returns True when nothing is missing any more.
-    """
-    flat = [j for j in range(len(sizes)) if highs[j] == lows[j]]
-    for _ in range(16):
-        best: tuple[int, int, int] | None = None
-        for giver in flat:
-            if volumes[giver] <= sizes[giver]:
-                continue
-            for taker in flat:
-                step = lows[taker] - lows[giver]
-                useful = step and (step > 0) == (missing > 0) and abs(step) <= abs(missing)
-                if useful and (best is None or abs(step) > abs(best[0])):
-                    best = (step, giver, taker)
-        if best is None:
-            return False
-        step, giver, taker = best
-        shares = min(missing // step, volumes[giver] - sizes[giver])
-        volumes[giver] -= shares
-        volumes[taker] += shares
-        turnovers[giver] = volumes[giver] * lows[giver]
-        turnovers[taker] = volumes[taker] * lows[taker]
-        missing -= shares * step
-        if missing == 0:
-            return True
-    return False

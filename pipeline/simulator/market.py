@@ -19,24 +19,42 @@ Optional extras (``MarketConfig``):
 Determinism: everything is a pure function of ``(seed, symbol, time)``; nothing depends on the
 order of queries, so a restarted simulator serves the same history.
 
+Parts: ``periods.py`` (periods and the tree's node arithmetic, re-exported here),
+``trade_tree.py`` (drawing and caching the trades as drawn); this module adds corrections,
+the start of history and the candle queries.
+
 No I/O, no clock: every query takes ``now_ms``.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
-from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from random import Random
 from typing import NamedTuple
 
 import numpy as np
 
 from pipeline.simulator.bars import Bar, combine
-from pipeline.simulator.generator import FIELDS, Rows, mix64, rows_to_bars, split_rows, uniforms
+from pipeline.simulator.generator import FIELDS, Rows
+from pipeline.simulator.periods import (
+    DAY_MS,
+    HOUR_MS,
+    LEVEL_MINUTE,
+    LEVEL_MS,
+    MINUTE_MS,
+    SECOND_MS,
+    WEEK_MS,
+    WEEK_ORIGIN_MS,
+    Period,
+    aligned_runs,
+    level_of,
+    node_index,
+    node_start,
+    visible_end,
+)
+from pipeline.simulator.trade_tree import TradeTree
 
 __all__ = [
     "DAY_MS",
@@ -52,85 +70,13 @@ __all__ = [
     "visible_end",
 ]
 
-SECOND_MS = 1_000
-MINUTE_MS = 60 * SECOND_MS
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
-WEEK_MS = 7 * DAY_MS
-# Weeks start on Monday 00:00 UTC, as tastytrade's weekly candles do (§4.3); 1970-01-05 is the
-# first Monday after the epoch.
-WEEK_ORIGIN_MS = 4 * DAY_MS
-
-# The tree the trades are drawn on: week > 7 days > 24 hours > 60 minutes > 60 seconds.
-_WEEK, _DAY, _HOUR, _MINUTE, _SECOND = range(5)
-_LEVEL_MS = (WEEK_MS, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS)
-_UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": WEEK_MS}
-
-# Entries kept in the small caches (week bars, corrections) before they start over.
+# Entries kept in the small caches (corrections, a round's candles) before they start over.
 _MAX_SMALL_CACHE = 50_000
-# Weeks drawn together (and cached together) when week bars are needed, and how many such
-# blocks (4.6 KB each) to keep before the cache starts over.
-_WEEK_BLOCK = 64
-_MAX_WEEK_BLOCKS = 4096
 # Candles drawn in the first step when walking back through a history, and at most per step.
 _CHUNK_CANDLES = 512
 _MAX_CHUNK_CANDLES = 8192
 _MIN_CHUNK_CANDLES = 64
-# Most nodes of one level per symbol that ``Market.prepare`` draws ahead (48 hours of minutes),
-# and most splits per ``split_rows`` call there (its temporaries grow with slots**2 per row:
-# ~30 KB for a minute's 60 seconds).
-_PREPARE_NODES = 48
-_PREPARE_BATCH = 1024
-# Octaves of the weekly price path (value noise). 2**6 weeks is the longest swing.
-_OCTAVES = 7
-# Odd multiplier spreading consecutive cells and weeks over the 64-bit hash input.
-_LATTICE_STEP = np.uint64(0x9E3779B97F4A7C15)
 _TRADES = Bar._fields.index("trades")
-
-
-def visible_end(now_ms: int) -> int:
-    """The end of the trades visible at ``now_ms``: the start of the current second."""
-    return now_ms - now_ms % SECOND_MS
-
-
-@dataclass(frozen=True)
-class Period:
-    """A fixed-length candle period aligned to ``offset_ms`` (0 = the epoch).
-
-    ``Period.of(5, "m")`` is 5 minutes; weekly periods start on Monday 00:00 UTC.
-    """
-
-    length_ms: int
-    offset_ms: int = 0
-
-    def __post_init__(self) -> None:
-        if self.length_ms <= 0 or self.length_ms % SECOND_MS:
-            raise ValueError(
-                f"a simulated period must be a positive whole number of seconds, got "
-                f"{self.length_ms} ms"
-            )
-
-    @classmethod
-    def of(cls, value: float, unit: str) -> Period:
-        """The period ``value`` x ``unit`` for unit s, m, h, d or w.
-
-        Raises:
-            ValueError: another unit (ticks, volume, price, months... are not simulated) or a
-                length that is not a whole number of seconds.
-        """
-        unit_ms = _UNIT_MS.get(unit)
-        if unit_ms is None:
-            raise ValueError(
-                f"period unit {unit!r} is not simulated; use one of s, m, h, d, w (e.g. 5m, 1h, 1d)"
-            )
-        length = value * unit_ms
-        if length != int(length):
-            raise ValueError(f"period {value:g}{unit} is not a whole number of seconds")
-        return cls(int(length), WEEK_ORIGIN_MS if unit == "w" else 0)
-
-    def start_of(self, time_ms: int) -> int:
-        """The start of the candle that contains ``time_ms``."""
-        return time_ms - (time_ms - self.offset_ms) % self.length_ms
 
 
 class Correction(NamedTuple):
@@ -194,61 +140,6 @@ class MarketConfig:
             raise ValueError(f"cache_size must be at least 16 splits, got {self.cache_size}")
 
 
-class _Profile(NamedTuple):
-    base_price: int  # ticks
-    trades_per_second: float
-    shares_per_trade: int
-    weekly_volatility: float
-
-
-def _node_index(level: int, time_ms: int) -> int:
-    if level == _WEEK:
-        return (time_ms - WEEK_ORIGIN_MS) // WEEK_MS
-    return time_ms // _LEVEL_MS[level]
-
-
-def _node_start(level: int, index: int) -> int:
-    if level == _WEEK:
-        return WEEK_ORIGIN_MS + index * WEEK_MS
-    return index * _LEVEL_MS[level]
-
-
-def _aligned_runs(start_ms: int, end_ms: int) -> Iterator[tuple[int, int, int]]:
-    """Cover ``[start_ms, end_ms)`` with the fewest whole tree nodes, in time order, given as
-    runs ``(level, first_ms, stop_ms)`` of consecutive nodes of one level.
-
-    A run at a level lasts until the next boundary of the level above (where a coarser node
-    may start: every coarser boundary is one of those) or until no node of the level fits.
-    """
-    time_ms = start_ms
-    while time_ms < end_ms:
-        for level in range(_SECOND + 1):
-            length = _LEVEL_MS[level]
-            if _node_start(level, _node_index(level, time_ms)) != time_ms:
-                continue
-            if time_ms + length > end_ms:
-                continue
-            stop = end_ms
-            if level > _WEEK:
-                stop = min(stop, _node_start(level - 1, _node_index(level - 1, time_ms) + 1))
-            stop = time_ms + (stop - time_ms) // length * length
-            yield level, time_ms, stop
-            time_ms = stop
-            break
-        else:
-            raise ValueError(f"range [{start_ms}, {end_ms}) is not aligned to whole seconds")
-
-
-def _level_of(period: Period) -> int:
-    """The coarsest tree level whose nodes tile ``period``'s candles."""
-    for level in range(_SECOND + 1):
-        step = _LEVEL_MS[level]
-        origin = WEEK_ORIGIN_MS if level == _WEEK else 0
-        if period.length_ms % step == 0 and (period.offset_ms - origin) % step == 0:
-            return level
-    raise AssertionError("unreachable: every Period is a whole number of seconds")
-
-
 class Market:
     """Seeded trades for any symbol; candles of any fixed period, as visible at a given time.
 
@@ -259,16 +150,19 @@ class Market:
     def __init__(self, config: MarketConfig | None = None) -> None:
         self.config = config or MarketConfig()
         """The parameters this market was built with."""
-        self._splits: OrderedDict[tuple[str, int, int], Rows] = OrderedDict()
-        self._profiles: dict[str, _Profile] = {}
-        self._week_blocks: dict[tuple[str, int], Rows] = {}
-        self._hasher = hashlib.blake2b(str(self.config.seed).encode() + b"|", digest_size=8)
+        self._tree = TradeTree(
+            self.config.seed,
+            quiet_fraction=self.config.quiet_fraction,
+            cache_size=self.config.cache_size,
+        )
         self._corrections: dict[tuple[str, int], Correction | None] = {}
-        self._prepared: tuple[int, dict[str, int]] = (-1, {})  # minute, symbol -> oldest
         self._round_now = -1
         self._round_bars: dict[tuple[str, Period, int, int], tuple[tuple[int, Bar], ...]] = {}
-        self.splits_drawn = 0
+
+    @property
+    def splits_drawn(self) -> int:
         """How many splits were computed (cache misses), for benchmarks."""
+        return self._tree.splits_drawn
 
     # -- public queries -----------------------------------------------------------------------
 
@@ -286,7 +180,7 @@ class Market:
         end = min(end_ms, visible_end(now_ms))
         runs = [
             self._level_bars(symbol, level, first, stop, now_ms)
-            for level, first, stop in _aligned_runs(start_ms, end)
+            for level, first, stop in aligned_runs(start_ms, end)
         ]
         if not runs:
             return None
@@ -308,52 +202,19 @@ class Market:
 
     def prepare(self, oldest: Mapping[str, int], now_ms: int) -> None:
         """Draw, in few batches per tree level, what serving several symbols at ``now_ms``
-        takes: the splits down to each symbol's current second, and down to minute bars
-        back to ``oldest[symbol]`` (a snapshot's ``fromTime``; at most ``_PREPARE_NODES``
-        nodes of a level per symbol, at most half the cache in all, newest first,
-        in batches of ``_PREPARE_BATCH`` splits).
+        takes (``TradeTree.prepare``; symbols that do not trade are skipped).
 
         Only a cache warm-up: queries give the same results without it. Drawing 1,000
         symbols' new minutes one symbol at a time costs 1,000 ``split_rows`` calls.
         """
-        newest = visible_end(now_ms) - 1  # in the newest visible second
-        minute = _node_index(_MINUTE, newest)
-        done_minute, done = self._prepared
-        if minute == done_minute and all(
-            done.get(symbol, newest) <= since for symbol, since in oldest.items()
-        ):
-            return  # the same minute again (every publish round until the next one)
-        self._prepared = (minute, dict(oldest) if minute != done_minute else {**done, **oldest})
-        cache = self._splits
-        for level in range(_WEEK, _MINUTE + 1):
-            last = _node_index(level, newest)
-            nodes: list[tuple[str, int]] = []
-            for symbol, since in oldest.items():
-                if not self.trades(symbol):
-                    continue
-                first = last
-                if level < _MINUTE:  # minute bars back to ``since``; seconds of now only
-                    first = max(min(_node_index(level, since), last), last - _PREPARE_NODES)
-                nodes.extend(
-                    (symbol, index)
-                    for index in range(first, last + 1)
-                    if (symbol, level, index) not in cache
-                )
-            # Newest first, and no more than half the cache: drawing what would be
-            # evicted before it is served would only cost time.
-            nodes.sort(key=lambda node: -node[1])
-            del nodes[self.config.cache_size // 2 :]
-            for start in range(0, len(nodes), _PREPARE_BATCH):  # bounded numpy temporaries
-                batch = nodes[start : start + _PREPARE_BATCH]
-                parents = np.concatenate(
-                    [self._level_rows(symbol, level, index, index) for symbol, index in batch]
-                )
-                self._draw_splits(level, batch, parents)
+        if self.config.symbols is not None:
+            oldest = {symbol: since for symbol, since in oldest.items() if self.trades(symbol)}
+        self._tree.prepare(oldest, now_ms)
 
     def prepared(self, symbol: str, now_ms: int) -> bool:
         """Whether the seconds of ``symbol``'s current minute at ``now_ms`` are drawn."""
-        minute = _node_index(_MINUTE, visible_end(now_ms) - 1)
-        return not self.trades(symbol) or (symbol, _MINUTE, minute) in self._splits
+        minute = node_index(LEVEL_MINUTE, visible_end(now_ms) - 1)
+        return not self.trades(symbol) or self._tree.has_split(symbol, LEVEL_MINUTE, minute)
 
     def candle_bars(
         self, symbol: str, period: Period, from_ms: int, to_ms: int, now_ms: int
@@ -412,14 +273,14 @@ class Market:
             self._round_now = now_ms
             self._round_bars.clear()
         names = [s for s in symbols if self.trades(s)]
-        runs = list(_aligned_runs(live, end))
+        runs = list(aligned_runs(live, end))
         if not names or not runs:
             return
         parts = [
             np.stack(
                 [
-                    self._level_rows(
-                        symbol, level, _node_index(level, start), _node_index(level, stop - 1)
+                    self._tree.level_rows(
+                        symbol, level, node_index(level, start), node_index(level, stop - 1)
                     )
                     for symbol in names
                 ]
@@ -564,8 +425,8 @@ class Market:
         complete at ``now_ms``; quiet periods left out."""
         if end_ms <= first_ms:
             return [], _NO_ROWS
-        level = _level_of(period)
-        per_candle = period.length_ms // _LEVEL_MS[level]
+        level = level_of(period)
+        per_candle = period.length_ms // LEVEL_MS[level]
         rows = self._level_bars(symbol, level, first_ms, end_ms, now_ms)
         if per_candle > 1:
             rows = _combine_rows(rows.reshape(-1, per_candle, FIELDS))
@@ -579,19 +440,19 @@ class Market:
     def _level_bars(self, symbol: str, level: int, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """Bar rows of the consecutive ``level`` nodes covering ``[start_ms, end_ms)``, with
         the corrections visible at ``now_ms`` applied and nothing before history's start."""
-        base = _node_index(level, start_ms)
-        rows = self._level_rows(symbol, level, base, _node_index(level, end_ms - 1))
+        base = node_index(level, start_ms)
+        rows = self._tree.level_rows(symbol, level, base, node_index(level, end_ms - 1))
         changed: list[int] = []
         history_start = self.config.history_start_ms
         if history_start is not None and start_ms < history_start:
             changed.extend(
                 node
                 for node in range(base, base + len(rows))
-                if _node_start(level, node) < history_start
+                if node_start(level, node) < history_start
             )
         for fix in self._corrections_within(symbol, start_ms, end_ms, now_ms):
-            first = _node_index(level, max(start_ms, fix.minute_ms))
-            stop = _node_index(level, min(end_ms, fix.minute_ms + MINUTE_MS) - 1)
+            first = node_index(level, max(start_ms, fix.minute_ms))
+            stop = node_index(level, min(end_ms, fix.minute_ms + MINUTE_MS) - 1)
             changed.extend(range(first, stop + 1))
         if changed:
             rows = rows.copy()
@@ -613,183 +474,20 @@ class Market:
 
     # -- the tree -------------------------------------------------------------------------------
 
-    def _seed(self, *parts: object) -> int:
-        """A 64-bit seed for ``parts``: stable across processes (unlike ``hash()``)."""
-        hasher = self._hasher.copy()
-        hasher.update("|".join(map(str, parts)).encode())
-        return int.from_bytes(hasher.digest(), "little")
-
-    def _rng(self, *parts: object) -> Random:
-        return Random(self._seed(*parts))
-
-    def _profile(self, symbol: str) -> _Profile:
-        profile = self._profiles.get(symbol)
-        if profile is None:
-            rng = self._rng("profile", symbol)
-            profile = _Profile(
-                base_price=rng.randint(1_000, 50_000),
-                trades_per_second=0.2 + rng.random() * 2.8,
-                shares_per_trade=20 + rng.randint(0, 480),
-                weekly_volatility=0.02 + rng.random() * 0.04,
-            )
-            self._profiles[symbol] = profile
-        return profile
-
-    def _level_rows(self, symbol: str, level: int, first: int, last: int) -> Rows:
-        """Rows of the ``level`` nodes ``first..last`` as drawn, before corrections."""
-        if level == _WEEK:
-            return self._week_rows(symbol, first, last)
-        parent_first = _node_index(level - 1, _node_start(level, first))
-        parent_last = _node_index(level - 1, _node_start(level, last))
-        skip = (_node_start(level, first) - _node_start(level - 1, parent_first)) // _LEVEL_MS[
-            level
-        ]
-        splits = self._split_range(symbol, level - 1, parent_first, parent_last)
-        rows = splits[0] if len(splits) == 1 else np.concatenate(splits)
-        return rows[skip : skip + last - first + 1]
-
-    def _split_range(self, symbol: str, level: int, first: int, last: int) -> list[Rows]:
-        """The children (rows) of the ``level`` nodes ``first..last``; missing splits are
-        drawn together in one batch."""
-        cache = self._splits
-        found: list[Rows | None] = []
-        missing: list[int] = []
-        for index in range(first, last + 1):
-            key = (symbol, level, index)
-            rows = cache.get(key)
-            if rows is not None:
-                cache.move_to_end(key)
-            else:
-                missing.append(index)
-            found.append(rows)
-        if missing:
-            low = missing[0]
-            parents = self._level_rows(symbol, level, low, missing[-1])
-            drawn = self._draw_splits(
-                level, [(symbol, index) for index in missing], parents[[i - low for i in missing]]
-            )
-            for index, rows in zip(missing, drawn, strict=True):
-                found[index - first] = rows
-        return [rows for rows in found if rows is not None]
-
-    def _draw_splits(self, level: int, nodes: list[tuple[str, int]], parents: Rows) -> list[Rows]:
-        """Draw the children of the ``level`` nodes ``(symbol, index)`` whose rows are
-        ``parents``, all in one ``split_rows`` batch (a row's children depend only on its
-        parent and seed, not on the batch), and cache them."""
-        slots = _LEVEL_MS[level] // _LEVEL_MS[level + 1]
-        trading = [at for at in range(len(nodes)) if parents[at, _TRADES]]
-        seeds = np.array(
-            [self._seed("split", nodes[at][0], level, nodes[at][1]) for at in trading],
-            dtype=np.uint64,
-        )
-        drawn = split_rows(
-            parents[trading], slots, seeds, quiet_fraction=self.config.quiet_fraction
-        )
-        splits = dict(zip(trading, drawn, strict=True))
-        silent = np.zeros((slots, FIELDS), dtype=np.int64)
-        silent.flags.writeable = False
-        result = []
-        cache = self._splits
-        for at, (symbol, index) in enumerate(nodes):
-            rows = splits.get(at, silent)
-            rows.flags.writeable = False  # served as views: nobody may change the cache
-            cache[(symbol, level, index)] = rows
-            result.append(rows)
-        self.splits_drawn += len(nodes)
-        while len(cache) > self.config.cache_size:
-            cache.popitem(last=False)
-        return result
-
-    def _week_rows(self, symbol: str, first: int, last: int) -> Rows:
-        """Rows of the weeks ``first..last``, cached in blocks of ``_WEEK_BLOCK``; missing
-        blocks are drawn together."""
-        blocks = range(first // _WEEK_BLOCK, last // _WEEK_BLOCK + 1)
-        cache = self._week_blocks
-        found = [cache.get((symbol, block)) for block in blocks]
-        missing = [block for block, rows in zip(blocks, found, strict=True) if rows is None]
-        if missing:
-            drawn = self._draw_weeks(
-                symbol, missing[0] * _WEEK_BLOCK, (missing[-1] + 1 - missing[0]) * _WEEK_BLOCK
-            )
-            if len(cache) + len(missing) > _MAX_WEEK_BLOCKS:
-                cache.clear()
-            for block in missing:
-                start = (block - missing[0]) * _WEEK_BLOCK
-                found[block - blocks[0]] = cache[(symbol, block)] = drawn[
-                    start : start + _WEEK_BLOCK
-                ]
-        present = [rows for rows in found if rows is not None]
-        rows = present[0] if len(present) == 1 else np.concatenate(present)
-        start = first - blocks[0] * _WEEK_BLOCK
-        return rows[start : start + last - first + 1]
-
-    def _anchors(self, symbol: str, weeks: Rows) -> Rows:
-        """The price (ticks) at the start of each week: multi-octave value noise in log price.
-
-        Each octave's lattice value is a hash of ``(seed, symbol, octave, cell)`` in [-1, 1).
-        """
-        profile = self._profile(symbol)
-        offset = np.zeros(len(weeks))
-        for octave in range(_OCTAVES):
-            cells, within = np.divmod(weeks, 1 << octave)
-            base = np.uint64(self._seed("anchor", symbol, octave))
-            with np.errstate(over="ignore"):
-                keys = base + np.stack([cells, cells + 1]).astype(np.uint64) * _LATTICE_STEP
-            left, right = mix64(keys).astype(np.float64) / 2**63 - 1.0
-            blend = left + (right - left) * within / (1 << octave)
-            offset += profile.weekly_volatility * 0.7 * 2 ** (octave / 2) * blend
-        prices: Rows = np.maximum(1, np.rint(profile.base_price * np.exp(offset))).astype(np.int64)
-        return prices
-
-    def _draw_weeks(self, symbol: str, first: int, count: int) -> Rows:
-        """Rows of ``count`` weeks from ``first``: each from one anchor price to the next, with
-        seeded range and size."""
-        profile = self._profile(symbol)
-        weeks = np.arange(first, first + count + 1, dtype=np.int64)
-        anchors = self._anchors(symbol, weeks)
-        with np.errstate(over="ignore"):
-            keys = (
-                np.uint64(self._seed("week", symbol)) + weeks[:-1].astype(np.uint64) * _LATTICE_STEP
-            )
-        u = uniforms(mix64(keys), 7).T
-        open_, close = anchors[:-1], anchors[1:]
-        reach = np.maximum(1.0, open_ * profile.weekly_volatility * 0.5)
-        # Exponential draws for how far the week reaches beyond its open and close.
-        high = np.maximum(open_, close) + (-np.log1p(-u[0]) * reach).astype(np.int64)
-        low = np.maximum(1, np.minimum(open_, close) - (-np.log1p(-u[1]) * reach).astype(np.int64))
-        trades = profile.trades_per_second * WEEK_MS / 1000 * (0.7 + 0.6 * u[2])
-        count_ = np.maximum(4, np.rint(trades)).astype(np.int64)
-        shares = count_ * profile.shares_per_trade * (0.8 + 0.4 * u[3])
-        volume = np.maximum(2 * count_, np.rint(shares)).astype(np.int64)
-        spread = high - low
-        # Near the average of the path's four key prices, where the trades mostly happen.
-        vwap = (open_ + high + low + close) / 4 + (u[4] - 0.5) * 0.1 * spread
-        turnover = np.rint(volume * vwap).astype(np.int64)
-        turnover = np.minimum(volume * high - spread, np.maximum(volume * low + spread, turnover))
-        bid = np.rint(volume * (0.30 + 0.15 * u[5])).astype(np.int64)
-        ask = np.rint(volume * (0.30 + 0.15 * u[6])).astype(np.int64)
-        return np.stack([open_, high, low, close, count_, volume, turnover, bid, ask], axis=1)
-
-    def _generated(self, symbol: str, level: int, index: int) -> Bar | None:
-        """The node's aggregate as drawn, before corrections."""
-        return rows_to_bars(self._level_rows(symbol, level, index, index))[0]
-
-    def _children(self, symbol: str, level: int, index: int) -> Rows:
-        return self._split_range(symbol, level, index, index)[0]
-
     # -- corrections -----------------------------------------------------------------------------
 
     def _hour_correction(self, symbol: str, hour: int) -> Correction | None:
         key = (symbol, hour)
         if key in self._corrections:
             return self._corrections[key]
-        rng = self._rng("correction", symbol, hour)
+        rng = self._tree.rng("correction", symbol, hour)
         fix = None
         if rng.random() < self.config.correction_rate:
             published = hour * HOUR_MS + rng.randrange(3600) * SECOND_MS
             minute = (published // MINUTE_MS - rng.randint(1, 10)) * MINUTE_MS
             removes = rng.random() < self.config.correction_remove_fraction
-            extra = 0 if removes else self._profile(symbol).shares_per_trade * rng.randint(1, 5)
+            lot = self._tree.profile(symbol).shares_per_trade
+            extra = 0 if removes else lot * rng.randint(1, 5)
             fix = Correction(symbol, published, minute, extra)
         if len(self._corrections) >= _MAX_SMALL_CACHE:
             self._corrections.clear()
@@ -818,30 +516,30 @@ class Market:
 
     def _node_bar(self, symbol: str, level: int, index: int, now_ms: int) -> Bar | None:
         """The node's aggregate with the corrections visible at ``now_ms`` applied."""
-        generated = self._generated(symbol, level, index)
-        start = _node_start(level, index)
+        generated = self._tree.generated(symbol, level, index)
+        start = node_start(level, index)
         if generated is None:
             return None  # nothing traded, so nothing to correct
         history_start = self.config.history_start_ms
         before_history = history_start is not None and start < history_start
-        if before_history and start + _LEVEL_MS[level] <= (history_start or 0):
+        if before_history and start + LEVEL_MS[level] <= (history_start or 0):
             return None
-        fixes = self._corrections_within(symbol, start, start + _LEVEL_MS[level], now_ms)
+        fixes = self._corrections_within(symbol, start, start + LEVEL_MS[level], now_ms)
         if not fixes and not before_history:
             return generated
-        if level < _MINUTE:
-            first = _node_index(level + 1, start)
-            slots = _LEVEL_MS[level] // _LEVEL_MS[level + 1]
+        if level < LEVEL_MINUTE:
+            first = node_index(level + 1, start)
+            slots = LEVEL_MS[level] // LEVEL_MS[level + 1]
             return combine(
                 self._node_bar(symbol, level + 1, first + i, now_ms) for i in range(slots)
             )
-        if level == _MINUTE:
+        if level == LEVEL_MINUTE:
             return _apply(generated, fixes)
         # A second: a bust removes it; extra volume lands on the minute's last trading second,
         # whose close is the minute's close.
         if any(fix.removes for fix in fixes):
             return None
-        seconds = self._children(symbol, _MINUTE, start // MINUTE_MS)
+        seconds = self._tree.children(symbol, LEVEL_MINUTE, start // MINUTE_MS)
         last_active = int(np.flatnonzero(seconds[:, _TRADES])[-1])
         return _apply(generated, fixes) if (start // SECOND_MS) % 60 == last_active else generated
 
