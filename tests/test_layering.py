@@ -18,6 +18,7 @@ CORE = [
     "dxlink/errors.py",
     "dxlink/events.py",
     "dxlink/symbols.py",
+    "dxlink/message_models.py",
     "dxlink/messages.py",
     "dxlink/feed_codec.py",
     "dxlink/protocol_events.py",
