@@ -2,7 +2,8 @@
 
 Same core, codec and driver contract as ``protocol.ClientProtocol`` (see ``protocol.py``);
 the application (the simulator) decides every reply: ``send_setup``, ``send_auth_state``,
-``open_channel``, ``configure_feed``, ``send_candles``. Two replies are automatic because
+``open_channel``, ``configure_feed``, ``send_candles`` (or, for a caller that encodes FEED_DATA
+itself, ``feed_layout`` and ``send_feed_data``). Two replies are automatic because
 the real server makes them: CHANNEL_CLOSED answers CHANNEL_CANCEL, and channel traffic
 before AUTHORIZED is answered with ERROR UNAUTHORIZED.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 from pipeline.dxlink.errors import ProtocolViolation, UsageError
 from pipeline.dxlink.events import CANDLE_FIELDS, Candle
@@ -178,6 +179,70 @@ class ServerProtocol(ProtocolCore):
             known.announced.add(CANDLE)
         data = encode_candles(candles, fields=fields, data_format=known.data_format)
         self._send(FeedData(channel, data), now)
+
+    def feed_layout(
+        self, channel: int, event_type: str = CANDLE
+    ) -> tuple[DataFormat, tuple[str, ...]] | None:
+        """The format and field list that FEED_DATA of ``event_type`` on ``channel`` follows,
+        once the lazy FEED_CONFIG has announced the fields (§3.2); None before that (the
+        first ``send_candles`` announces them).
+
+        Raises:
+            UsageError: the channel is not CONFIGURED.
+        """
+        known = self._known_channel(channel, {CONFIGURED}, "send feed data")
+        if event_type not in known.announced:
+            return None
+        return known.data_format, known.decoder.event_fields[event_type]
+
+    def send_feed_data(self, channel: int, data: list[Any], *, now: float | None = None) -> None:
+        """Queue FEED_DATA whose ``data`` the caller encoded (§3.3 COMPACT, §3.4 FULL).
+
+        For a caller with its own encoder (the simulator's column-wise one): ``data`` must be
+        in the channel's format and laid out as ``feed_layout`` says, for event types whose
+        fields are already announced. Only the envelope is checked here, not every value.
+
+        Raises:
+            UsageError: the channel is not CONFIGURED, ``data`` is empty or in the other
+                format, an event type's fields were not announced yet, or a COMPACT value
+                list is not a whole number of events.
+        """
+        known = self._known_channel(channel, {CONFIGURED}, "send feed data")
+        if not isinstance(data, list) or not data:
+            raise UsageError("FEED_DATA data must be a non-empty list of events")
+        data_format = DataFormat.COMPACT if isinstance(data[0], str) else DataFormat.FULL
+        if data_format is not known.data_format:
+            raise UsageError(
+                f"channel {channel} is configured for {known.data_format} FEED_DATA, "
+                f"not {data_format}; encode it as {known.data_format}"
+            )
+        fields = known.decoder.event_fields
+        if data_format is DataFormat.COMPACT:
+            if len(data) % 2:
+                raise UsageError("COMPACT FEED_DATA data must hold event type / values pairs")
+            pairs = zip(data[0::2], data[1::2], strict=True)
+            for event_type, values in pairs:
+                self._check_announced(known, channel, event_type)
+                width = len(fields[event_type])
+                if not isinstance(values, list) or len(values) % width:
+                    raise UsageError(
+                        f"COMPACT {event_type} values must be a list of whole events "
+                        f"({width} values each, §3.3)"
+                    )
+        else:
+            if not all(isinstance(event, dict) for event in data):
+                raise UsageError("FULL FEED_DATA data must be a list of event objects (§3.4)")
+            for event_type in {event.get("eventType") for event in data}:
+                self._check_announced(known, channel, event_type)
+        self._send(FeedData(channel, data), now)
+
+    @staticmethod
+    def _check_announced(known: ChannelRecord, channel: int, event_type: object) -> None:
+        if event_type not in known.announced:
+            raise UsageError(
+                f"cannot send {event_type!r:.40} events on channel {channel}: their "
+                f"eventFields were not announced; send the first ones with send_candles (§3.2)"
+            )
 
     def close_channel(self, channel: int, *, now: float | None = None) -> None:
         """Queue CHANNEL_CLOSED: the server closes the channel on its own (§2.3)."""

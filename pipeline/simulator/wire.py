@@ -10,9 +10,10 @@ event 2...). Snapshots go further: they are kept as bar rows (``CandleColumns``)
 The result is value for value what ``encode_candles`` writes for the same candles (tests compare
 them frame for frame): the same ints and floats, NaN/±Infinity as strings (§3.5 JSONDouble).
 
-``SimServerProtocol`` is ``ServerProtocol`` with one more action that sends through this path;
-FULL-format channels and a channel's first FEED_DATA (which the base class precedes with the
-lazy eventFields FEED_CONFIG, §3.2) take the general path.
+``SimServerProtocol`` is ``ServerProtocol`` with one more action that sends through this path
+(``ServerProtocol.feed_layout`` and ``send_feed_data``); FULL-format channels and a channel's
+first FEED_DATA (which the base class precedes with the lazy eventFields FEED_CONFIG, §3.2)
+take the general path.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from typing import Any, overload
 import numpy as np
 
 from pipeline.dxlink.events import WIRE_TO_FIELD, Candle, index_of
-from pipeline.dxlink.messages import DataFormat, FeedData
-from pipeline.dxlink.protocol_core import CONFIGURED
+from pipeline.dxlink.messages import DataFormat
 from pipeline.dxlink.server_protocol import ServerProtocol
 from pipeline.simulator.bars import PRICE_SCALE
 from pipeline.simulator.generator import FIELDS, Rows
@@ -232,17 +232,12 @@ class SimServerProtocol(ServerProtocol):
     ) -> None:
         """Queue one FEED_DATA for ``candles`` (a ``CandleColumns`` or Candle tuples).
 
-        The same frame as ``send_candles`` gives (and the same errors): COMPACT channels that
-        have had their eventFields are encoded here, everything else goes through
-        ``send_candles``.
+        The same frame as ``send_candles`` gives (and a ``UsageError`` where it raises one):
+        COMPACT channels that have had their eventFields are encoded here, everything else
+        goes through ``send_candles``.
         """
-        known = self._known_channel(channel, {CONFIGURED}, "send candles")
-        if (
-            not candles
-            or known.data_format is not DataFormat.COMPACT
-            or CANDLE not in known.announced
-        ):
+        layout = self.feed_layout(channel)
+        if not candles or layout is None or layout[0] is not DataFormat.COMPACT:
             self.send_candles(channel, candles, now=now)
             return
-        fields = known.decoder.event_fields[CANDLE]
-        self._send(FeedData(channel, [CANDLE, compact_values(candles, fields)]), now)
+        self.send_feed_data(channel, [CANDLE, compact_values(candles, layout[1])], now=now)
