@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
@@ -74,6 +74,8 @@ class SimulatorStats:
     invalid_messages: int = 0
     connections_dropped: int = 0
     fault_failures: int = 0
+    violations: dict[str, int] = field(default_factory=dict)
+    """Protocol violations received (well-formed messages not allowed then), per message type."""
 
 
 @dataclass(frozen=True)
@@ -367,14 +369,22 @@ class SimConnection:
             elif isinstance(event, InvalidMessageReceived):
                 self.owner.stats.invalid_messages += 1
                 self.protocol.send_error(ErrorCode.INVALID_MESSAGE, event.error.reason)
-            elif isinstance(event, ViolationReceived) and self.authorized:
-                # Before AUTHORIZED the protocol itself answers ERROR UNAUTHORIZED (§2.7).
-                self.protocol.send_error(ErrorCode.BAD_ACTION, str(event.error))
+            elif isinstance(event, ViolationReceived):
+                self._violation(event)
             elif isinstance(event, ErrorReceived):
                 self.log.info("client error %s: %.200s", event.error.code, event.error.message)
             elif isinstance(event, PeerTimedOut):
                 self.owner.stats.keepalive_timeouts += 1
                 self.enqueue(_Job(close=(1000, "keepalive timeout")))
+
+    def _violation(self, event: ViolationReceived) -> None:
+        kind = str(event.message_type)
+        self.log.info("! %s violation: %s", kind, event.error)
+        violations = self.owner.stats.violations
+        violations[kind] = violations.get(kind, 0) + 1
+        if self.authorized:
+            # Before AUTHORIZED the protocol itself answers ERROR UNAUTHORIZED (§2.7).
+            self.protocol.send_error(ErrorCode.BAD_ACTION, str(event.error))
 
     def _authenticate(self, token: str) -> None:
         if self.owner.token_accepted(token):

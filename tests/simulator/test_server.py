@@ -8,6 +8,7 @@ updates). Clients are raw ``websockets`` connections driving a ``ClientProtocol`
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -98,6 +99,29 @@ async def test_channel_traffic_before_auth_gets_error_unauthorized(sim: Simulato
     await client.send_message(ChannelRequest(1, "FEED", {"contract": "AUTO"}))
     error = await client.frame_containing('"ERROR"')
     assert '"UNAUTHORIZED"' in error and '"channel":1' in error
+
+
+async def test_protocol_violations_are_logged_and_counted_per_message_type(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every violation is logged at INFO and counted in stats.violations by message type."""
+    caplog.set_level(logging.INFO, logger="pipeline.simulator")
+    early = await TestClient.raw(sim.url)
+    await early.send_message(Setup("0.1-DXF-JS/0.3.0", 60, 60))
+    await early.send_message(ChannelRequest(1, "FEED", {"contract": "AUTO"}))
+    await early.frame_containing('"UNAUTHORIZED","message"')  # the protocol's own reply
+    client = await TestClient.authorized(sim.url)
+    channel = client.protocol.open_channel("AUTO")
+    await client.flush()
+    await client.expect(ChannelOpened)
+    await client.send_message(ChannelRequest(channel, "FEED", {"contract": "AUTO"}))  # #113
+    error = await client.expect(ErrorReceived)
+    assert error.error.code == ErrorCode.BAD_ACTION and "already OPENED" in error.error.message
+    assert sim.stats.violations == {"CHANNEL_REQUEST": 2}
+    logged = [r.getMessage() for r in caplog.records if "violation" in r.getMessage()]
+    assert len(logged) == 2 and all(r.startswith("! CHANNEL_REQUEST violation: ") for r in logged)
+    assert "not allowed for server in AWAIT_AUTH" in logged[0]
+    assert "already OPENED" in logged[1]
 
 
 async def test_odd_channels_open_with_subformat_and_cancel_closes(sim: Simulator) -> None:
