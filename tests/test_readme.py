@@ -481,9 +481,9 @@ def check_output_sample(example: Example, ctx: Context) -> None:
 
 def check_diagram(example: Example, ctx: Context) -> None:
     """Every module path in the diagram exists and defines the classes named next to it."""
-    checked = 0
+    checked, folder = 0, ""
     for line in example.code.splitlines():
-        folder, module = "", None
+        module = None  # a bare file name is in the folder last named (continuation lines)
         for path in re.findall(r"(?:[\w*]+/)*[\w*]+\.py|pipeline/(?:\w+/)+", line):
             path = path if "/" in path else f"{folder}/{path}"
             found = sorted(ROOT.glob(path.rstrip("/")))
