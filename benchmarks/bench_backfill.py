@@ -13,14 +13,22 @@ serves snapshots only). Side by side in the same run:
   store) is reported apart.
 
 Target: >= 200,000 candles/s durable. Observer resolution: 2 ms.
+
+Where the wall time goes (details): the event loop thread's CPU seconds, its seconds runnable
+but waiting for a core (Linux ``/proc/self/task/<tid>/schedstat``: the box's load, not ours),
+the rest (blocked: the GIL, the socket); the process's CPU seconds; and the garbage
+collector's collections and seconds per generation, all over the service's run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +56,51 @@ TARGET = 200_000.0
 """Candles per second made durable (issue 6)."""
 
 
+def _thread_schedstat() -> tuple[float, float] | None:
+    """(CPU s, run-queue wait s) of the calling thread, or None where Linux does not say."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stat:
+            on_cpu, waiting, _ = stat.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+@contextmanager
+def _where_time_goes(into: dict[str, Any]) -> Iterator[None]:
+    """Fill ``into`` with the calling (event loop) thread's and the GC's share of the block."""
+    collections = {generation: [0, 0.0] for generation in range(3)}
+    began_at = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began_at[0] = time.perf_counter()
+        else:
+            spent = collections[info["generation"]]
+            spent[0] += 1
+            spent[1] += time.perf_counter() - began_at[0]
+
+    gc.callbacks.append(on_gc)
+    before, cpu_before, wall_before = _thread_schedstat(), time.process_time(), time.perf_counter()
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(on_gc)
+        wall = time.perf_counter() - wall_before
+        after = _thread_schedstat()
+        into["process_cpu_s"] = round(time.process_time() - cpu_before, 3)
+        into["gc_collections"] = [spent[0] for spent in collections.values()]
+        into["gc_s"] = [round(spent[1], 3) for spent in collections.values()]
+        if before is not None and after is not None:
+            on_cpu, waiting = after[0] - before[0], after[1] - before[1]
+            into["loop_thread_s"] = {
+                "wall": round(wall, 3),
+                "cpu": round(on_cpu, 3),
+                "runqueue_wait": round(waiting, 3),
+                "blocked": round(wall - on_cpu - waiting, 3),
+            }
+
+
 async def measure_service(
     url: str, bases: Sequence[str], candles: int, store_path: Path, expected_events: int
 ) -> dict[str, Any]:
@@ -56,8 +109,8 @@ async def measure_service(
     Returns:
         Timings (perf_counter seconds) and counts: ``startup``, ``received``, ``durable``
         (both from the client's start), ``stored`` rows, ``events`` received, ``flushes``,
-        ``backpressure_waits`` (the reader held until a flush made room) and each flush's
-        seconds and rows.
+        ``backpressure_waits`` (the reader held until a flush made room), each flush's
+        seconds and rows, and where the time went (see the module docstring).
     """
     from_ms = START_MS - candles * MINUTE_MS
     # The product's flush schedule (5 s): flushes overlap the receiving, as they would.
@@ -72,14 +125,16 @@ async def measure_service(
     )
     began = time.perf_counter()
     runner = asyncio.create_task(service.run())
+    spent: dict[str, Any] = {}
     try:
         subscribed = await wait_until(lambda: service.client is not None, within=120, what="client")
-        received = await wait_until(
-            lambda: service.stats.candles_received >= expected_events,
-            within=600,
-            what=f"{expected_events} events received",
-        )
-        report = await service.flush("benchmark")
+        with _where_time_goes(spent):
+            received = await wait_until(
+                lambda: service.stats.candles_received >= expected_events,
+                within=600,
+                what=f"{expected_events} events received",
+            )
+            report = await service.flush("benchmark")
         durable = time.perf_counter()
         if report.error is not None:
             raise RuntimeError(f"the benchmark's flush failed: {report.error}")
@@ -99,6 +154,7 @@ async def measure_service(
         "backpressure_waits": service.stats.backpressure_waits,
         "flush_seconds": [round(f.seconds, 3) for f in service.stats.recent_flushes],
         "flush_rows": [f.written for f in service.stats.recent_flushes],
+        **spent,
     }
 
 

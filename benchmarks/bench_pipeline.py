@@ -15,7 +15,9 @@ Every stage is timed on its own and the whole run end to end (durable candles/s:
 candle is in the store when the clock stops). The decode-only pass (the same frames through
 a fresh client, nothing else) is the baseline, measured in the same run. The manager and
 store use the product's defaults (``manager.*`` of the config) with ``grace_seconds`` 0, the
-clock standing at the end of the history, so every candle is complete.
+clock standing at the end of the history, so every candle is complete. As in the service, the
+garbage collector's young threshold is ``INGEST_GC_THRESHOLD`` while the pipeline runs, and
+DuckDB's lazy imports are loaded before the clock starts (``pipeline.service``).
 
 Flushes here run in line (no flush thread), so the end-to-end figure is the sum of the
 stages: the service overlaps the store's DuckDB work (which releases the GIL) with receiving.
@@ -43,7 +45,12 @@ from benchmarks.e2e_common import (
 from pipeline.candles import CandleDataManager
 from pipeline.dxlink.events import CANDLE_FIELDS
 from pipeline.dxlink.protocol import CandlesReceived
-from pipeline.service import FLUSH_BATCH_EVENTS
+from pipeline.service import (
+    FLUSH_BATCH_EVENTS,
+    INGEST_GC_THRESHOLD,
+    load_store_lazy_imports,
+    young_gc_threshold,
+)
 from pipeline.simulator.bars import Bar
 from pipeline.simulator.session import Series, snapshot_chunks
 from pipeline.store import CandleStore
@@ -125,9 +132,25 @@ def decode_only(frames: Sequence[str]) -> float:
 
 
 def pipeline_run(
+    frames: Sequence[str],
+    series: int,
+    store_path: Path,
+    flush_every: int,
+    gc_threshold: int | None = INGEST_GC_THRESHOLD,
+) -> StageTimes:
+    """Feed ``frames`` through client, manager and store; time each stage and the whole.
+
+    ``gc_threshold``: the young GC threshold meanwhile, as the service sets it (``None``:
+    the interpreter's own, for comparisons).
+    """
+    load_store_lazy_imports()
+    with young_gc_threshold(gc_threshold):
+        return _timed_run(frames, series, store_path, flush_every)
+
+
+def _timed_run(
     frames: Sequence[str], series: int, store_path: Path, flush_every: int
 ) -> StageTimes:
-    """Feed ``frames`` through client, manager and store; time each stage and the whole."""
     config = bench_config(
         store_path, bases=symbols(series), from_ms=START_MS, overrides={"manager.grace_seconds": 0}
     )
