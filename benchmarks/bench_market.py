@@ -9,9 +9,9 @@ client, is what gets measured. Each period is timed on a fresh ``Market`` (nothi
     ./run python -m benchmarks.bench_market --series 20 --periods 1m 5m
     ./run python -m benchmarks.bench_market --series 20 --baseline fa37bcd~1   # before/after
 
-``--baseline REF`` also times ``market.py`` and ``generator.py`` as of git commit REF (loaded
-from ``git show`` into a temporary package), alternating with the current code in the same
-run, and prints the speed-up.
+``--baseline REF`` also times the market modules (``BASELINE_MODULES``) as of git commit REF
+(loaded from ``git show`` into a temporary package), alternating with the current code in the
+same run, and prints the speed-up.
 """
 
 from __future__ import annotations
@@ -43,20 +43,27 @@ def _period(text: str) -> Period:
 MarketFactory = Callable[[MarketConfig], Market]
 
 
+BASELINE_MODULES = ("market", "generator", "periods", "trade_tree", "split_fallback")
+"""The simulator modules that generate candles, taken from the baseline commit when present."""
+
+
 def baseline_market(ref: str, workdir: Path) -> MarketFactory:
-    """``Market`` as of git commit ``ref``: its market.py and generator.py in a temporary
-    package (bars.py and the rest are today's)."""
+    """``Market`` as of git commit ``ref``: its market generation modules (those of
+    ``BASELINE_MODULES`` that exist at ``ref``) in a temporary package, importing each other
+    there (bars.py and the rest are today's)."""
     package = workdir / "baseline_simulator"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    for name in ("market", "generator"):
-        source = subprocess.run(
-            ["git", "show", f"{ref}:pipeline/simulator/{name}.py"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        source = source.replace("pipeline.simulator.generator", "baseline_simulator.generator")
+    sources: dict[str, str] = {}
+    for name in BASELINE_MODULES:
+        shown = subprocess.run(
+            ["git", "show", f"{ref}:pipeline/simulator/{name}.py"], capture_output=True, text=True
+        )
+        if shown.returncode == 0:  # older commits have fewer modules (market.py was split)
+            sources[name] = shown.stdout
+    for name, source in sources.items():
+        for other in sources:
+            source = source.replace(f"pipeline.simulator.{other}", f"baseline_simulator.{other}")
         (package / f"{name}.py").write_text(source)
     sys.path.insert(0, str(workdir))
     module = importlib.import_module("baseline_simulator.market")
