@@ -17,6 +17,12 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
 * on stop (SIGINT/SIGTERM or ``duration``): pause the scheduler, stop the client, drain what
   was received, flush everything completed, close. A failed flush keeps the candles in
   memory and is retried; nothing is lost.
+* one-time and per-event costs stay out of the receiving thread's way: DuckDB's lazy imports
+  (pandas and ~360 modules, ~0.5 s of CPU under the GIL) are loaded at startup rather than in
+  the first flush, and while it runs the garbage collector's young threshold is
+  :data:`INGEST_GC_THRESHOLD`, not 700 (one tracked tuple per event made ~500 collections per
+  400,000 candles). The rest of a backfill's wall time in this thread is its own CPU and, on a
+  loaded machine, waiting for a core (``benchmarks/bench_backfill`` details).
 
 Time: the manager completes candles by the *stream's* clock. With the built-in simulator that
 is the simulator's clock (accelerated); with tastytrade it is the wall clock. Either way the
