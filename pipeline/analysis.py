@@ -164,7 +164,7 @@ def load_candles(
             _require_aware(bound)
             query += f" AND {clause}"
             params.append(bound)
-    frame = con.execute(query + " ORDER BY symbol, time", params).pl()
+    frame = con.execute(query + " ORDER BY symbol, time, sequence", params).pl()
     if frame.height == 0:
         _require_stored(con, wanted, period)
     return frame.cast({c: CANDLE_SCHEMA[c] for c in frame.columns if c in CANDLE_SCHEMA})
@@ -332,11 +332,12 @@ def revisions(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     latest version was written.
 
     Returns:
-        ``symbol``, ``period``, ``time``, ``revision``, ``ingested_at``, ``revised_after``.
+        ``symbol``, ``period``, ``time``, ``sequence``, ``revision``, ``ingested_at``,
+        ``revised_after``.
     """
     frame = con.execute(
-        "SELECT symbol, period, time, revision, ingested_at FROM candles WHERE revision > 0 "
-        "ORDER BY ingested_at DESC, symbol, period, time"
+        "SELECT symbol, period, time, sequence, revision, ingested_at FROM candles "
+        "WHERE revision > 0 ORDER BY ingested_at DESC, symbol, period, time, sequence"
     ).pl()
     return _lag(frame).rename({"lag": "revised_after"})
 
@@ -353,16 +354,16 @@ def ingestion_lag(con: duckdb.DuckDBPyConnection, *, since: datetime | None = No
         since: Only candles with ``time >= since`` (timezone-aware).
 
     Returns:
-        ``symbol``, ``period``, ``time``, ``revision``, ``ingested_at`` and ``lag`` (a
-        duration; null for periods without a fixed length).
+        ``symbol``, ``period``, ``time``, ``sequence``, ``revision``, ``ingested_at`` and
+        ``lag`` (a duration; null for periods without a fixed length).
     """
-    query = "SELECT symbol, period, time, revision, ingested_at FROM candles"
+    query = "SELECT symbol, period, time, sequence, revision, ingested_at FROM candles"
     params: list[object] = []
     if since is not None:
         _require_aware(since)
         query += " WHERE time >= ?"
         params.append(since)
-    return _lag(con.execute(query + " ORDER BY symbol, period, time", params).pl())
+    return _lag(con.execute(query + " ORDER BY symbol, period, time, sequence", params).pl())
 
 
 def lag_summary(lag: pl.DataFrame) -> pl.DataFrame:

@@ -52,6 +52,9 @@ class CandleData:
     open_interest: float
     is_complete: bool
     revision: int
+    sequence: int = 0
+    """§4.2: tells apart candles of one series that start in the same millisecond (tick,
+    volume and price periods); 0 for time-based periods."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,8 @@ class Batch:
     frame: pl.DataFrame
     """Exactly :data:`CANDLE_COLUMNS`; ``ingested_at`` is null (the store sets it)."""
     deletions: pl.DataFrame
-    """Keys (``symbol``, ``period``, ``time``) of stored candles removed server-side."""
+    """Keys (``symbol``, ``period``, ``time``, ``sequence``) of stored candles removed
+    server-side."""
     token: int
     """Identifies the batch for :meth:`CandleDataManager.commit` / ``release``."""
 

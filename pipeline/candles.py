@@ -71,6 +71,7 @@ from pipeline.dxlink.events import (
     TX_PENDING,
     Candle,
     index_of,
+    sequence_of,
     time_of,
 )
 from pipeline.dxlink.symbols import CandleSymbol
@@ -266,9 +267,13 @@ class CandleDataManager:
         symbol = entry.symbol
         if frame.height == 0:
             return 0
+        # A frame without `sequence` (read from a store not migrated yet) holds time-based
+        # candles only: sequence 0.
+        sequence = pl.col("sequence") if "sequence" in frame.columns else pl.lit(0)
         rows = frame.select(
-            "symbol", "period", pl.col("time").dt.epoch("ms"), "revision", "count", *FLOAT_FIELDS
-        ).rows()
+            "symbol", "period", pl.col("time").dt.epoch("ms"), sequence.fill_null(0),
+            "revision", "count", *FLOAT_FIELDS,
+        ).rows()  # fmt: skip
         held = {record_index(record) for record in entry.records}
         loaded: list[bytes] = []
         for row in rows:
@@ -277,11 +282,11 @@ class CandleDataManager:
                     f"load_history({symbol.normalized!r}) got a row of {row[0]!r} period "
                     f"{row[1]!r}; expected symbol {symbol.base!r} period {symbol.period_label!r}"
                 )
-            index = index_of(row[2])
+            index = index_of(row[2], row[3])  # §4.2: tick candles of one ms differ by sequence
             if index not in held:
                 held.add(index)
-                values = VALUES.pack(row[4], *row[5:])
-                loaded.append(HEAD.pack(index, row[3], EXPOSED) + values)
+                values = VALUES.pack(row[5], *row[6:])
+                loaded.append(HEAD.pack(index, row[4], EXPOSED) + values)
         self._replace_records(entry, sorted([*entry.records, *loaded], key=record_index))
         self._trim(entry)
         return len(loaded)
@@ -314,7 +319,7 @@ class CandleDataManager:
         self._outstanding[token] = _Outstanding(upserts, deletions)
         while len(self._outstanding) > _MAX_OUTSTANDING:
             self._outstanding.popitem(last=False)
-        removed = [(self._series[key].symbol, time_of(index)) for key, index, _ in deletions]
+        removed = [(self._series[key].symbol, index) for key, index, _ in deletions]
         return Batch(candle_frame(parts), key_frame(removed), token)
 
     def commit(self, batch: Batch) -> int:
@@ -681,4 +686,5 @@ class CandleDataManager:
             open=v[0], high=v[1], low=v[2], close=v[3], volume=v[4], vwap=v[5], count=count,
             bid_volume=v[6], ask_volume=v[7], imp_volatility=v[8], open_interest=v[9],
             is_complete=self._complete(series, record), revision=revision,
+            sequence=sequence_of(index),
         )  # fmt: skip

@@ -44,10 +44,13 @@ __all__ = [
     "connect",
     "create_views",
     "has_candles_table",
+    "has_sequence_column",
+    "migrate_sequence_column",
     "open_lake",
     "parse_catalog",
     "quote",
     "redact",
+    "rollback",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,6 +138,10 @@ def connect(
     connection ``USE``s the lake, so ``SELECT * FROM candles`` works, and it has the
     temporary views ``latest_candles`` and ``candle_gaps`` and the table macro ``resample``.
 
+    A store written before the ``sequence`` column existed is migrated by a writable
+    connection; a read-only one cannot, and sees ``candles`` through a temporary view that
+    adds ``sequence`` = 0 (every candle of such a store is keyed by time alone).
+
     Args:
         path: The store folder.
         catalog: See :func:`parse_catalog`.
@@ -156,7 +163,22 @@ def connect(
     try:
         if not has_candles_table(con):
             raise StoreError(f"the lake at {root} has no candles table yet; run ingest first")
+        if not read_only:
+            try:
+                migrate_sequence_column(con)
+            except duckdb.Error as exc:
+                if not has_sequence_column(con):  # else another process migrated it first
+                    raise StoreError(
+                        f"cannot add the sequence column to the lake at {root}: {redact(str(exc))}"
+                    ) from exc
         con.execute(f"USE {LAKE}")
+        if not has_sequence_column(con):
+            # Unqualified `candles` resolves to the temp view first, so queries and the
+            # views below see one shape of the table, migrated or not.
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW candles AS "
+                f"SELECT *, CAST(0 AS INTEGER) AS sequence FROM {TABLE}"
+            )
         create_views(con)
     except BaseException:
         con.close()
@@ -230,6 +252,56 @@ def has_candles_table(con: duckdb.DuckDBPyConnection) -> bool:
     except duckdb.CatalogException:
         return False
     return True
+
+
+def has_sequence_column(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the candles table has the ``sequence`` key column (stores made before it lack it)."""
+    try:
+        con.execute(f"SELECT sequence FROM {TABLE} LIMIT 0")
+    except duckdb.BinderException:
+        return False
+    return True
+
+
+def migrate_sequence_column(con: duckdb.DuckDBPyConnection) -> bool:
+    """Add the ``sequence`` column to a store made before it existed; a no-op after that.
+
+    Rows stored before read ``sequence`` = 0, which is what they were: the old key was
+    (symbol, period, time), so a tick candle sharing a millisecond had overwritten the other
+    (issue 7). Several processes may open one old store at once; a loser of the race sees
+    the column on its retry (``IF NOT EXISTS``), or fails with a commit conflict or
+    "already exists", which :class:`pipeline.store.CandleStore` retries.
+
+    Returns:
+        Whether this call added the column.
+
+    Raises:
+        duckdb.Error: The ALTER failed (for instance a concurrent migration's conflict).
+    """
+    if has_sequence_column(con):
+        return False
+    con.execute("BEGIN")
+    try:
+        # Again inside the transaction: another process may have committed the column since
+        # the check above, and re-running SET SORTED BY would commit a second schema change.
+        if has_sequence_column(con):
+            rollback(con)
+            return False
+        con.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS sequence INTEGER DEFAULT 0")
+        con.execute(f"ALTER TABLE {TABLE} SET SORTED BY (symbol, period, time, sequence)")
+        con.execute("COMMIT")
+    except BaseException:
+        rollback(con)
+        raise
+    logger.info("= added the sequence column to %s (issue 7)", TABLE)
+    return True
+
+
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction, if there is one."""
+    # No transaction open means DuckDB already rolled back the failed statement or commit.
+    with suppress(duckdb.TransactionException):
+        con.execute("ROLLBACK")
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:

@@ -66,10 +66,15 @@ CANDLE_SCHEMA: dict[str, pl.DataType] = {
     "open_interest": pl.Float64(),
     "revision": pl.Int64(),
     "ingested_at": _UTC_MS,
+    # Last, as in a store migrated by ALTER TABLE ADD COLUMN: `SELECT *` has one column order.
+    "sequence": pl.Int32(),
 }
 """The store's columns (docs/CONTRACTS.md) as polars types; frames between manager and store."""
 CANDLE_COLUMNS: tuple[str, ...] = tuple(CANDLE_SCHEMA)
-KEY_COLUMNS: tuple[str, ...] = ("symbol", "period", "time")
+KEY_COLUMNS: tuple[str, ...] = ("symbol", "period", "time", "sequence")
+"""A candle's identity: its series and event index (§4.2: ``time`` and ``sequence``). Tick,
+volume and price candles can share a millisecond and differ only by ``sequence``; it is 0
+for time-based periods."""
 KEY_SCHEMA = {name: CANDLE_SCHEMA[name] for name in KEY_COLUMNS}
 FLOAT_FIELDS = (
     "open", "high", "low", "close", "volume", "vwap",
@@ -84,6 +89,7 @@ VALUES_AT = HEAD.size
 VALUES_SLICE = slice(6, 17)
 """``Candle`` fields ``count`` .. ``open_interest``: a record's values, in record order."""
 _FLAGS_AT = 16
+_SEQUENCE_MASK = 0x3FFFFF  # §4.2: the sequence is the index's low 22 bits
 EXPOSED = 0x01
 """Flag: handed out or loaded from the store (changes bump revision, removal deletes)."""
 RECORD_DTYPE = np.dtype(
@@ -171,6 +177,8 @@ def candle_frame(parts: Sequence[tuple[CandleSymbol, bytes]]) -> pl.DataFrame:
         "period": pl.Series([s.period_label for s, _ in parts], dtype=pl.String).gather(owner),
         # time_of() (§4.2) on the whole column: seconds in the high 32 bits, ms in bits 22..31.
         "time": pl.Series((index >> 32) * 1000 + ((index >> 22) & 0x3FF), dtype=pl.Int64),
+        # sequence_of() (§4.2): the low 22 bits.
+        "sequence": pl.Series(index & _SEQUENCE_MASK, dtype=pl.Int32),
         "count": pl.Series(np.ascontiguousarray(array["count"]), dtype=pl.Int64),
         "revision": pl.Series(np.ascontiguousarray(array["revision"]), dtype=pl.Int64),
         **{
@@ -183,11 +191,13 @@ def candle_frame(parts: Sequence[tuple[CandleSymbol, bytes]]) -> pl.DataFrame:
 
 
 def key_frame(keys: Sequence[tuple[CandleSymbol, int]]) -> pl.DataFrame:
-    """A frame in :data:`KEY_SCHEMA` of (series, candle time ms) pairs."""
+    """A frame in :data:`KEY_SCHEMA` of (series, event index) pairs (§4.2)."""
+    indexes = np.fromiter((index for _, index in keys), np.int64, len(keys))
     columns = {
         "symbol": [symbol.base for symbol, _ in keys],
         "period": [symbol.period_label for symbol, _ in keys],
-        "time": [time_ms for _, time_ms in keys],
+        "time": (indexes >> 32) * 1000 + ((indexes >> 22) & 0x3FF),
+        "sequence": (indexes & _SEQUENCE_MASK).astype(np.int32),
     }
     return _with_times(columns, KEY_SCHEMA)
 

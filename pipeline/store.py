@@ -48,6 +48,7 @@ from pipeline.lake import (
     StoreError,
     connect,
     has_candles_table,
+    migrate_sequence_column,
     open_lake,
     parse_catalog,
     redact,
@@ -235,8 +236,10 @@ class CandleStore:
 
         Args:
             frame: Exactly the columns of :data:`pipeline.candles.CANDLE_SCHEMA`; a null
-                ``ingested_at`` is set to the store's clock.
-            deletions: Keys (``symbol``, ``period``, ``time``) to delete, or ``None``.
+                ``ingested_at`` is set to the store's clock, a missing or null ``sequence``
+                to 0 (time-based candles, §4.2).
+            deletions: Keys (``symbol``, ``period``, ``time``, ``sequence``) to delete, or
+                ``None``; a missing or null ``sequence`` means 0 (time-based candles).
 
         Returns:
             The row counts.
@@ -349,7 +352,8 @@ class CandleStore:
         start: datetime | int | None = None,
         end: datetime | int | None = None,
     ) -> pl.DataFrame:
-        """Stored candles of one series with ``start <= time < end``, oldest first.
+        """Stored candles of one series with ``start <= time < end``, oldest first (by time,
+        then sequence).
 
         Args:
             series: Series key, e.g. ``AAPL{=5m}``.
@@ -365,7 +369,7 @@ class CandleStore:
         if end is not None:
             query += " AND time < epoch_ms(?::BIGINT)::TIMESTAMPTZ"
             params.append(_to_ms(end, "end"))
-        return self._read(query + " ORDER BY time", params)
+        return self._read(query + " ORDER BY time, sequence", params)
 
     def recent(self, series: str, n: int) -> pl.DataFrame:
         """The newest ``n`` stored candles of a series, oldest first.
@@ -384,7 +388,7 @@ class CandleStore:
         key = (parsed.base, parsed.period_label)
         query = (
             f"SELECT * FROM (SELECT * FROM {TABLE} WHERE symbol = ? AND period = ?{{bound}} "
-            "ORDER BY time DESC LIMIT ?) ORDER BY time"
+            "ORDER BY time DESC, sequence DESC LIMIT ?) ORDER BY time, sequence"
         )
         newest = self._newest.get(key)
         if newest is None and parsed.period_ms is not None and n > 0:
@@ -417,7 +421,14 @@ class CandleStore:
         return prepare_batch(frame, self._clock().astimezone(UTC))
 
     def _create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create the candles table, or migrate one made before ``sequence`` existed.
+
+        A concurrent migration by another shard fails this one with a commit conflict
+        (retried by :meth:`_run`) or "already exists" (retried once by ``__init__``); the
+        retry finds the column and does nothing.
+        """
         if has_candles_table(con):
+            migrate_sequence_column(con)
             return
         con.execute(f"USE {LAKE}")  # schema.sql names the table unqualified
         con.execute("BEGIN")

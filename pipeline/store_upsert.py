@@ -1,8 +1,8 @@
 """The upsert core of :class:`pipeline.store.CandleStore`: batch checks and one transaction.
 
-DuckLake has no primary key, so uniqueness of (symbol, period, time) is kept here: the batch
-is deduplicated, the stored versions of its keys are fetched, rows stored with equal values
-are dropped, and the rest is written as delete + insert in one transaction.
+DuckLake has no primary key, so uniqueness of (symbol, period, time, sequence) is kept here:
+the batch is deduplicated, the stored versions of its keys are fetched, rows stored with equal
+values are dropped, and the rest is written as delete + insert in one transaction.
 
 The stored versions are looked up by *ranges*, one per series and UTC day of the batch,
 rather than by joining the batch's keys: the join's build side is then tens of rows instead
@@ -15,7 +15,7 @@ min/max statistics miss the ranges. A range can return stored rows the batch doe
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
 from pipeline.candles import CANDLE_COLUMNS, CANDLE_SCHEMA, KEY_COLUMNS
-from pipeline.lake import TABLE
+from pipeline.lake import TABLE, rollback
 
 __all__ = [
     "UpsertResult",
@@ -43,9 +43,13 @@ __all__ = [
 _VALUE_COLUMNS = tuple(
     c for c in CANDLE_COLUMNS if c not in (*KEY_COLUMNS, "revision", "ingested_at")
 )
-_KEY_MATCH = "c.symbol = b.symbol AND c.period = b.period AND c.time = b.time"
+_KEY_MATCH = (
+    "c.symbol = b.symbol AND c.period = b.period AND c.time = b.time AND c.sequence = b.sequence"
+)
 _TIME_RANGE = "c.time BETWEEN epoch_ms(?::BIGINT)::TIMESTAMPTZ AND epoch_ms(?::BIGINT)::TIMESTAMPTZ"
 _COLUMN_LIST = ", ".join(CANDLE_COLUMNS)
+_SEQUENCE = "sequence"
+_MAX_SEQUENCE = 0x3FFFFF  # §4.2: 22 bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,8 @@ def prepare_batch(frame: pl.DataFrame, now: datetime) -> pl.DataFrame:
     """Check a candle batch and deduplicate it (newest ``revision`` wins, then the last row).
 
     Args:
-        frame: Exactly the columns of :data:`pipeline.candles.CANDLE_SCHEMA`.
+        frame: Exactly the columns of :data:`pipeline.candles.CANDLE_SCHEMA`; ``sequence``
+            may be missing or null, meaning 0 (time-based candles, §4.2).
         now: Fills a null ``ingested_at``.
 
     Raises:
@@ -85,10 +90,11 @@ def prepare_batch(frame: pl.DataFrame, now: datetime) -> pl.DataFrame:
     )
     # Counting distinct keys costs a third of deduplicating them, and batches from the
     # manager hold each key once: only a batch with repeats pays for the dedupe.
-    if batch.select(pl.struct(KEY_COLUMNS).n_unique()).item() != batch.height:
+    key = _join_key(batch)
+    if batch.select(pl.struct(key).n_unique()).item() != batch.height:
         # Newest revision wins; for equal revisions the later row (stable sort).
         batch = batch.sort("revision", maintain_order=True).unique(
-            subset=list(KEY_COLUMNS), keep="last", maintain_order=True
+            subset=key, keep="last", maintain_order=True
         )
     return batch.with_columns(
         pl.col("time").dt.cast_time_unit("us"),
@@ -100,7 +106,8 @@ def prepare_keys(deletions: pl.DataFrame) -> pl.DataFrame:
     """Check deletion keys and drop repeats.
 
     Raises:
-        ValueError: The frame is not exactly (symbol, period, time) with set values.
+        ValueError: The frame is not exactly (symbol, period, time[, sequence]) with set
+            values (a missing or null ``sequence`` means 0).
     """
     keys = validate(deletions, KEY_COLUMNS, "deletions")
     return keys.unique(maintain_order=True).with_columns(pl.col("time").dt.cast_time_unit("us"))
@@ -174,6 +181,10 @@ def validate(frame: pl.DataFrame, columns: tuple[str, ...], what: str) -> pl.Dat
     """
     if not isinstance(frame, pl.DataFrame):
         raise ValueError(f"{what} must be a polars DataFrame, got {type(frame).__name__}")
+    # Frames of time-based candles built before the column existed (§4.2: sequence 0).
+    if _SEQUENCE in columns:
+        sequence = pl.col(_SEQUENCE) if _SEQUENCE in frame.columns else pl.lit(0, pl.Int32)
+        frame = frame.with_columns(sequence.fill_null(0).alias(_SEQUENCE))
     missing = [c for c in columns if c not in frame.columns]
     extra = [c for c in frame.columns if c not in columns]
     if missing or extra:
@@ -192,9 +203,17 @@ def validate(frame: pl.DataFrame, columns: tuple[str, ...], what: str) -> pl.Dat
         out = frame.select(columns).cast({c: CANDLE_SCHEMA[c] for c in columns})
     except pl.exceptions.PolarsError as exc:
         raise ValueError(f"{what} does not fit the candle schema: {exc}") from exc
-    nulls = [c for c in KEY_COLUMNS if out[c].null_count()]
+    nulls = [c for c in columns if c in KEY_COLUMNS and out[c].null_count()]
     if nulls:
         raise ValueError(f"{what} has null key values in {nulls}; keys must be set")
+    if _SEQUENCE in columns:
+        values = out[_SEQUENCE]
+        outside = (values < 0) | (values > _MAX_SEQUENCE)
+        if outside.any():
+            raise ValueError(
+                f"{what}: sequence {values.filter(outside)[0]} is out of range; a candle's "
+                f"sequence is 0..{_MAX_SEQUENCE} (the low 22 bits of its index, §4.2)"
+            )
     return out
 
 
@@ -220,13 +239,6 @@ def count(con: duckdb.DuckDBPyConnection, query: str, *params: object) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def rollback(con: duckdb.DuckDBPyConnection) -> None:
-    """Roll back the open transaction, if there is one."""
-    # No transaction open means DuckDB already rolled back the failed statement or commit.
-    with suppress(duckdb.TransactionException):
-        con.execute("ROLLBACK")
-
-
 def _classify(batch: pl.DataFrame, stored: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split a batch against its stored versions: (rows to write, keys to replace).
 
@@ -234,16 +246,28 @@ def _classify(batch: pl.DataFrame, stored: pl.DataFrame) -> tuple[pl.DataFrame, 
     """
     if stored.height == 0:
         return batch, batch.select(KEY_COLUMNS).clear()
+    key = _join_key(batch, stored)
     stored = stored.with_columns(pl.col("time").dt.cast_time_unit("us")).unique(
-        subset=list(KEY_COLUMNS), keep="last"
+        subset=key, keep="last"
     )
-    joined = batch.join(stored, on=list(KEY_COLUMNS), how="left", suffix="_stored")
+    joined = batch.join(stored, on=key, how="left", suffix="_stored")
     existed = pl.col("revision_stored").is_not_null()
     same = pl.all_horizontal(pl.col(c).eq_missing(pl.col(f"{c}_stored")) for c in _VALUE_COLUMNS)
     flagged = joined.with_columns(existed.alias("_existed"), (existed & same).alias("_same"))
     changed = flagged.filter(~pl.col("_same"))
     replaced = changed.filter(pl.col("_existed")).select(KEY_COLUMNS)
     return changed.select(CANDLE_COLUMNS), replaced
+
+
+def _join_key(*frames: pl.DataFrame) -> list[str]:
+    """The key columns to match ``frames`` on: without ``sequence`` when it is 0 throughout.
+
+    Time-based candles (nearly every batch) all have sequence 0, and hashing a fourth key
+    column made the classification join ~40% slower (47 -> 66 ms per 100,000 rows).
+    """
+    if all(frame[_SEQUENCE].max() in (0, None) for frame in frames):
+        return [c for c in KEY_COLUMNS if c != _SEQUENCE]
+    return list(KEY_COLUMNS)
 
 
 def _day_ranges(batch: pl.DataFrame) -> pl.DataFrame:

@@ -11,7 +11,8 @@
 -- Only fixed-length periods have gaps: seconds, minutes, hours, days and weeks
 -- (period labels such as '15s', '5m', '1h', '1d', '1w', also with attributes: '5m,tho=true').
 -- Months, years, option-expiration months and tick/volume/price candles have no fixed length
--- and are left out. Candles aligned to the session (a=s) are measured from the previous candle,
+-- and are left out (they are also the only candles whose `sequence` is not 0: several can share a
+-- millisecond, §4.2). Candles aligned to the session (a=s) are measured from the previous candle,
 -- so their offset from midnight does not matter.
 CREATE OR REPLACE TEMP VIEW candle_gaps AS
 WITH labelled AS (

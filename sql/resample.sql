@@ -9,16 +9,17 @@
 -- low, volume, count and the bid/ask volumes aggregate over the bucket; vwap is the
 -- volume-weighted mean of the candles' vwaps. `candles` says how many source candles made the
 -- bucket, so a partial bucket (missing minutes, see candle_gaps) is visible, not hidden.
--- NaN values (fields the feed did not send, §3.5) are ignored by the aggregates.
+-- NaN values (fields the feed did not send, §3.5) are ignored by the aggregates. Candles that
+-- share a `time` (tick, volume and price periods) are ordered by `sequence` (§4.2).
 CREATE OR REPLACE TEMP MACRO resample(series_symbol, source_period, bucket) AS TABLE
 SELECT
     symbol,
     source_period AS source_period,
     time_bucket(bucket, time) AS time,
-    arg_min(open, time) AS open,
+    arg_min(open, (time, sequence)) AS open,
     max(high) FILTER (WHERE NOT isnan(high)) AS high,
     min(low) FILTER (WHERE NOT isnan(low)) AS low,
-    arg_max(close, time) AS close,
+    arg_max(close, (time, sequence)) AS close,
     sum(volume) FILTER (WHERE NOT isnan(volume)) AS volume,
     sum(vwap * volume) FILTER (WHERE NOT isnan(vwap) AND NOT isnan(volume))
         / nullif(sum(volume) FILTER (WHERE NOT isnan(vwap) AND NOT isnan(volume)), 0) AS vwap,

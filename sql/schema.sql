@@ -1,9 +1,13 @@
 -- The candles table of the DuckLake store (pipeline/store.py runs this after `USE lake`).
 --
--- One row per candle, keyed by (symbol, period, time): `symbol` is the streamer symbol
+-- One row per candle, keyed by (symbol, period, time, sequence): `symbol` is the streamer symbol
 -- (CandleSymbol.base, e.g. 'AAPL', '/ESZ25:XCME'), `period` the store form of the candle period
 -- with its attributes (CandleSymbol.period_label, e.g. '5m', '1d', '5m,tho=true'), `time` the
--- period start in UTC (dxlink-protocol.md §4.1). There is no PRIMARY KEY: DuckLake has none, and
+-- period start in UTC (dxlink-protocol.md §4.1), `sequence` the low 22 bits of the event index
+-- (§4.2): 0 for time-based periods; tick, volume and price candles that start in the same
+-- millisecond differ only by it. It is the last column because stores made before it existed
+-- get it by ALTER TABLE ADD COLUMN (pipeline/lake.py), which appends; one order for both.
+-- There is no PRIMARY KEY: DuckLake has none, and
 -- uniqueness is kept by the single writer's upsert (dedupe the batch, then delete + insert in one
 -- transaction). `revision` counts how often the candle changed after it was first handed to the
 -- store; `ingested_at` is when this version was written.
@@ -25,9 +29,10 @@ CREATE TABLE IF NOT EXISTS candles (
     imp_volatility DOUBLE,
     open_interest  DOUBLE,
     revision       BIGINT      NOT NULL,
-    ingested_at    TIMESTAMPTZ NOT NULL
+    ingested_at    TIMESTAMPTZ NOT NULL,
+    sequence       INTEGER     NOT NULL DEFAULT 0
 );
 
 -- Files are written sorted by series and time, so per-file min/max statistics prune reads of one
 -- series or one time range (DuckLake applies this on insert and on compaction).
-ALTER TABLE candles SET SORTED BY (symbol, period, time);
+ALTER TABLE candles SET SORTED BY (symbol, period, time, sequence);

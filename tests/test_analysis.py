@@ -308,11 +308,11 @@ def test_gaps_largest_first_and_filtered(con: duckdb.DuckDBPyConnection) -> None
 
 
 def test_revisions_list_revised_candles_with_delay(con: duckdb.DuckDBPyConnection) -> None:
-    """A revised candle is listed with its revision and how long after its end it came."""
+    """A revised candle is listed by its key (sequence too), revision and delay after its end."""
     revised = analysis.revisions(con)
     time = T0 + REVISED_MINUTE * MINUTE
     assert revised.rows() == [
-        ("AAPL", "1m", time, 2, REVISED_AT, REVISED_AT - (time + MINUTE)),
+        ("AAPL", "1m", time, 0, 2, REVISED_AT, REVISED_AT - (time + MINUTE)),
     ]
 
 

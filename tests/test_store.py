@@ -57,6 +57,7 @@ def candle_frame(
             "open_interest": float("nan"),
             "revision": revision,
             "ingested_at": None,
+            "sequence": 0,
         }
         for i in range(n)
     ]
@@ -64,7 +65,7 @@ def candle_frame(
 
 
 def keys(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select("symbol", "period", "time")
+    return frame.select("symbol", "period", "time", "sequence")
 
 
 def open_store(path: Path, **kwargs: object) -> CandleStore:
