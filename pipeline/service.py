@@ -82,8 +82,9 @@ FLUSH_BATCH_EVENTS = 50_000
 # is 700). Every decoded event is a tuple the collector tracks until a collection finds it holds
 # only atomic values, so at 700 a 400,000-candle backfill ran ~500 young, ~45 middle and 4 full
 # collections in the receiving thread: 0.3-1.9 s of its wall time on a loaded 2-core box
-# (bench_backfill, gc.callbacks). At 20,000: 6 young, 1 middle, no full, 0.1-0.3 s. Garbage
-# cycles wait for at most 20,000 allocations more, a few MB.
+# (bench_backfill, gc.callbacks). At 20,000: none from subscribing to the last candle durable
+# (6 young and 1 middle with startup, 0.1-0.3 s). Garbage cycles wait for at most 20,000
+# allocations more, a few MB.
 INGEST_GC_THRESHOLD = 20_000
 
 
@@ -125,8 +126,8 @@ def load_store_lazy_imports() -> None:
     The first time DuckDB scans a Python object (the upsert registers its batch and the stored
     rows as frames), it imports pandas and with it numpy.random, dateutil and some 360 modules:
     ~0.5 s of CPU that holds the GIL. In the first flush of a backfill that stalled the
-    receiving thread and made the first upsert 4-10x slower than the next ones
-    (bench_backfill). Done once at startup, it costs the same but stalls nothing.
+    receiving thread and made the first upsert of 50,000 rows take 2-5 s where the next ones
+    took 0.5-1 s (bench_backfill). Done once at startup, it costs the same but stalls nothing.
     """
     con = duckdb.connect()
     try:
