@@ -269,7 +269,11 @@ class IngestService:
         if self._store is None:
             cfg = self.config.store
             self._store = await asyncio.to_thread(
-                CandleStore, cfg.path, catalog=cfg.catalog, data_path=cfg.data_path
+                CandleStore,
+                cfg.path,
+                catalog=cfg.catalog,
+                data_path=cfg.data_path,
+                recycle_after=cfg.recycle_after,
             )
         try:
             await asyncio.to_thread(load_store_lazy_imports)

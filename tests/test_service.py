@@ -101,9 +101,10 @@ async def test_backfill_and_live_candles_are_stored(tmp_path: Path) -> None:
 
 
 async def test_a_backfill_is_flushed_in_batches_while_it_arrives(tmp_path: Path) -> None:
-    """flush_batch_events received start a flush at once, unscheduled; the store equals truth."""
+    """flush_batch_events received start a flush at once, unscheduled; the store equals truth
+    (and store.recycle_after reaches the writer: its connection is reopened under way)."""
     store_path = tmp_path / "data"
-    config = service_config(store_path)
+    config = service_config(store_path, **{"store.recycle_after": 1})
     from_ms = START_MS - 2 * 3600_000
     async with _simulator() as sim:
         service = make_service(config, sim)
@@ -119,6 +120,7 @@ async def test_a_backfill_is_flushed_in_batches_while_it_arrives(tmp_path: Path)
         problems = await _finish_and_compare(sim, service, runner, store_path, from_ms)
     assert problems == []
     assert service.stats.flush_failures == 0
+    assert service.store.stats.connections_recycled == service.store.stats.upserts >= 1
     # While it ran, the collector ran young collections less often; afterwards as before.
     assert running == (max(INGEST_GC_THRESHOLD, before[0]), *before[1:])
     assert gc.get_threshold() == before
