@@ -66,6 +66,7 @@ def _frame(series: list[CandleSymbol], round_index: int) -> pl.DataFrame:
             "open_interest": [float("nan")] * n,
             "revision": [0] * n,
             "ingested_at": [None] * n,
+            "sequence": [0] * n,
         },
         schema=CANDLE_SCHEMA,
     )

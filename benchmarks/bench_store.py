@@ -60,7 +60,7 @@ last_thousand_target = 0.050
 """Seconds for "last 1,000 candles of one series" (issue 6)."""
 YEAR_START = datetime(2025, 1, 1, tzinfo=UTC)
 # Bump when the generated rows change, so a stale cache is rebuilt.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 _GENERATE = f"""
 INSERT INTO candles
@@ -80,7 +80,8 @@ SELECT
     'NaN'::DOUBLE AS imp_volatility,
     'NaN'::DOUBLE AS open_interest,
     0 AS revision,
-    TIMESTAMPTZ '2026-01-01 00:00:00+00' AS ingested_at
+    TIMESTAMPTZ '2026-01-01 00:00:00+00' AS ingested_at,
+    CAST(0 AS INTEGER) AS sequence
 FROM range(?) t(i)
 ORDER BY symbol, time
 """
@@ -130,6 +131,7 @@ def synthetic_frame(
             "open_interest": [float("nan")] * rows,
             "revision": [0] * rows,
             "ingested_at": [datetime(2026, 1, 1, tzinfo=UTC)] * rows,
+            "sequence": [0] * rows,
         },
         schema=CANDLE_SCHEMA,
     )

@@ -80,7 +80,8 @@ def test_store_upserts_and_queries(tmp_path: Path) -> None:
     _check(result, "store", 4)
     assert result.parameters["rows"] == bench_store.MINUTES_PER_YEAR + 2 * 1000
     assert result.details["resample_buckets"] == bench_store.MINUTES_PER_YEAR // 60
-    assert (tmp_path / f"store-{bench_store.MINUTES_PER_YEAR}-v1" / "READY").exists()
+    folder = f"store-{bench_store.MINUTES_PER_YEAR}-v{bench_store.CACHE_VERSION}"
+    assert (tmp_path / folder / "READY").exists()
 
 
 def test_run_all_knows_every_benchmark_and_reads_decode() -> None:
