@@ -55,12 +55,14 @@ class Sample:
     fds: int
     tasks: int
     threads: int
+    sim_splits: int  # the in-process simulator's cache: its memory is in ``rss`` too
 
     def __str__(self) -> str:
         return (
             f"step {self.step:4d}  rss {self.rss / MIB:7.1f} MiB  "
             f"flush {self.flush_seconds:6.3f}s  fds {self.fds:3d}  "
-            f"tasks {self.tasks:3d}  threads {self.threads:3d}"
+            f"tasks {self.tasks:3d}  threads {self.threads:3d}  "
+            f"simulator splits {self.sim_splits:6d}"
         )
 
 
@@ -109,7 +111,7 @@ class SoakResult:
         return "\n".join(str(s) for s in self.samples)
 
 
-def _sample(step: int, sim_time_ms: int, flush_seconds: float) -> Sample:
+def _sample(step: int, sim_time_ms: int, flush_seconds: float, sim_splits: int) -> Sample:
     # /proc (Linux): resident pages and the open descriptors of this process.
     resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
     return Sample(
@@ -120,6 +122,7 @@ def _sample(step: int, sim_time_ms: int, flush_seconds: float) -> Sample:
         fds=len(os.listdir("/proc/self/fd")),
         tasks=len(asyncio.all_tasks()),
         threads=threading.active_count(),
+        sim_splits=sim_splits,
     )
 
 
@@ -175,7 +178,7 @@ async def run_soak(
                 report = await service.flush("soak")
                 if step % compact_every == compact_every - 1:
                     await service.compact()
-                samples.append(_sample(step, end, report.seconds))
+                samples.append(_sample(step, end, report.seconds, sim.market.splits_cached))
         finally:
             service.stop()
             await asyncio.wait_for(runner, 60)
@@ -220,10 +223,11 @@ def _check(result: SoakResult, *, warmup: int, rss_slack_mib: float, latency_sla
     first, last, ok = _flat([s.flush_seconds for s in steady], slack=latency_slack, ratio=2.0)
     assert ok, f"flush latency grew from {first:.3f}s to {last:.3f}s\n{text}"
     for name in ("fds", "tasks", "threads"):
+        # A leak is a trend, as for RSS: medians of the halves. A single sample taken while a
+        # reconnect's socket was in flight (23 -> 27 fds once in 288 samples) is not a leak.
         counts = [getattr(s, name) for s in steady]
-        assert max(counts[len(counts) // 2 :]) <= max(counts[: len(counts) // 2]) + 1, (
-            f"{name} leak: {counts}"
-        )
+        first, last, ok = _flat([float(c) for c in counts], slack=1.0, ratio=1.0)
+        assert ok, f"{name} leak: median {first:g} -> {last:g}: {counts}"
 
 
 @pytest.mark.timeout(120)

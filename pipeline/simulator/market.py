@@ -164,6 +164,11 @@ class Market:
         """How many splits were computed (cache misses), for benchmarks."""
         return self._tree.splits_drawn
 
+    @property
+    def splits_cached(self) -> int:
+        """How many splits the cache holds now (memory the simulator keeps, for soaks)."""
+        return self._tree.cached_splits
+
     # -- public queries -----------------------------------------------------------------------
 
     def trades(self, symbol: str) -> bool:

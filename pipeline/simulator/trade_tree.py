@@ -84,6 +84,11 @@ class TradeTree:
         self.splits_drawn = 0
         """How many splits were computed (cache misses), for benchmarks."""
 
+    @property
+    def cached_splits(self) -> int:
+        """How many splits the cache holds now (at most ``cache_size``)."""
+        return len(self._splits)
+
     def has_split(self, symbol: str, level: int, index: int) -> bool:
         """Whether the children of the ``level`` node ``index`` of ``symbol`` are cached."""
         return (symbol, level, index) in self._splits

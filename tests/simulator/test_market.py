@@ -253,6 +253,8 @@ def test_prepare_draws_ahead_in_one_batch_and_changes_nothing() -> None:
     assert small.candle_bars("S7", M1, NOW - HOUR_MS, NOW, NOW) == plain.candle_bars(
         "S7", M1, NOW - HOUR_MS, NOW, NOW
     )
+    assert 0 < small.splits_cached <= 64 < small.splits_drawn  # the cache stays bounded
+    assert 0 < prepared.splits_cached <= drawn
 
 
 def test_round_bars_are_candle_bars_remembered_for_one_moment() -> None:
