@@ -1,6 +1,6 @@
 """Run every benchmark of issue 6 and print one combined table.
 
-``./run python -m benchmarks.run_all`` (about 10 minutes; ``--quick``: about 1.5 minutes,
+``./run python -m benchmarks.run_all`` (about 5 minutes; ``--quick``: about 1.5 minutes,
 small sizes, for a smoke run). Runs decode (``bench_decode``, item 1), the in-process
 pipeline (``bench_pipeline``: frames to durable candles with no socket, the service's own
 ceiling for item 2), backfill, live, recovery, memory and store (items 2-6), each in its
