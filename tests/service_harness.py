@@ -7,6 +7,7 @@ A simulator on a manual clock, an :class:`IngestService` in the same event loop,
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -53,6 +54,43 @@ def service_config(
     }
     settings.update(overrides)
     return load_config(None, None, settings, environ={}, now=datetime(2030, 1, 1, tzinfo=UTC))
+
+
+def write_ingest_config(
+    path: Path,
+    store: Path,
+    url: str,
+    *,
+    from_ms: int = START_MS - 3600_000,
+    **overrides: Any,
+) -> Path:
+    """Write a config.toml for ``candles ingest`` as a child process: the simulator at
+    ``url``, fast retries and flushes, metrics off. ``overrides`` are dotted keys as in
+    :func:`service_config` (``"manager.max_unstored": 5``); a new section is appended."""
+    settings: dict[str, Any] = {
+        "source.kind": "simulator",
+        "source.simulator.url": url,
+        "source.simulator.token": TOKEN,
+        "subscriptions.symbols": ["AAPL", "SPY"],
+        "subscriptions.intervals": ["1m", "5m"],
+        "subscriptions.from_time": datetime.fromtimestamp(from_ms / 1000, UTC).isoformat(),
+        "client.backoff_initial": 0.05,
+        "client.backoff_max": 0.5,
+        "manager.grace_seconds": 0.0,
+        "store.path": str(store),
+        "schedule.flush_interval": 0.2,
+        "metrics.enabled": False,
+    }
+    settings.update(overrides)
+    sections: dict[str, list[str]] = {}
+    for dotted, value in settings.items():
+        section, _, key = dotted.rpartition(".")
+        # JSON strings, numbers, booleans and lists of them are valid TOML values.
+        sections.setdefault(section, []).append(f"{key} = {json.dumps(value)}")
+    path.write_text(
+        "".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
+    )
+    return path
 
 
 async def eventually(

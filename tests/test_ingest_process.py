@@ -18,40 +18,12 @@ from tests.service_harness import (
     eventually,
     stored_frame,
     truth_frame,
+    write_ingest_config,
 )
 
 MINUTE = 60_000
 SERIES = ["AAPL{=m}", "AAPL{=5m}", "SPY{=m}", "SPY{=5m}"]
 FROM_MS = START_MS - 3600_000
-
-
-def _write_config(path: Path, store: Path, url: str) -> Path:
-    config = path / "config.toml"
-    config.write_text(
-        f"""
-[source]
-kind = "simulator"
-[source.simulator]
-url = "{url}"
-token = "{TOKEN}"
-[subscriptions]
-symbols = ["AAPL", "SPY"]
-intervals = ["1m", "5m"]
-from_time = "2026-11-03T14:00:00Z"
-[client]
-backoff_initial = 0.05
-backoff_max = 0.5
-[manager]
-grace_seconds = 0.0
-[store]
-path = "{store}"
-[schedule]
-flush_interval = 0.2
-[metrics]
-enabled = false
-"""
-    )
-    return config
 
 
 def _start(config: Path) -> subprocess.Popen[bytes]:
@@ -74,7 +46,7 @@ async def test_sigkill_and_restart_lose_nothing(tmp_path: Path) -> None:
     """SIGKILL while ingesting, time passes, restart: the store equals the simulator's truth."""
     store_path = tmp_path / "data"
     async with Simulator(token=TOKEN, seed=5, clock=SimulatorClock.manual(START_MS)) as sim:
-        config = _write_config(tmp_path, store_path, sim.url)
+        config = write_ingest_config(tmp_path / "config.toml", store_path, sim.url)
         process = _start(config)
         try:
             await sim.wait_for_subscriptions(len(SERIES))

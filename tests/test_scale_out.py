@@ -33,6 +33,7 @@ from tests.service_harness import (
     eventually,
     stored_frame,
     truth_frame,
+    write_ingest_config,
 )
 from tests.test_store import candle_frame
 
@@ -163,35 +164,14 @@ def test_concurrent_writers_and_compaction_keep_every_row(
 
 
 def _config(tmp_path: Path, catalog: str, shared: Path, url: str) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[source]
-kind = "simulator"
-[source.simulator]
-url = "{url}"
-token = "{TOKEN}"
-[subscriptions]
-symbols = {json.dumps(SYMBOLS)}
-intervals = {json.dumps(INTERVALS)}
-from_time = "2026-11-03T14:00:00Z"
-[client]
-backoff_initial = 0.05
-backoff_max = 0.5
-[manager]
-grace_seconds = 0.0
-[store]
-path = "{tmp_path / "local"}"
-catalog = "{catalog}"
-data_path = "{shared}"
-[schedule]
-flush_interval = 0.2
-compaction_interval = 1.0
-[metrics]
-enabled = false
-"""
-    )
-    return config
+    options: dict[str, Any] = {
+        "subscriptions.symbols": SYMBOLS,
+        "subscriptions.intervals": INTERVALS,
+        "store.catalog": catalog,
+        "store.data_path": str(shared),
+        "schedule.compaction_interval": 1.0,
+    }
+    return write_ingest_config(tmp_path / "config.toml", tmp_path / "local", url, **options)
 
 
 def _start_shard(config: Path, k: int, log: Path) -> subprocess.Popen[bytes]:

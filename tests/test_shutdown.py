@@ -35,6 +35,7 @@ from tests.service_harness import (
     service_config,
     stored_frame,
     truth_frame,
+    write_ingest_config,
 )
 from tests.timing import MS, TIMEOUT
 
@@ -55,35 +56,15 @@ GAVE_UP = re.compile(
 
 def _write_config(folder: Path, store: Path, url: str, *, tight: bool) -> Path:
     """A config for ``candles ingest``; ``tight`` makes a failing store stall intake fast."""
-    limits = "max_historical_candles = 5\nmax_unstored = 5\n" if tight else ""
-    config = folder / ("tight.toml" if tight else "config.toml")
-    config.write_text(
-        f"""
-[source]
-kind = "simulator"
-[source.simulator]
-url = "{url}"
-token = "{TOKEN}"
-[subscriptions]
-symbols = ["AAPL", "SPY"]
-intervals = ["1m", "5m"]
-from_time = "2026-11-03T14:50:00Z"
-[client]
-backoff_initial = 0.05
-backoff_max = 0.5
-[manager]
-grace_seconds = 0.0
-{limits}[store]
-path = "{store}"
-[ingest]
-shutdown_timeout = {SHUTDOWN_TIMEOUT}
-[schedule]
-flush_interval = 0.2
-[metrics]
-enabled = false
-"""
+    limits = {"manager.max_historical_candles": 5, "manager.max_unstored": 5} if tight else {}
+    return write_ingest_config(
+        folder / ("tight.toml" if tight else "config.toml"),
+        store,
+        url,
+        from_ms=FROM_MS,
+        **limits,
+        **{"ingest.shutdown_timeout": SHUTDOWN_TIMEOUT},
     )
-    return config
 
 
 class Ingest:
