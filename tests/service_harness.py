@@ -153,7 +153,7 @@ def differences(expected: pl.DataFrame, actual: pl.DataFrame) -> list[str]:
     return problems
 
 
-def _same(a: float, b: float) -> bool:
+def _same(a: object, b: object) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12)
     return bool(a == b)

@@ -52,10 +52,11 @@ async def test_sigkill_and_restart_lose_nothing(tmp_path: Path) -> None:
             await sim.wait_for_subscriptions(len(SERIES))
             for _ in range(3):
                 await sim.advance(60)
-            await eventually(
-                lambda: asyncio.to_thread(_newest_stored, store_path),
-                what="first flushes",
-            )
+
+            async def flushed() -> bool:
+                return await asyncio.to_thread(_newest_stored, store_path) > 0
+
+            await eventually(flushed, what="first flushes")
             process.send_signal(signal.SIGKILL)
             assert process.wait(timeout=30) == -signal.SIGKILL
             # The outage: ten simulated minutes nobody receives.

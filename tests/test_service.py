@@ -104,7 +104,8 @@ async def test_a_backfill_is_flushed_in_batches_while_it_arrives(tmp_path: Path)
     """flush_batch_events received start a flush at once, unscheduled; the store equals truth
     (and store.recycle_after reaches the writer: its connection is reopened under way)."""
     store_path = tmp_path / "data"
-    config = service_config(store_path, **{"store.recycle_after": 1})
+    recycle: dict[str, Any] = {"store.recycle_after": 1}
+    config = service_config(store_path, **recycle)
     from_ms = START_MS - 2 * 3600_000
     async with _simulator() as sim:
         service = make_service(config, sim)

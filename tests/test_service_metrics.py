@@ -7,6 +7,7 @@ import json
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -43,7 +44,8 @@ async def _scrape(base: str) -> dict[str, float]:
 
 async def test_metrics_move_during_ingest_and_health_follows(tmp_path: Path) -> None:
     """Scrapes during ingest show candles received and stored growing; /health says ok."""
-    config = service_config(tmp_path / "data", **{"metrics.enabled": True, "metrics.port": 0})
+    metrics_on: dict[str, Any] = {"metrics.enabled": True, "metrics.port": 0}
+    config = service_config(tmp_path / "data", **metrics_on)
     async with Simulator(token=TOKEN, seed=1, clock=SimulatorClock.manual(START_MS)) as sim:
         service = make_service(config, sim)
         runner = asyncio.create_task(service.run())

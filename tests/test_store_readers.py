@@ -131,6 +131,12 @@ def test_gaps_are_missing_periods_between_consecutive_candles(
     ]
 
 
+def volume_weighted_vwap(candles: pl.DataFrame) -> float:
+    """The vwap of ``candles`` taken together: their vwaps weighted by volume."""
+    weighted = candles.select((pl.col("vwap") * pl.col("volume")).sum() / pl.col("volume").sum())
+    return float(weighted.item())
+
+
 def test_resample_rolls_minutes_into_wider_buckets(
     reader: tuple[CandleStore, duckdb.DuckDBPyConnection],
 ) -> None:
@@ -151,13 +157,9 @@ def test_resample_rolls_minutes_into_wider_buckets(
     assert frame["low"].to_list() == [99.0, 104.0]
     assert frame["volume"].to_list() == [5010.0, 5035.0]
     assert frame["count"].to_list() == [60, 85]
-    first = minutes.head(5)
-    expected_vwap = (first["vwap"] * first["volume"]).sum() / first["volume"].sum()
-    assert frame["vwap"][0] == pytest.approx(expected_vwap)
+    assert frame["vwap"][0] == pytest.approx(volume_weighted_vwap(minutes.head(5)))
     later = minutes.slice(5, 5).filter(pl.col("vwap").is_not_nan())
-    assert frame["vwap"][1] == pytest.approx(
-        (later["vwap"] * later["volume"]).sum() / later["volume"].sum()
-    )
+    assert frame["vwap"][1] == pytest.approx(volume_weighted_vwap(later))
     hourly = con.sql("SELECT time, candles FROM resample('AAPL', '1m', INTERVAL 1 HOUR)").pl()
     assert hourly.rows() == [(datetime(2025, 8, 27, 13, 0, tzinfo=UTC), 10)]
 
@@ -224,6 +226,7 @@ class ReaderProcess:
         while "queries" not in (report := json.loads(self.line())):
             pass
         self.process.wait()
+        assert isinstance(report, dict), f"the reader's report is not a JSON object: {report!r}"
         return report
 
     def kill(self) -> None:
