@@ -47,7 +47,7 @@ import logging
 import operator
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import count as counter
@@ -63,6 +63,7 @@ from pipeline.candle_types import (
     CapacityError,
     ManagerStats,
 )
+from pipeline.dxlink.candle_block import CandleBlock
 from pipeline.dxlink.events import (
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
@@ -91,6 +92,7 @@ from pipeline.records import (
     expose,
     find,
     key_frame,
+    pack_block,
     record_index,
     split,
     unchanged,
@@ -126,10 +128,13 @@ class _Series:
     records: deque[bytes] = field(default_factory=deque)
     unwritten: set[int] = field(default_factory=set)
     deleted: dict[int, int] = field(default_factory=dict)  # index -> revision when removed
-    pending: list[Candle] = field(default_factory=list)
+    # Held-back events (§6.3): tuples, and slices of column blocks (a backfill's chunks).
+    pending: list[Candle | CandleBlock] = field(default_factory=list)
+    buffered: int = 0  # events in `pending`
     snap_part: bool = False
     snap_full: bool = False
     over: int = 0  # candles held beyond max_historical_candles (pinned), as last counted
+    changes: int = 0  # bumped when a held candle changes or leaves memory (see commit)
 
 
 @dataclass(slots=True)
@@ -138,6 +143,8 @@ class _Outstanding:
     # memory, so a later candle at that index (re-added from revision 0) is never taken for it.
     upserts: dict[str, dict[int, int]]
     deletions: list[tuple[str, int, int]]
+    # series key -> its `changes` when handed out: unchanged since means all still held as is
+    changes: dict[str, int] = field(default_factory=dict)
 
 
 _symbol_of = operator.attrgetter("symbol")
@@ -148,6 +155,32 @@ _values_of = operator.itemgetter(VALUES_SLICE)
 
 def _event_index(event: Candle) -> int:
     return event.index or index_of(event.time, event.sequence)
+
+
+def _flatten(events: list[Candle | CandleBlock]) -> Iterator[Candle]:
+    """Held-back events as tuples, block slices expanded."""
+    for event in events:
+        if isinstance(event, CandleBlock):
+            yield from event.candles()
+        else:
+            yield event
+
+
+def _blocks(events: list[Candle | CandleBlock]) -> list[CandleBlock]:
+    """Held-back events as blocks: block slices as they are, runs of tuples converted."""
+    blocks: list[CandleBlock] = []
+    tuples: list[Candle] = []
+    for event in events:
+        if isinstance(event, CandleBlock):
+            if tuples:
+                blocks.append(CandleBlock.from_candles(tuples))
+                tuples = []
+            blocks.append(event)
+        else:
+            tuples.append(event)
+    if tuples:
+        blocks.append(CandleBlock.from_candles(tuples))
+    return blocks
 
 
 class CandleDataManager:
@@ -213,6 +246,9 @@ class CandleDataManager:
             self._refusals += 1
             raise BackpressureError(self._pinned, self.max_pinned_candles)
         touched: dict[str, _Series] = {}
+        if isinstance(candles, CandleBlock):
+            self._update_block(candles, touched)
+            candles = ()
         # A server sends a series' events in runs (a snapshot chunk is one series): one
         # lookup per run, and a run's unflagged stretches handled at once.
         for symbol, group in groupby(candles, _symbol_of):
@@ -223,15 +259,55 @@ class CandleDataManager:
                     self._series_for(symbol)
                 continue
             touched[series.symbol.normalized] = series
-            start = 0
-            for stop in [i for i, flags in enumerate(map(_flags_of, run)) if flags]:
-                self._apply_plain(series, run, start, stop)
-                self._on_event(series, run[stop])
-                start = stop + 1
-            self._apply_plain(series, run, start, len(run))
+            self._apply_run(series, run)
         for series in touched.values():
             self._trim(series)
         self.advance(now_ms)
+
+    def _update_block(self, block: CandleBlock, touched: dict[str, _Series]) -> None:
+        """:meth:`update` for events as columns: a long run of one series stays columns (a
+        snapshot's body is buffered as block slices and merged in one numpy pass); short
+        runs (a live round, one event per series) go the tuple route."""
+        for symbol, start, stop in block.runs():
+            series = self._series_for(symbol)
+            if series is None:
+                for _ in range(start + 1, stop):  # dropped events counted one by one
+                    self._series_for(symbol)
+                continue
+            touched[series.symbol.normalized] = series
+            if stop - start < _MANY:
+                self._apply_run(series, block.candles()[start:stop])
+                continue
+            # Only flags other than TX_PENDING need an event of their own: a TX_PENDING
+            # event is held back like an unflagged one while a snapshot is open (§6.3).
+            control = block.flags[start:stop] & ~TX_PENDING
+            at = start
+            for flagged in (np.flatnonzero(control) + start).tolist():
+                self._apply_stretch(series, block, at, flagged)
+                self._on_event(series, block.candle(flagged))
+                at = flagged + 1
+            self._apply_stretch(series, block, at, stop)
+
+    def _apply_run(self, series: _Series, run: list[Candle]) -> None:
+        """A run of one series' events: unflagged stretches at once, flagged ones alone."""
+        start = 0
+        for stop in [i for i, flags in enumerate(map(_flags_of, run)) if flags]:
+            self._apply_plain(series, run, start, stop)
+            self._on_event(series, run[stop])
+            start = stop + 1
+        self._apply_plain(series, run, start, len(run))
+
+    def _apply_stretch(self, series: _Series, block: CandleBlock, start: int, stop: int) -> None:
+        """``block[start:stop]``, events flagged 0 or TX_PENDING only, as :meth:`_on_event`
+        would apply them one by one."""
+        if start >= stop:
+            return
+        if series.snap_part and series.buffered + stop - start < self.max_buffered_events:
+            series.pending.append(block[start:stop])  # a snapshot's body: held back as columns
+            series.buffered += stop - start
+            return
+        for event in block[start:stop].candles():
+            self._on_event(series, event)
 
     def advance(self, now_ms: int) -> None:
         """Move the clock (ms UTC, from the stream) forward; completeness follows it."""
@@ -245,8 +321,9 @@ class CandleDataManager:
         """
         dropped = 0
         for series in self._series.values():
-            dropped += len(series.pending)
+            dropped += series.buffered
             series.pending.clear()
+            series.buffered = 0
             series.snap_part = series.snap_full = False
         return dropped
 
@@ -316,7 +393,8 @@ class CandleDataManager:
                 upserts[key] = handed
                 room -= len(handed)
         token = next(self._tokens)
-        self._outstanding[token] = _Outstanding(upserts, deletions)
+        changes = {key: self._series[key].changes for key in upserts}
+        self._outstanding[token] = _Outstanding(upserts, deletions, changes)
         while len(self._outstanding) > _MAX_OUTSTANDING:
             self._outstanding.popitem(last=False)
         removed = [(self._series[key].symbol, index) for key, index, _ in deletions]
@@ -343,7 +421,10 @@ class CandleDataManager:
             # meanwhile (its deletion is queued); a changed one stays dirty.
             dirty = series.unwritten
             before = len(dirty)
-            dirty.difference_update(unchanged(series.records, handed))
+            if series.changes == entry.changes.get(key):  # nothing changed or left since
+                dirty.difference_update(handed)
+            else:
+                dirty.difference_update(unchanged(series.records, handed))
             if len(dirty) < before:
                 marked += before - len(dirty)
                 if not dirty:
@@ -401,7 +482,7 @@ class CandleDataManager:
         held = sum(len(s.records) for s in self._series.values())
         dirty = sum(len(s.unwritten) for s in self._series.values())
         deletions = sum(len(s.deleted) for s in self._series.values())
-        buffered = sum(len(s.pending) for s in self._series.values())
+        buffered = sum(s.buffered for s in self._series.values())
         memory = (
             held * BYTES_PER_CANDLE
             + (dirty + deletions) * _BYTES_PER_ENTRY
@@ -433,15 +514,18 @@ class CandleDataManager:
         if flags & SNAPSHOT_BEGIN:  # §6.3: a new snapshot drops any old buffer
             series.snap_part, series.snap_full = True, False
             series.pending.clear()
+            series.buffered = 0
         if series.snap_part and flags & (SNAPSHOT_END | SNAPSHOT_SNIP):
             series.snap_part, series.snap_full = False, True
         if flags & TX_PENDING or series.snap_part:
             series.pending.append(event)  # §6.3: not consistent yet, hold back
-            if len(series.pending) >= self.max_buffered_events:
+            series.buffered += 1
+            if series.buffered >= self.max_buffered_events:
                 self._overflow(series)
             return
         events = [*series.pending, event]
         series.pending.clear()
+        series.buffered = 0
         if series.snap_full:
             series.snap_full = False
             self._apply_snapshot(series, events)
@@ -453,8 +537,9 @@ class CandleDataManager:
         if start >= stop:
             return
         pending = series.pending
-        if series.snap_part and len(pending) + stop - start < self.max_buffered_events:
+        if series.snap_part and series.buffered + stop - start < self.max_buffered_events:
             pending.extend(run[start:stop])  # §6.3: a snapshot's body, held back (no overflow)
+            series.buffered += stop - start
             return
         for event in run[start:stop]:
             self._on_event(series, event)
@@ -463,43 +548,52 @@ class CandleDataManager:
         self._overflows += 1
         logger.warning(
             "! %s: %d events buffered in an unfinished snapshot/transaction; applying them "
-            "as they stand", series.symbol.normalized, len(series.pending),
+            "as they stand", series.symbol.normalized, series.buffered,
         )  # fmt: skip
         events, snapshot = list(series.pending), series.snap_part
         series.pending.clear()
+        series.buffered = 0
         series.snap_part = series.snap_full = False
         if snapshot:
             self._apply_snapshot(series, events)
         else:
             self._apply_live(series, events)
 
-    def _apply_live(self, series: _Series, events: list[Candle]) -> None:
-        for event in events:
+    def _apply_live(self, series: _Series, events: list[Candle | CandleBlock]) -> None:
+        for event in _flatten(events):
             if event.flags & REMOVE_EVENT:
                 self._remove(series, _event_index(event))
             else:
                 self._upsert(series, _event_index(event), VALUES.pack(*_values_of(event)))
 
-    def _apply_snapshot(self, series: _Series, events: list[Candle]) -> None:
+    def _apply_snapshot(self, series: _Series, events: list[Candle | CandleBlock]) -> None:
         """Merge a completed snapshot: it replaces only what is held in its covered range."""
-        # index -> its last event (a later event of the same index wins, as in §6.3)
-        final = dict(zip(map(_event_index, events), events, strict=True))
-        real = sorted(index for index, event in final.items() if not event.flags & REMOVE_EVENT)
-        low = min(final)
+        block = CandleBlock.concat(_blocks(events))
+        indexes = block.record_indexes()
+        # Each index's last event (a later event of the same index wins, as in §6.3), in
+        # index order: unique over the reversed events finds the last occurrence.
+        unique, first_from_end = np.unique(indexes[::-1], return_index=True)
+        last = len(indexes) - 1 - first_from_end
+        kept = (block.flags[last] & REMOVE_EVENT) == 0
+        real: list[int] = unique[kept].tolist()
         old = list(series.records)
-        start = bisect.bisect_left(old, low, key=record_index)
-        end = bisect.bisect_right(old, max(final), key=record_index) if real else len(old)
+        start = bisect.bisect_left(old, int(unique[0]), key=record_index)
+        end = bisect.bisect_right(old, int(unique[-1]), key=record_index) if real else len(old)
         held = {record_index(record): record for record in old[start:end]}
-        pack, deleted = RECORD.pack, series.deleted
-        if not held and deleted.keys().isdisjoint(real):  # all new (a backfill): pack in one go
-            merged = [pack(index, 0, 0, *_values_of(final[index])) for index in real]
+        packed = pack_block(block, last[kept], unique[kept]).tobytes()
+        if not held and series.deleted.keys().isdisjoint(real):  # all new (a backfill)
+            merged = split(packed)
             series.unwritten.update(real)
         else:
+            size = RECORD.size
             merged = [
                 self._revised(
-                    series, index, held.pop(index, None), VALUES.pack(*_values_of(final[index]))
+                    series,
+                    index,
+                    held.pop(index, None),
+                    packed[at * size + VALUES_AT : (at + 1) * size],
                 )
-                for index in real
+                for at, index in enumerate(real)
             ]
         for index, record in held.items():  # in range, absent from the snapshot: removed
             self._forget(series, index, record)
@@ -534,6 +628,7 @@ class CandleDataManager:
         else:
             revision, flags = 0, 0
         series.unwritten.add(index)
+        series.changes += 1
         return HEAD.pack(index, revision, flags) + values
 
     def _remove(self, series: _Series, index: int) -> None:
@@ -552,6 +647,7 @@ class CandleDataManager:
 
     def _disown(self, series: _Series, *indexes: int) -> None:
         """Candles leave memory: batches in flight no longer vouch for those indexes."""
+        series.changes += 1
         key = series.symbol.normalized
         for entry in self._outstanding.values():
             handed = entry.upserts.get(key)
@@ -674,7 +770,10 @@ class CandleDataManager:
                 size = RECORD.size
                 for position in hidden.tolist():
                     records[position] = blob[position * size : (position + 1) * size]
-        taken = array[positions]
+        if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+            taken = array[positions[0] : positions[-1] + 1]  # a run (the usual): a view
+        else:
+            taken = array[positions]  # gathers 105-byte records: ~3x the view's cost
         handed = dict(zip(taken["index"].tolist(), taken["revision"].tolist(), strict=True))
         return taken.tobytes(), handed
 

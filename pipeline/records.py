@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from pipeline.dxlink.candle_block import COUNT, DOUBLE_FIELDS, CandleBlock
 from pipeline.dxlink.symbols import CandleSymbol
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "expose",
     "find",
     "key_frame",
+    "pack_block",
     "record_index",
     "split",
     "unchanged",
@@ -99,6 +101,8 @@ RECORD_DTYPE = np.dtype(
 """The record as a packed numpy structured type (same bytes as :data:`RECORD`)."""
 assert RECORD_DTYPE.itemsize == RECORD.size
 
+assert DOUBLE_FIELDS == FLOAT_FIELDS  # a block's double rows are the record's doubles
+
 IntArray = npt.NDArray[np.int64]
 _MANY = 16  # "many" records of a series: one C-level pass over all of them beats a bisect each
 
@@ -112,6 +116,18 @@ def record_index(record: bytes) -> int:
 def as_array(blob: bytes | bytearray) -> npt.NDArray[Any]:
     """Joined records as a structured array over the same memory (no copy)."""
     return np.frombuffer(blob, dtype=RECORD_DTYPE)
+
+
+def pack_block(block: CandleBlock, positions: IntArray, indexes: IntArray) -> npt.NDArray[Any]:
+    """New records (revision 0, no flags) of the events at ``positions`` of ``block``, with
+    the event ``indexes`` given (§4.2: derived where the wire's was 0): a column at a time."""
+    packed = np.zeros(len(positions), dtype=RECORD_DTYPE)
+    packed["index"] = indexes
+    packed["count"] = block.ints[COUNT][positions]
+    doubles = block.doubles
+    for row, name in enumerate(FLOAT_FIELDS):
+        packed[name] = doubles[row][positions]
+    return packed
 
 
 def split(blob: bytes) -> list[bytes]:

@@ -37,7 +37,7 @@ import gc
 import logging
 import operator
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +48,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from pipeline.candles import BackpressureError, Batch, CandleDataManager
 from pipeline.config import Config
+from pipeline.dxlink.candle_block import CandleBlock
 from pipeline.dxlink.client import DXLinkManager
 from pipeline.dxlink.errors import ConfigurationError
 from pipeline.dxlink.events import Candle
@@ -420,11 +421,13 @@ class IngestService:
         async for batch in self.client.candles():
             await self._apply(batch)
 
-    async def _apply(self, batch: list[Candle]) -> None:
+    async def _apply(self, batch: Sequence[Candle]) -> None:
         self.stats.batches += 1
         self.stats.candles_received += len(batch)
-        # Two C-level passes: ~80 ns per event, a generator with max() per event ~250 ns.
-        newest = max(max(map(_time_of, batch)), max(map(_event_time_of, batch))) if batch else 0
+        if isinstance(batch, CandleBlock):
+            newest = batch.newest_time()
+        else:  # Two C-level passes: ~80 ns per event, a generator with max() ~250 ns.
+            newest = max(max(map(_time_of, batch)), max(map(_event_time_of, batch))) if batch else 0
         if newest > self.stats.stream_time_ms:
             self.stats.stream_time_ms = newest
         while True:

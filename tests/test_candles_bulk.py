@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from pipeline import candles, records
 from pipeline.candles import Batch, CandleDataManager
+from pipeline.dxlink.candle_block import CandleBlock
 from pipeline.dxlink.events import (
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
@@ -134,10 +135,10 @@ operations = st.lists(st.one_of(event_ops, snapshot_ops, snapshot_ops, flush_ops
 
 
 def run(
-    ops: list[tuple[Any, ...]], *, batched: bool = True, history: int = 30
+    ops: list[tuple[Any, ...]], *, batched: bool = True, history: int = 30, blocks: bool = False
 ) -> list[tuple[Any, ...]]:
     """Apply ``ops`` to a fresh manager (each op's events in one ``update`` call, or one
-    call per event); the observations after every step."""
+    call per event; as tuples, or as a column block); the observations after every step."""
     mgr = CandleDataManager(
         max_series=2, max_historical_candles=history, max_buffered_events=9, grace_ms=0
     )
@@ -154,7 +155,7 @@ def run(
                 _, symbol, a, b, close = op
                 events = snapshot(symbol, max(a, b), min(a, b), close)
             for group in [events] if batched else [[e] for e in events]:
-                mgr.update(group, now)
+                mgr.update(CandleBlock.from_candles(group) if blocks else group, now)
         elif op[0] == "advance":
             now += 7 * MIN
             mgr.advance(now)
@@ -181,6 +182,16 @@ def test_bulk_and_per_candle_routes_are_indistinguishable(ops: list[tuple[Any, .
     with thresholds(10**9):
         assert run(ops) == reference
     assert run(ops) == reference
+
+
+@settings(max_examples=40, deadline=None)
+@given(operations)
+def test_column_blocks_apply_exactly_like_the_same_tuples(ops: list[tuple[Any, ...]]) -> None:
+    """Events as a CandleBlock (a large frame) and as Candle tuples give the same everything."""
+    reference = run(ops)
+    with thresholds(0):  # every run of a block stays columns, buffered as block slices
+        assert run(ops, blocks=True) == reference
+    assert run(ops, blocks=True) == reference
 
 
 @settings(max_examples=40, deadline=None)

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 
 # The pure modules: protocol state machines, codecs, symbols, event records, errors.
 CORE = [
+    "dxlink/candle_block.py",
     "dxlink/errors.py",
     "dxlink/events.py",
     "dxlink/symbols.py",

@@ -19,7 +19,15 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from typing import Any
 
@@ -287,8 +295,12 @@ class DXLinkManager:
                 queue.put_nowait(END)
         self._state.notify(Stopped(error))
 
-    async def candles(self) -> AsyncIterator[list[Candle]]:
+    async def candles(self) -> AsyncIterator[Sequence[Candle]]:
         """Yield candle batches in arrival order until the manager stops.
+
+        A batch is a list of ``Candle``, or for a large frame a
+        :class:`~pipeline.dxlink.candle_block.CandleBlock`: the same events as columns, also
+        a ``Sequence[Candle]``.
 
         Ends after ``aclose()`` once everything queued was yielded; raises the fatal error
         (e.g. ``ConnectionError`` after ``max_attempts``) if the manager stopped on one.

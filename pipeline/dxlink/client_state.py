@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
@@ -121,7 +121,7 @@ class ClientState:
 
     registry: SubscriptionRegistry
     pacer: SubscriptionPacer
-    candle_queue: asyncio.Queue[list[Candle]]
+    candle_queue: asyncio.Queue[Sequence[Candle]]
     event_queue: asyncio.Queue[EventBatch]
     resume_points: ResumePoints | None
     on_event: Callable[[LifecycleEvent], None] | None

@@ -29,9 +29,11 @@ import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn
 
+import numpy as np
 from websockets.asyncio.client import ClientConnection
 
 from pipeline.dxlink.backoff import HandshakeTimeout, PeerTimeout
+from pipeline.dxlink.candle_block import CandleBlock
 from pipeline.dxlink.client_state import (
     CANDLE_SETUP,
     CONTRACTS,
@@ -339,11 +341,18 @@ class ConnectionDriver:
         candles = event.candles
         self._count_data(event.channel, len(candles))
         observe = self.state.registry.observe
-        for candle in candles:
-            if candle.flags & _SNAPSHOT_FLAGS:
-                progress = observe(candle.symbol, candle.flags)
-                if progress is not None and progress.state is SubscriptionState.LIVE:
-                    self.state.notify(SnapshotComplete(progress.key, progress.snipped))
+        if isinstance(candles, CandleBlock):  # look at the flagged events only
+            flags = candles.flags
+            marks = [
+                (candles.symbols[at], int(flags[at]))
+                for at in np.flatnonzero(flags & _SNAPSHOT_FLAGS).tolist()
+            ]
+        else:
+            marks = [(c.symbol, c.flags) for c in candles if c.flags & _SNAPSHOT_FLAGS]
+        for symbol, flags_of_event in marks:
+            progress = observe(symbol, flags_of_event)
+            if progress is not None and progress.state is SubscriptionState.LIVE:
+                self.state.notify(SnapshotComplete(progress.key, progress.snipped))
         await self._deliver(self.state.candle_queue, candles, "candles")
 
     def _count_data(self, channel: int, events: int) -> None:

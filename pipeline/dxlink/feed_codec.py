@@ -40,6 +40,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
+from pipeline.dxlink.candle_block import BLOCK_MIN_EVENTS, BlockLayout
 from pipeline.dxlink.errors import InvalidMessage, UsageError
 from pipeline.dxlink.events import WIRE_TO_FIELD, Candle
 from pipeline.dxlink.messages import DataFormat, FeedData, JsonObject
@@ -304,8 +305,9 @@ class FeedDecoder:
     def __init__(self, event_fields: Mapping[str, Sequence[str]] | None = None) -> None:
         self._fields: dict[str, tuple[str, ...]] = {}
         self._decoders: dict[tuple[str, ...], CandleDecoder | InvalidMessage] = {}
-        # The current COMPACT Candle layout: (field count, decoder), None if unusable.
-        self._compact_candle: tuple[int, CandleDecoder] | None = None
+        # The current COMPACT Candle layout: (field count, decoder, block layout or None),
+        # None if unusable.
+        self._compact_candle: tuple[int, CandleDecoder, BlockLayout | None] | None = None
         if event_fields:
             self.update(event_fields)
 
@@ -323,21 +325,29 @@ class FeedDecoder:
         if fields:
             # An unusable list stays None here; decode() reports it with every Candle pair.
             with suppress(InvalidMessage):
-                self._compact_candle = (len(fields), self._candle_decoder(fields))
+                decoder = self._candle_decoder(fields)
+                block = BlockLayout.of(len(fields), _positions(fields))
+                self._compact_candle = (len(fields), decoder, block)
 
-    def compact_candles(self, values: object) -> list[Candle] | None:
+    def compact_candles(self, values: object) -> Sequence[Candle] | None:
         """Decode one COMPACT ``Candle`` values array, or return None if it is not clean.
 
         The per-frame fast path (``ClientProtocol``): no batches, no error objects. None
         means "not decodable as is" (no usable Candle field list, a count that is not a
         multiple of it, a wrongly typed value); :meth:`decode` then says exactly why.
+        From :data:`~pipeline.dxlink.candle_block.BLOCK_MIN_EVENTS` events on, the result
+        is a :class:`~pipeline.dxlink.candle_block.CandleBlock` (columns), else a list.
         """
         layout = self._compact_candle
         if layout is None or values.__class__ is not list:
             return None
-        width, decoder = layout
+        width, decoder, block = layout
         if len(values) % width:
             return None
+        if block is not None and len(values) >= BLOCK_MIN_EVENTS * width:
+            with suppress(*_DECODE_ERRORS):
+                return block.decode(values)
+            # Not block-clean (an index beyond int64, say): the tuple decoder decides.
         try:
             return decoder(values)
         except _DECODE_ERRORS:

@@ -12,6 +12,7 @@ Both roles: ErrorReceived, InvalidMessageReceived, ViolationReceived, PeerTimedO
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -94,10 +95,14 @@ class FeedConfigured:
 
 @dataclass(frozen=True, slots=True)
 class CandlesReceived:
-    """Decoded Candle events of one FEED_DATA type/values pair, in arrival order."""
+    """Decoded Candle events of one FEED_DATA type/values pair, in arrival order.
+
+    ``candles`` is a list, or for a large frame a
+    :class:`~pipeline.dxlink.candle_block.CandleBlock` (the same events as columns).
+    """
 
     channel: int
-    candles: list[Candle]
+    candles: Sequence[Candle]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import base64
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,7 +219,7 @@ def make_manager(
     return DXLinkManager(source, **settings), source
 
 
-async def next_batch(manager: DXLinkManager) -> list[Candle]:
+async def next_batch(manager: DXLinkManager) -> Sequence[Candle]:
     async with asyncio.timeout(TIMEOUT):
         return await anext(aiter(manager.candles()))
 

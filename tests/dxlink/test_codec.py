@@ -8,6 +8,7 @@ defined here are shared with test_protocol.py and test_codec_fuzz.py.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -686,7 +687,7 @@ COLUMN_EVENTS = 24  # at least feed_codec._COLUMN_MIN_EVENTS: the whole array ta
 TASTYWARE_FIELDS = (*CANDLE_FIELDS[1:8], *CANDLE_FIELDS[12:], *CANDLE_FIELDS[8:12])
 
 
-def comparable(candles: list[Candle]) -> list[tuple[object, ...]]:
+def comparable(candles: Iterable[Candle]) -> list[tuple[object, ...]]:
     """Candles as tuples in which NaN equals NaN (and, as in Python, True equals 1)."""
     return [tuple("NaN" if value != value else value for value in candle) for candle in candles]
 

@@ -1,0 +1,256 @@
+"""CandleBlock: the Candle events of one large COMPACT frame, held as columns (issue 6).
+
+A backfill arrives as frames of hundreds of Candle events. One ``Candle`` tuple per event,
+later packed into the manager's record one by one, cost ~2 us per event on the client's
+only thread (benchmarks/bench_backfill.py). A block keeps the frame as numpy columns instead:
+each field's strided slice of the values array goes through :class:`array.array` once, at C
+speed, so the manager can pack a whole snapshot with a few numpy operations.
+
+``array.array`` accepts and rejects exactly what the tuple decoder does (§3.5, §4.2): ``"q"``
+takes ints and bools and refuses floats, strings and null like ``operator.index``; ``"d"``
+takes numbers and refuses strings and null like ``float``, and a column holding the strings
+``"NaN"``/``"Infinity"``/``"-Infinity"`` is mapped through them first. Anything else makes
+:func:`decode_block` raise, and the caller falls back to the tuple decoder, which names the
+bad value.
+
+A block is a ``Sequence[Candle]``: indexing or iterating it builds the same ``Candle`` tuples
+the tuple decoder would (once, then cached), so a consumer that wants tuples sees no
+difference. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.dxlink.events import Candle
+
+__all__ = [
+    "BLOCK_MIN_EVENTS",
+    "COUNT",
+    "DOUBLE_FIELDS",
+    "EVENT_TIME",
+    "FLAGS",
+    "INDEX",
+    "INT_FIELDS",
+    "SEQUENCE",
+    "TIME",
+    "BlockLayout",
+    "CandleBlock",
+]
+
+BLOCK_MIN_EVENTS = 64
+"""Frames with at least this many events decode to a block (its fixed cost is ~20 us)."""
+INT_FIELDS = ("time", "sequence", "flags", "index", "event_time", "count")
+"""The integer ``Candle`` fields, in tuple order: the rows of :attr:`CandleBlock.ints`."""
+DOUBLE_FIELDS: tuple[str, ...] = Candle._fields[7:]
+"""The double ``Candle`` fields, in tuple order: the rows of :attr:`CandleBlock.doubles`."""
+TIME, SEQUENCE, FLAGS, INDEX, EVENT_TIME, COUNT = range(len(INT_FIELDS))
+_SEQUENCE_MASK = 0x3FFFFF  # §4.2: the sequence is the index's low 22 bits
+_SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+IntColumns = npt.NDArray[np.int64]
+DoubleColumns = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLayout:
+    """Where each Candle field sits in one COMPACT field list (offsets into an event).
+
+    Only layouts with ``eventSymbol``, ``time`` and ``index`` decode to blocks (tastytrade's
+    and ours do); ``sequence`` may be missing (then it comes from ``index``, §4.2), other
+    fields default to 0 or NaN like the tuple decoder's.
+    """
+
+    width: int
+    symbol: int
+    ints: tuple[tuple[int, int], ...]  # (row in ints, offset)
+    doubles: tuple[tuple[int, int], ...]  # (row in doubles, offset)
+
+    @classmethod
+    def of(cls, width: int, positions: dict[str, int]) -> BlockLayout | None:
+        """The layout for a field list whose Candle attributes sit at ``positions``, or
+        None if blocks cannot carry it."""
+        if not {"symbol", "time", "index"} <= positions.keys():
+            return None
+        ints = [(row, positions[name]) for row, name in enumerate(INT_FIELDS) if name in positions]
+        doubles = [
+            (row, positions[name]) for row, name in enumerate(DOUBLE_FIELDS) if name in positions
+        ]
+        return cls(width, positions["symbol"], tuple(ints), tuple(doubles))
+
+    def decode(self, values: list[Any]) -> CandleBlock:
+        """Decode back-to-back event values (length a multiple of :attr:`width`).
+
+        Raises:
+            TypeError, ValueError, OverflowError: a value is not what its field must be (§3.5).
+        """
+        width = self.width
+        count = len(values) // width
+        symbols = values[self.symbol :: width]
+        "".join(symbols)  # TypeError unless every symbol is a str
+        ints = np.zeros((len(INT_FIELDS), count), np.int64)
+        for row, offset in self.ints:
+            ints[row] = np.frombuffer(array("q", values[offset::width]), np.int64)
+        if not any(row == SEQUENCE for row, _ in self.ints):
+            ints[SEQUENCE] = ints[INDEX] & _SEQUENCE_MASK
+        doubles = np.full((len(DOUBLE_FIELDS), count), math.nan)
+        for row, offset in self.doubles:
+            column = values[offset::width]
+            try:
+                doubles[row] = np.frombuffer(array("d", column), np.float64)
+            except TypeError:  # strings: NaN/±Infinity travel as text (§3.5)
+                if column.count("NaN") != count:
+                    special: Any = _SPECIAL_DOUBLES.get
+                    doubles[row] = np.frombuffer(
+                        array("d", map(float, map(special, column, column))), np.float64
+                    )
+                # else all "NaN": the row stays NaN, as filled
+        return CandleBlock(symbols, ints, doubles)
+
+
+class CandleBlock(Sequence[Candle]):
+    """Candle events as columns: ``symbols`` (a list), ``ints`` (rows in :data:`INT_FIELDS`
+    order) and ``doubles`` (rows in :data:`DOUBLE_FIELDS` order), one column per event.
+
+    Read-only by convention: slices share the columns' memory.
+    """
+
+    __slots__ = ("_candles", "doubles", "ints", "symbols")
+
+    def __init__(self, symbols: list[str], ints: IntColumns, doubles: DoubleColumns) -> None:
+        if ints.shape != (len(INT_FIELDS), len(symbols)) or doubles.shape != (
+            len(DOUBLE_FIELDS),
+            len(symbols),
+        ):
+            raise ValueError(
+                f"a block of {len(symbols)} events needs ints of shape "
+                f"({len(INT_FIELDS)}, {len(symbols)}) and doubles of shape "
+                f"({len(DOUBLE_FIELDS)}, {len(symbols)}), got {ints.shape} and {doubles.shape}"
+            )
+        self.symbols = symbols
+        self.ints = ints
+        self.doubles = doubles
+        self._candles: list[Candle] | None = None
+
+    @classmethod
+    def from_candles(cls, candles: Sequence[Candle]) -> CandleBlock:
+        """The block of ``candles`` (tuples), e.g. to merge them with blocks."""
+        if isinstance(candles, CandleBlock):
+            return candles
+        if not candles:
+            return cls([], np.zeros((len(INT_FIELDS), 0), np.int64), np.zeros((10, 0)))
+        columns = list(zip(*candles, strict=True))
+        return cls(
+            list(columns[0]),
+            np.array(columns[1:7], dtype=np.int64),
+            np.array(columns[7:], dtype=np.float64),
+        )
+
+    @classmethod
+    def concat(cls, blocks: Sequence[CandleBlock]) -> CandleBlock:
+        """One block of ``blocks`` in order."""
+        if len(blocks) == 1:
+            return blocks[0]
+        return cls(
+            list(itertools.chain.from_iterable(block.symbols for block in blocks)),
+            np.concatenate([block.ints for block in blocks], axis=1),
+            np.concatenate([block.doubles for block in blocks], axis=1),
+        )
+
+    # ------------------------------------------------------------------ columns
+
+    @property
+    def flags(self) -> IntColumns:
+        """Each event's ``eventFlags`` (§6.1)."""
+        flags: IntColumns = self.ints[FLAGS]
+        return flags
+
+    def record_indexes(self) -> IntColumns:
+        """Each event's index (§4.2), derived from ``time``/``sequence`` where it is 0 (as
+        ``candle.index or index_of(candle.time, candle.sequence)``)."""
+        index: IntColumns = self.ints[INDEX]
+        missing = index == 0
+        if not missing.any():
+            return index
+        time, sequence = self.ints[TIME], self.ints[SEQUENCE]
+        derived: IntColumns = ((time // 1000) << 32) | ((time % 1000) << 22) | sequence
+        return np.where(missing, derived, index)
+
+    def newest_time(self) -> int:
+        """The latest ``time`` or ``eventTime`` of any event (0 for an empty block)."""
+        if not self.symbols:
+            return 0
+        return int(max(self.ints[TIME].max(), self.ints[EVENT_TIME].max()))
+
+    def runs(self) -> list[tuple[str, int, int]]:
+        """(symbol, start, stop) of each stretch of consecutive events of one symbol."""
+        symbols = self.symbols
+        if not symbols:
+            return []
+        first = symbols[0]
+        if symbols.count(first) == len(symbols):  # one series (a snapshot chunk): C speed
+            return [(first, 0, len(symbols))]
+        runs: list[tuple[str, int, int]] = []
+        start = 0
+        for symbol, group in itertools.groupby(symbols):
+            stop = start + sum(1 for _ in group)
+            runs.append((symbol, start, stop))
+            start = stop
+        return runs
+
+    # ------------------------------------------------------------------ tuples
+
+    def candles(self) -> list[Candle]:
+        """The events as ``Candle`` tuples (built once)."""
+        if self._candles is None:
+            new = tuple.__new__
+            self._candles = list(
+                map(
+                    new,
+                    itertools.repeat(Candle, len(self.symbols)),
+                    zip(self.symbols, *self.ints.tolist(), *self.doubles.tolist(), strict=True),
+                )
+            )
+        return self._candles
+
+    def candle(self, position: int) -> Candle:
+        """One event as a ``Candle`` (without building the others)."""
+        if self._candles is not None:
+            return self._candles[position]
+        ints, doubles = self.ints[:, position].tolist(), self.doubles[:, position].tolist()
+        return Candle(self.symbols[position], *ints, *doubles)
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    @overload
+    def __getitem__(self, item: int) -> Candle: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> CandleBlock: ...
+
+    def __getitem__(self, item: int | slice) -> Candle | CandleBlock:
+        if isinstance(item, slice):
+            return CandleBlock(self.symbols[item], self.ints[:, item], self.doubles[:, item])
+        return self.candles()[item]
+
+    def __iter__(self) -> Iterator[Candle]:
+        return iter(self.candles())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return self.candles() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable columns: unhashable like a list
+
+    def __repr__(self) -> str:
+        return f"CandleBlock({len(self.symbols)} events)"
