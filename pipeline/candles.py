@@ -31,11 +31,13 @@ Per series (the normalised candle symbol, e.g. ``AAPL{=5m}``):
   complete (newer ones exist), so a flush always drains them. A new series beyond
   ``max_series`` is refused: its events are dropped, counted and logged once per series.
 
-Candles are held as packed ``bytes`` records (:mod:`pipeline.records`: index, revision, flags,
-count, ten doubles; 138 bytes as an object, plus 8 for the deque slot) and materialised as
-:class:`CandleData` on read. The hot path works in bulk (issue 6): a snapshot's new candles
-are packed in one pass, a series with many candles to hand out or confirm is handled as one
-numpy array over its joined records, and the batch frame's columns come straight from the
+Candles are held as packed ``bytes`` records (:mod:`pipeline.records`: index, revision,
+count, ten doubles; 137 bytes as an object, plus 8 for the deque slot) and materialised as
+:class:`CandleData` on read. Which candles were never handed out (nor loaded from the store)
+is a set of indexes per series, so handing out rewrites no record. The hot path works in
+bulk (issue 6): a snapshot that arrives as column blocks (``CandleBlock``, a large frame) is
+merged and packed with numpy, a series with many candles to hand out or confirm is handled as
+one numpy array over its joined records, and the batch frame's columns come straight from the
 packed bytes. Few candles (live updates) are found one by one; both routes give the same
 result (tests/test_candles_bulk.py).
 """
@@ -79,7 +81,6 @@ from pipeline.dxlink.symbols import CandleSymbol
 from pipeline.records import (
     CANDLE_COLUMNS,
     CANDLE_SCHEMA,
-    EXPOSED,
     FLOAT_FIELDS,
     HEAD,
     KEY_COLUMNS,
@@ -89,7 +90,6 @@ from pipeline.records import (
     VALUES_SLICE,
     as_array,
     candle_frame,
-    expose,
     find,
     key_frame,
     pack_block,
@@ -127,6 +127,9 @@ class _Series:
     symbol: CandleSymbol
     records: deque[bytes] = field(default_factory=deque)
     unwritten: set[int] = field(default_factory=set)
+    # Never handed out nor loaded from the store (a subset of `unwritten`): a change keeps
+    # revision 0 and a removal deletes nothing in the store.
+    fresh: set[int] = field(default_factory=set)
     deleted: dict[int, int] = field(default_factory=dict)  # index -> revision when removed
     # Held-back events (§6.3): tuples, and slices of column blocks (a backfill's chunks).
     pending: list[Candle | CandleBlock] = field(default_factory=list)
@@ -363,7 +366,7 @@ class CandleDataManager:
             if index not in held:
                 held.add(index)
                 values = VALUES.pack(row[5], *row[6:])
-                loaded.append(HEAD.pack(index, row[4], EXPOSED) + values)
+                loaded.append(HEAD.pack(index, row[4]) + values)
         self._replace_records(entry, sorted([*entry.records, *loaded], key=record_index))
         self._trim(entry)
         return len(loaded)
@@ -481,15 +484,16 @@ class CandleDataManager:
         """Counts and memory estimate (see :data:`BYTES_PER_CANDLE`)."""
         held = sum(len(s.records) for s in self._series.values())
         dirty = sum(len(s.unwritten) for s in self._series.values())
+        fresh = sum(len(s.fresh) for s in self._series.values())
         deletions = sum(len(s.deleted) for s in self._series.values())
         buffered = sum(s.buffered for s in self._series.values())
         memory = (
             held * BYTES_PER_CANDLE
-            + (dirty + deletions) * _BYTES_PER_ENTRY
+            + (dirty + fresh + deletions) * _BYTES_PER_ENTRY
             + buffered * _BYTES_PER_EVENT
         )
         bound = (self.max_series * self.max_historical_candles + self.max_pinned_candles) * (
-            BYTES_PER_CANDLE + _BYTES_PER_ENTRY
+            BYTES_PER_CANDLE + 2 * _BYTES_PER_ENTRY
         ) + self.max_series * self.max_buffered_events * _BYTES_PER_EVENT
         return ManagerStats(
             series=len(self._series),
@@ -584,6 +588,7 @@ class CandleDataManager:
         if not held and series.deleted.keys().isdisjoint(real):  # all new (a backfill)
             merged = split(packed)
             series.unwritten.update(real)
+            series.fresh.update(real)
         else:
             size = RECORD.size
             merged = [
@@ -618,18 +623,19 @@ class CandleDataManager:
         if record is not None:
             if record[VALUES_AT:] == values:
                 return record
-            _, revision, flags = HEAD.unpack_from(record)
-            if flags & EXPOSED:
+            _, revision = HEAD.unpack_from(record)
+            if index not in series.fresh:
                 revision += 1
                 self._revisions += 1
         elif index in series.deleted:  # the store still holds it: a revision, not a new one
-            revision, flags = series.deleted.pop(index) + 1, EXPOSED
+            revision = series.deleted.pop(index) + 1
             self._revisions += 1
         else:
-            revision, flags = 0, 0
+            revision = 0
+            series.fresh.add(index)
         series.unwritten.add(index)
         series.changes += 1
-        return HEAD.pack(index, revision, flags) + values
+        return HEAD.pack(index, revision) + values
 
     def _remove(self, series: _Series, index: int) -> None:
         position = find(series.records, index)
@@ -641,9 +647,10 @@ class CandleDataManager:
     def _forget(self, series: _Series, index: int, record: bytes) -> None:
         self._disown(series, index)
         series.unwritten.discard(index)
-        _, revision, flags = HEAD.unpack_from(record)
-        if flags & EXPOSED:
-            series.deleted[index] = revision
+        if index in series.fresh:
+            series.fresh.discard(index)
+        else:
+            series.deleted[index] = HEAD.unpack_from(record)[1]
 
     def _disown(self, series: _Series, *indexes: int) -> None:
         """Candles leave memory: batches in flight no longer vouch for those indexes."""
@@ -720,8 +727,8 @@ class CandleDataManager:
         return self._series.get(key)
 
     def _complete(self, series: _Series, record: bytes) -> bool:
-        index, _, flags = HEAD.unpack_from(record)
-        if flags & EXPOSED or index < record_index(series.records[-1]):
+        index = record_index(record)
+        if index not in series.fresh or index < record_index(series.records[-1]):
             return True  # handed out once means complete for good, even if its successor goes
         period = series.symbol.period_ms
         return period is not None and self._now >= time_of(index) + period + self.grace_ms
@@ -744,12 +751,9 @@ class CandleDataManager:
                 if position == len(records) - 1 and not newest_done:
                     continue
                 record = records[position]
-                _, revision, flags = HEAD.unpack_from(record)
-                if not flags & EXPOSED:
-                    record = HEAD.pack(index, revision, flags | EXPOSED) + record[VALUES_AT:]
-                    records[position] = record
                 picked.append(record)
-                handed[index] = revision
+                handed[index] = HEAD.unpack_from(record)[1]
+            self._hand_out(series, handed)
             return b"".join(picked), handed
         # Many (a snapshot's worth): one numpy pass over the series' joined records.
         blob = b"".join(records)
@@ -760,25 +764,24 @@ class CandleDataManager:
             chosen = np.isin(array["index"], np.fromiter(dirty, np.int64, len(dirty)))
         chosen[-1] &= newest_done
         positions = np.flatnonzero(chosen)[:room]
-        hidden = positions[(array["flags"][positions] & EXPOSED) == 0]
-        if len(hidden):
-            blob = expose(blob, hidden)
-            array = as_array(blob)
-            if len(hidden) * _MANY >= len(records):
-                series.records = deque(split(blob))
-            else:
-                size = RECORD.size
-                for position in hidden.tolist():
-                    records[position] = blob[position * size : (position + 1) * size]
         if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
             taken = array[positions[0] : positions[-1] + 1]  # a run (the usual): a view
         else:
-            taken = array[positions]  # gathers 105-byte records: ~3x the view's cost
+            taken = array[positions]  # gathers 104-byte records: ~3x the view's cost
         handed = dict(zip(taken["index"].tolist(), taken["revision"].tolist(), strict=True))
+        self._hand_out(series, handed)
         return taken.tobytes(), handed
 
+    def _hand_out(self, series: _Series, handed: dict[int, int]) -> None:
+        """The candles in ``handed`` are not fresh any more."""
+        fresh = series.fresh
+        if fresh:
+            fresh.difference_update(handed)
+            if not fresh:
+                series.fresh = set()  # a cleared set keeps its peak-size table
+
     def _materialise(self, series: _Series, record: bytes) -> CandleData:
-        index, revision, _, count, *v = RECORD.unpack(record)
+        index, revision, count, *v = RECORD.unpack(record)
         return CandleData(
             series.symbol.base, series.symbol.period_label,
             _EPOCH + timedelta(milliseconds=time_of(index)),

@@ -1,14 +1,15 @@
 """Packed candle records: how :mod:`pipeline.candles` holds one candle, and frames built from them.
 
-A record is 105 bytes: ``index`` (int64, §4.2), ``revision`` (int64), ``flags`` (one byte,
-:data:`EXPOSED`), then the values: ``count`` (int64) and ten doubles in the order of
-:data:`FLOAT_FIELDS`, which is also the order of the ``Candle`` tuple from ``count`` on, so
-``event[VALUES_SLICE]`` packs straight into a record. Values are compared as bytes, which
-also treats NaN as equal to NaN.
+A record is 104 bytes: ``index`` (int64, §4.2), ``revision`` (int64), then the values:
+``count`` (int64) and ten doubles in the order of :data:`FLOAT_FIELDS`, which is also the
+order of the ``Candle`` tuple from ``count`` on, so ``event[VALUES_SLICE]`` packs straight
+into a record. Values are compared as bytes, which also treats NaN as equal to NaN. A record
+never changes in place: handing a candle out does not touch it (the manager keeps which
+candles were never handed out in a set), so records made in bulk stay as they were made.
 
 The bulk helpers work on many records at once at C speed: a series' records joined into one
-blob are a numpy structured array (:data:`RECORD_DTYPE`), so columns, index sets and flag
-changes never loop in Python per candle.
+blob are a numpy structured array (:data:`RECORD_DTYPE`), so columns and index sets never
+loop in Python per candle.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from pipeline.dxlink.symbols import CandleSymbol
 __all__ = [
     "CANDLE_COLUMNS",
     "CANDLE_SCHEMA",
-    "EXPOSED",
     "FLOAT_FIELDS",
     "HEAD",
     "KEY_COLUMNS",
@@ -41,7 +41,6 @@ __all__ = [
     "VALUES_SLICE",
     "as_array",
     "candle_frame",
-    "expose",
     "find",
     "key_frame",
     "pack_block",
@@ -83,19 +82,16 @@ FLOAT_FIELDS = (
     "bid_volume", "ask_volume", "imp_volatility", "open_interest",
 )  # fmt: skip
 
-RECORD = struct.Struct("<qqBq10d")
+RECORD = struct.Struct("<qqq10d")
 VALUES = struct.Struct("<q10d")
-HEAD = struct.Struct("<qqB")
+HEAD = struct.Struct("<qq")
 _INDEX = struct.Struct("<q")
 VALUES_AT = HEAD.size
 VALUES_SLICE = slice(6, 17)
 """``Candle`` fields ``count`` .. ``open_interest``: a record's values, in record order."""
-_FLAGS_AT = 16
 _SEQUENCE_MASK = 0x3FFFFF  # §4.2: the sequence is the index's low 22 bits
-EXPOSED = 0x01
-"""Flag: handed out or loaded from the store (changes bump revision, removal deletes)."""
 RECORD_DTYPE = np.dtype(
-    [("index", "<i8"), ("revision", "<i8"), ("flags", "u1"), ("count", "<i8")]
+    [("index", "<i8"), ("revision", "<i8"), ("count", "<i8")]
     + [(name, "<f8") for name in FLOAT_FIELDS]
 )
 """The record as a packed numpy structured type (same bytes as :data:`RECORD`)."""
@@ -119,7 +115,7 @@ def as_array(blob: bytes | bytearray) -> npt.NDArray[Any]:
 
 
 def pack_block(block: CandleBlock, positions: IntArray, indexes: IntArray) -> npt.NDArray[Any]:
-    """New records (revision 0, no flags) of the events at ``positions`` of ``block``, with
+    """New records (revision 0) of the events at ``positions`` of ``block``, with
     the event ``indexes`` given (§4.2: derived where the wire's was 0): a column at a time."""
     packed = np.zeros(len(positions), dtype=RECORD_DTYPE)
     packed["index"] = indexes
@@ -134,14 +130,6 @@ def split(blob: bytes) -> list[bytes]:
     """Joined records back into one ``bytes`` per record."""
     size = RECORD.size
     return [blob[start : start + size] for start in range(0, len(blob), size)]
-
-
-def expose(blob: bytes, positions: IntArray) -> bytes:
-    """``blob`` (joined records) with :data:`EXPOSED` set on the records at ``positions``."""
-    buffer = bytearray(blob)
-    flags = np.frombuffer(buffer, dtype=np.uint8).reshape(-1, RECORD.size)[:, _FLAGS_AT]
-    flags[positions] |= EXPOSED
-    return bytes(buffer)
 
 
 def find(records: deque[bytes], index: int) -> int:
