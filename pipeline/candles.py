@@ -587,8 +587,9 @@ class CandleDataManager:
         packed = pack_block(block, last[kept], unique[kept]).tobytes()
         if not held and series.deleted.keys().isdisjoint(real):  # all new (a backfill)
             merged = split(packed)
-            series.unwritten.update(real)
-            series.fresh.update(real)
+            new = set(real)  # hashed once: set-to-set updates reuse the stored hashes
+            series.unwritten = new if not series.unwritten else series.unwritten | new
+            series.fresh = new.copy() if not series.fresh else series.fresh | new
         else:
             size = RECORD.size
             merged = [

@@ -3,15 +3,15 @@
 A backfill arrives as frames of hundreds of Candle events. One ``Candle`` tuple per event,
 later packed into the manager's record one by one, cost ~2 us per event on the client's
 only thread (benchmarks/bench_backfill.py). A block keeps the frame as numpy columns instead:
-each field's strided slice of the values array goes through :class:`array.array` once, at C
-speed, so the manager can pack a whole snapshot with a few numpy operations.
+each field's strided slice of the values array is converted once, at C speed, so the manager
+can pack a whole snapshot with a few numpy operations.
 
-``array.array`` accepts and rejects exactly what the tuple decoder does (§3.5, §4.2): ``"q"``
-takes ints and bools and refuses floats, strings and null like ``operator.index``; ``"d"``
-takes numbers and refuses strings and null like ``float``, and a column holding the strings
-``"NaN"``/``"Infinity"``/``"-Infinity"`` is mapped through them first. Anything else makes
-:func:`decode_block` raise, and the caller falls back to the tuple decoder, which names the
-bad value.
+``array.array("q")`` (integers) and ``struct`` ``"d"`` (doubles) accept and reject exactly
+what the tuple decoder does (§3.5, §4.2): integers take ints and bools and refuse floats,
+strings and null like ``operator.index``; doubles take numbers and refuse strings and null
+like ``float``, and a column holding the strings ``"NaN"``/``"Infinity"``/``"-Infinity"`` is
+mapped through them first. Anything else makes :meth:`BlockLayout.decode` raise, and the
+caller falls back to the tuple decoder, which names the bad value.
 
 A block is a ``Sequence[Candle]``: indexing or iterating it builds the same ``Candle`` tuples
 the tuple decoder would (once, then cached), so a consumer that wants tuples sees no
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -104,9 +105,9 @@ class BlockLayout:
         doubles = np.full((len(DOUBLE_FIELDS), count), math.nan)
         for row, offset in self.doubles:
             column = values[offset::width]
-            try:
-                doubles[row] = np.frombuffer(array("d", column), np.float64)
-            except TypeError:  # strings: NaN/±Infinity travel as text (§3.5)
+            try:  # struct packs doubles ~3x faster than array("d"), with the same checks
+                doubles[row] = np.frombuffer(struct.pack(f"{count}d", *column), np.float64)
+            except (struct.error, TypeError):  # strings: NaN/±Infinity travel as text (§3.5)
                 if column.count("NaN") != count:
                     special: Any = _SPECIAL_DOUBLES.get
                     doubles[row] = np.frombuffer(
