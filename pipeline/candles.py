@@ -774,12 +774,15 @@ class CandleDataManager:
         return taken.tobytes(), handed
 
     def _hand_out(self, series: _Series, handed: dict[int, int]) -> None:
-        """The candles in ``handed`` are not fresh any more."""
+        """The candles in ``handed`` (taken from ``unwritten``) are not fresh any more."""
         fresh = series.fresh
-        if fresh:
+        if len(handed) == len(series.unwritten):  # all unwritten, so all fresh ones (a subset)
+            if fresh:
+                series.fresh = set()  # (a cleared set would keep its peak-size table)
+        elif fresh:
             fresh.difference_update(handed)
             if not fresh:
-                series.fresh = set()  # a cleared set keeps its peak-size table
+                series.fresh = set()
 
     def _materialise(self, series: _Series, record: bytes) -> CandleData:
         index, revision, count, *v = RECORD.unpack(record)
