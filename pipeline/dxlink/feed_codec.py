@@ -11,7 +11,9 @@ envelope codec in ``messages.py``. A :class:`FeedDecoder` holds one channel's me
   fixed offset and builds the tuple with no per-event dicts or loops over fields; from
   ``_COLUMN_MIN_EVENTS`` events on it works field by field with no bytecode per event.
   Generated source contains only integer offsets and names defined here, never wire text.
-  :meth:`FeedDecoder.compact_candles` is the client's per-frame call (benchmarks/README.md).
+  :meth:`FeedDecoder.compact_candles` is the client's per-frame call (benchmarks/README.md);
+  from ``BLOCK_MIN_EVENTS`` events on it returns a
+  :class:`~pipeline.dxlink.candle_block.CandleBlock` (the frame as numpy columns) instead.
 * Other event types become plain dicts ``{"eventType": T, field: value, ...}``.
 
 Value rules (§3.5, §4.2): doubles pass through ``float()``, so ``"NaN"``, ``"Infinity"`` and
