@@ -9,7 +9,9 @@ Side by side in the same run, best of several rounds:
 * **upsert** of 100,000 new candles (one new series) through ``CandleStore.upsert``, against
   a **plain append** of the same frame (``INSERT INTO candles SELECT * FROM frame`` on a
   writer connection: no dedupe, no stored-version lookup, no classification); also the upsert
-  of 100,000 *revised* candles (every key already stored, values changed);
+  of 100,000 *revised* candles (every key already stored, values changed), and in the details
+  the next 100,000 candles of the same series (a backfill's or live ingest's steady state)
+  and the same revised batch once more (every row unchanged);
 * the **write floor** of the same frame, outside the lake (details only): DuckDB ``COPY`` to
   one Parquet file per codec (snappy, DuckLake's default; zstd; lz4; uncompressed) and
   pyarrow's ``write_table``; what a lake append adds on top is the catalog commit and its
@@ -193,6 +195,8 @@ def measure(
     append_s: list[float] = []
     upsert_s: list[float] = []
     revise_s: list[float] = []
+    next_s: list[float] = []
+    unchanged_s: list[float] = []
     floors: list[dict[str, float]] = []
     for round_ in range(rounds):
         floors.append(_write_floor(workdir / "floor", synthetic_frame("FL00", upsert_rows, 0)))
@@ -202,6 +206,9 @@ def measure(
             upsert_s.append(_timed(lambda: store.upsert(fresh)))  # noqa: B023 (called at once)
             revised = synthetic_frame(f"UP{round_:02d}", upsert_rows, 0, price=200.0)
             revise_s.append(_timed(lambda: store.upsert(revised)))  # noqa: B023
+            unchanged_s.append(_timed(lambda: store.upsert(revised)))  # noqa: B023
+            following = synthetic_frame(f"UP{round_:02d}", upsert_rows, upsert_rows)
+            next_s.append(_timed(lambda: store.upsert(following)))  # noqa: B023
     series = "ST0000{=1m}"
     with CandleStore(folder) as store:
         # Cold: the first read of the series on a fresh connection (footers, newest time).
@@ -256,6 +263,8 @@ def measure(
             "write_floor_best_s": {key: min(f[key] for f in floors) for key in floors[0]},
             "upsert_new_s": upsert_s,
             "upsert_revised_s": revise_s,
+            "upsert_next_s": next_s,
+            "upsert_unchanged_s": unchanged_s,
             "recent_ms_median": statistics.median(recent_s) * 1000,
             "recent_cold_ms": recent_cold_s * 1000,
             "resample_buckets": buckets,

@@ -52,9 +52,12 @@ from pipeline.lake import (
     open_lake,
     parse_catalog,
     redact,
+    resolve_data_path,
+    table_folder,
 )
 from pipeline.store_memory import pin_mmap_threshold
 from pipeline.store_upsert import (
+    NewestStored,
     UpsertResult,
     count,
     fetch,
@@ -192,6 +195,8 @@ class CandleStore:
         # Newest stored time (ms) per (symbol, period), for recent()'s lower bound; a hint
         # only (see recent), filled by recent() and kept up to date by upserts.
         self._newest: dict[tuple[str, str], int] = {}
+        # The upsert's ceiling on stored times, per connection (emptied when it is recycled).
+        self._newest_stored = NewestStored()
         self.root.mkdir(parents=True, exist_ok=True)
         self._con = self._open_writer()
         try:
@@ -201,6 +206,8 @@ class CandleStore:
                 if not _INIT_RACE.search(str(exc)):
                     raise
                 self._run(self._create_schema)  # another shard created it first: now it exists
+            data = resolve_data_path(self.root, data_path)
+            self._data_folder = self._run(lambda con: table_folder(con, data))
         except BaseException:
             self._con.close()
             raise
@@ -252,7 +259,9 @@ class CandleStore:
         keys = prepare_keys(deletions) if deletions is not None else None
 
         def attempt(con: duckdb.DuckDBPyConnection) -> UpsertResult:
-            return upsert_once(con, batch, keys)
+            return upsert_once(
+                con, batch, keys, newest=self._newest_stored, data_folder=self._data_folder
+            )
 
         result, retries = self._run_counted(attempt)
         if self._newest and result.written:
@@ -465,6 +474,7 @@ class CandleStore:
                 return
             self._con.close()
             self._con = fresh
+            self._newest_stored = NewestStored()
             self.stats.connections_recycled += 1
 
     def _open_writer(self) -> duckdb.DuckDBPyConnection:
