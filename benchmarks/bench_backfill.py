@@ -16,14 +16,20 @@ Target: >= 200,000 candles/s durable. Observer resolution: 2 ms.
 
 Where the wall time goes (details): the event loop thread's CPU seconds, its seconds runnable
 but waiting for a core (Linux ``/proc/self/task/<tid>/schedstat``: the box's load, not ours),
-the rest (blocked: the GIL, the socket); the process's CPU seconds; and the garbage
-collector's collections and seconds per generation, all over the service's run.
+the rest (blocked: the GIL, the socket); the process's CPU seconds, the simulator process's;
+and the garbage collector's collections and seconds per generation, all over the service's run.
+
+**CPU bound**: the rate this code could reach on this box if nothing waited, from the CPU it
+spent: the event loop thread runs on one core at a time, and ingest plus simulator share the
+box's cores, so the run cannot take less than ``max(loop thread CPU, (ingest CPU + simulator
+CPU) / cores)``. A target above this bound needs less CPU per candle, not less waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
 import threading
 import time
@@ -66,9 +72,23 @@ def _thread_schedstat() -> tuple[float, float] | None:
     return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
+def _process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) another process has used so far (Linux ``/proc``), else 0."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Fields after the parenthesised command: utime and stime are the 12th and 13th.
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def _where_time_goes(into: dict[str, Any]) -> Iterator[None]:
-    """Fill ``into`` with the calling (event loop) thread's and the GC's share of the block."""
+def _where_time_goes(into: dict[str, Any], simulator_pid: int | None) -> Iterator[None]:
+    """Fill ``into`` with the calling (event loop) thread's and the GC's share of the block,
+    and the simulator process's CPU over it."""
     collections = {generation: [0, 0.0] for generation in range(3)}
     began_at = [0.0]
 
@@ -82,6 +102,7 @@ def _where_time_goes(into: dict[str, Any]) -> Iterator[None]:
 
     gc.callbacks.append(on_gc)
     before, cpu_before, wall_before = _thread_schedstat(), time.process_time(), time.perf_counter()
+    simulator_before = _process_cpu(simulator_pid)
     try:
         yield
     finally:
@@ -89,6 +110,7 @@ def _where_time_goes(into: dict[str, Any]) -> Iterator[None]:
         wall = time.perf_counter() - wall_before
         after = _thread_schedstat()
         into["process_cpu_s"] = round(time.process_time() - cpu_before, 3)
+        into["simulator_cpu_s"] = round(_process_cpu(simulator_pid) - simulator_before, 3)
         into["gc_collections"] = [spent[0] for spent in collections.values()]
         into["gc_s"] = [round(spent[1], 3) for spent in collections.values()]
         if before is not None and after is not None:
@@ -102,7 +124,12 @@ def _where_time_goes(into: dict[str, Any]) -> Iterator[None]:
 
 
 async def measure_service(
-    url: str, bases: Sequence[str], candles: int, store_path: Path, expected_events: int
+    url: str,
+    bases: Sequence[str],
+    candles: int,
+    store_path: Path,
+    expected_events: int,
+    simulator_pid: int | None = None,
 ) -> dict[str, Any]:
     """Run the ingest service until ``expected_events`` arrived and one flush stored them.
 
@@ -128,7 +155,7 @@ async def measure_service(
     spent: dict[str, Any] = {}
     try:
         subscribed = await wait_until(lambda: service.client is not None, within=120, what="client")
-        with _where_time_goes(spent):
+        with _where_time_goes(spent, simulator_pid):
             received = await wait_until(
                 lambda: service.stats.candles_received >= expected_events,
                 within=600,
@@ -166,7 +193,7 @@ async def measure(series: int, candles: int, workdir: Path) -> BenchResult:
     with SimulatorProcess(history_limit=candles + 100, history_days=None) as sim:
         first = await raw_receive(sim.url, keys, from_ms, idle=idle)
         events = count_feed_events(first.frames)
-        ours = await measure_service(sim.url, bases, candles, workdir / "store", events)
+        ours = await measure_service(sim.url, bases, candles, workdir / "store", events, sim.pid)
         second = await raw_receive(sim.url, keys, from_ms, idle=idle)
     raw = min(first, second, key=lambda r: r.seconds)
     raw_rate = events / raw.seconds
@@ -192,6 +219,11 @@ async def measure(series: int, candles: int, workdir: Path) -> BenchResult:
         ),
         Figure("backfill durable, seconds", ours["durable_s"], "s", "raw receive", raw.seconds),
     ]
+    bound = cpu_bound(ours, expected)
+    if bound is not None:
+        figures.append(
+            Figure("CPU bound of this code here", bound, "candles/s", "durable", durable_rate)
+        )
     details = {
         **ours,
         "expected_complete": expected,
@@ -209,6 +241,17 @@ async def measure(series: int, candles: int, workdir: Path) -> BenchResult:
         {"series": series, "candles_per_series": candles},
         details,
     )
+
+
+def cpu_bound(spent: dict[str, Any], candles: int) -> float | None:
+    """Candles/s this code could reach here from the CPU it spent (module docstring)."""
+    loop = spent.get("loop_thread_s")
+    if loop is None:
+        return None
+    cores = os.cpu_count() or 1
+    total = spent["process_cpu_s"] + spent.get("simulator_cpu_s", 0.0)
+    floor = max(loop["cpu"], total / cores)
+    return candles / floor if floor > 0 else None
 
 
 def run(quick: bool, workdir: Path) -> BenchResult:

@@ -326,6 +326,11 @@ class SimulatorProcess:
         self._pipe: multiprocessing.connection.Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return None if self._process is None else self._process.pid
+
     def sim_now_ms(self) -> int:
         """The child's simulated time now, computed from its start (no IPC)."""
         if self.speed is None:
