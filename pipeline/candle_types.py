@@ -5,6 +5,7 @@ Imported from :mod:`pipeline.candles`, which re-exports every name here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -57,22 +58,48 @@ class CandleData:
     volume and price periods); 0 for time-based periods."""
 
 
-@dataclass(frozen=True, slots=True)
 class Batch:
-    """Completed candles to store, and stored candles to delete, handed out together."""
+    """Completed candles to store, and stored candles to delete, handed out together.
 
-    frame: pl.DataFrame
-    """Exactly :data:`CANDLE_COLUMNS`; ``ingested_at`` is null (the store sets it)."""
-    deletions: pl.DataFrame
-    """Keys (``symbol``, ``period``, ``time``, ``sequence``) of stored candles removed
-    server-side."""
-    token: int
-    """Identifies the batch for :meth:`CandleDataManager.commit` / ``release``."""
+    The candles' frame is built on first use from the packed records (so the service builds
+    it in the thread that writes it, off the event loop); the records are immutable bytes,
+    so the frame is the same whenever and wherever it is built.
+    """
+
+    __slots__ = ("_build", "_frame", "deletions", "rows", "token")
+
+    def __init__(
+        self,
+        build: Callable[[], pl.DataFrame],
+        rows: int,
+        deletions: pl.DataFrame,
+        token: int,
+    ) -> None:
+        self._build: Callable[[], pl.DataFrame] | None = build
+        self._frame: pl.DataFrame | None = None
+        self.rows = rows
+        """How many candles the frame holds."""
+        self.deletions = deletions
+        """Keys (``symbol``, ``period``, ``time``, ``sequence``) of stored candles removed
+        server-side."""
+        self.token = token
+        """Identifies the batch for :meth:`CandleDataManager.commit` / ``release``."""
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        """Exactly :data:`CANDLE_COLUMNS`; ``ingested_at`` is null (the store sets it)."""
+        if self._frame is None:
+            assert self._build is not None
+            self._frame, self._build = self._build(), None
+        return self._frame
 
     @property
     def empty(self) -> bool:
         """Nothing to write and nothing to delete."""
-        return self.frame.height == 0 and self.deletions.height == 0
+        return self.rows == 0 and self.deletions.height == 0
+
+    def __repr__(self) -> str:
+        return f"Batch(token={self.token}, rows={self.rows}, deletions={self.deletions.height})"
 
 
 @dataclass(frozen=True, slots=True)

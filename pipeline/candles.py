@@ -45,6 +45,7 @@ result (tests/test_candles_bulk.py).
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import operator
 import sys
@@ -401,7 +402,8 @@ class CandleDataManager:
         while len(self._outstanding) > _MAX_OUTSTANDING:
             self._outstanding.popitem(last=False)
         removed = [(self._series[key].symbol, index) for key, index, _ in deletions]
-        return Batch(candle_frame(parts), key_frame(removed), token)
+        rows = sum(len(blob) for _, blob in parts) // RECORD.size
+        return Batch(functools.partial(candle_frame, parts), rows, key_frame(removed), token)
 
     def commit(self, batch: Batch) -> int:
         """The store holds ``batch``: mark its candles stored unless they changed since.

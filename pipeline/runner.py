@@ -199,7 +199,7 @@ def unstored_completed(service: IngestService, *, now_ms: int | None = None) -> 
         manager.advance(now_ms)
     batch = manager.take_completed()
     manager.release(batch)
-    return batch.frame.height, batch.deletions.height
+    return batch.rows, batch.deletions.height
 
 
 def run_ingest(config: Config, *, duration: float | None = None, interactive: bool = False) -> None:

@@ -476,9 +476,8 @@ class IngestService:
                 return report
             started = time.perf_counter()
             try:
-                result: UpsertResult = await asyncio.to_thread(
-                    self.store.upsert, batch.frame, batch.deletions
-                )
+                # The batch's frame is built in the writing thread too, off the event loop.
+                result: UpsertResult = await asyncio.to_thread(self._write, batch)
             except Exception as exc:  # any store failure: keep the data, retry next time
                 self.manager.release(batch)
                 report.error = f"{type(exc).__name__}: {exc}"
@@ -489,7 +488,7 @@ class IngestService:
             self.manager.commit(batch)
             self._flushed.set()
             report.seconds = time.perf_counter() - started
-            report.written = batch.frame.height
+            report.written = batch.rows
             report.deleted = batch.deletions.height
             self.stats.flushes += 1
             self.stats.candles_stored += report.written
@@ -503,6 +502,9 @@ class IngestService:
                 report.written, report.deleted, report.seconds, reason, result,
             )  # fmt: skip
         return report
+
+    def _write(self, batch: Batch) -> UpsertResult:
+        return self.store.upsert(batch.frame, batch.deletions)
 
     async def compact(self) -> None:
         """Merge small Parquet files and expire old snapshots (scheduled)."""
