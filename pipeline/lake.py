@@ -414,34 +414,37 @@ def table_folder(con: duckdb.DuckDBPyConnection, data_path: str) -> Path | None:
 def write_data_file(folder: Path, frame: pl.DataFrame) -> Path:
     """Write ``frame`` as one Parquet file in ``folder``, as DuckDB would, and return its path.
 
-    pyarrow writes 100,000 candles in ~25 ms where DuckDB's ``COPY`` (and so a DuckLake
-    ``INSERT``) takes 60-100 ms (benchmarks/bench_store, write floor). Two choices keep the
-    file equal to DuckDB's for every reader:
-
-    * Only the string columns are dictionary-encoded: trying a dictionary on every double
-      column is what made pyarrow slower than DuckDB (~75 ms).
-    * A float column holding NaN gets no min/max statistics. Parquet writers leave NaN out
-      of min/max, but DuckDB orders NaN above every number and would skip the file for
-      ``close > x`` although its NaN rows match; DuckDB's own writer omits those statistics
-      too. Every other column has them, so files are pruned by time and series as before.
+    polars writes 100,000 candles in ~17 ms and pyarrow (dictionaries on strings only) in
+    ~27 ms, where DuckDB's ``COPY`` (and so a DuckLake ``INSERT``) takes 60-100 ms
+    (benchmarks/bench_store, write floor). A float column that mixes NaN with numbers must
+    get no min/max statistics: Parquet writers leave NaN out of min/max, but DuckDB orders
+    NaN above every number and would skip the file for ``close > x`` although its NaN rows
+    match (DuckDB's own writer omits those statistics). polars cannot omit statistics per
+    column, so such a frame goes through pyarrow; every other column keeps its statistics,
+    and files are pruned by series and time as DuckLake's own are.
 
     Args:
         folder: :func:`table_folder` (created if missing).
         frame: Candles in the table's column order and types (times in µs, UTC).
     """
     floats = [name for name, dtype in frame.schema.items() if dtype.is_float()]
-    with_nan = frame.select(pl.col(floats).is_nan().any()).row(0) if floats else ()
-    no_statistics = {name for name, nan in zip(floats, with_nan, strict=True) if nan}
+    nans = frame.select(pl.col(floats).is_nan().sum()).row(0) if floats else ()
+    mixed = {name for name, count in zip(floats, nans, strict=True) if 0 < count < frame.height}
     folder.mkdir(parents=True, exist_ok=True)
     # DuckLake's own naming, so its orphan cleanup treats a file left by a crash like its own.
     path = folder / f"ducklake-{uuid.uuid4()}.parquet"
+    # snappy: DuckLake's default codec (compaction rewrites the file with the lake's own).
+    if not mixed:
+        frame.write_parquet(path, compression="snappy", row_group_size=_DATA_FILE_ROW_GROUP)
+        return path
     pq.write_table(
         frame.to_arrow(),
         path,
-        compression="snappy",  # DuckLake's default codec; compaction rewrites with the lake's
+        compression="snappy",
         row_group_size=_DATA_FILE_ROW_GROUP,
+        # A dictionary tried on every double column made pyarrow slower than DuckDB (~75 ms).
         use_dictionary=[name for name, dtype in frame.schema.items() if dtype == pl.String],
-        write_statistics=[name for name in frame.columns if name not in no_statistics],
+        write_statistics=[name for name in frame.columns if name not in mixed],
     )
     return path
 

@@ -143,9 +143,11 @@ class NewestStored:
         if unknown:
             self._load(con, unknown)
         ceilings = [self._ceiling[key] for key in keys]
-        lows = spans["low"].to_list()
+        lows, highs = spans["low"].to_list(), spans["high"].to_list()
         if all(top is None or low > top for low, top in zip(lows, ceilings, strict=True)):
             return batch, batch.clear()
+        if all(top is not None and high <= top for high, top in zip(highs, ceilings, strict=True)):
+            return batch.clear(), batch  # a re-send or a revision: no row-wise split needed
         known = spans.select(_SERIES).with_columns(pl.Series("_ceiling", ceilings, dtype=pl.Int64))
         above = pl.col("_ceiling").is_null() | (pl.col("time").dt.epoch("us") > pl.col("_ceiling"))
         flagged = batch.join(known, on=_SERIES, how="left").with_columns(above.alias("_new"))

@@ -166,6 +166,27 @@ def test_nan_rows_match_range_filters_as_duckdb_does(tmp_path: Path) -> None:
         assert reader.execute("SELECT count(*) FROM candles WHERE close > 1e9").fetchone() == (1,)
         assert reader.execute("SELECT count(*) FROM candles WHERE vwap > 1e9").fetchone() == (1,)
         assert reader.execute("SELECT count(*) FROM candles WHERE open > 1e9").fetchone() == (0,)
+        all_nan = "SELECT count(*) FROM candles WHERE imp_volatility > 1e9"
+        assert reader.execute(all_nan).fetchone() == (6,)
+    finally:
+        reader.close()
+
+
+def test_frames_without_mixed_nan_columns_are_written_by_polars(tmp_path: Path) -> None:
+    """No column mixes NaN with numbers: polars writes it (faster); all-NaN columns still match."""
+    with open_store(tmp_path / "data") as store:
+        store.upsert(candle_frame(n=6))  # imp_volatility and open_interest: NaN throughout
+        store.upsert(with_nan(candle_frame(n=6, start=T0 + 6 * MINUTE), "close", 0))
+        writers = [
+            pq.ParquetFile(store.root / "data" / "main" / "candles" / path).metadata.created_by
+            for path, _, _ in registered_files(store)
+        ]
+    assert writers[0].startswith("Polars") and writers[1].startswith("parquet-cpp-arrow")
+    reader = connect(tmp_path / "data", verify_extensions=False)
+    try:
+        all_nan = "SELECT count(*) FROM candles WHERE imp_volatility > 1e9 AND close < 1e9"
+        assert reader.execute(all_nan).fetchone() == (11,)
+        assert reader.execute("SELECT count(*) FROM candles WHERE close > 1e9").fetchone() == (1,)
     finally:
         reader.close()
 
