@@ -12,7 +12,7 @@ envelope codec in ``messages.py``. A :class:`FeedDecoder` holds one channel's me
   ``_COLUMN_MIN_EVENTS`` events on it works field by field with no bytecode per event.
   Generated source contains only integer offsets and names defined here, never wire text.
   :meth:`FeedDecoder.compact_candles` is the client's per-frame call (benchmarks/README.md);
-  from ``BLOCK_MIN_EVENTS`` events on it returns a
+  for a large frame of one series (a snapshot chunk) it returns a
   :class:`~pipeline.dxlink.candle_block.CandleBlock` (the frame as numpy columns) instead.
 * Other event types become plain dicts ``{"eventType": T, field: value, ...}``.
 
@@ -42,7 +42,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
-from pipeline.dxlink.candle_block import BLOCK_MIN_EVENTS, BlockLayout
+from pipeline.dxlink.candle_block import BlockLayout
 from pipeline.dxlink.errors import InvalidMessage, UsageError
 from pipeline.dxlink.events import WIRE_TO_FIELD, Candle
 from pipeline.dxlink.messages import DataFormat, FeedData, JsonObject
@@ -337,8 +337,8 @@ class FeedDecoder:
         The per-frame fast path (``ClientProtocol``): no batches, no error objects. None
         means "not decodable as is" (no usable Candle field list, a count that is not a
         multiple of it, a wrongly typed value); :meth:`decode` then says exactly why.
-        From :data:`~pipeline.dxlink.candle_block.BLOCK_MIN_EVENTS` events on, the result
-        is a :class:`~pipeline.dxlink.candle_block.CandleBlock` (columns), else a list.
+        For a large frame of one series (``BlockLayout.suits``) the result is a
+        :class:`~pipeline.dxlink.candle_block.CandleBlock` (columns), else a list.
         """
         layout = self._compact_candle
         if layout is None or values.__class__ is not list:
@@ -346,7 +346,7 @@ class FeedDecoder:
         width, decoder, block = layout
         if len(values) % width:
             return None
-        if block is not None and len(values) >= BLOCK_MIN_EVENTS * width:
+        if block is not None and block.suits(values):
             with suppress(*_DECODE_ERRORS):
                 return block.decode(values)
             # Not block-clean (an index beyond int64, say): the tuple decoder decides.

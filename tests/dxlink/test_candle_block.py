@@ -71,6 +71,15 @@ def test_smaller_frames_and_layouts_without_index_stay_tuples() -> None:
     assert BlockLayout.of(len(fields), _positions(fields)) is None
 
 
+def test_frames_mixing_series_stay_tuples() -> None:
+    """A large frame whose first and last events are of different series (a live round)."""
+    values = wire_values(T4_FIELDS)
+    at = T4_FIELDS.index("eventSymbol")
+    values[at] = "OTHER{=5m}"
+    result = FeedDecoder({"Candle": T4_FIELDS}).compact_candles(values)
+    assert isinstance(result, list) and result[0].symbol == "OTHER{=5m}"
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     st.sampled_from(LAYOUTS),
