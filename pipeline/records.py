@@ -1,5 +1,7 @@
 """Packed candle records: how :mod:`pipeline.candles` holds one candle, and frames built from them.
 
+Records are also built back from a stored frame (:func:`stored_records`, a warm start).
+
 A record is 104 bytes: ``index`` (int64, §4.2), ``revision`` (int64), then the values:
 ``count`` (int64) and ten doubles in the order of :data:`FLOAT_FIELDS`, which is also the
 order of the ``Candle`` tuple from ``count`` on, so ``event[VALUES_SLICE]`` packs straight
@@ -17,7 +19,7 @@ from __future__ import annotations
 import bisect
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ import numpy.typing as npt
 import polars as pl
 
 from pipeline.dxlink.candle_block import COUNT, DOUBLE_FIELDS, CandleBlock
+from pipeline.dxlink.events import index_of
 from pipeline.dxlink.symbols import CandleSymbol
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "pack_block",
     "record_index",
     "split",
+    "stored_records",
     "unchanged",
 ]
 
@@ -204,6 +208,32 @@ def key_frame(keys: Sequence[tuple[CandleSymbol, int]]) -> pl.DataFrame:
         "sequence": (indexes & _SEQUENCE_MASK).astype(np.int32),
     }
     return _with_times(columns, KEY_SCHEMA)
+
+
+def stored_records(frame: pl.DataFrame, symbol: CandleSymbol) -> Iterator[tuple[int, bytes]]:
+    """The rows of a stored frame (in :data:`CANDLE_SCHEMA`) of one series as records.
+
+    Yields:
+        Each row's event index (§4.2) and record, in frame order.
+
+    Raises:
+        ValueError: A row belongs to another series (raised before that row is yielded).
+    """
+    # A frame without `sequence` (read from a store not migrated yet) holds time-based
+    # candles only: sequence 0.
+    sequence = pl.col("sequence") if "sequence" in frame.columns else pl.lit(0)
+    rows = frame.select(
+        "symbol", "period", pl.col("time").dt.epoch("ms"), sequence.fill_null(0),
+        "revision", "count", *FLOAT_FIELDS,
+    ).rows()  # fmt: skip
+    for row in rows:
+        if row[0] != symbol.base or row[1] != symbol.period_label:
+            raise ValueError(
+                f"load_history({symbol.normalized!r}) got a row of {row[0]!r} period "
+                f"{row[1]!r}; expected symbol {symbol.base!r} period {symbol.period_label!r}"
+            )
+        index = index_of(row[2], row[3])  # §4.2: tick candles of one ms differ by sequence
+        yield index, HEAD.pack(index, row[4]) + VALUES.pack(row[5], *row[6:])
 
 
 def _with_times(columns: dict[str, Any], schema: dict[str, pl.DataType]) -> pl.DataFrame:
