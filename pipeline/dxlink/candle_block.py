@@ -114,14 +114,13 @@ class BlockLayout:
         count = len(values) // width
         symbols = values[self.symbol :: width]
         "".join(symbols)  # TypeError unless every symbol is a str
-        int_buffer = array("q")
-        for offset in self.ints:
-            if offset is None:
-                int_buffer.frombytes(bytes(8 * count))
-            else:
-                int_buffer.extend(values[offset::width])
-        ints = np.frombuffer(int_buffer, np.int64).reshape(len(INT_FIELDS), count)
+        # array("q", list) converts ~2.5x faster than array.extend(list) or numpy's row
+        # assignment; joining the arrays' buffers costs a memcpy.
+        zeros = bytes(8 * count)
+        int_parts = [zeros if o is None else array("q", values[o::width]) for o in self.ints]
+        ints = np.frombuffer(b"".join(int_parts), np.int64).reshape(len(INT_FIELDS), count)
         if self.ints[SEQUENCE] is None:
+            ints = ints.copy()  # writable
             ints[SEQUENCE] = ints[INDEX] & _SEQUENCE_MASK
         parts = [_double_column(values, offset, width, count) for offset in self.doubles]
         doubles = np.frombuffer(b"".join(parts), np.float64).reshape(len(DOUBLE_FIELDS), count)
