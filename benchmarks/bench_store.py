@@ -13,9 +13,10 @@ Side by side in the same run, best of several rounds:
   the next 100,000 candles of the same series (a backfill's or live ingest's steady state)
   and the same revised batch once more (every row unchanged);
 * the **write floor** of the same frame, outside the lake (details only): DuckDB ``COPY`` to
-  one Parquet file per codec (snappy, DuckLake's default; zstd; lz4; uncompressed) and
-  pyarrow's ``write_table``; what a lake append adds on top is the catalog commit and its
-  per-transaction metadata reads;
+  one Parquet file per codec (snappy, DuckLake's default; zstd; lz4; uncompressed),
+  pyarrow's ``write_table`` and polars' ``write_parquet`` (how the upsert writes its data
+  files); what a lake append adds on top is the catalog commit and its per-transaction
+  metadata reads;
 * **last 1,000 candles of one series** through ``CandleStore.recent`` against the same SQL on
   a reader connection (``connect()``);
 * **1m -> 1h resample over one symbol-year** through the store's ``resample`` macro, against
@@ -164,7 +165,7 @@ _CODECS = ("snappy", "zstd", "lz4", "uncompressed")
 
 def _write_floor(folder: Path, frame: pl.DataFrame) -> dict[str, float]:
     """Seconds to write ``frame`` straight to one Parquet file: DuckDB COPY per codec,
-    and pyarrow (snappy), each on its own; no catalog, no lake."""
+    pyarrow and polars (snappy), each on its own; no catalog, no lake."""
     table = frame.to_arrow()
     folder.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
@@ -177,6 +178,10 @@ def _write_floor(folder: Path, frame: pl.DataFrame) -> dict[str, float]:
     finally:
         con.close()
     seconds["pyarrow_snappy"] = _timed(lambda: pq.write_table(table, folder / "pa.parquet"))
+    # What the upsert's own data files cost (pipeline.lake.write_data_file).
+    seconds["polars_snappy"] = _timed(
+        lambda: frame.write_parquet(folder / "pl.parquet", compression="snappy")
+    )
     return seconds
 
 
