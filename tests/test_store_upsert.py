@@ -143,6 +143,17 @@ def test_the_file_is_sorted_by_key_and_has_the_pruning_statistics(store: CandleS
     stats = {group.column(i).path_in_schema: group.column(i).statistics for i in range(17)}
     assert stats["symbol"].min == "AAPL" and stats["symbol"].max == "MSFT"
     assert stats["time"].has_min_max
+    # DuckLake copied them into its catalog, where it prunes files before opening them.
+    catalog = store._con.execute(
+        f"SELECT c.column_name, s.min_value, s.max_value "
+        f"FROM {_METADATA}.ducklake_file_column_stats s "
+        f"JOIN {_METADATA}.ducklake_column c USING (column_id) "
+        "WHERE c.column_name IN ('symbol', 'time') ORDER BY 1"
+    ).fetchall()
+    assert catalog == [
+        ("symbol", "AAPL", "MSFT"),
+        ("time", "2025-08-27 13:30:00+00", "2025-08-27 13:34:00+00"),
+    ]
 
 
 def test_nan_rows_match_range_filters_as_duckdb_does(tmp_path: Path) -> None:
@@ -276,7 +287,7 @@ def test_a_failed_registration_removes_its_file_and_stores_nothing(
 def test_compaction_removes_a_file_left_by_a_writer_killed_before_its_commit(
     tmp_path: Path,
 ) -> None:
-    """An unregistered data file (the writer died before COMMIT) is deleted after `retain`."""
+    """An unregistered data file (its writer died before COMMIT) is deleted after `retain`."""
     now = [datetime(2026, 1, 2, tzinfo=UTC)]
     with open_store(tmp_path / "data", clock=lambda: now[0]) as store:
         store.upsert(candle_frame(n=10))
@@ -286,9 +297,11 @@ def test_compaction_removes_a_file_left_by_a_writer_killed_before_its_commit(
         orphan = write_data_file(folder, batch)  # what the killed writer left behind
         old = time.time() - 2 * 3600
         os.utime(orphan, (old, old))
+        in_flight = write_data_file(folder, batch)  # another shard's, not committed yet
         now[0] = datetime.now(UTC)
         store.compact(retain=timedelta(hours=1))
         assert not orphan.exists()
+        assert in_flight.exists(), "a file younger than `retain` may still be committed"
         assert store.count() == 10
 
 
