@@ -238,6 +238,9 @@ def test_compaction_merges_registered_files_and_keeps_every_row(tmp_path: Path) 
         store.upsert(candle_frame(n=3, start=T0 + timedelta(days=1), close=5.0, revision=1))
         before = stored(store)
         assert len(registered_files(store)) == 5
+        # Columns are mapped by name, through one mapping that every file shares.
+        mappings = f"SELECT count(*) FROM {_METADATA}.ducklake_column_mapping"
+        assert store._con.execute(mappings).fetchone() == (1,)
         # DuckLake schedules replaced files for deletion at the real time: retain past that.
         now[0] = datetime.now(UTC) + timedelta(hours=2)
         result = store.compact(retain=timedelta(hours=1))
