@@ -6,9 +6,15 @@ returns them with ``munmap``; but each time such a block is freed it *raises* th
 in the process. DuckDB reads and compaction allocate buffers of a few hundred KiB that grow
 with the files they read, and the ingest process's RSS crept up by them (issue 7): with
 upserts of 600 rows and a compaction every 50, RSS rose 250 -> 276 MiB over 1,000 upserts
-(``malloc_trim`` gave back < 1 MiB), and stayed at 247-249 MiB with the threshold pinned at
-128 KiB (glibc's default, which pinning keeps from rising). Upsert and read CPU time did not
-change measurably (benchmarks/bench_store, alternating runs).
+(``malloc_trim`` gave back < 1 MiB), and stayed at 247-249 MiB with the threshold pinned.
+
+The pin is at 512 KiB, not glibc's initial 128 KiB: the ingest path's own large buffers live
+below it (asyncio reads the socket 256 KiB at a time, a backfill frame is ~72 KiB, a
+snapshot's columns ~160 KiB), and mapping each of them on its own, with its page faults and
+``munmap``, cost the backfill ~25 % of the event loop's CPU (bench_backfill, loop thread
+1.6-2.0 s at 128 KiB against 1.2-1.4 s at 512 KiB, alternating runs) and the store ~10 % of its
+own (600 upserts with a compaction every 50: 51 s against 47 s CPU). Over those 600 upserts
+RSS stayed flat at both: 254-258 MiB (128 KiB) and 255-257 MiB (512 KiB).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ __all__ = ["MMAP_THRESHOLD_BYTES", "pin_mmap_threshold"]
 
 logger = logging.getLogger(__name__)
 
-MMAP_THRESHOLD_BYTES = 128 * 1024
+MMAP_THRESHOLD_BYTES = 512 * 1024
 """Allocations this large or larger are mapped on their own and unmapped when freed."""
 _M_MMAP_THRESHOLD = -3  # from glibc's <malloc.h>
 _lock = threading.Lock()
