@@ -200,6 +200,7 @@ class SnapshotAssembly(SeriesRecords):
             merged = split(packed)
             new = set(real)  # hashed once: set-to-set updates reuse the stored hashes
             series.unwritten = new if not series.unwritten else series.unwritten | new
+            series.changes += 1  # unwritten grew: a batch handed out before is not whole
             series.fresh = new.copy() if not series.fresh else series.fresh | new
         else:
             size = RECORD.size

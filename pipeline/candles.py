@@ -268,7 +268,12 @@ class CandleDataManager(SnapshotAssembly):
                 room -= len(handed)
         token = next(self._tokens)
         changes = {key: self._series[key].changes for key in upserts}
-        self._outstanding[token] = Outstanding(upserts, deletions, changes)
+        whole = {
+            key
+            for key, handed in upserts.items()
+            if len(handed) == len(self._series[key].unwritten)
+        }
+        self._outstanding[token] = Outstanding(upserts, deletions, changes, whole)
         while len(self._outstanding) > _MAX_OUTSTANDING:
             self._outstanding.popitem(last=False)
         removed = [(self._series[key].symbol, index) for key, index, _ in deletions]
@@ -297,7 +302,10 @@ class CandleDataManager(SnapshotAssembly):
             dirty = series.unwritten
             before = len(dirty)
             if series.changes == entry.changes.get(key):  # nothing changed or left since
-                dirty.difference_update(handed)
+                if key in entry.whole:  # it took every unwritten one; none came since
+                    dirty = series.unwritten = set()
+                else:
+                    dirty.difference_update(handed)
             else:
                 dirty.difference_update(unchanged(series.records, handed))
             if len(dirty) < before:
@@ -472,17 +480,6 @@ class CandleDataManager(SnapshotAssembly):
         handed = dict(zip(taken["index"].tolist(), taken["revision"].tolist(), strict=True))
         self._hand_out(series, handed)
         return taken.tobytes(), handed
-
-    def _hand_out(self, series: SeriesState, handed: dict[int, int]) -> None:
-        """The candles in ``handed`` (taken from ``unwritten``) are not fresh any more."""
-        fresh = series.fresh
-        if len(handed) == len(series.unwritten):  # all unwritten, so all fresh ones (a subset)
-            if fresh:
-                series.fresh = set()  # (a cleared set would keep its peak-size table)
-        elif fresh:
-            fresh.difference_update(handed)
-            if not fresh:
-                series.fresh = set()
 
     def _materialise(self, series: SeriesState, record: bytes) -> CandleData:
         index, revision, count, *v = RECORD.unpack(record)

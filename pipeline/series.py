@@ -65,6 +65,9 @@ class Outstanding:
     deletions: list[tuple[str, int, int]]
     # series key -> its `changes` when handed out: unchanged since means all still held as is
     changes: dict[str, int] = field(default_factory=dict)
+    # series keys whose every unwritten candle was handed out (nothing can join them
+    # without a change, and commits of other batches only remove)
+    whole: set[str] = field(default_factory=set)
 
 
 class SeriesRecords:
@@ -140,6 +143,17 @@ class SeriesRecords:
 
     def _replace_records(self, series: SeriesState, records: list[bytes]) -> None:
         series.records = deque(records)
+
+    def _hand_out(self, series: SeriesState, handed: dict[int, int]) -> None:
+        """The candles in ``handed`` (taken from ``unwritten``) are not fresh any more."""
+        fresh = series.fresh
+        if len(handed) == len(series.unwritten):  # all unwritten, so all fresh ones (a subset)
+            if fresh:
+                series.fresh = set()  # (a cleared set would keep its peak-size table)
+        elif fresh:
+            fresh.difference_update(handed)
+            if not fresh:
+                series.fresh = set()
 
     def _trim(self, series: SeriesState) -> None:
         """Evict stored candles beyond the bound, oldest first; unstored ones pin the rest."""

@@ -285,3 +285,17 @@ def test_refused_series_events_are_counted_one_by_one_in_a_batch() -> None:
     mgr.update([candle("B{=m}", 2, 0, 1.0), candle("A{=m}", 1, 0, 1.0)], T0)
     assert mgr.stats().refused_series_events == 3
     assert len(mgr.history("A{=m}")) == 2
+
+
+def test_candles_arriving_between_hand_out_and_commit_stay_unwritten() -> None:
+    """A batch that took every unwritten candle does not mark later (bulk) arrivals stored."""
+    mgr = CandleDataManager(max_series=2, max_historical_candles=100, grace_ms=0)
+    mgr.update(snapshot(SYMBOLS[0], 19, 0, 10.0), T0 + 30 * MIN)
+    batch = mgr.take_completed()
+    assert batch.rows == 20 and mgr.stats().dirty == 20
+    # A later snapshot of newer candles, all new: the bulk route adds them at once.
+    mgr.update(snapshot(SYMBOLS[0], 40, 30, 20.0), T0 + 50 * MIN)
+    assert mgr.commit(batch) == 20
+    assert mgr.stats().dirty == 11
+    later = mgr.take_completed()
+    assert later.rows == 11 and mgr.commit(later) == 11 and mgr.stats().dirty == 0
