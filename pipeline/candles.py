@@ -67,7 +67,7 @@ from pipeline.records import (
     stored_records,
     unchanged,
 )
-from pipeline.series import Outstanding, SeriesState
+from pipeline.series import Handed, Outstanding, SeriesState
 
 __all__ = [
     "BYTES_PER_CANDLE",
@@ -254,7 +254,7 @@ class CandleDataManager(SnapshotAssembly):
             max_rows: Hand out at most this many candles (deletions always all go).
         """
         parts: list[tuple[CandleSymbol, bytes]] = []
-        upserts: dict[str, dict[int, int]] = {}
+        upserts: dict[str, Handed] = {}
         deletions: list[tuple[str, int, int]] = []
         room = sys.maxsize if max_rows is None else max_rows
         for key, series in self._series.items():
@@ -305,9 +305,9 @@ class CandleDataManager(SnapshotAssembly):
                 if key in entry.whole:  # it took every unwritten one; none came since
                     dirty = series.unwritten = set()
                 else:
-                    dirty.difference_update(handed)
+                    dirty.difference_update(handed.keys())
             else:
-                dirty.difference_update(unchanged(series.records, handed))
+                dirty.difference_update(unchanged(series.records, handed.mapping()))
             if len(dirty) < before:
                 marked += before - len(dirty)
                 if not dirty:
@@ -442,7 +442,7 @@ class CandleDataManager(SnapshotAssembly):
         period = series.symbol.period_ms
         return period is not None and self._now >= time_of(index) + period + self.grace_ms
 
-    def _take(self, series: SeriesState, room: int) -> tuple[bytes, dict[int, int]]:
+    def _take(self, series: SeriesState, room: int) -> tuple[bytes, Handed]:
         """Mark up to ``room`` completed unwritten candles of a series handed out.
 
         Returns:
@@ -462,8 +462,9 @@ class CandleDataManager(SnapshotAssembly):
                 record = records[position]
                 picked.append(record)
                 handed[index] = HEAD.unpack_from(record)[1]
-            self._hand_out(series, handed)
-            return b"".join(picked), handed
+            few = Handed.of(handed)
+            self._hand_out(series, few)
+            return b"".join(picked), few
         # Many (a snapshot's worth): one numpy pass over the series' joined records.
         blob = b"".join(records)
         array = as_array(blob)
@@ -477,9 +478,9 @@ class CandleDataManager(SnapshotAssembly):
             taken = array[positions[0] : positions[-1] + 1]  # a run (the usual): a view
         else:
             taken = array[positions]  # gathers 104-byte records: ~3x the view's cost
-        handed = dict(zip(taken["index"].tolist(), taken["revision"].tolist(), strict=True))
-        self._hand_out(series, handed)
-        return taken.tobytes(), handed
+        many = Handed(np.ascontiguousarray(taken["index"]), np.ascontiguousarray(taken["revision"]))
+        self._hand_out(series, many)
+        return taken.tobytes(), many
 
     def _materialise(self, series: SeriesState, record: bytes) -> CandleData:
         index, revision, count, *v = RECORD.unpack(record)

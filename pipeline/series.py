@@ -25,12 +25,18 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from pipeline.dxlink.candle_block import CandleBlock
 from pipeline.dxlink.events import Candle
 from pipeline.dxlink.symbols import CandleSymbol
 from pipeline.records import HEAD, VALUES_AT, find, record_index
+
+IntArray = npt.NDArray[np.int64]
 
 __all__ = ["Outstanding", "SeriesRecords", "SeriesState"]
 
@@ -55,13 +61,60 @@ class SeriesState:
     changes: int = 0  # bumped when a held candle changes or leaves memory (see commit)
 
 
+class Handed:
+    """One series' candles in a batch: index -> revision handed out.
+
+    Kept as the two columns it was taken from; the dict is built only when something needs
+    it (a commit of a series that changed since, or a candle leaving memory): a commit of an
+    unchanged series needs neither (issue 6).
+    """
+
+    __slots__ = ("_indexes", "_mapping", "_revisions")
+
+    def __init__(self, indexes: IntArray, revisions: IntArray) -> None:
+        self._indexes: IntArray | None = indexes
+        self._revisions: IntArray | None = revisions
+        self._mapping: dict[int, int] | None = None
+
+    @classmethod
+    def of(cls, mapping: dict[int, int]) -> Handed:
+        """From an index -> revision dict."""
+        handed = cls(np.empty(0, np.int64), np.empty(0, np.int64))
+        handed._indexes = handed._revisions = None
+        handed._mapping = mapping
+        return handed
+
+    def mapping(self) -> dict[int, int]:
+        """index -> revision (built once, then kept and updated in place)."""
+        if self._mapping is None:
+            assert self._indexes is not None and self._revisions is not None
+            indexes, revisions = self._indexes.tolist(), self._revisions.tolist()
+            self._mapping = dict(zip(indexes, revisions, strict=True))
+            self._indexes = self._revisions = None
+        return self._mapping
+
+    def keys(self) -> Iterable[int]:
+        """The indexes handed out."""
+        if self._mapping is not None:
+            return self._mapping.keys()
+        assert self._indexes is not None
+        indexes: list[int] = self._indexes.tolist()
+        return indexes
+
+    def __len__(self) -> int:
+        if self._mapping is not None:
+            return len(self._mapping)
+        assert self._indexes is not None
+        return len(self._indexes)
+
+
 @dataclass(slots=True)
 class Outstanding:
     """A batch handed out and not committed or released yet."""
 
-    # series key -> {index: revision handed out}; an index is dropped when its candle leaves
+    # series key -> the candles handed out; an index is dropped when its candle leaves
     # memory, so a later candle at that index (re-added from revision 0) is never taken for it.
-    upserts: dict[str, dict[int, int]]
+    upserts: dict[str, Handed]
     deletions: list[tuple[str, int, int]]
     # series key -> its `changes` when handed out: unchanged since means all still held as is
     changes: dict[str, int] = field(default_factory=dict)
@@ -138,20 +191,21 @@ class SeriesRecords:
         for entry in self._outstanding.values():
             handed = entry.upserts.get(key)
             if handed:
+                mapping = handed.mapping()
                 for index in indexes:
-                    handed.pop(index, None)
+                    mapping.pop(index, None)
 
     def _replace_records(self, series: SeriesState, records: list[bytes]) -> None:
         series.records = deque(records)
 
-    def _hand_out(self, series: SeriesState, handed: dict[int, int]) -> None:
+    def _hand_out(self, series: SeriesState, handed: Handed) -> None:
         """The candles in ``handed`` (taken from ``unwritten``) are not fresh any more."""
         fresh = series.fresh
         if len(handed) == len(series.unwritten):  # all unwritten, so all fresh ones (a subset)
             if fresh:
                 series.fresh = set()  # (a cleared set would keep its peak-size table)
         elif fresh:
-            fresh.difference_update(handed)
+            fresh.difference_update(handed.keys())
             if not fresh:
                 series.fresh = set()
 
