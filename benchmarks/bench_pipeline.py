@@ -8,8 +8,9 @@ dxlink-protocol.md §6.2) are built up front, then fed through the product's pat
 1. ``ClientProtocol.receive_message`` + ``events_received`` (decode),
 2. ``CandleDataManager.update`` per decoded batch (snapshot assembly, §6.3),
 3. every ``FLUSH_EVERY`` events (the service's batch size) and at the end: the flush,
-   ``take_completed`` (the batch frame),
-   ``CandleStore.upsert`` (DuckLake transaction) and ``commit``.
+   ``take_completed`` (hands out the packed records), ``CandleStore.upsert`` (building the
+   batch's polars frame, which the service does in its writing thread, and the DuckLake
+   transaction) and ``commit``.
 
 Every stage is timed on its own and the whole run end to end (durable candles/s: every
 candle is in the store when the clock stops). The decode-only pass (the same frames through
