@@ -42,6 +42,16 @@ _READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 # A reader may race compaction, which deletes files an older snapshot still lists; a fresh
 # attempt sees the new snapshot (storage-and-libs.md §1: one retry fixed every case).
 _RETRIES = 2
+# DuckLake's maintenance functions are table functions, so a SELECT can call them. On the
+# read-only attach they fail when they commit, but merge and rewrite write their new Parquet
+# files first and leave them behind: refused by name, like query()/query_table(), which could
+# build such a name at run time. (Reading ones, e.g. ducklake_snapshots, stay allowed.)
+_WRITING_FUNCTIONS = re.compile(
+    r"\b(ducklake_(?:merge_adjacent_files|rewrite_data_files|expire_snapshots|cleanup_old_files"
+    r"|delete_orphaned_files|add_data_files|flush_inlined_data|set_option|set_commit_message)"
+    r"|query|query_table)\s*\(",
+    re.IGNORECASE,
+)
 # `EXPLAIN [(options)] [ANALYZE|ANALYSE]` in front of the statement it explains.
 _EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 
@@ -74,6 +84,12 @@ def _check_read_only(sql: str) -> None:
                 f"{kind.name} statements are not allowed: `candles query` is read-only and only "
                 "runs SELECT (including WITH, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN [ANALYZE] "
                 "SELECT"
+            )
+        elif found := _WRITING_FUNCTIONS.search(statement.query):
+            raise QueryRefused(
+                f"{found.group(1)}() is not allowed: `candles query` is read-only; store "
+                "maintenance runs inside `candles ingest` (compaction), and query()/"
+                "query_table() are refused because they run SQL given as text"
             )
 
 

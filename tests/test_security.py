@@ -42,7 +42,7 @@ from pipeline.tastytrade import SimulatorTokenSource
 from tests.fake_tastytrade import FakeTastytrade
 from tests.service_harness import eventually
 from tests.test_readme import _IssuedTokenSimulator as IssuedTokenSimulator
-from tests.test_store import candle_frame
+from tests.test_store import MINUTE, T0, candle_frame
 
 CLIENT_SECRET = "cs-SECRET-7f3a9c-client"
 REFRESH_TOKEN = "rt-SECRET-41d2e8-refresh"
@@ -219,6 +219,9 @@ def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with CandleStore(path, verify_extensions=False) as store:
         store.upsert(candle_frame(n=5))
         store.upsert(candle_frame(n=8))
+        # Two batches large enough for data files of their own: adjacent files to merge.
+        store.upsert(candle_frame("SPY", n=1_500))
+        store.upsert(candle_frame("SPY", n=1_500, start=T0 + 1_500 * MINUTE))
     return path
 
 
@@ -245,6 +248,8 @@ def _state(store: Path) -> tuple[int, list[tuple[object, ...]], dict[str, bytes]
         "SELECT * FROM ducklake_expire_snapshots('lake', older_than => now())",
         "SELECT * FROM ducklake_cleanup_old_files('lake', cleanup_all => true)",
         "SELECT * FROM ducklake_merge_adjacent_files('lake')",
+        "SELECT * FROM DuckLake_Rewrite_Data_Files ('lake', 'candles')",
+        "SELECT * FROM query('SELECT * FROM ducklake_merge_adjacent_files(''lake'')')",
         "EXPLAIN ANALYZE DELETE FROM candles",
         "EXPLAIN ANALYZE INSERT INTO candles SELECT * FROM candles",
         "WITH doomed AS (DELETE FROM candles RETURNING *) SELECT * FROM doomed",
@@ -271,3 +276,15 @@ def test_query_cannot_write_files_through_explain_analyze(filled_store: Path) ->
     )  # fmt: skip
     assert result.exit_code != 0 and "read-only" in result.output
     assert _state(filled_store) == before
+
+
+def test_query_names_a_refused_maintenance_function_and_keeps_reading_ones(
+    filled_store: Path,
+) -> None:
+    """A maintenance function is refused by name; DuckLake's reading functions still work."""
+    with pytest.raises(QueryRefused, match=r"ducklake_merge_adjacent_files\(\) is not allowed"):
+        run_query("SELECT * FROM ducklake_merge_adjacent_files('lake')", path=filled_store)
+    snapshots = run_query(
+        f"SELECT count(*) AS n FROM ducklake_snapshots('{LAKE}')", path=filled_store
+    )
+    assert snapshots["n"][0] >= 4
