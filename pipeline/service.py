@@ -56,6 +56,7 @@ from pipeline.dxlink.symbols import CandleSymbol
 from pipeline.metrics import MetricsServer
 from pipeline.store import CandleStore, UpsertResult
 from pipeline.tastytrade import SimulatorTokenSource, TastytradeTokenSource, TokenSource
+from pipeline.writer_lock import WriterLock
 
 __all__ = [
     "FLUSH_BATCH_EVENTS",
@@ -215,6 +216,9 @@ class IngestService:
         self._source_clock_ms = source_clock_ms
         self._own_store = store is None
         self._store = store
+        # A store of our own is ours alone (or our shard's): refuse to start next to another
+        # writer of the same series (pipeline.writer_lock).
+        self._writer_lock = WriterLock(config.store.path, self.shard) if store is None else None
         self.manager = CandleDataManager(
             # The service knows exactly which series it captures; bounding the manager to
             # them keeps its memory bound (and the figure reported for it) meaningful.
@@ -269,13 +273,20 @@ class IngestService:
         self.stats.started_at = time.time()
         if self._store is None:
             cfg = self.config.store
-            self._store = await asyncio.to_thread(
-                CandleStore,
-                cfg.path,
-                catalog=cfg.catalog,
-                data_path=cfg.data_path,
-                recycle_after=cfg.recycle_after,
-            )
+            if self._writer_lock is not None:
+                self._writer_lock.acquire()  # StoreBusy: nothing was started or written
+            try:
+                self._store = await asyncio.to_thread(
+                    CandleStore,
+                    cfg.path,
+                    catalog=cfg.catalog,
+                    data_path=cfg.data_path,
+                    recycle_after=cfg.recycle_after,
+                )
+            except BaseException:
+                if self._writer_lock is not None:
+                    self._writer_lock.release()
+                raise
         try:
             await asyncio.to_thread(load_store_lazy_imports)
             await self.metrics.start()
@@ -326,6 +337,8 @@ class IngestService:
         await self.metrics.stop()
         if self._own_store and self._store is not None:
             await asyncio.to_thread(self._store.close)
+        if self._writer_lock is not None:
+            self._writer_lock.release()
 
     # ------------------------------------------------------------------ wiring
 
