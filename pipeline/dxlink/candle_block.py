@@ -20,7 +20,6 @@ difference. No I/O, no clock.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import struct
@@ -155,8 +154,10 @@ def _double_column(
     if column is None or not column:
         return _NAN_BYTES * (len(values) // width)
     if column[0].__class__ is not str:  # struct: ~3x faster than array("d"), same checks
-        with contextlib.suppress(struct.error):
+        try:  # (a bare try costs nothing in 3.11; a suppress() block ~0.3 us per column)
             return pack(*column)
+        except struct.error:
+            pass
     # Strings: NaN/±Infinity travel as text (impVolatility, openInterest: all "NaN").
     if column.count("NaN") == len(column):
         return _NAN_BYTES * len(column)

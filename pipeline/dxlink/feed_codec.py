@@ -347,9 +347,10 @@ class FeedDecoder:
         if len(values) % width:
             return None
         if block is not None and block.suits(values):
-            with suppress(*_DECODE_ERRORS):
+            try:
                 return block.decode(values)
-            # Not block-clean (an index beyond int64, say): the tuple decoder decides.
+            except _DECODE_ERRORS:
+                pass  # not block-clean (an index beyond int64, say): the tuple decoder decides
         try:
             return decoder(values)
         except _DECODE_ERRORS:
