@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from pipeline.dxlink.candle_block import COUNT, DOUBLE_FIELDS, CandleBlock
-from pipeline.dxlink.events import index_of
+from pipeline.dxlink.candle_block import COUNT, CandleBlock
+from pipeline.dxlink.events import DOUBLE_FIELDS, index_of, sequence_of, time_of
 from pipeline.dxlink.symbols import CandleSymbol
 
 __all__ = [
@@ -81,10 +81,8 @@ KEY_COLUMNS: tuple[str, ...] = ("symbol", "period", "time", "sequence")
 volume and price candles can share a millisecond and differ only by ``sequence``; it is 0
 for time-based periods."""
 KEY_SCHEMA = {name: CANDLE_SCHEMA[name] for name in KEY_COLUMNS}
-FLOAT_FIELDS = (
-    "open", "high", "low", "close", "volume", "vwap",
-    "bid_volume", "ask_volume", "imp_volatility", "open_interest",
-)  # fmt: skip
+FLOAT_FIELDS = DOUBLE_FIELDS
+"""The ten doubles, named as the ``Candle`` fields and the store's columns."""
 
 RECORD = struct.Struct("<qqq10d")
 VALUES = struct.Struct("<q10d")
@@ -94,15 +92,12 @@ _WHOLE_RECORD = struct.Struct(f"{RECORD.size}s")
 VALUES_AT = HEAD.size
 VALUES_SLICE = slice(6, 17)
 """``Candle`` fields ``count`` .. ``open_interest``: a record's values, in record order."""
-_SEQUENCE_MASK = 0x3FFFFF  # §4.2: the sequence is the index's low 22 bits
 RECORD_DTYPE = np.dtype(
     [("index", "<i8"), ("revision", "<i8"), ("count", "<i8")]
     + [(name, "<f8") for name in FLOAT_FIELDS]
 )
 """The record as a packed numpy structured type (same bytes as :data:`RECORD`)."""
 assert RECORD_DTYPE.itemsize == RECORD.size
-
-assert DOUBLE_FIELDS == FLOAT_FIELDS  # a block's double rows are the record's doubles
 
 IntArray = npt.NDArray[np.int64]
 _MANY = 16  # "many" records of a series: one C-level pass over all of them beats a bisect each
@@ -184,10 +179,8 @@ def candle_frame(parts: Sequence[tuple[CandleSymbol, bytes]]) -> pl.DataFrame:
     columns: dict[str, pl.Series] = {
         "symbol": pl.Series([s.base for s, _ in parts], dtype=pl.String).gather(owner),
         "period": pl.Series([s.period_label for s, _ in parts], dtype=pl.String).gather(owner),
-        # time_of() (§4.2) on the whole column: seconds in the high 32 bits, ms in bits 22..31.
-        "time": pl.Series((index >> 32) * 1000 + ((index >> 22) & 0x3FF), dtype=pl.Int64),
-        # sequence_of() (§4.2): the low 22 bits.
-        "sequence": pl.Series(index & _SEQUENCE_MASK, dtype=pl.Int32),
+        "time": pl.Series(time_of(index), dtype=pl.Int64),  # §4.2, on the whole column
+        "sequence": pl.Series(sequence_of(index), dtype=pl.Int32),
         "count": pl.Series(np.ascontiguousarray(array["count"]), dtype=pl.Int64),
         "revision": pl.Series(np.ascontiguousarray(array["revision"]), dtype=pl.Int64),
         **{
@@ -205,8 +198,8 @@ def key_frame(keys: Sequence[tuple[CandleSymbol, int]]) -> pl.DataFrame:
     columns = {
         "symbol": [symbol.base for symbol, _ in keys],
         "period": [symbol.period_label for symbol, _ in keys],
-        "time": (indexes >> 32) * 1000 + ((indexes >> 22) & 0x3FF),
-        "sequence": (indexes & _SEQUENCE_MASK).astype(np.int32),
+        "time": time_of(indexes),
+        "sequence": sequence_of(indexes).astype(np.int32),
     }
     return _with_times(columns, KEY_SCHEMA)
 

@@ -36,6 +36,7 @@ import polars as pl
 import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
 from pipeline.candles import CANDLE_COLUMNS, CANDLE_SCHEMA, KEY_COLUMNS
+from pipeline.dxlink.events import SEQUENCE_MASK
 from pipeline.lake import TABLE, add_data_file, rollback, write_data_file
 
 __all__ = [
@@ -64,7 +65,7 @@ _KEY_MATCH = (
 _TIME_RANGE = "c.time BETWEEN epoch_ms(?::BIGINT)::TIMESTAMPTZ AND epoch_ms(?::BIGINT)::TIMESTAMPTZ"
 _COLUMN_LIST = ", ".join(CANDLE_COLUMNS)
 _SEQUENCE = "sequence"
-_MAX_SEQUENCE = 0x3FFFFF  # §4.2: 22 bits
+_MAX_SEQUENCE = SEQUENCE_MASK  # §4.2: 22 bits
 # NOT NULL in schema.sql besides the key and ingested_at (which prepare_batch fills): DuckLake
 # does not check a data file the writer registers itself, so it is checked here.
 _REQUIRED = ("revision",)

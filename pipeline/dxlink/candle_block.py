@@ -31,7 +31,14 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.dxlink.events import Candle
+from pipeline.dxlink.events import (
+    DOUBLE_FIELDS,
+    INT_FIELDS,
+    SPECIAL_DOUBLES,
+    Candle,
+    index_of,
+    sequence_of,
+)
 
 __all__ = [
     "BLOCK_MIN_EVENTS",
@@ -50,13 +57,8 @@ __all__ = [
 BLOCK_MIN_EVENTS = 64
 """Frames of one series with at least this many events decode to a block (see
 :meth:`BlockLayout.suits`)."""
-INT_FIELDS = ("time", "sequence", "flags", "index", "event_time", "count")
-"""The integer ``Candle`` fields, in tuple order: the rows of :attr:`CandleBlock.ints`."""
-DOUBLE_FIELDS: tuple[str, ...] = Candle._fields[7:]
-"""The double ``Candle`` fields, in tuple order: the rows of :attr:`CandleBlock.doubles`."""
+# Rows of CandleBlock.ints (INT_FIELDS order); the doubles' rows are DOUBLE_FIELDS order.
 TIME, SEQUENCE, FLAGS, INDEX, EVENT_TIME, COUNT = range(len(INT_FIELDS))
-_SEQUENCE_MASK = 0x3FFFFF  # §4.2: the sequence is the index's low 22 bits
-_SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _NAN_BYTES = struct.pack("d", math.nan)
 _PACKERS: dict[tuple[str, int], Callable[..., bytes]] = {}  # (code, events) -> packer
 _MAX_PACKERS = 256
@@ -129,7 +131,7 @@ class BlockLayout:
         ints = np.frombuffer(b"".join(int_parts), np.int64).reshape(len(INT_FIELDS), count)
         if self.ints[SEQUENCE] is None:
             ints = ints.copy()  # writable
-            ints[SEQUENCE] = ints[INDEX] & _SEQUENCE_MASK
+            ints[SEQUENCE] = sequence_of(ints[INDEX])
         pack = _packer("d", count)
         parts = [_double_column(values, offset, width, pack) for offset in self.doubles]
         doubles = np.frombuffer(b"".join(parts), np.float64).reshape(len(DOUBLE_FIELDS), count)
@@ -161,7 +163,7 @@ def _double_column(
     # Strings: NaN/±Infinity travel as text (impVolatility, openInterest: all "NaN").
     if column.count("NaN") == len(column):
         return _NAN_BYTES * len(column)
-    special: Any = _SPECIAL_DOUBLES.get
+    special: Any = SPECIAL_DOUBLES.get
     return array("d", map(float, map(special, column, column))).tobytes()
 
 
@@ -195,13 +197,11 @@ class CandleBlock(Sequence[Candle]):
         if isinstance(candles, CandleBlock):
             return candles
         if not candles:
-            return cls([], np.zeros((len(INT_FIELDS), 0), np.int64), np.zeros((10, 0)))
-        columns = list(zip(*candles, strict=True))
-        return cls(
-            list(columns[0]),
-            np.array(columns[1:7], dtype=np.int64),
-            np.array(columns[7:], dtype=np.float64),
-        )
+            empty = np.zeros((len(INT_FIELDS), 0), np.int64)
+            return cls([], empty, np.zeros((len(DOUBLE_FIELDS), 0)))
+        symbols, *ints_and_doubles = zip(*candles, strict=True)
+        ints, doubles = ints_and_doubles[: len(INT_FIELDS)], ints_and_doubles[len(INT_FIELDS) :]
+        return cls(list(symbols), np.array(ints, np.int64), np.array(doubles, np.float64))
 
     @classmethod
     def concat(cls, blocks: Sequence[CandleBlock]) -> CandleBlock:
@@ -229,9 +229,7 @@ class CandleBlock(Sequence[Candle]):
         missing = index == 0
         if not missing.any():
             return index
-        time, sequence = self.ints[TIME], self.ints[SEQUENCE]
-        derived: IntColumns = ((time // 1000) << 32) | ((time % 1000) << 22) | sequence
-        return np.where(missing, derived, index)
+        return np.where(missing, index_of(self.ints[TIME], self.ints[SEQUENCE]), index)
 
     def newest_time(self) -> int:
         """The latest ``time`` or ``eventTime`` of any event (0 for an empty block)."""

@@ -11,15 +11,22 @@ No I/O, no clock. References are to ``dxlink-protocol.md``.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "CANDLE_FIELDS",
+    "DOUBLE_FIELDS",
+    "INT_FIELDS",
     "REMOVE_EVENT",
+    "SEQUENCE_MASK",
     "SNAPSHOT_BEGIN",
     "SNAPSHOT_END",
     "SNAPSHOT_MODE",
     "SNAPSHOT_SNIP",
+    "SPECIAL_DOUBLES",
     "TX_PENDING",
     "WIRE_TO_FIELD",
     "Candle",
@@ -113,16 +120,28 @@ WIRE_TO_FIELD: dict[str, str] = {
 }
 
 
-def index_of(time_ms: int, sequence: int = 0) -> int:
+# The integer and the double Candle fields, in tuple order (the double ones from `open` on).
+INT_FIELDS: tuple[str, ...] = Candle._fields[1:7]
+DOUBLE_FIELDS: tuple[str, ...] = Candle._fields[7:]
+# §3.5 JSONDouble: the strings that stand for non-finite doubles on the wire.
+SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+SEQUENCE_MASK = 0x3FFFFF
+"""§4.2: the sequence is an index's low 22 bits."""
+
+# The index arithmetic works on one int and, element-wise, on int64 numpy columns alike.
+_Index = TypeVar("_Index", int, npt.NDArray[np.int64])
+
+
+def index_of(time_ms: _Index, sequence: _Index | int = 0) -> _Index:
     """§4.2: ``index = ((time // 1000) << 32) | ((time % 1000) << 22) | sequence``."""
     return ((time_ms // 1000) << 32) | ((time_ms % 1000) << 22) | sequence
 
 
-def time_of(index: int) -> int:
+def time_of(index: _Index) -> _Index:
     """§4.2: the candle time (ms) encoded in an event index."""
     return (index >> 32) * 1000 + ((index >> 22) & 0x3FF)
 
 
-def sequence_of(index: int) -> int:
+def sequence_of(index: _Index) -> _Index:
     """§4.2: the sequence number (0..2^22-1) encoded in an event index."""
-    return index & 0x3FFFFF
+    return index & SEQUENCE_MASK

@@ -44,7 +44,13 @@ from typing import Any, TypeAlias, cast
 
 from pipeline.dxlink.candle_block import BlockLayout
 from pipeline.dxlink.errors import InvalidMessage, UsageError
-from pipeline.dxlink.events import WIRE_TO_FIELD, Candle
+from pipeline.dxlink.events import (
+    DOUBLE_FIELDS,
+    INT_FIELDS,
+    SPECIAL_DOUBLES,
+    WIRE_TO_FIELD,
+    Candle,
+)
 from pipeline.dxlink.messages import DataFormat, FeedData, JsonObject
 
 __all__ = [
@@ -64,9 +70,6 @@ CANDLE = "Candle"
 CANDLE_WIRE_FIELDS: frozenset[str] = frozenset({"eventType", *WIRE_TO_FIELD})
 """Every Candle wire field name this codec understands (§4.1)."""
 
-_SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_INT_FIELDS = ("time", "sequence", "flags", "index", "event_time", "count")
-_DOUBLE_FIELDS = Candle._fields[7:]
 # From this many events per array the column path beats the row path (bench_decode).
 _COLUMN_MIN_EVENTS = 20
 # What a generated decoder raises on a wrongly typed value (then _diagnose names it).
@@ -130,7 +133,7 @@ def candle_decoder(fields: Sequence[str]) -> CandleDecoder:
         "Candle": Candle,
         "as_int": operator.index,
         "flt": float,
-        "special": _SPECIAL_DOUBLES.get,
+        "special": SPECIAL_DOUBLES.get,
         "nan": math.nan,
         "join": "".join,
         "repeat": itertools.repeat,
@@ -152,7 +155,7 @@ def _special_column(column: list[Any], count: int) -> Iterable[float]:
     """
     if column.count("NaN") == count:
         return itertools.repeat(math.nan, count)
-    return map(float, map(cast(Any, _SPECIAL_DOUBLES.get), column, column))
+    return map(float, map(cast(Any, SPECIAL_DOUBLES.get), column, column))
 
 
 def _decoder_source(at: dict[str, int], width: int) -> str:
@@ -176,11 +179,11 @@ def _decoder_source(at: dict[str, int], width: int) -> str:
         unpacked[offset] = names[attribute]
     targets = ", ".join(unpacked) + ","
     checks = [f"if {names['symbol']}.__class__ is not str: raise TypeError"]
-    for name in _INT_FIELDS:
+    for name in INT_FIELDS:
         if name in at:
             var = names[name]
             checks.append(f"if {var}.__class__ is not int: {var} = as_int({var})")
-    for name in _DOUBLE_FIELDS:
+    for name in DOUBLE_FIELDS:
         if name in at:
             var = names[name]
             checks.append(
@@ -198,8 +201,8 @@ def _decoder_source(at: dict[str, int], width: int) -> str:
     if "time" not in at:
         checks.append("a_time = (a_index >> 32) * 1000 + ((a_index >> 22) & 0x3FF)")
     known = {*at, "time", "index"} | ({"sequence"} if "index" in at else set())
-    ints = [f"a_{name}" if name in known else "0" for name in _INT_FIELDS]
-    doubles = [names[name] if name in at else "nan" for name in _DOUBLE_FIELDS]
+    ints = [f"a_{name}" if name in known else "0" for name in INT_FIELDS]
+    doubles = [names[name] if name in at else "nan" for name in DOUBLE_FIELDS]
     candle = f"new(Candle, ({names['symbol']}, {', '.join(ints + doubles)}))"
     lines += [
         "    if n == 1:",  # one event (a live update): unpack the list itself, no loop
@@ -230,7 +233,7 @@ def _column_lines(at: dict[str, int], width: int) -> list[str]:
         "        join(symbols)",
     ]
     columns = ["symbols"]
-    for name in _INT_FIELDS:
+    for name in INT_FIELDS:
         if name == "index" or (name == "sequence" and "sequence" not in at):
             continue
         if name in at:
@@ -242,14 +245,14 @@ def _column_lines(at: dict[str, int], width: int) -> list[str]:
     else:  # §4.2: sequence = index & 0x3FFFFF; the index column is needed twice.
         lines.append(f"        c_index = list(map(as_int, v[{at['index']}::{width}]))")
         index = "c_index"
-    for name in _INT_FIELDS:
+    for name in INT_FIELDS:
         if name == "index":
             columns.append(index)
         elif name == "sequence" and "sequence" not in at:
             columns.append("map(bit_and, c_index, repeat(0x3FFFFF, n))")
         else:
             columns.append(f"c_{name}" if name in at else "repeat(0, n)")
-    for name in _DOUBLE_FIELDS:
+    for name in DOUBLE_FIELDS:
         if name not in at:
             columns.append("repeat(nan, n)")
             continue
@@ -275,16 +278,16 @@ def _diagnose(values: list[Any], fields: Sequence[str], event_type: str) -> Inva
             try:
                 if attribute == "symbol" and not isinstance(value, str):
                     raise TypeError
-                if attribute in _INT_FIELDS:
+                if attribute in INT_FIELDS:
                     operator.index(value)
-                elif attribute in _DOUBLE_FIELDS:
+                elif attribute in DOUBLE_FIELDS:
                     float(value)
             except (TypeError, ValueError, OverflowError):
                 expected = (
                     "a string"
                     if attribute == "symbol"
                     else "an integer"
-                    if attribute in _INT_FIELDS
+                    if attribute in INT_FIELDS
                     else 'a number or "NaN"/"Infinity"/"-Infinity"'
                 )
                 return InvalidMessage(
@@ -297,7 +300,7 @@ def _diagnose(values: list[Any], fields: Sequence[str], event_type: str) -> Inva
 def _plain_event(event_type: str, fields: Iterable[str], values: Iterable[Any]) -> JsonObject:
     event: JsonObject = {"eventType": event_type}
     for name, value in zip(fields, values, strict=False):
-        event[name] = _SPECIAL_DOUBLES.get(value, value) if isinstance(value, str) else value
+        event[name] = SPECIAL_DOUBLES.get(value, value) if isinstance(value, str) else value
     return event
 
 
@@ -492,7 +495,7 @@ def _layout(fields: Sequence[str]) -> list[tuple[int, bool]]:
             raise UsageError(
                 f"cannot encode Candle field {wire!r}; known fields: {sorted(CANDLE_WIRE_FIELDS)}"
             )
-        layout.append((Candle._fields.index(attribute), attribute in _DOUBLE_FIELDS))
+        layout.append((Candle._fields.index(attribute), attribute in DOUBLE_FIELDS))
     return layout
 
 

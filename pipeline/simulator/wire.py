@@ -139,7 +139,7 @@ class CandleColumns(Sequence[Candle]):
             doubles[quiet] = np.nan
         if n and min(times) >= 0 and max(times) < _INDEX_SAFE_MS:
             stamps = np.array(times, dtype=np.int64)
-            index = ((stamps // 1000) << 32 | (stamps % 1000) << 22).tolist()
+            index = index_of(stamps).tolist()
         else:
             index = [index_of(time_ms) for time_ms in times]
         zeros = [0] * n
