@@ -69,43 +69,37 @@ class Handed:
     unchanged series needs neither (issue 6).
     """
 
-    __slots__ = ("_indexes", "_mapping", "_revisions")
+    __slots__ = ("_columns", "_mapping")
 
     def __init__(self, indexes: IntArray, revisions: IntArray) -> None:
-        self._indexes: IntArray | None = indexes
-        self._revisions: IntArray | None = revisions
-        self._mapping: dict[int, int] | None = None
+        # Exactly one of the two is set: the columns until the dict is built, then the dict.
+        self._columns: tuple[IntArray, IntArray] | None = (indexes, revisions)
+        self._mapping: dict[int, int] = {}
 
     @classmethod
     def of(cls, mapping: dict[int, int]) -> Handed:
         """From an index -> revision dict."""
-        handed = cls(np.empty(0, np.int64), np.empty(0, np.int64))
-        handed._indexes = handed._revisions = None
-        handed._mapping = mapping
+        handed = cls.__new__(cls)
+        handed._columns, handed._mapping = None, mapping
         return handed
 
     def mapping(self) -> dict[int, int]:
         """index -> revision (built once, then kept and updated in place)."""
-        if self._mapping is None:
-            assert self._indexes is not None and self._revisions is not None
-            indexes, revisions = self._indexes.tolist(), self._revisions.tolist()
-            self._mapping = dict(zip(indexes, revisions, strict=True))
-            self._indexes = self._revisions = None
+        if self._columns is not None:
+            indexes, revisions = self._columns
+            self._mapping = dict(zip(indexes.tolist(), revisions.tolist(), strict=True))
+            self._columns = None
         return self._mapping
 
     def keys(self) -> Iterable[int]:
         """The indexes handed out."""
-        if self._mapping is not None:
+        if self._columns is None:
             return self._mapping.keys()
-        assert self._indexes is not None
-        indexes: list[int] = self._indexes.tolist()
+        indexes: list[int] = self._columns[0].tolist()
         return indexes
 
     def __len__(self) -> int:
-        if self._mapping is not None:
-            return len(self._mapping)
-        assert self._indexes is not None
-        return len(self._indexes)
+        return len(self._mapping) if self._columns is None else len(self._columns[0])
 
 
 @dataclass(slots=True)
