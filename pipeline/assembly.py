@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import logging
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -110,20 +110,6 @@ class SnapshotAssembly(SeriesRecords):
             start = stop + 1
         self._apply_plain(series, run, start, len(run))
 
-    def _apply_stretch(
-        self, series: SeriesState, block: CandleBlock, start: int, stop: int
-    ) -> None:
-        """``block[start:stop]``, events flagged 0 or TX_PENDING only, as :meth:`_on_event`
-        would apply them one by one."""
-        if start >= stop:
-            return
-        if series.snap_part and series.buffered + stop - start < self.max_buffered_events:
-            series.pending.append(block[start:stop])  # a snapshot's body: held back as columns
-            series.buffered += stop - start
-            return
-        for event in block[start:stop].candles():
-            self._on_event(series, event)
-
     def _on_event(self, series: SeriesState, event: Candle) -> None:
         flags = event.flags
         if flags & SNAPSHOT_BEGIN:  # §6.3: a new snapshot drops any old buffer
@@ -147,13 +133,21 @@ class SnapshotAssembly(SeriesRecords):
         else:
             self._apply_live(series, events)
 
-    def _apply_plain(self, series: SeriesState, run: list[Candle], start: int, stop: int) -> None:
-        """``run[start:stop]``, events without flags, as :meth:`_on_event` would apply them."""
+    def _apply_plain(
+        self, series: SeriesState, run: Sequence[Candle], start: int, stop: int
+    ) -> None:
+        """``run[start:stop]``, events with no flag of their own (flags 0; in a block's
+        stretch also TX_PENDING, held back alike while a snapshot is open), as
+        :meth:`_on_event` would apply them one by one."""
         if start >= stop:
             return
-        pending = series.pending
         if series.snap_part and series.buffered + stop - start < self.max_buffered_events:
-            pending.extend(run[start:stop])  # §6.3: a snapshot's body, held back (no overflow)
+            # §6.3: a snapshot's body, held back (no overflow); a block's stretch as columns.
+            part = run[start:stop]
+            if isinstance(part, CandleBlock):
+                series.pending.append(part)
+            else:
+                series.pending.extend(part)
             series.buffered += stop - start
             return
         for event in run[start:stop]:

@@ -192,10 +192,10 @@ class CandleDataManager(SnapshotAssembly):
             control = block.flags[start:stop] & ~TX_PENDING
             at = start
             for flagged in (np.flatnonzero(control) + start).tolist():
-                self._apply_stretch(series, block, at, flagged)
+                self._apply_plain(series, block, at, flagged)
                 self._on_event(series, block.candle(flagged))
                 at = flagged + 1
-            self._apply_stretch(series, block, at, stop)
+            self._apply_plain(series, block, at, stop)
 
     def advance(self, now_ms: int) -> None:
         """Move the clock (ms UTC, from the stream) forward; completeness follows it."""
