@@ -152,10 +152,10 @@ def _double_column(
     values: list[Any], offset: int | None, width: int, pack: Callable[..., bytes]
 ) -> bytes:
     """One double field's values packed (NaN where the field is not listed), §3.5."""
-    column = values[offset::width] if offset is not None else None
-    if column is None or not column:
+    if offset is None:
         return _NAN_BYTES * (len(values) // width)
-    if column[0].__class__ is not str:  # struct: ~3x faster than array("d"), same checks
+    column = values[offset::width]
+    if column and column[0].__class__ is not str:  # struct: ~3x faster than array("d"), same checks
         try:  # (a bare try costs nothing in 3.11; a suppress() block ~0.3 us per column)
             return pack(*column)
         except struct.error:
