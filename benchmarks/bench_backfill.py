@@ -52,9 +52,9 @@ from benchmarks.e2e_common import (
     symbols,
     wait_until,
 )
-from pipeline.service import IngestService
+from pipeline.ingest import IngestService, SimulatorTokenSource
+from pipeline.ingest.tuning import ingest_process_tuning
 from pipeline.store import CandleStore
-from pipeline.tastytrade import SimulatorTokenSource
 
 __all__ = ["TARGET", "main", "measure", "measure_service", "run"]
 
@@ -257,7 +257,8 @@ def cpu_bound(spent: dict[str, Any], candles: int) -> float | None:
 def run(quick: bool, workdir: Path) -> BenchResult:
     """Run the benchmark (``quick``: 20 series x 500 candles) in ``workdir``."""
     series, candles = (20, 500) if quick else (200, 2000)
-    return asyncio.run(measure(series, candles, workdir))
+    with ingest_process_tuning():  # as `candles ingest` runs the service
+        return asyncio.run(measure(series, candles, workdir))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

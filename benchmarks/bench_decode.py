@@ -42,10 +42,22 @@ import orjson
 from tastytrade.dxfeed import Candle as SdkCandle
 
 from benchmarks.common import Timing, compare, machine_info, print_table, write_json
-from pipeline.dxlink.events import CANDLE_FIELDS, SNAPSHOT_BEGIN, WIRE_TO_FIELD, Candle, index_of
-from pipeline.dxlink.feed_codec import CandleEvents, FeedDecoder, encode_candles
-from pipeline.dxlink.messages import DataFormat, FeedData, encode, parse
-from pipeline.dxlink.protocol import CandlesReceived, ClientProtocol
+from pipeline.dxlink import (
+    CANDLE_FIELDS,
+    SNAPSHOT_BEGIN,
+    WIRE_TO_FIELD,
+    Candle,
+    CandleEvents,
+    CandlesReceived,
+    ClientProtocol,
+    DataFormat,
+    FeedData,
+    FeedDecoder,
+    encode,
+    encode_candles,
+    index_of,
+    parse,
+)
 
 __all__ = [
     "SIZES",

@@ -47,9 +47,9 @@ from benchmarks.e2e_common import (
     symbols,
     wait_until,
 )
-from pipeline.service import IngestService
+from pipeline.ingest import IngestService, SimulatorTokenSource
+from pipeline.ingest.tuning import ingest_process_tuning
 from pipeline.store import CandleStore
-from pipeline.tastytrade import SimulatorTokenSource
 
 __all__ = ["KEEP_UP_RATE", "SPEED", "main", "measure", "run"]
 
@@ -184,9 +184,10 @@ async def measure(
 
 def run(quick: bool, workdir: Path) -> BenchResult:
     """Run the benchmark (``quick``: 100 series, two 1.5 s steps) in ``workdir``."""
-    if quick:
-        return asyncio.run(measure(100, (0.1, 0.05), 1.5, workdir))
-    return asyncio.run(measure(1000, (0.1, 0.05, 0.025, 0.0125, 0.00625), 8.0, workdir))
+    with ingest_process_tuning():  # as `candles ingest` runs the service
+        if quick:
+            return asyncio.run(measure(100, (0.1, 0.05), 1.5, workdir))
+        return asyncio.run(measure(1000, (0.1, 0.05, 0.025, 0.0125, 0.00625), 8.0, workdir))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.common import machine_info, print_table, write_json
-from pipeline.simulator.market import Market, MarketConfig, Period
+from pipeline.simulator import Market, MarketConfig, Period
 
 __all__ = ["BUDGET_SECONDS", "PERIODS", "main", "measure"]
 

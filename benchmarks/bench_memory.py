@@ -43,7 +43,7 @@ from benchmarks.e2e_common import (
     symbols,
 )
 from pipeline.candles import CandleDataManager
-from pipeline.dxlink.events import Candle, index_of
+from pipeline.dxlink import Candle, index_of
 from pipeline.simulator import Simulator, SimulatorClock
 
 __all__ = [

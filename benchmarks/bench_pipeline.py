@@ -16,9 +16,9 @@ Every stage is timed on its own and the whole run end to end (durable candles/s:
 candle is in the store when the clock stops). The decode-only pass (the same frames through
 a fresh client, nothing else) is the baseline, measured in the same run. The manager and
 store use the product's defaults (``manager.*`` of the config) with ``grace_seconds`` 0, the
-clock standing at the end of the history, so every candle is complete. As in the service, the
-garbage collector's young threshold is ``INGEST_GC_THRESHOLD`` while the pipeline runs, and
-DuckDB's lazy imports are loaded before the clock starts (``pipeline.service``).
+clock standing at the end of the history, so every candle is complete. As in ``candles
+ingest``, the process-wide tuning (``pipeline.ingest.tuning``) is applied while the pipeline
+runs: the collector's young threshold, glibc's mmap threshold and DuckDB's lazy imports.
 
 Flushes here run in line (no flush thread), so the end-to-end figure is the sum of the
 stages: the service overlaps the store's DuckDB work (which releases the GIL) with receiving.
@@ -44,16 +44,12 @@ from benchmarks.e2e_common import (
     symbols,
 )
 from pipeline.candles import CandleDataManager
-from pipeline.dxlink.events import CANDLE_FIELDS
-from pipeline.dxlink.protocol import CandlesReceived
-from pipeline.service import (
-    FLUSH_BATCH_EVENTS,
-    INGEST_GC_THRESHOLD,
-    load_store_lazy_imports,
-    young_gc_threshold,
-)
+from pipeline.dxlink import CANDLE_FIELDS, CandlesReceived
+from pipeline.ingest import FLUSH_BATCH_EVENTS
+from pipeline.ingest.tuning import INGEST_GC_THRESHOLD, ingest_process_tuning
+from pipeline.simulator import Series
 from pipeline.simulator.bars import Bar
-from pipeline.simulator.session import Series, snapshot_chunks
+from pipeline.simulator.session import snapshot_chunks
 from pipeline.store import CandleStore
 
 __all__ = ["FLUSH_EVERY", "TARGET", "StageTimes", "build_frames", "main", "measure", "run"]
@@ -61,7 +57,7 @@ __all__ = ["FLUSH_EVERY", "TARGET", "StageTimes", "build_frames", "main", "measu
 TARGET = 200_000.0
 """Candles per second made durable (issue 6)."""
 FLUSH_EVERY = FLUSH_BATCH_EVENTS
-"""Events between two flushes: the service's own batch size (``pipeline.service``)."""
+"""Events between two flushes: the service's own batch size (``pipeline.ingest.service``)."""
 CHUNK = 500
 """Events per FEED_DATA frame (the simulator's default chunk size)."""
 
@@ -141,11 +137,10 @@ def pipeline_run(
 ) -> StageTimes:
     """Feed ``frames`` through client, manager and store; time each stage and the whole.
 
-    ``gc_threshold``: the young GC threshold meanwhile, as the service sets it (``None``:
-    the interpreter's own, for comparisons).
+    ``gc_threshold``: the young GC threshold meanwhile, as ``candles ingest`` sets it
+    (``None``: the interpreter's own, for comparisons).
     """
-    load_store_lazy_imports()
-    with young_gc_threshold(gc_threshold):
+    with ingest_process_tuning(gc_threshold=gc_threshold):
         return _timed_run(frames, series, store_path, flush_every)
 
 

@@ -30,8 +30,8 @@ from typing import Any
 import polars as pl
 
 from benchmarks.common import machine_info, print_table, write_json
-from pipeline.candles import CANDLE_SCHEMA
-from pipeline.dxlink.symbols import CandleSymbol
+from pipeline.dxlink import CandleSymbol
+from pipeline.schema import CANDLE_SCHEMA
 from pipeline.sharding import ShardSpec
 from pipeline.store import CandleStore
 from tests.postgres import running_postgres

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no
 
 from benchmarks.common import RESULTS_DIR
 from benchmarks.e2e_common import BenchResult, Figure, bench_main
-from pipeline.candles import CANDLE_SCHEMA, KEY_COLUMNS
+from pipeline.schema import CANDLE_SCHEMA, KEY_COLUMNS
 from pipeline.store import CandleStore, connect
 
 __all__ = [
@@ -178,7 +178,7 @@ def _write_floor(folder: Path, frame: pl.DataFrame) -> dict[str, float]:
     finally:
         con.close()
     seconds["pyarrow_snappy"] = _timed(lambda: pq.write_table(table, folder / "pa.parquet"))
-    # What the upsert's own data files cost (pipeline.lake.write_data_file).
+    # What the upsert's own data files cost (pipeline.store.lake.write_data_file).
     seconds["polars_snappy"] = _timed(
         lambda: frame.write_parquet(folder / "pl.parquet", compression="snappy")
     )

@@ -31,9 +31,14 @@ from websockets.asyncio.client import connect
 
 from benchmarks.common import machine_info, print_table, write_json
 from pipeline.config import Config, load_config
-from pipeline.dxlink.events import CANDLE_FIELDS
-from pipeline.dxlink.messages import SubscriptionItem
-from pipeline.dxlink.protocol import Authorized, ChannelOpened, ClientProtocol, FeedConfigured
+from pipeline.dxlink import (
+    CANDLE_FIELDS,
+    Authorized,
+    ChannelOpened,
+    ClientProtocol,
+    FeedConfigured,
+    SubscriptionItem,
+)
 from pipeline.simulator import Simulator, SimulatorClock
 
 __all__ = [

@@ -15,7 +15,7 @@ import click
 
 from pipeline import __version__
 from pipeline.config import Config, ConfigError, load_config, parse_duration
-from pipeline.simulator.faults import FAULT_HELP
+from pipeline.simulator import FAULT_HELP
 
 __all__ = ["cli", "main"]
 
@@ -88,7 +88,7 @@ def ingest(
           stayed unwritable for ingest.shutdown_timeout seconds, or a second signal came
           while stopping); the log says how many; the next start fetches them again
     """
-    from pipeline.runner import IngestError, ShutdownIncomplete, run_ingest
+    from pipeline.ingest import IngestError, ShutdownIncomplete, run_ingest
 
     config = load(
         config_path,
@@ -132,7 +132,7 @@ def query(
 
     candles query "SELECT symbol, period, count(*) FROM candles GROUP BY ALL"
     """
-    from pipeline.query import QueryError, format_frame, run_query
+    from pipeline.store import QueryError, format_frame, run_query
 
     config = load(config_path, profile)
     path = store_path or config.store.path
@@ -166,7 +166,7 @@ def export(
 
     candles export --out exports/candles --where "symbol = 'AAPL'"
     """
-    from pipeline.query import QueryError, export_store
+    from pipeline.store import QueryError, export_store
 
     config = load(config_path, profile)
     try:
@@ -191,7 +191,7 @@ def status(config_path: Path | None, profile: str | None, url: str | None) -> No
 
     candles status
     """
-    from pipeline.status import StatusError, fetch_status, render_status, url_for
+    from pipeline.metrics import StatusError, fetch_status, render_status, url_for
 
     config = load(config_path, profile)
     try:

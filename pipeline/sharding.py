@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pipeline.dxlink.symbols import CandleSymbol
+from pipeline.dxlink import CandleSymbol
 
 __all__ = ["SINGLE", "ShardSpec", "shard_of"]
 

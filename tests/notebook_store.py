@@ -29,10 +29,11 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.candles import CANDLE_COLUMNS, CANDLE_SCHEMA
-from pipeline.dxlink.symbols import CandleSymbol
+from pipeline.dxlink import CandleSymbol
+from pipeline.schema import CANDLE_COLUMNS, CANDLE_SCHEMA
+from pipeline.simulator import Market, MarketConfig, Period
 from pipeline.simulator.bars import Bar, bar_to_candle, combine
-from pipeline.simulator.market import Correction, Market, MarketConfig, Period
+from pipeline.simulator.market import Correction
 from pipeline.store import CandleStore
 
 __all__ = [

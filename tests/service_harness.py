@@ -17,12 +17,10 @@ from typing import Any
 import polars as pl
 
 from pipeline.config import Config, load_config
-from pipeline.dxlink.events import Candle
-from pipeline.dxlink.symbols import CandleSymbol
-from pipeline.service import IngestService
+from pipeline.dxlink import Candle, CandleSymbol
+from pipeline.ingest import IngestService, SimulatorTokenSource
 from pipeline.simulator import Simulator
 from pipeline.store import CandleStore
-from pipeline.tastytrade import SimulatorTokenSource
 
 START = datetime(2026, 11, 3, 15, 0, tzinfo=UTC)
 START_MS = int(START.timestamp() * 1000)

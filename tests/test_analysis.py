@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from pipeline import analysis
-from pipeline.candles import CANDLE_SCHEMA
+from pipeline.schema import CANDLE_SCHEMA
 from pipeline.store import CandleStore, StoreError
 
 matplotlib.use("Agg")

@@ -12,13 +12,12 @@ import pytest
 
 from pipeline.candles import (
     BYTES_PER_CANDLE,
-    CANDLE_SCHEMA,
     BackpressureError,
     Batch,
     CandleDataManager,
     CapacityError,
 )
-from pipeline.dxlink.events import (
+from pipeline.dxlink import (
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
     SNAPSHOT_END,
@@ -27,6 +26,7 @@ from pipeline.dxlink.events import (
     Candle,
     index_of,
 )
+from pipeline.schema import CANDLE_SCHEMA
 
 SB, SE, RE, TX, SNIP = SNAPSHOT_BEGIN, SNAPSHOT_END, REMOVE_EVENT, TX_PENDING, SNAPSHOT_SNIP
 T0 = 1_756_303_200_000  # 2025-08-27T14:00Z

@@ -21,18 +21,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import candles, records
-from pipeline.candles import Batch, CandleDataManager
-from pipeline.dxlink.candle_block import CandleBlock
-from pipeline.dxlink.events import (
+from pipeline.candles import Batch, CandleDataManager, records
+from pipeline.candles import manager as candles
+from pipeline.dxlink import (
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
     SNAPSHOT_END,
     TX_PENDING,
     Candle,
+    CandleBlock,
+    CandleSymbol,
     index_of,
 )
-from pipeline.dxlink.symbols import CandleSymbol
 
 T0 = 1_756_303_200_000  # 2025-08-27T14:00Z
 MIN = 60_000

@@ -19,7 +19,7 @@ from pipeline.config import (
     loads_config,
     parse_duration,
 )
-from pipeline.dxlink.errors import ConfigurationError
+from pipeline.dxlink import ConfigurationError
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.toml"

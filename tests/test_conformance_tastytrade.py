@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.dxlink.events import Candle as OurCandle
+from pipeline.dxlink import Candle as OurCandle
 from pipeline.simulator import Simulator, SimulatorClock
 from tests.timing import TIMEOUT
 

@@ -20,18 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.candles import CandleDataManager
 from pipeline.config import Config
-from pipeline.dxlink.events import Candle
-from pipeline.dxlink.metrics import (
+from pipeline.dxlink import Candle, CandleSymbol
+from pipeline.dxlink.client import (
     ChannelMetrics,
     ConnectionMetrics,
     ConnectionState,
     DeliveryMetrics,
     DisconnectReason,
-    snapshot,
 )
-from pipeline.dxlink.symbols import CandleSymbol
+from pipeline.dxlink.client.metrics import snapshot
+from pipeline.ingest import ServiceStats
 from pipeline.metrics import MetricsServer, StoreCheck, StoreCheckResult
-from pipeline.service import ServiceStats
 from pipeline.store import CandleStore, StoreStats, connect
 from tests.fake_tastytrade import FakeClock
 from tests.test_store import MINUTE, T0, T0_MS, candle_frame, open_store

@@ -10,9 +10,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.candles import CANDLE_SCHEMA
-from pipeline.query import QueryError, QueryRefused, export_store, format_frame, run_query
-from pipeline.store import CandleStore
+from pipeline.schema import CANDLE_SCHEMA
+from pipeline.store import (
+    CandleStore,
+    QueryError,
+    QueryRefused,
+    export_store,
+    format_frame,
+    run_query,
+)
 
 START = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)
 

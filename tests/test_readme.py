@@ -51,11 +51,10 @@ from pipeline import analysis
 from pipeline import config as config_module
 from pipeline.cli import cli
 from pipeline.config import Config, ConfigError, describe_options, load_config, loads_config
-from pipeline.dxlink.events import SNAPSHOT_BEGIN, Candle
-from pipeline.dxlink.symbols import CandleSymbol
+from pipeline.dxlink import SNAPSHOT_BEGIN, Candle, CandleSymbol
 from pipeline.metrics import MetricsServer
-from pipeline.query import run_query
 from pipeline.simulator import Simulator, SimulatorClock
+from pipeline.store import run_query
 from tests.fake_tastytrade import FakeClock, FakeTastytrade
 from tests.notebook_store import FilledStore, fill_store
 from tests.test_metrics import START, FakeService, reader

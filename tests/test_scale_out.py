@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.dxlink.symbols import CandleSymbol
+from pipeline.dxlink import CandleSymbol
 from pipeline.sharding import shard_of
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore, StoreError, connect

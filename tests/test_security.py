@@ -35,10 +35,9 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from pipeline.cli import cli
 from pipeline.dxlink.client import DXLinkManager
-from pipeline.query import QueryError, QueryRefused, run_query
+from pipeline.ingest import SimulatorTokenSource
 from pipeline.simulator import SimulatorClock
-from pipeline.store import LAKE, CandleStore, connect
-from pipeline.tastytrade import SimulatorTokenSource
+from pipeline.store import LAKE, CandleStore, QueryError, QueryRefused, connect, run_query
 from tests.fake_tastytrade import FakeTastytrade
 from tests.service_harness import eventually
 from tests.test_readme import _IssuedTokenSimulator as IssuedTokenSimulator

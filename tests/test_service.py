@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.service import INGEST_GC_THRESHOLD, IngestService, young_gc_threshold
+from pipeline.ingest import IngestService
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
-from pipeline.tastytrade import SimulatorTokenSource
 from tests.service_harness import (
     START_MS,
     TOKEN,
@@ -110,80 +105,16 @@ async def test_a_backfill_is_flushed_in_batches_while_it_arrives(tmp_path: Path)
     async with _simulator() as sim:
         service = make_service(config, sim)
         service.flush_batch_events = 100  # the backfill is ~290 events
-        before = gc.get_threshold()
         runner = asyncio.create_task(service.run())
         await sim.wait_for_subscriptions(len(series_keys(config)))
         await eventually(
             lambda: any(r.reason == "batch" for r in service.stats.recent_flushes),
             what="a batch flush",
         )
-        running = gc.get_threshold()
         problems = await _finish_and_compare(sim, service, runner, store_path, from_ms)
     assert problems == []
     assert service.stats.flush_failures == 0
     assert service.store.stats.connections_recycled == service.store.stats.upserts >= 1
-    # While it ran, the collector ran young collections less often; afterwards as before.
-    assert running == (max(INGEST_GC_THRESHOLD, before[0]), *before[1:])
-    assert gc.get_threshold() == before
-
-
-@pytest.mark.parametrize(
-    ("previous", "during"),
-    [
-        ((700, 10, 10), (20_000, 10, 10)),
-        ((50_000, 5, 5), (50_000, 5, 5)),
-        ((0, 10, 10), (0, 10, 10)),
-    ],
-)
-def test_young_gc_threshold_raises_only_and_restores(
-    previous: tuple[int, int, int], during: tuple[int, int, int]
-) -> None:
-    """The young threshold is raised, never lowered or re-enabled, and restored on exit."""
-    saved = gc.get_threshold()
-    try:
-        gc.set_threshold(*previous)
-        with young_gc_threshold(20_000):
-            assert gc.get_threshold() == during
-        assert gc.get_threshold() == previous
-        with young_gc_threshold(None):
-            assert gc.get_threshold() == previous
-    finally:
-        gc.set_threshold(*saved)
-
-
-def test_a_gc_threshold_that_is_not_positive_is_refused(tmp_path: Path) -> None:
-    """gc_threshold <= 0 is a clear ValueError saying what is allowed, before anything runs."""
-    with pytest.raises(ValueError, match=r"young GC threshold must be > 0 .*got 0"):
-        IngestService(
-            service_config(tmp_path / "data"),
-            token_source=SimulatorTokenSource("ws://127.0.0.1:1", TOKEN),
-            gc_threshold=0,
-        )
-    with pytest.raises(ValueError, match=r"got -5"), young_gc_threshold(-5):
-        pass
-
-
-def test_the_store_lazy_imports_are_loaded_before_the_first_upsert() -> None:
-    """After load_store_lazy_imports, DuckDB's first scan of a Python frame imports nothing."""
-    script = textwrap.dedent(
-        """
-        import sys
-        import duckdb, polars as pl
-        from pipeline.service import load_store_lazy_imports
-        load_store_lazy_imports()
-        before = set(sys.modules)
-        con = duckdb.connect()
-        frame = pl.DataFrame({"a": [1, 2]})
-        con.register("batch", frame)
-        con.register("rows", frame.to_arrow())
-        con.execute("SELECT count(*) FROM batch JOIN rows USING (a)").fetchall()
-        print(sorted(set(sys.modules) - before))
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.strip() == "[]"
 
 
 async def test_disconnects_leave_no_gap(tmp_path: Path) -> None:

@@ -14,10 +14,9 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.config import ConfigError, loads_config
-from pipeline.service import IngestService
+from pipeline.ingest import IngestService, SimulatorTokenSource
 from pipeline.sharding import SINGLE, ShardSpec, shard_of
 from pipeline.store import CandleStore, StoreError, connect
-from pipeline.tastytrade import SimulatorTokenSource
 from tests.service_harness import TOKEN, service_config
 from tests.test_store import candle_frame
 

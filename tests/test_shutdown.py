@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dxlink.events import Candle, index_of
-from pipeline.runner import EXIT_UNSTORED, ShutdownGuard, unstored_completed
-from pipeline.service import IngestService
+from pipeline.dxlink import Candle, index_of
+from pipeline.ingest import EXIT_UNSTORED, IngestService, ShutdownGuard, SimulatorTokenSource
+from pipeline.ingest.runner import unstored_completed
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
-from pipeline.tastytrade import SimulatorTokenSource
 from tests.service_harness import (
     START_MS,
     TOKEN,

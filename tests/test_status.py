@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dxlink.metrics import DisconnectReason
-from pipeline.metrics import MetricsServer
-from pipeline.status import (
+from pipeline.dxlink.client import DisconnectReason
+from pipeline.metrics import (
+    MetricsServer,
     StatusError,
     StatusSummary,
     fetch_status,

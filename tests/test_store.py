@@ -13,14 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.candles import CANDLE_COLUMNS, CANDLE_SCHEMA
-from pipeline.store import (
-    CandleStore,
-    StoreBusyError,
-    StoreError,
-    connect,
-    parse_catalog,
-)
+from pipeline.schema import CANDLE_COLUMNS, CANDLE_SCHEMA
+from pipeline.store import CandleStore, StoreBusyError, StoreError, connect, parse_catalog
 
 T0 = datetime(2025, 8, 27, 13, 30, tzinfo=UTC)
 T0_MS = 1_756_301_400_000

@@ -15,7 +15,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipeline.candles import CANDLE_SCHEMA
+from pipeline.schema import CANDLE_SCHEMA
 from pipeline.store import CandleStore, connect
 from tests.test_store import MINUTE, T0, candle_frame, open_store
 

@@ -16,17 +16,11 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipeline.candles import CANDLE_COLUMNS, CandleDataManager
-from pipeline.dxlink.events import REMOVE_EVENT, SNAPSHOT_BEGIN, SNAPSHOT_END, Candle, index_of
-from pipeline.lake import (
-    TABLE,
-    has_sequence_column,
-    migrate_sequence_column,
-    open_lake,
-    parse_catalog,
-    rollback,
-)
-from pipeline.store import CandleStore, StoreError, connect
+from pipeline.candles import CandleDataManager
+from pipeline.dxlink import REMOVE_EVENT, SNAPSHOT_BEGIN, SNAPSHOT_END, Candle, index_of
+from pipeline.schema import CANDLE_COLUMNS
+from pipeline.store import TABLE, CandleStore, StoreError, connect, parse_catalog
+from pipeline.store.lake import has_sequence_column, migrate_sequence_column, open_lake, rollback
 
 T0 = 1_756_303_200_000  # 2025-08-27T14:00Z
 TICKS = "AAPL{=t}"

@@ -11,11 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.store
-import pipeline.store_memory
-from pipeline.lake import StoreError
-from pipeline.store import CandleStore
-from pipeline.store_memory import pin_mmap_threshold
+import pipeline.store.writer
+from pipeline.store import CandleStore, StoreError
 from tests.test_store import MINUTE, T0, candle_frame, open_store
 
 
@@ -52,8 +49,8 @@ def test_a_failed_reopen_keeps_the_working_connection(
         def unreachable(*args: object, **kwargs: object) -> None:
             raise StoreError("cannot open the lake: catalog unreachable")
 
-        monkeypatch.setattr(pipeline.store, "open_lake", unreachable)
-        with caplog.at_level(logging.WARNING, logger="pipeline.store"):
+        monkeypatch.setattr(pipeline.store.writer, "open_lake", unreachable)
+        with caplog.at_level(logging.WARNING, logger="pipeline.store.writer"):
             for batch in range(4):
                 store.upsert(candle_frame(n=5, start=T0 + batch * 5 * MINUTE))
         assert store._con is kept
@@ -74,14 +71,6 @@ def test_writer_connection_caches_stay_small_through_compactions(tmp_path: Path)
         usage = writer_memory(store)
     assert "EXTERNAL_FILE_CACHE" not in usage, usage
     assert sum(usage.values()) < 512 * 1024, usage
-
-
-def test_opening_a_store_pins_the_mmap_threshold(tmp_path: Path) -> None:
-    """A writer's process hands freed large buffers back to the OS (glibc mmap threshold)."""
-    with open_store(tmp_path / "data"):
-        pass
-    assert pipeline.store_memory._pinned is True  # this suite runs on glibc (Linux)
-    assert pin_mmap_threshold() is True  # idempotent
 
 
 def test_compaction_deletes_orphan_files_only_past_the_retention(tmp_path: Path) -> None:

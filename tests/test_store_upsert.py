@@ -18,12 +18,12 @@ import polars as pl
 import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no stubs
 import pytest
 
-import pipeline.lake
-import pipeline.store_upsert
-from pipeline.candles import CANDLE_COLUMNS, KEY_COLUMNS
-from pipeline.lake import StoreError, table_folder, write_data_file
-from pipeline.store import CandleStore, connect
-from pipeline.store_upsert import prepare_batch
+import pipeline.store.lake
+import pipeline.store.upsert
+from pipeline.schema import CANDLE_COLUMNS, KEY_COLUMNS
+from pipeline.store import CandleStore, StoreError, connect
+from pipeline.store.lake import table_folder, write_data_file
+from pipeline.store.upsert import prepare_batch
 from tests.test_store import INGESTED, MINUTE, T0, candle_frame, keys, open_store
 
 NAN = float("nan")
@@ -33,7 +33,7 @@ _METADATA = "__ducklake_metadata_lake"
 @pytest.fixture(autouse=True)
 def data_files_for_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Small test frames take the data-file path (the default threshold is 1,000 rows)."""
-    monkeypatch.setattr(pipeline.store_upsert, "FILE_MIN_ROWS", 1)
+    monkeypatch.setattr(pipeline.store.upsert, "FILE_MIN_ROWS", 1)
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def store(tmp_path: Path) -> Iterator[CandleStore]:
 
 def stored(store: CandleStore) -> pl.DataFrame:
     """Every stored row, in key order, in the frame schema."""
-    rows = store._read(f"SELECT * FROM {pipeline.lake.TABLE}", [])
+    rows = store._read(f"SELECT * FROM {pipeline.store.lake.TABLE}", [])
     return rows.sort(KEY_COLUMNS)
 
 
@@ -96,7 +96,7 @@ def test_column_types_are_the_tables(store: CandleStore) -> None:
     store.upsert(frame)
     types = store._con.execute(
         f"SELECT typeof(time), typeof(ingested_at), typeof(sequence), typeof(count) "
-        f"FROM {pipeline.lake.TABLE} LIMIT 1"
+        f"FROM {pipeline.store.lake.TABLE} LIMIT 1"
     ).fetchone()
     assert types == ("TIMESTAMP WITH TIME ZONE",) * 2 + ("INTEGER", "BIGINT")
     assert stored(store)["time"].to_list() == frame["time"].to_list()
@@ -215,7 +215,7 @@ def test_data_files_and_insert_give_the_same_lake(
     ]
     results = {}
     for threshold in (1, 10**9):
-        monkeypatch.setattr(pipeline.store_upsert, "FILE_MIN_ROWS", threshold)
+        monkeypatch.setattr(pipeline.store.upsert, "FILE_MIN_ROWS", threshold)
         with open_store(tmp_path / f"data-{threshold}") as store:
             results[threshold] = (
                 [store.upsert(frame, deletions) for frame, deletions in steps],
@@ -277,12 +277,12 @@ def test_a_failed_registration_removes_its_file_and_stores_nothing(
         written.append(path)
         raise duckdb.IOException(f"cannot read {path.name}: disk gone")
 
-    monkeypatch.setattr(pipeline.store_upsert, "add_data_file", failing_add)
+    monkeypatch.setattr(pipeline.store.upsert, "add_data_file", failing_add)
     with pytest.raises(StoreError, match="disk gone"):
         store.upsert(candle_frame(n=5, start=T0 + 5 * MINUTE))
     assert len(written) == 1 and not written[0].exists()
     monkeypatch.undo()
-    monkeypatch.setattr(pipeline.store_upsert, "FILE_MIN_ROWS", 1)
+    monkeypatch.setattr(pipeline.store.upsert, "FILE_MIN_ROWS", 1)
     assert store.upsert(candle_frame(n=10)).inserted == 5, "the retry stores what was lost"
     assert store.count() == 10
 
@@ -294,7 +294,7 @@ def test_compaction_removes_a_file_left_by_a_writer_killed_before_its_commit(
     now = [datetime(2026, 1, 2, tzinfo=UTC)]
     with open_store(tmp_path / "data", clock=lambda: now[0]) as store:
         store.upsert(candle_frame(n=10))
-        folder = table_folder(store._con, pipeline.lake.resolve_data_path(store.root, None))
+        folder = table_folder(store._con, pipeline.store.lake.resolve_data_path(store.root, None))
         assert folder is not None
         batch = prepare_batch(candle_frame(n=10, start=T0 + 10 * MINUTE), now[0])
         orphan = write_data_file(folder, batch)  # what the killed writer left behind
@@ -311,7 +311,7 @@ def test_compaction_removes_a_file_left_by_a_writer_killed_before_its_commit(
 def test_table_folder_is_none_on_object_storage(store: CandleStore) -> None:
     """A data path on object storage has no local folder: the upsert writes through INSERT."""
     assert table_folder(store._con, "s3://bucket/lake/") is None
-    local = table_folder(store._con, pipeline.lake.resolve_data_path(store.root, None))
+    local = table_folder(store._con, pipeline.store.lake.resolve_data_path(store.root, None))
     assert local == (store.root / "data" / "main" / "candles").resolve()
 
 
@@ -356,13 +356,13 @@ def test_only_rows_above_the_ceiling_skip_the_lookup(
     """A pure append looks nothing up; a batch reaching back looks up only the older rows."""
     store.upsert(candle_frame(n=10))
     looked_up: list[int] = []
-    lookup = pipeline.store_upsert._stored_versions
+    lookup = pipeline.store.upsert._stored_versions
 
     def counting(con: duckdb.DuckDBPyConnection, batch: pl.DataFrame) -> pl.DataFrame:
         looked_up.append(batch.height)
         return lookup(con, batch)
 
-    monkeypatch.setattr(pipeline.store_upsert, "_stored_versions", counting)
+    monkeypatch.setattr(pipeline.store.upsert, "_stored_versions", counting)
     store.upsert(candle_frame(n=5, start=T0 + 10 * MINUTE))
     result = store.upsert(candle_frame(n=6, start=T0 + 12 * MINUTE, close=40.0))
     assert looked_up == [0, 3]
@@ -380,7 +380,7 @@ def test_shards_writing_different_series_keep_every_row(tmp_path: Path) -> None:
             one.upsert(candle_frame("AAPL", n=10, start=start, close=1.0, revision=1))
         counts = one._read(
             f"SELECT symbol, count(*) AS n, count(DISTINCT time) AS times "
-            f"FROM {pipeline.lake.TABLE} GROUP BY ALL ORDER BY symbol",
+            f"FROM {pipeline.store.lake.TABLE} GROUP BY ALL ORDER BY symbol",
             [],
         )
     assert counts.rows() == [("AAPL", 30, 30), ("MSFT", 30, 30)]

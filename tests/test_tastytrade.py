@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from pipeline.config import loads_config
-from pipeline.dxlink.errors import AuthenticationError, ConfigurationError
-from pipeline.tastytrade import (
+from pipeline.dxlink import AuthenticationError, ConfigurationError
+from pipeline.dxlink.client import TokenSource
+from pipeline.ingest import (
     QuoteToken,
     SimulatorTokenSource,
     TastytradeAPIError,
     TastytradeAuthError,
     TastytradeTokenSource,
-    TokenSource,
     validate_dxlink_url,
 )
 from tests.fake_tastytrade import CUSTOMER_NOT_FOUND, FakeClock, FakeTastytrade

@@ -1,4 +1,4 @@
-"""One ingest writer per store or shard (pipeline/writer_lock.py): a second one is refused."""
+"""One ingest writer per store or shard (pipeline/store/writer_lock.py): a second one is refused."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.service import IngestService
+from pipeline.ingest import IngestService, SimulatorTokenSource
 from pipeline.sharding import SINGLE, ShardSpec
 from pipeline.simulator import Simulator, SimulatorClock
-from pipeline.tastytrade import SimulatorTokenSource
-from pipeline.writer_lock import StoreBusy, WriterLock
+from pipeline.store import StoreBusy, WriterLock
 from tests.service_harness import START_MS, TOKEN, service_config, write_ingest_config
 from tests.test_ingest_process import _start
 
@@ -22,7 +21,7 @@ from tests.test_ingest_process import _start
 HOLDER = """
 import sys
 from pipeline.sharding import ShardSpec
-from pipeline.writer_lock import WriterLock
+from pipeline.store import WriterLock
 lock = WriterLock(sys.argv[1], ShardSpec.parse(sys.argv[2]))
 lock.acquire()
 print("held", flush=True)

@@ -1,1 +1,177 @@
-"""DXLink (dxFeed) protocol, symbols and the reconnecting client."""
+"""The DXLink (dxFeed) protocol, sans-I/O: shared by the client and the simulator.
+
+Messages and their codec (``messages``, ``message_models``), the FEED_DATA codec and the
+Candle event (``feed_codec``, ``candle_block``, ``events``), candle symbols (``symbols``), the
+two roles' state machines (``protocol``: ``ClientProtocol``, ``ServerProtocol``), the
+subscription registry and pacer (``subscriptions``, ``pacing``) and the error tree
+(``errors``). Nothing here touches a socket, an event loop or a clock: time comes in as
+``now``. The asyncio client that drives it is :mod:`pipeline.dxlink.client`
+(``DXLinkManager``), beside it as websockets keeps ``asyncio/`` beside its protocol.
+"""
+
+from __future__ import annotations
+
+from pipeline.dxlink.candle_block import CandleBlock
+from pipeline.dxlink.errors import (
+    AuthenticationError,
+    BadAction,
+    ConfigurationError,
+    DXLinkError,
+    InvalidMessage,
+    ProtocolViolation,
+    ServerError,
+    ServerInvalidMessage,
+    ServerTimeout,
+    Unauthorized,
+    UnsupportedProtocol,
+    UsageError,
+)
+from pipeline.dxlink.events import (
+    CANDLE_FIELDS,
+    DOUBLE_FIELDS,
+    INT_FIELDS,
+    REMOVE_EVENT,
+    SEQUENCE_MASK,
+    SNAPSHOT_BEGIN,
+    SNAPSHOT_END,
+    SNAPSHOT_MODE,
+    SNAPSHOT_SNIP,
+    TX_PENDING,
+    WIRE_TO_FIELD,
+    Candle,
+    index_of,
+    sequence_of,
+    time_of,
+)
+from pipeline.dxlink.feed_codec import CandleEvents, FeedDecoder, encode_candles
+from pipeline.dxlink.message_models import (
+    Contract,
+    DataFormat,
+    ErrorCode,
+    FeedData,
+    MessageType,
+    SubscriptionItem,
+)
+from pipeline.dxlink.messages import encode, parse
+from pipeline.dxlink.pacing import Backoff, TokenBucket, backoff
+from pipeline.dxlink.protocol import ClientProtocol
+from pipeline.dxlink.protocol_core import (
+    AUTHORIZED,
+    AUTHORIZING,
+    AWAIT_AUTH,
+    CHANNEL_CLOSED,
+    CLOSED,
+    CONFIGURED,
+    CONNECTING,
+    OPENED,
+    REQUESTED,
+    SETUP_SENT,
+    ChannelState,
+    ConnState,
+)
+from pipeline.dxlink.protocol_events import (
+    Authorized,
+    AuthRejected,
+    AuthRequested,
+    CandlesReceived,
+    ChannelCancelled,
+    ChannelClosed,
+    ChannelOpened,
+    ChannelRequested,
+    ClientSetup,
+    ErrorReceived,
+    EventsReceived,
+    FeedConfigured,
+    FeedSetupRequested,
+    InvalidMessageReceived,
+    KeepaliveReceived,
+    PeerTimedOut,
+    ProtocolEvent,
+    ServerSetup,
+    SubscriptionRequested,
+    ViolationReceived,
+)
+from pipeline.dxlink.server_protocol import ServerProtocol
+from pipeline.dxlink.symbols import CandleInterval, CandleSymbol, parse_interval
+
+__all__ = [
+    "AUTHORIZED",
+    "AUTHORIZING",
+    "AWAIT_AUTH",
+    "CANDLE_FIELDS",
+    "CHANNEL_CLOSED",
+    "CLOSED",
+    "CONFIGURED",
+    "CONNECTING",
+    "DOUBLE_FIELDS",
+    "INT_FIELDS",
+    "OPENED",
+    "REMOVE_EVENT",
+    "REQUESTED",
+    "SEQUENCE_MASK",
+    "SETUP_SENT",
+    "SNAPSHOT_BEGIN",
+    "SNAPSHOT_END",
+    "SNAPSHOT_MODE",
+    "SNAPSHOT_SNIP",
+    "TX_PENDING",
+    "WIRE_TO_FIELD",
+    "AuthRejected",
+    "AuthRequested",
+    "AuthenticationError",
+    "Authorized",
+    "Backoff",
+    "BadAction",
+    "Candle",
+    "CandleBlock",
+    "CandleEvents",
+    "CandleInterval",
+    "CandleSymbol",
+    "CandlesReceived",
+    "ChannelCancelled",
+    "ChannelClosed",
+    "ChannelOpened",
+    "ChannelRequested",
+    "ChannelState",
+    "ClientProtocol",
+    "ClientSetup",
+    "ConfigurationError",
+    "ConnState",
+    "Contract",
+    "DXLinkError",
+    "DataFormat",
+    "ErrorCode",
+    "ErrorReceived",
+    "EventsReceived",
+    "FeedConfigured",
+    "FeedData",
+    "FeedDecoder",
+    "FeedSetupRequested",
+    "InvalidMessage",
+    "InvalidMessageReceived",
+    "KeepaliveReceived",
+    "MessageType",
+    "PeerTimedOut",
+    "ProtocolEvent",
+    "ProtocolViolation",
+    "ServerError",
+    "ServerInvalidMessage",
+    "ServerProtocol",
+    "ServerSetup",
+    "ServerTimeout",
+    "SubscriptionItem",
+    "SubscriptionRequested",
+    "TokenBucket",
+    "Unauthorized",
+    "UnsupportedProtocol",
+    "UsageError",
+    "ViolationReceived",
+    "backoff",
+    "encode",
+    "encode_candles",
+    "index_of",
+    "parse",
+    "parse_interval",
+    "sequence_of",
+    "time_of",
+]

@@ -43,11 +43,9 @@ from pipeline.dxlink.events import (
 __all__ = [
     "BLOCK_MIN_EVENTS",
     "COUNT",
-    "DOUBLE_FIELDS",
     "EVENT_TIME",
     "FLAGS",
     "INDEX",
-    "INT_FIELDS",
     "SEQUENCE",
     "TIME",
     "BlockLayout",

@@ -44,14 +44,8 @@ from typing import Any, TypeAlias, cast
 
 from pipeline.dxlink.candle_block import BlockLayout
 from pipeline.dxlink.errors import InvalidMessage, UsageError
-from pipeline.dxlink.events import (
-    DOUBLE_FIELDS,
-    INT_FIELDS,
-    SPECIAL_DOUBLES,
-    WIRE_TO_FIELD,
-    Candle,
-)
-from pipeline.dxlink.messages import DataFormat, FeedData, JsonObject
+from pipeline.dxlink.events import DOUBLE_FIELDS, INT_FIELDS, SPECIAL_DOUBLES, WIRE_TO_FIELD, Candle
+from pipeline.dxlink.message_models import DataFormat, FeedData, JsonObject
 
 __all__ = [
     "CANDLE",

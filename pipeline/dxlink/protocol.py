@@ -46,7 +46,7 @@ from typing import Final
 
 from pipeline.dxlink.errors import UsageError
 from pipeline.dxlink.feed_codec import CANDLE, CandleEvents
-from pipeline.dxlink.messages import (
+from pipeline.dxlink.message_models import (
     Auth,
     AuthState,
     AuthStateValue,
@@ -64,9 +64,9 @@ from pipeline.dxlink.messages import (
     Setup,
     SubscriptionItem,
 )
-from pipeline.dxlink.messages import ChannelClosed as ChannelClosedMessage
-from pipeline.dxlink.messages import ChannelOpened as ChannelOpenedMessage
-from pipeline.dxlink.messages import MessageType as M
+from pipeline.dxlink.message_models import ChannelClosed as ChannelClosedMessage
+from pipeline.dxlink.message_models import ChannelOpened as ChannelOpenedMessage
+from pipeline.dxlink.message_models import MessageType as M
 from pipeline.dxlink.protocol_core import (
     AUTHORIZED,
     AUTHORIZING,
@@ -78,64 +78,25 @@ from pipeline.dxlink.protocol_core import (
     REQUESTED,
     SETUP_SENT,
     ChannelRecord,
-    ChannelState,
-    ConnState,
     ProtocolCore,
     Role,
 )
 from pipeline.dxlink.protocol_events import (
     Authorized,
     AuthRejected,
-    AuthRequested,
     CandlesReceived,
-    ChannelCancelled,
     ChannelClosed,
     ChannelOpened,
-    ChannelRequested,
-    ClientSetup,
-    ErrorReceived,
     EventsReceived,
     FeedConfigured,
-    FeedSetupRequested,
     InvalidMessageReceived,
-    KeepaliveReceived,
-    PeerTimedOut,
-    ProtocolEvent,
     ServerSetup,
-    SubscriptionRequested,
-    ViolationReceived,
 )
-from pipeline.dxlink.server_protocol import DEFAULT_SERVER_VERSION, ServerProtocol
 
 __all__ = [
     "DEFAULT_CLIENT_VERSION",
     "DEFAULT_DEAD_PEER_TIMEOUT",
-    "DEFAULT_SERVER_VERSION",
-    "AuthRejected",
-    "AuthRequested",
-    "Authorized",
-    "CandlesReceived",
-    "ChannelCancelled",
-    "ChannelClosed",
-    "ChannelOpened",
-    "ChannelRequested",
-    "ChannelState",
     "ClientProtocol",
-    "ClientSetup",
-    "ConnState",
-    "ErrorReceived",
-    "EventsReceived",
-    "FeedConfigured",
-    "FeedSetupRequested",
-    "InvalidMessageReceived",
-    "KeepaliveReceived",
-    "PeerTimedOut",
-    "ProtocolEvent",
-    "Role",
-    "ServerProtocol",
-    "ServerSetup",
-    "SubscriptionRequested",
-    "ViolationReceived",
 ]
 
 # The fast path builds one CandlesReceived per frame. A frozen dataclass's __init__ sets

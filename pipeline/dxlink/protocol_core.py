@@ -23,7 +23,7 @@ import orjson
 
 from pipeline.dxlink.errors import InvalidMessage, ProtocolViolation, UsageError, server_error
 from pipeline.dxlink.feed_codec import FeedDecoder
-from pipeline.dxlink.messages import (
+from pipeline.dxlink.message_models import (
     DataFormat,
     Error,
     ErrorCode,
@@ -31,11 +31,8 @@ from pipeline.dxlink.messages import (
     Keepalive,
     Message,
     MessageType,
-    encode,
-    message_type,
-    parse,
-    parse_object,
 )
+from pipeline.dxlink.messages import encode, message_type, parse, parse_object
 from pipeline.dxlink.protocol_events import (
     ErrorReceived,
     InvalidMessageReceived,

@@ -18,7 +18,7 @@ from typing import TypeAlias
 
 from pipeline.dxlink.errors import InvalidMessage, ProtocolViolation, ServerError
 from pipeline.dxlink.events import Candle
-from pipeline.dxlink.messages import DataFormat, JsonObject, MessageType, SubscriptionItem
+from pipeline.dxlink.message_models import DataFormat, JsonObject, MessageType, SubscriptionItem
 
 __all__ = [
     "AuthRejected",

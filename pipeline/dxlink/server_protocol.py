@@ -17,7 +17,7 @@ from typing import Any, Final
 from pipeline.dxlink.errors import ProtocolViolation, UsageError
 from pipeline.dxlink.events import CANDLE_FIELDS, Candle
 from pipeline.dxlink.feed_codec import CANDLE, CANDLE_WIRE_FIELDS, FeedDecoder, encode_candles
-from pipeline.dxlink.messages import (
+from pipeline.dxlink.message_models import (
     Auth,
     AuthState,
     AuthStateValue,
@@ -34,11 +34,11 @@ from pipeline.dxlink.messages import (
     Keepalive,
     Message,
     Setup,
-    message_type,
 )
-from pipeline.dxlink.messages import ChannelClosed as ChannelClosedMessage
-from pipeline.dxlink.messages import ChannelOpened as ChannelOpenedMessage
-from pipeline.dxlink.messages import MessageType as M
+from pipeline.dxlink.message_models import ChannelClosed as ChannelClosedMessage
+from pipeline.dxlink.message_models import ChannelOpened as ChannelOpenedMessage
+from pipeline.dxlink.message_models import MessageType as M
+from pipeline.dxlink.messages import message_type
 from pipeline.dxlink.protocol_core import (
     AUTHORIZED,
     AUTHORIZING,

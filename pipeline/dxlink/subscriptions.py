@@ -31,10 +31,11 @@ from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 
-from pipeline.dxlink.backoff import TokenBucket
 from pipeline.dxlink.errors import UsageError
 from pipeline.dxlink.events import SNAPSHOT_BEGIN, SNAPSHOT_END, SNAPSHOT_SNIP
-from pipeline.dxlink.messages import FeedSubscription, SubscriptionItem, encode
+from pipeline.dxlink.message_models import FeedSubscription, SubscriptionItem
+from pipeline.dxlink.messages import encode
+from pipeline.dxlink.pacing import TokenBucket
 from pipeline.dxlink.symbols import CandleInterval, CandleSymbol
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "SubscriptionPacer",
     "SubscriptionRegistry",
     "SubscriptionState",
-    "TokenBucket",
     "batch_size",
     "candle_symbol",
     "item_size",

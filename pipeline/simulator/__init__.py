@@ -12,7 +12,8 @@ from __future__ import annotations
 from pipeline.simulator.clock import SimulatorClock
 from pipeline.simulator.connection import SimulatorStats
 from pipeline.simulator.faults import FAULT_HELP, Fault, FaultKind, parse_fault
-from pipeline.simulator.market import Market, MarketConfig, Period
+from pipeline.simulator.market import Market, MarketConfig
+from pipeline.simulator.periods import Period
 from pipeline.simulator.server import Simulator
 from pipeline.simulator.session import Series
 

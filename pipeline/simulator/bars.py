@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from pipeline.dxlink.events import REMOVE_EVENT, Candle, index_of
+from pipeline.dxlink import REMOVE_EVENT, Candle, index_of
 
 __all__ = [
     "PRICE_SCALE",

@@ -28,24 +28,28 @@ from typing import Protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from pipeline.dxlink.errors import UsageError
-from pipeline.dxlink.events import Candle
-from pipeline.dxlink.messages import Contract, DataFormat, ErrorCode
-from pipeline.dxlink.protocol_core import AUTHORIZED, CONFIGURED, OPENED
-from pipeline.dxlink.protocol_events import (
+from pipeline.dxlink import (
+    AUTHORIZED,
+    CONFIGURED,
+    OPENED,
     AuthRequested,
+    Candle,
     ChannelCancelled,
     ChannelRequested,
     ClientSetup,
+    Contract,
+    DataFormat,
+    ErrorCode,
     ErrorReceived,
     FeedSetupRequested,
     InvalidMessageReceived,
     PeerTimedOut,
     ProtocolEvent,
     SubscriptionRequested,
+    TokenBucket,
+    UsageError,
     ViolationReceived,
 )
-from pipeline.dxlink.subscriptions import TokenBucket
 from pipeline.simulator.market import Market
 from pipeline.simulator.session import CandleSubscription, FeedSession
 from pipeline.simulator.wire import SimServerProtocol

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pipeline.dxlink.messages import ErrorCode
+from pipeline.dxlink import ErrorCode
 
 __all__ = ["FAULT_HELP", "Fault", "FaultKind", "parse_fault"]
 

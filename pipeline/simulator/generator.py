@@ -46,12 +46,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.simulator.bars import Bar
-from pipeline.simulator.split_fallback import MAX_TILT, TILT_ROUNDS, apportion, redo_turnover
+from pipeline.simulator.split_fallback import MAX_TILT, TILT_ROUNDS, redo_turnover
 
 __all__ = [
     "FIELDS",
     "Rows",
-    "apportion",
     "mix64",
     "rows_to_bars",
     "split_bar",

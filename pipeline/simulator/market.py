@@ -45,8 +45,6 @@ from pipeline.simulator.periods import (
     LEVEL_MS,
     MINUTE_MS,
     SECOND_MS,
-    WEEK_MS,
-    WEEK_ORIGIN_MS,
     Period,
     aligned_runs,
     level_of,
@@ -57,17 +55,9 @@ from pipeline.simulator.periods import (
 from pipeline.simulator.trade_tree import TradeTree
 
 __all__ = [
-    "DAY_MS",
-    "HOUR_MS",
-    "MINUTE_MS",
-    "SECOND_MS",
-    "WEEK_MS",
-    "WEEK_ORIGIN_MS",
     "Correction",
     "Market",
     "MarketConfig",
-    "Period",
-    "visible_end",
 ]
 
 # Entries kept in the small caches (corrections, a round's candles) before they start over.

@@ -24,13 +24,13 @@ from types import TracebackType
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from pipeline.dxlink.events import Candle
-from pipeline.dxlink.messages import ErrorCode
+from pipeline.dxlink import Candle, ErrorCode
 from pipeline.simulator.bars import bar_to_candle
 from pipeline.simulator.clock import SimulatorClock
 from pipeline.simulator.connection import ConnectionSettings, SimConnection, SimulatorStats
 from pipeline.simulator.faults import Fault, FaultKind
-from pipeline.simulator.market import DAY_MS, Market, MarketConfig, visible_end
+from pipeline.simulator.market import Market, MarketConfig
+from pipeline.simulator.periods import DAY_MS, visible_end
 from pipeline.simulator.session import Series
 
 __all__ = ["Simulator"]

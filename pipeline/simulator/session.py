@@ -30,18 +30,19 @@ from itertools import islice
 
 import numpy as np
 
-from pipeline.dxlink.events import (
+from pipeline.dxlink import (
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
     SNAPSHOT_END,
     SNAPSHOT_SNIP,
     Candle,
+    CandleSymbol,
+    SubscriptionItem,
 )
-from pipeline.dxlink.messages import SubscriptionItem
-from pipeline.dxlink.symbols import CandleSymbol
 from pipeline.simulator.bars import Bar, bar_to_candle, removal_candle
 from pipeline.simulator.generator import FIELDS, Rows
-from pipeline.simulator.market import MINUTE_MS, Market, Period, visible_end
+from pipeline.simulator.market import Market
+from pipeline.simulator.periods import MINUTE_MS, Period, visible_end
 from pipeline.simulator.wire import CandleColumns
 
 __all__ = [

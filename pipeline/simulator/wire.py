@@ -25,9 +25,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from pipeline.dxlink.events import WIRE_TO_FIELD, Candle, index_of
-from pipeline.dxlink.messages import DataFormat
-from pipeline.dxlink.server_protocol import ServerProtocol
+from pipeline.dxlink import WIRE_TO_FIELD, Candle, DataFormat, ServerProtocol, index_of
 from pipeline.simulator.bars import PRICE_SCALE
 from pipeline.simulator.generator import FIELDS, Rows
 

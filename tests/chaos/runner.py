@@ -1,7 +1,7 @@
 """A seeded chaos scenario: the ingest service against the simulator under a fault schedule.
 
 A seed draws a schedule of faults (``plan_faults``); ``ChaosRun`` drives the simulator's
-manual clock through it while an in-process :class:`~pipeline.service.IngestService` ingests,
+manual clock through it while an in-process :class:`~pipeline.ingest.IngestService` ingests,
 then checks that the store equals the simulator's ground truth for every series over the
 whole run and that the manager's memory stayed within its configured bound.
 
@@ -9,7 +9,7 @@ Everything that happens is appended to a timeline, and a failure message carries
 and that timeline, so ``ChaosRun(seed, ...)`` replays the same schedule.
 
 The faults (issue 7): abrupt disconnects, stalls, graceful closes, malformed frames, ERROR
-messages of every code (UNSUPPORTED_PROTOCOL is fatal by design, backoff.py ``classify``),
+messages of every code (UNSUPPORTED_PROTOCOL is fatal by design, retry.py ``classify``),
 token expiry, close 1009 (fatal by design: "lower max_batch_bytes"), BAD_ACTION under
 subscription bursts (a simulator rate limit below the client's burst), a simulator restart
 (same seed, same port, same clock), a full disk during flushes (a store whose upsert raises
@@ -35,11 +35,10 @@ from typing import Any
 import polars as pl
 
 from pipeline.config import Config
-from pipeline.dxlink.messages import ErrorCode
-from pipeline.service import IngestService
+from pipeline.dxlink import ErrorCode
+from pipeline.ingest import IngestService, SimulatorTokenSource
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore, UpsertResult
-from pipeline.tastytrade import SimulatorTokenSource
 from tests.service_harness import (
     START_MS,
     differences,

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.service import IngestService
+from pipeline.ingest import IngestService, SimulatorTokenSource
 from pipeline.simulator import Simulator, SimulatorClock
-from pipeline.tastytrade import SimulatorTokenSource
 from tests.chaos.process import KillRun
 from tests.chaos.runner import (
     FAULT_KINDS,

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.candles import CANDLE_SCHEMA, KEY_COLUMNS
+from pipeline.schema import CANDLE_SCHEMA, KEY_COLUMNS
 from pipeline.store import CandleStore
 
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)

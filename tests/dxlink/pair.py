@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.dxlink.events import CANDLE_FIELDS
-from pipeline.dxlink.messages import DataFormat
-from pipeline.dxlink.protocol import (
+from pipeline.dxlink import (
+    CANDLE_FIELDS,
     AuthRequested,
     ClientProtocol,
     ClientSetup,
+    DataFormat,
     FeedSetupRequested,
     ProtocolEvent,
     ServerProtocol,

@@ -21,26 +21,26 @@ from websockets.exceptions import (
 from websockets.frames import Close
 from websockets.http11 import Response
 
-from pipeline.dxlink.backoff import (
-    Action,
-    Backoff,
-    HandshakeTimeout,
-    PeerTimeout,
-    backoff,
-    classify,
-    disconnect_reason,
-    explain_fatal,
-)
-from pipeline.dxlink.errors import (
+from pipeline.dxlink import (
     AuthenticationError,
+    Backoff,
     ConfigurationError,
     InvalidMessage,
     ProtocolViolation,
     Unauthorized,
     UsageError,
-    server_error,
+    backoff,
 )
-from pipeline.dxlink.metrics import DisconnectReason
+from pipeline.dxlink.client import (
+    Action,
+    DisconnectReason,
+    HandshakeTimeout,
+    PeerTimeout,
+    classify,
+    disconnect_reason,
+)
+from pipeline.dxlink.client.retry import explain_fatal
+from pipeline.dxlink.errors import server_error
 
 
 def upper(a: float, b: float) -> float:

@@ -17,11 +17,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.dxlink.candle_block import BLOCK_MIN_EVENTS, BlockLayout, CandleBlock
-from pipeline.dxlink.events import REMOVE_EVENT, SNAPSHOT_BEGIN, TX_PENDING, Candle, index_of
-from pipeline.dxlink.feed_codec import FeedDecoder, _positions, candle_decoder, encode_candles
-from pipeline.dxlink.messages import DataFormat
-from pipeline.dxlink.protocol import CandlesReceived
+from pipeline.dxlink import (
+    REMOVE_EVENT,
+    SNAPSHOT_BEGIN,
+    TX_PENDING,
+    Candle,
+    CandleBlock,
+    CandlesReceived,
+    DataFormat,
+    FeedDecoder,
+    encode_candles,
+    index_of,
+)
+from pipeline.dxlink.candle_block import BLOCK_MIN_EVENTS, BlockLayout
+from pipeline.dxlink.feed_codec import _positions, candle_decoder
 
 from .test_codec import (
     T4_FIELDS,

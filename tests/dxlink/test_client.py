@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from pipeline.dxlink import Candle
 from pipeline.dxlink.client import (
     Connected,
     Disconnected,
+    DisconnectReason,
     DXLinkManager,
     LifecycleEvent,
     SnapshotComplete,
 )
-from pipeline.dxlink.events import Candle
-from pipeline.dxlink.metrics import DisconnectReason
 from pipeline.simulator import Simulator, SimulatorClock
 from tests.timing import TIMEOUT, short_backoff
 

@@ -15,10 +15,14 @@ from collections.abc import AsyncIterator
 import pytest
 from websockets.asyncio.server import serve
 
-from pipeline.dxlink.client import Backpressure, Connected, Disconnected, DXLinkManager
-from pipeline.dxlink.events import Candle
-from pipeline.dxlink.metrics import DisconnectReason
-from pipeline.dxlink.protocol import KeepaliveReceived, PeerTimedOut
+from pipeline.dxlink import Candle, KeepaliveReceived, PeerTimedOut
+from pipeline.dxlink.client import (
+    Backpressure,
+    Connected,
+    Disconnected,
+    DisconnectReason,
+    DXLinkManager,
+)
 from tests.dxlink.test_client import Lifecycle
 from tests.dxlink.test_client_scripted import T0, ScriptedServer, make_manager
 from tests.timing import TIMEOUT

@@ -11,9 +11,8 @@ import asyncio
 
 import pytest
 
+from pipeline.dxlink import Candle, ConfigurationError
 from pipeline.dxlink.client import Backpressure, Connected, SnapshotComplete
-from pipeline.dxlink.errors import ConfigurationError
-from pipeline.dxlink.events import Candle
 from pipeline.simulator import Simulator, SimulatorClock
 from tests.dxlink.test_client import (
     HOUR,

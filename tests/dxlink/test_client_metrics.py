@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from pipeline.dxlink.metrics import (
+from pipeline.dxlink.client import (
     ChannelMetrics,
     ConnectionMetrics,
     ConnectionState,
     DeliveryMetrics,
     DisconnectReason,
-    snapshot,
 )
+from pipeline.dxlink.client.metrics import snapshot
 
 
 def test_uptime_sums_closed_connections_and_the_current_one() -> None:

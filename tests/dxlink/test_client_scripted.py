@@ -21,30 +21,40 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from pipeline.dxlink.backoff import HandshakeTimeout
-from pipeline.dxlink.client import (
-    Connected,
-    Disconnected,
-    DXLinkManager,
-    SnapshotComplete,
-    Stopped,
-)
-from pipeline.dxlink.errors import ConfigurationError, UnsupportedProtocol, UsageError
-from pipeline.dxlink.events import CANDLE_FIELDS, SNAPSHOT_BEGIN, SNAPSHOT_END, Candle, index_of
-from pipeline.dxlink.messages import DataFormat, ErrorCode, FeedConfig, FeedData, encode
-from pipeline.dxlink.metrics import DisconnectReason
-from pipeline.dxlink.protocol import (
+from pipeline.dxlink import (
+    CANDLE_FIELDS,
+    SNAPSHOT_BEGIN,
+    SNAPSHOT_END,
     AuthRequested,
+    Candle,
     ChannelRequested,
     ClientSetup,
+    ConfigurationError,
+    DataFormat,
+    ErrorCode,
+    FeedData,
     FeedSetupRequested,
     KeepaliveReceived,
     PeerTimedOut,
     ProtocolEvent,
     ServerProtocol,
     SubscriptionRequested,
+    UnsupportedProtocol,
+    UsageError,
+    encode,
+    index_of,
 )
-from pipeline.tastytrade import TastytradeAPIError, TastytradeAuthError
+from pipeline.dxlink.client import (
+    Connected,
+    Disconnected,
+    DisconnectReason,
+    DXLinkManager,
+    HandshakeTimeout,
+    SnapshotComplete,
+    Stopped,
+)
+from pipeline.dxlink.message_models import FeedConfig
+from pipeline.ingest import TastytradeAPIError, TastytradeAuthError
 from tests.dxlink.test_client import Lifecycle, TokenSource
 from tests.timing import TIMEOUT, short_backoff
 

@@ -16,27 +16,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.dxlink.errors import (
-    InvalidMessage,
-    UsageError,
-)
-from pipeline.dxlink.events import (
+from pipeline.dxlink import (
     CANDLE_FIELDS,
     SNAPSHOT_BEGIN,
     SNAPSHOT_END,
     Candle,
+    CandleEvents,
+    DataFormat,
+    FeedData,
+    FeedDecoder,
+    InvalidMessage,
+    SubscriptionItem,
+    UsageError,
+    encode,
+    encode_candles,
     index_of,
+    parse,
     sequence_of,
     time_of,
 )
-from pipeline.dxlink.feed_codec import (
-    CandleEvents,
-    FeedDecoder,
-    OtherEvents,
-    candle_decoder,
-    encode_candles,
-)
-from pipeline.dxlink.messages import (
+from pipeline.dxlink.feed_codec import OtherEvents, candle_decoder
+from pipeline.dxlink.message_models import (
     Auth,
     AuthState,
     AuthStateValue,
@@ -44,20 +44,15 @@ from pipeline.dxlink.messages import (
     ChannelClosed,
     ChannelOpened,
     ChannelRequest,
-    DataFormat,
     Error,
     FeedConfig,
-    FeedData,
     FeedSetup,
     FeedSubscription,
     Keepalive,
     Message,
     Setup,
-    SubscriptionItem,
-    encode,
-    parse,
-    parse_object,
 )
+from pipeline.dxlink.messages import parse_object
 
 NAN = math.nan
 T4_FIELDS = CANDLE_FIELDS

@@ -14,11 +14,20 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.dxlink.errors import InvalidMessage
-from pipeline.dxlink.events import CANDLE_FIELDS, Candle
-from pipeline.dxlink.feed_codec import CandleEvents, FeedDecoder, OtherEvents
-from pipeline.dxlink.messages import FeedData, MessageType, parse
-from pipeline.dxlink.protocol import ClientProtocol, ServerProtocol, ViolationReceived
+from pipeline.dxlink import (
+    CANDLE_FIELDS,
+    Candle,
+    CandleEvents,
+    ClientProtocol,
+    FeedData,
+    FeedDecoder,
+    InvalidMessage,
+    MessageType,
+    ServerProtocol,
+    ViolationReceived,
+    parse,
+)
+from pipeline.dxlink.feed_codec import OtherEvents
 
 from .pair import ProtocolPair
 from .test_codec import FULL_EXAMPLE, T6, T7, T8, VECTORS

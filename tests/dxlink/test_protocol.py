@@ -15,28 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.dxlink.errors import (
-    ServerInvalidMessage,
-    ServerTimeout,
-    Unauthorized,
-    UsageError,
-)
-from pipeline.dxlink.events import (
+from pipeline.dxlink import (
     CANDLE_FIELDS,
-    Candle,
-)
-from pipeline.dxlink.feed_codec import FeedDecoder
-from pipeline.dxlink.messages import (
-    DataFormat,
-    ErrorCode,
-    FeedConfig,
-    MessageType,
-    SubscriptionItem,
-)
-from pipeline.dxlink.protocol import (
     Authorized,
     AuthRejected,
     AuthRequested,
+    Candle,
     CandlesReceived,
     ChannelCancelled,
     ChannelRequested,
@@ -44,20 +28,30 @@ from pipeline.dxlink.protocol import (
     ClientProtocol,
     ClientSetup,
     ConnState,
+    DataFormat,
+    ErrorCode,
     ErrorReceived,
     EventsReceived,
     FeedConfigured,
+    FeedDecoder,
     FeedSetupRequested,
     InvalidMessageReceived,
     KeepaliveReceived,
+    MessageType,
     PeerTimedOut,
+    ServerInvalidMessage,
     ServerProtocol,
     ServerSetup,
+    ServerTimeout,
+    SubscriptionItem,
     SubscriptionRequested,
+    Unauthorized,
+    UsageError,
     ViolationReceived,
 )
-from pipeline.dxlink.protocol import ChannelClosed as ChannelClosedEvent
-from pipeline.dxlink.protocol import ChannelOpened as ChannelOpenedEvent
+from pipeline.dxlink import ChannelClosed as ChannelClosedEvent
+from pipeline.dxlink import ChannelOpened as ChannelOpenedEvent
+from pipeline.dxlink.message_models import FeedConfig
 
 from .pair import ProtocolPair
 from .test_codec import T4_FIELDS, T6, T7, T7_FIELDS, VECTORS, candles_of, same

@@ -7,7 +7,7 @@ depend on receiving, and the peer may only be judged dead on silence measured wh
 
 from __future__ import annotations
 
-from pipeline.dxlink.protocol import ClientProtocol, PeerTimedOut, ServerProtocol
+from pipeline.dxlink import ClientProtocol, PeerTimedOut, ServerProtocol
 
 from .pair import ProtocolPair
 from .test_protocol import authorized_client, sent

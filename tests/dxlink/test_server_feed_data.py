@@ -12,11 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.dxlink.errors import UsageError
-from pipeline.dxlink.events import Candle
-from pipeline.dxlink.feed_codec import encode_candles
-from pipeline.dxlink.messages import DataFormat
-from pipeline.dxlink.protocol import ServerProtocol
+from pipeline.dxlink import Candle, DataFormat, ServerProtocol, UsageError, encode_candles
 
 from .test_codec import T4_FIELDS, T6, VECTORS, candles_of
 from .test_protocol import authorized_server, sent

@@ -8,9 +8,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.dxlink.errors import UsageError
-from pipeline.dxlink.events import REMOVE_EVENT, SNAPSHOT_BEGIN, SNAPSHOT_END, SNAPSHOT_SNIP
-from pipeline.dxlink.messages import FeedSubscription, SubscriptionItem, encode
+from pipeline.dxlink import (
+    REMOVE_EVENT,
+    SNAPSHOT_BEGIN,
+    SNAPSHOT_END,
+    SNAPSHOT_SNIP,
+    CandleSymbol,
+    SubscriptionItem,
+    TokenBucket,
+    UsageError,
+    encode,
+)
+from pipeline.dxlink.message_models import FeedSubscription
 from pipeline.dxlink.subscriptions import (
     DEFAULT_MAX_BATCH_BYTES,
     SnapshotProgress,
@@ -18,14 +27,12 @@ from pipeline.dxlink.subscriptions import (
     SubscriptionPacer,
     SubscriptionRegistry,
     SubscriptionState,
-    TokenBucket,
     batch_size,
     item_size,
     validate_event_type,
     validate_from_time,
     validate_symbol,
 )
-from pipeline.dxlink.symbols import CandleSymbol
 
 NOW_MS = 1_756_300_000_000  # 2025-08-27T13:06:40Z
 T0 = 1_756_252_800_000  # 2025-08-27T00:00Z

@@ -6,12 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.dxlink.symbols import (
-    PERIOD_UNITS,
-    CandleInterval,
-    CandleSymbol,
-    parse_interval,
-)
+from pipeline.dxlink import CandleInterval, CandleSymbol, parse_interval
+from pipeline.dxlink.symbols import PERIOD_UNITS
 
 NORMALISATION = [
     # (input, normalized, period_label, period_ms)

@@ -13,16 +13,22 @@ from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from pipeline.dxlink.events import CANDLE_FIELDS, SNAPSHOT_END, SNAPSHOT_SNIP, Candle
-from pipeline.dxlink.messages import DataFormat, Message, SubscriptionItem, encode
-from pipeline.dxlink.protocol import (
+from pipeline.dxlink import (
+    CANDLE_FIELDS,
+    SNAPSHOT_END,
+    SNAPSHOT_SNIP,
     Authorized,
+    Candle,
     CandlesReceived,
     ChannelOpened,
     ClientProtocol,
+    DataFormat,
     FeedConfigured,
     ProtocolEvent,
+    SubscriptionItem,
+    encode,
 )
+from pipeline.dxlink.message_models import Message
 from tests.timing import TIMEOUT
 
 __all__ = ["TestClient", "comparable"]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.dxlink.events import REMOVE_EVENT, SNAPSHOT_BEGIN, index_of
+from pipeline.dxlink import REMOVE_EVENT, SNAPSHOT_BEGIN, index_of
 from pipeline.simulator.bars import Bar, bar_to_candle, check_bar, combine, removal_candle
 
 A = Bar(100, 105, 99, 104, 3, 300, 300 * 102, 100, 120)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.dxlink.protocol import ErrorReceived
+from pipeline.dxlink import ErrorReceived
 from tests.simulator.client import TestClient
 from tests.timing import TIMEOUT
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.simulator.clock import SimulatorClock
+from pipeline.simulator import SimulatorClock
 
 START = 1_756_252_800_000  # 2025-08-27T00:00Z
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.simulator.faults import Fault, FaultKind, parse_fault
+from pipeline.simulator import Fault, FaultKind, parse_fault
 
 
 @pytest.mark.parametrize(

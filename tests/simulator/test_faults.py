@@ -14,16 +14,18 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from pipeline.dxlink.messages import ErrorCode, FeedSubscription, SubscriptionItem
-from pipeline.dxlink.protocol import (
+from pipeline.dxlink import (
     Authorized,
     AuthRejected,
     CandlesReceived,
+    ErrorCode,
     ErrorReceived,
     InvalidMessageReceived,
+    SubscriptionItem,
 )
+from pipeline.dxlink.message_models import FeedSubscription
 from pipeline.simulator import Simulator, SimulatorClock, parse_fault
-from pipeline.simulator.market import HOUR_MS, MINUTE_MS
+from pipeline.simulator.periods import HOUR_MS, MINUTE_MS
 from tests.simulator.client import TestClient
 from tests.timing import MS, TIMEOUT
 

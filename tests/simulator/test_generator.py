@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.simulator.bars import Bar, check_bar, combine
-from pipeline.simulator.generator import apportion, rows_to_bars, split_bar, split_rows
+from pipeline.simulator.generator import rows_to_bars, split_bar, split_rows
+from pipeline.simulator.split_fallback import apportion
 from tests.simulator.strategies import bars
 
 HOUR = Bar(11_000, 11_300, 10_800, 11_100, 5_000, 500_000, 500_000 * 11_050, 150_000, 160_000)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.simulator import Market, MarketConfig, Period
 from pipeline.simulator.bars import Bar, bar_to_candle, check_bar, combine
-from pipeline.simulator.market import (
+from pipeline.simulator.periods import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
     SECOND_MS,
     WEEK_MS,
     WEEK_ORIGIN_MS,
-    Market,
-    MarketConfig,
-    Period,
     visible_end,
 )
 

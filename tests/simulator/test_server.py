@@ -14,35 +14,33 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from pipeline.dxlink.events import (
+from pipeline.dxlink import (
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
     SNAPSHOT_END,
     SNAPSHOT_SNIP,
-)
-from pipeline.dxlink.messages import (
-    Auth,
-    ChannelCancel,
-    ChannelRequest,
-    DataFormat,
-    ErrorCode,
-    FeedSetup,
-    FeedSubscription,
-    Setup,
-    SubscriptionItem,
-)
-from pipeline.dxlink.protocol import (
     Authorized,
     AuthRejected,
     CandlesReceived,
     ChannelClosed,
     ChannelOpened,
+    DataFormat,
+    ErrorCode,
     ErrorReceived,
     FeedConfigured,
     ServerSetup,
+    SubscriptionItem,
+)
+from pipeline.dxlink.message_models import (
+    Auth,
+    ChannelCancel,
+    ChannelRequest,
+    FeedSetup,
+    FeedSubscription,
+    Setup,
 )
 from pipeline.simulator import Simulator, SimulatorClock
-from pipeline.simulator.market import HOUR_MS, MINUTE_MS
+from pipeline.simulator.periods import HOUR_MS, MINUTE_MS
 from tests.simulator.client import TestClient, comparable
 from tests.timing import TIMEOUT
 

@@ -6,22 +6,18 @@ import math
 
 import pytest
 
-from pipeline.dxlink.events import (
+from pipeline.dxlink import (
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
     SNAPSHOT_END,
     SNAPSHOT_SNIP,
     Candle,
+    SubscriptionItem,
 )
-from pipeline.dxlink.messages import SubscriptionItem
+from pipeline.simulator import Market, MarketConfig, Period, Series
 from pipeline.simulator.bars import bar_to_candle
-from pipeline.simulator.market import HOUR_MS, MINUTE_MS, SECOND_MS, Market, MarketConfig, Period
-from pipeline.simulator.session import (
-    EMPTY_SNAPSHOT,
-    SNAPSHOT_BOUNDARY,
-    FeedSession,
-    Series,
-)
+from pipeline.simulator.periods import HOUR_MS, MINUTE_MS, SECOND_MS
+from pipeline.simulator.session import EMPTY_SNAPSHOT, SNAPSHOT_BOUNDARY, FeedSession
 
 START = 1_756_252_800_000  # 2025-08-27T00:00Z
 NOW = START + 2 * HOUR_MS  # exactly on a boundary: 02:00 is complete, nothing of 02:00 yet

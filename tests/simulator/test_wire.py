@@ -12,23 +12,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.dxlink.events import (
+from pipeline.dxlink import (
     CANDLE_FIELDS,
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
     SNAPSHOT_END,
     SNAPSHOT_SNIP,
     Candle,
+    DataFormat,
+    SubscriptionItem,
+    encode_candles,
 )
-from pipeline.dxlink.feed_codec import encode_candles
-from pipeline.dxlink.messages import DataFormat, SubscriptionItem
+from pipeline.simulator import Market, MarketConfig, Period, Series
 from pipeline.simulator.bars import Bar, bar_to_candle, removal_candle
-from pipeline.simulator.market import MINUTE_MS, Market, MarketConfig, Period
+from pipeline.simulator.periods import MINUTE_MS
 from pipeline.simulator.session import (
     EMPTY_SNAPSHOT,
     SNAPSHOT_BOUNDARY,
     FeedSession,
-    Series,
     snapshot_chunks,
 )
 from pipeline.simulator.wire import CandleColumns, SimServerProtocol, compact_values

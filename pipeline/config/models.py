@@ -1,0 +1,445 @@
+"""The configuration's pydantic models: one frozen section per TOML table.
+
+Each field's default, bounds and rule live here; its attribute docstring is the option's
+description (README table, ``config check`` errors: :mod:`pipeline.config.describe`). Loading,
+layering and error messages are :mod:`pipeline.config.loader`'s and :mod:`pipeline.config.errors`'.
+Secrets never live in these models: only the *names* of the environment variables that hold
+them do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from pipeline.dxlink import CandleSymbol, parse_interval
+from pipeline.sharding import SINGLE, ShardSpec
+
+__all__ = [
+    "DEFAULT_API_URL",
+    "ClientConfig",
+    "Config",
+    "IngestConfig",
+    "LoggingConfig",
+    "ManagerConfig",
+    "MetricsConfig",
+    "ScheduleConfig",
+    "SimulatorSourceConfig",
+    "SourceConfig",
+    "StoreConfig",
+    "SubscriptionsConfig",
+    "TastytradeSourceConfig",
+    "is_loopback_host",
+    "parse_duration",
+]
+
+DEFAULT_API_URL = "https://api.tastyworks.com"
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
+_DURATION_UNITS = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
+
+
+def _option(default: Any, *, allowed: str | None = None, **constraints: Any) -> Any:
+    """A ``Field`` whose ``allowed`` text (for error messages and docs) is spelled out."""
+    extra: dict[str, Any] | None = {"allowed": allowed} if allowed else None
+    return Field(default, json_schema_extra=extra, **constraints)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ``::1``)."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a duration such as ``90s``, ``2h``, ``3d``, ``1w`` or ``1d12h``.
+
+    Raises:
+        ValueError: naming the text and the accepted form.
+    """
+    compact = text.strip().lower()
+    if not compact or _DURATION_PART.sub("", compact):
+        raise ValueError(
+            f"{text!r} is not a duration; write <number><unit>[...] with unit one of "
+            "s, m, h, d, w (e.g. 90m, 2h, 3d, 1d12h)"
+        )
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(compact))
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{text[:40]!r} is far too long a duration") from None
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def _env_var_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        # The value is not echoed: a common slip is pasting the secret itself here.
+        raise ValueError("the value is not an environment variable name (value not shown)")
+    return value
+
+
+_EnvName = Annotated[str, AfterValidator(_env_var_name)]
+
+
+class SimulatorSourceConfig(_Section):
+    """The built-in DXLink simulator, run in-process (``source.kind = "simulator"``)."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    """Interface the simulator listens on."""
+    port: int = Field(default=0, ge=0, le=65535)
+    """TCP port of the simulator; 0 picks a free port."""
+    speed: float = Field(default=60.0, gt=0, le=1_000_000)
+    """Simulated seconds per real second (60: one simulated minute per second)."""
+    seed: int = Field(default=1, ge=0, le=2**63 - 1)
+    """Seed of the simulated market; the same seed gives the same candles."""
+    history_days: int = Field(default=30, ge=0, le=3650)
+    """Days of candle history the simulator can serve before its start time."""
+    token: str = Field(default="simulator", min_length=1, max_length=1024)
+    """Token the local simulator expects in AUTH; not a secret, it only guards the simulator."""
+    url: str | None = _option(
+        None, allowed="a ws:// URL of a running `candles simulate`, e.g. ws://127.0.0.1:8765/"
+    )
+    """Connect to an already running ``candles simulate`` here instead of starting one
+    in-process (the in-process simulator uses host, port, speed, seed and history_days)."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"{value[:40]!r} is not a ws:// or wss:// URL")
+        return value
+
+
+class TastytradeSourceConfig(_Section):
+    """tastytrade's REST API and DXLink feed (``source.kind = "tastytrade"``, §1)."""
+
+    api_url: str = _option(
+        DEFAULT_API_URL,
+        allowed="an https:// URL (http:// only for a loopback host), no query or credentials",
+    )
+    """Base URL of tastytrade's REST API."""
+    client_secret_env: _EnvName = _option(
+        "TASTYTRADE_CLIENT_SECRET", allowed="an environment variable name"
+    )
+    """Name of the environment variable holding the OAuth client secret."""
+    refresh_token_env: _EnvName = _option(
+        "TASTYTRADE_REFRESH_TOKEN", allowed="an environment variable name"
+    )
+    """Name of the environment variable holding the OAuth refresh token."""
+    allow_insecure_ws: bool = False
+    """Accept a plain ws:// dxlink-url for a non-loopback host (otherwise wss:// is required)."""
+    request_timeout: float = Field(default=10.0, gt=0, le=300)
+    """Seconds to wait for each REST request."""
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        host = parts.hostname or ""
+        if parts.scheme not in ("https", "http") or not host:
+            raise ValueError("the value is not an http(s) URL with a host (value not shown)")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError(f"{parts.scheme}://{host}... must not carry credentials or a query")
+        if parts.scheme == "http" and not is_loopback_host(host):
+            raise ValueError(f"http://{host} would send credentials unencrypted; use https://")
+        return value.strip().rstrip("/")
+
+    def missing_env(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Names of the credential environment variables that are unset or empty."""
+        env = os.environ if environ is None else environ
+        names = (self.client_secret_env, self.refresh_token_env)
+        return [name for name in names if not env.get(name, "").strip()]
+
+
+class SourceConfig(_Section):
+    """Where candles come from."""
+
+    kind: Literal["simulator", "tastytrade"] = "simulator"
+    """Which source to use: the built-in simulator or tastytrade."""
+    simulator: SimulatorSourceConfig = SimulatorSourceConfig()
+    tastytrade: TastytradeSourceConfig = TastytradeSourceConfig()
+
+
+def _base_symbol(value: str) -> str:
+    if "{" in value or "}" in value:
+        raise ValueError(
+            f"{value!r} has a candle period; list base symbols here (AAPL) and put periods "
+            "in subscriptions.intervals"
+        )
+    try:
+        CandleSymbol.of(value, "1m")
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _interval(value: str) -> str:
+    parse_interval(value)
+    return value
+
+
+def _number_as_time_hint(number: float | str) -> str:
+    """§6.2: fromTime is ms on the wire but seconds in some docs; say which date each means."""
+    hints = []
+    for unit, scale in (("seconds", 1.0), ("milliseconds", 1000.0)):
+        try:
+            when = datetime.fromtimestamp(float(number) / scale, UTC)
+        except (OverflowError, OSError, ValueError):
+            continue
+        if 1990 <= when.year <= 2200:
+            hints.append(f"as epoch {unit} it would be {when:%Y-%m-%dT%H:%M:%SZ}")
+    guess = "; ".join(hints) if hints else "it is not a plausible epoch time either"
+    text = str(number) if len(str(number)) <= 20 else f"{str(number)[:17]}..."
+    return f"{text} is a number, not an ISO-8601 time ({guess}); write it as a quoted UTC time"
+
+
+class SubscriptionsConfig(_Section):
+    """What to subscribe to: every symbol x every interval."""
+
+    symbols: tuple[Annotated[str, AfterValidator(_base_symbol)], ...] = _option(
+        ("AAPL", "SPY"),
+        allowed="a non-empty list of distinct streamer symbols such as AAPL, /ESZ25:XCME, "
+        "BTC/USD:CXTALP (no {period})",
+    )
+    """Streamer symbols (tastytrade ``streamer-symbol``) to capture."""
+    intervals: tuple[Annotated[str, AfterValidator(_interval)], ...] = _option(
+        ("1m", "5m", "1d"),
+        allowed="a non-empty list of distinct candle periods such as 1m, 5m, 1h, 1d, 1w, 1mo",
+    )
+    """Candle periods to capture for every symbol; any valid dxFeed period (§5.1)."""
+    extended_hours: bool = True
+    """Include pre- and post-market candles; false subscribes with ``tho=true`` (§5.1)."""
+    lookback: str = _option("1d", allowed="a duration from 1s to 3650d such as 90m, 2h, 3d")
+    """How far back to request history on first start when from_time is not set."""
+    from_time: datetime | None = _option(
+        None, allowed='an ISO-8601 UTC time in the past, e.g. "2024-01-02T14:30:00Z"'
+    )
+    """Fixed start of history (UTC); when set it takes precedence over lookback."""
+
+    @field_validator("symbols", "intervals")
+    @classmethod
+    def _distinct(cls, values: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if not values:
+            raise ValueError("the list is empty; list at least one")
+        key = str if info.field_name == "symbols" else parse_interval
+        seen: dict[object, str] = {}
+        for value in values:
+            first = seen.setdefault(key(value), value)
+            if first is not value:
+                raise ValueError(f"{value!r} is listed twice (same as {first!r})")
+        return values
+
+    @field_validator("lookback")
+    @classmethod
+    def _check_lookback(cls, value: str) -> str:
+        span = parse_duration(value)
+        if not timedelta(seconds=1) <= span <= timedelta(days=3650):
+            raise ValueError(f"{value!r} is outside 1s..3650d")
+        return value
+
+    @field_validator("from_time", mode="before")
+    @classmethod
+    def _parse_from_time(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, bool) or value is None:
+            return value
+        digits = isinstance(value, str) and value.isascii() and value.isdigit()
+        if isinstance(value, int | float) or digits:
+            raise ValueError(_number_as_time_hint(value))  # type: ignore[arg-type]
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO-8601 time") from None
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime.combine(value, time(), UTC)
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise ValueError(f"{value.isoformat()} has no time zone; add Z for UTC")
+            value = value.astimezone(UTC)
+            now = (info.context or {}).get("now") or datetime.now(UTC)
+            if value > now:
+                raise ValueError(f"{value:%Y-%m-%dT%H:%M:%SZ} is in the future")
+            if value.year < 1990:
+                raise ValueError(f"{value:%Y-%m-%dT%H:%M:%SZ} is before 1990; a unit mix-up?")
+        return value
+
+    def start_time(self, now: datetime) -> datetime:
+        """The first candle time to request: ``from_time``, else ``now - lookback``."""
+        return self.from_time or now - parse_duration(self.lookback)
+
+    def candle_symbols(self) -> tuple[CandleSymbol, ...]:
+        """Every symbol x interval, with ``tho=true`` when extended hours are excluded."""
+        attrs = {} if self.extended_hours else {"tho": "true"}
+        return tuple(
+            CandleSymbol.of(symbol, interval, **attrs)
+            for symbol in self.symbols
+            for interval in self.intervals
+        )
+
+
+class ClientConfig(_Section):
+    """The DXLink client: timeouts, reconnect backoff, subscription pacing, buffering."""
+
+    keepalive_timeout: float = Field(default=60.0, ge=1, le=3600)
+    """Seconds we promise the server to never stay silent longer (SETUP, §2.6; tastytrade: 60)."""
+    dead_peer_timeout: float = Field(default=60.0, ge=1, le=3600)
+    """Seconds without any message before the server counts as dead (§2.6: at least 60)."""
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    """Seconds allowed for the TCP/TLS/WebSocket connect."""
+    handshake_timeout: float = Field(default=10.0, gt=0, le=600)
+    """Seconds allowed for each handshake reply: SETUP, AUTH_STATE, CHANNEL_OPENED (§2.6)."""
+    backoff_initial: float = Field(default=0.5, gt=0, le=3600)
+    """Upper bound of the first reconnect delay in seconds (full jitter)."""
+    backoff_max: float = Field(default=30.0, gt=0, le=86_400)
+    """Cap on the reconnect delay in seconds; must be at least backoff_initial."""
+    healthy_after: float = Field(default=30.0, ge=0, le=86_400)
+    """Seconds a connection must live before the backoff resets to backoff_initial."""
+    max_attempts: int = Field(default=0, ge=0, le=1_000_000)
+    """Consecutive failed connects before giving up; 0 retries forever."""
+    batch_max_items: int = Field(default=500, ge=1, le=100_000)
+    """Most subscriptions in one FEED_SUBSCRIPTION message."""
+    batch_max_bytes: int = Field(default=6000, ge=256, le=1_048_576)
+    """Most bytes in one FEED_SUBSCRIPTION message (§8: larger frames get close code 1009)."""
+    subscribe_rate: float = Field(default=20.0, gt=0, le=10_000)
+    """Subscription messages per second, sustained (token bucket refill)."""
+    subscribe_burst: int = Field(default=20, ge=1, le=10_000)
+    """Subscription messages that may be sent back to back (token bucket size)."""
+    queue_size: int = Field(default=256, ge=1, le=1_000_000)
+    """Candle batches buffered between the socket reader and the consumer."""
+    aggregation_period: float = Field(default=0.1, ge=0, le=3600)
+    """acceptAggregationPeriod in seconds asked of the server (§3.2; tastytrade web: 0.1)."""
+
+    @field_validator("backoff_max")
+    @classmethod
+    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("backoff_initial")
+        if initial is not None and value < initial:
+            raise ValueError(f"{value:g} is below client.backoff_initial ({initial:g})")
+        return value
+
+
+class ManagerConfig(_Section):
+    """The candle manager's memory bounds and completion rule."""
+
+    max_series: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Most candle series (symbol x interval) tracked at once."""
+    max_historical_candles: int = Field(default=1_000, ge=1, le=10_000_000)
+    """Most candles kept in memory per series."""
+    max_unstored: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    """Most completed candles waiting for the store before back-pressure applies."""
+    grace_seconds: float = Field(default=5.0, ge=0, le=86_400)
+    """A time-based candle counts as complete this long after its period ends."""
+
+
+class StoreConfig(_Section):
+    """The DuckLake store: a catalog plus Parquet data files."""
+
+    path: str = _option("data", min_length=1, allowed="a directory path")
+    """Directory of the embedded lake (SQLite catalog + Parquet files), relative to the cwd."""
+    catalog: str | None = _option(
+        None,
+        allowed="sqlite:<path> or postgres:<conninfo> without a password (use PGPASSWORD)",
+    )
+    """Catalog location; unset means a SQLite file inside ``path``."""
+    data_path: str | None = _option(
+        None,
+        min_length=1,
+        allowed="a directory shared by every shard (a local or network folder)",
+    )
+    """Folder of the Parquet files; unset means ``<path>/data``. Shards share one."""
+    recycle_after: int = Field(default=500, ge=1, le=10_000_000)
+    """Upserts after which the ingest writer reopens its DuckDB connection (it also does after
+    every compaction): native memory DuckDB keeps per connection is returned only on close."""
+
+    @field_validator("catalog")
+    @classmethod
+    def _check_catalog(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        kind, sep, target = value.partition(":")
+        if kind not in ("sqlite", "postgres") or not sep or not target.strip():
+            raise ValueError(f"{value.split(':')[0][:20]!r}... is not sqlite:<path> or postgres:")
+        if kind == "postgres" and re.search(r"password\s*=|://[^/@\s]*:[^/@\s]*@", target):
+            raise ValueError("the conninfo contains a password; set PGPASSWORD or ~/.pgpass")
+        return value
+
+
+class IngestConfig(_Section):
+    """How this ingest process shares the work with others (docs/scaling.md) and stops."""
+
+    shard: str | None = _option(None, allowed='"K/N" with 1 <= K <= N, e.g. "2/3"')
+    """Capture only the series hashed to shard K of N; unset captures every series."""
+    shutdown_timeout: float = Field(default=60.0, ge=0, le=86_400)
+    """Seconds a stop may spend storing candles before it gives up (exit 75); 0 waits forever."""
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str | None) -> str | None:
+        return None if value is None else str(ShardSpec.parse(value))
+
+    @property
+    def shard_spec(self) -> ShardSpec:
+        """The shard as a :class:`~pipeline.sharding.ShardSpec` (``1/1`` when unset)."""
+        return SINGLE if self.shard is None else ShardSpec.parse(self.shard)
+
+
+class ScheduleConfig(_Section):
+    """Periodic jobs of the ingest service."""
+
+    flush_interval: float = Field(default=5.0, gt=0, le=86_400)
+    """Seconds between flushes of completed candles to the store."""
+    compaction_interval: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    """Seconds between compactions of the store's Parquet files."""
+
+
+class MetricsConfig(_Section):
+    """The Prometheus ``/metrics`` and ``/health`` endpoint."""
+
+    enabled: bool = True
+    """Serve metrics over HTTP."""
+    host: str = Field(default="127.0.0.1", min_length=1)
+    """Interface to listen on (127.0.0.1 keeps it local)."""
+    port: int = Field(default=9464, ge=0, le=65535)
+    """TCP port; 0 picks a free port."""
+
+
+class LoggingConfig(_Section):
+    """Log output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Least severe level logged (case-insensitive)."""
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Config(_Section):
+    """The whole configuration."""
+
+    source: SourceConfig = SourceConfig()
+    subscriptions: SubscriptionsConfig = SubscriptionsConfig()
+    client: ClientConfig = ClientConfig()
+    manager: ManagerConfig = ManagerConfig()
+    store: StoreConfig = StoreConfig()
+    ingest: IngestConfig = IngestConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()

@@ -1,0 +1,447 @@
+"""IngestService: client → CandleDataManager → CandleStore, on a schedule.
+
+The service owns one of each part and wires them (DESIGN.md "Data flow"):
+
+* a :class:`~pipeline.dxlink.client.DXLinkManager` streams Candle batches; its resume
+  callback asks the *store* where each series stands, so every reconnect re-requests exactly
+  what is missing (the store is the truth for "what do we have", DESIGN.md rules);
+* a consumer task feeds the batches into the :class:`~pipeline.candles.CandleDataManager`;
+  when the manager refuses a batch because too many candles wait for the store, the consumer
+  flushes and retries, and meanwhile nothing is read from the socket (back-pressure);
+* a flush also starts as soon as :attr:`IngestService.flush_batch_events` events arrived
+  since the last one began, so during a backfill the store's work (in its thread, where
+  DuckDB releases the GIL) overlaps receiving and the last flush only writes the tail;
+* an APScheduler ``AsyncIOScheduler`` runs the flush job every ``schedule.flush_interval``
+  and the compaction job every ``schedule.compaction_interval`` (storage-and-libs.md §5:
+  coalesce, one instance, no silent misfire drops; blocking DuckDB work runs in a thread);
+* on stop (SIGINT/SIGTERM or ``duration``): pause the scheduler, stop the client, drain what
+  was received, flush everything completed, close. A failed flush keeps the candles in
+  memory and is retried; nothing is lost.
+* the service changes no process-wide setting: the ``candles ingest`` process applies those
+  (garbage collector, malloc, DuckDB's lazy imports) around it, :mod:`pipeline.ingest.tuning`.
+
+Time: the manager completes candles by the *stream's* clock. With the built-in simulator that
+is the simulator's clock (accelerated); with tastytrade it is the wall clock. Either way the
+newest candle time seen is a floor, so a source clock that runs behind cannot hold candles back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import operator
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from pipeline.candles import BackpressureError, Batch, CandleDataManager
+from pipeline.config import Config
+from pipeline.dxlink import Candle, CandleBlock, CandleSymbol, ConfigurationError
+from pipeline.dxlink.client import DXLinkManager, TokenSource
+from pipeline.metrics import MetricsServer
+from pipeline.store import CandleStore, UpsertResult, WriterLock
+
+__all__ = [
+    "FLUSH_BATCH_EVENTS",
+    "FlushReport",
+    "IngestService",
+    "ServiceStats",
+]
+
+logger = logging.getLogger(__name__)
+
+_time_of = operator.attrgetter("time")
+_event_time_of = operator.attrgetter("event_time")
+
+# How many stored candles per series are loaded into the manager on a warm start: enough to
+# merge a replayed snapshot against, small enough to start thousands of series quickly.
+WARM_START_CANDLES = 500
+# Events received between two flushes at most, whatever the schedule. A store write costs
+# ~0.1 s plus ~3.5 us per candle (benchmarks/bench_pipeline.py); 50,000 keeps the fixed part
+# small while a 200k candles/s backfill still hands the store a batch every ~0.25 s.
+FLUSH_BATCH_EVENTS = 50_000
+
+
+@dataclass(slots=True)
+class FlushReport:
+    """What one flush did."""
+
+    reason: str
+    written: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class ServiceStats:
+    """Counters of the service itself (the client and the manager keep their own)."""
+
+    started_at: float = 0.0
+    batches: int = 0
+    candles_received: int = 0
+    flushes: int = 0
+    flush_failures: int = 0
+    candles_stored: int = 0
+    candles_deleted: int = 0
+    last_flush_at: float | None = None
+    last_flush_seconds: float = 0.0
+    last_flush_error: str | None = None
+    compactions: int = 0
+    compaction_failures: int = 0
+    backpressure_waits: int = 0
+    stream_time_ms: int = 0
+    recent_flushes: list[FlushReport] = field(default_factory=list)
+
+
+class IngestService:
+    """Runs ingest until stopped; see the module docstring.
+
+    Args:
+        config: The validated configuration.
+        token_source: Where DXLink URLs and tokens come from (:func:`token_source_for`
+            builds the one the config asks for; ``pipeline.ingest.runner`` starts the simulator).
+        source_clock_ms: The source's current time in ms: the wall clock for tastytrade, the
+            simulator's clock for an in-process simulator. ``None`` (a simulator in another
+            process, whose clock we cannot read) uses the stream's own time alone: the newest
+            candle ``time`` / ``eventTime`` received.
+        store: An open store to use (tests); by default one is opened from the config.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        token_source: TokenSource,
+        source_clock_ms: Callable[[], int] | None = None,
+        store: CandleStore | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = ServiceStats()
+        self.shard = config.ingest.shard_spec
+        """Which share of the configured series this process captures (docs/scaling.md)."""
+        self.series: tuple[CandleSymbol, ...] = self.shard.select(
+            config.subscriptions.candle_symbols()
+        )
+        """Every series this service captures: the configured ones its shard owns."""
+        if len(self.series) > config.manager.max_series:
+            raise ConfigurationError(
+                f"{len(self.series)} series are configured (symbols x intervals) but "
+                f"manager.max_series is {config.manager.max_series}; raise it or shard ingest"
+            )
+        self._periods = {s.normalized: s for s in self.series}
+        self._token_source = token_source
+        self._source_clock_ms = source_clock_ms
+        self._own_store = store is None
+        self._store = store
+        # A store of our own is ours alone (or our shard's): refuse to start next to another
+        # writer of the same series (pipeline.store.writer_lock).
+        self._writer_lock = WriterLock(config.store.path, self.shard) if store is None else None
+        self.manager = CandleDataManager(
+            # The service knows exactly which series it captures; bounding the manager to
+            # them keeps its memory bound (and the figure reported for it) meaningful.
+            max_series=max(1, len(self.series)),
+            max_historical_candles=config.manager.max_historical_candles,
+            max_pinned_candles=config.manager.max_unstored,
+            grace_ms=int(config.manager.grace_seconds * 1000),
+        )
+        self.client: DXLinkManager | None = None
+        self.metrics = MetricsServer.for_service(self)
+        """Prometheus ``/metrics`` and ``/health`` (``metrics.enabled``)."""
+        self.flush_batch_events = FLUSH_BATCH_EVENTS
+        """Start a flush once this many events arrived since the last one began."""
+        self._unflushed_events = 0
+        self._batch_flush: asyncio.Task[FlushReport] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._flushed = asyncio.Event()
+        """Set by every successful flush: a consumer waiting out a failed one retries then."""
+        self._stop = asyncio.Event()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._consumer: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def store(self) -> CandleStore:
+        if self._store is None:
+            raise RuntimeError("the service has not started")
+        return self._store
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """:meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def connection_state(self) -> str:
+        """The client's connection state, or ``starting`` before it exists."""
+        if self.client is None:
+            return "starting"
+        return str(self.client.get_metrics()["connection"]["state"])
+
+    async def run(self, duration: float | None = None) -> None:
+        """Ingest until :meth:`stop` or ``duration`` seconds, then shut down cleanly."""
+        self.stats.started_at = time.time()
+        if self._store is None:
+            cfg = self.config.store
+            if self._writer_lock is not None:
+                self._writer_lock.acquire()  # StoreBusy: nothing was started or written
+            try:
+                self._store = await asyncio.to_thread(
+                    CandleStore,
+                    cfg.path,
+                    catalog=cfg.catalog,
+                    data_path=cfg.data_path,
+                    recycle_after=cfg.recycle_after,
+                )
+            except BaseException:
+                if self._writer_lock is not None:
+                    self._writer_lock.release()
+                raise
+        try:
+            await self.metrics.start()
+            await self._warm_start()
+            self.client = self._build_client()
+            await self.client.start()
+            resume = await self._resume_points([s.normalized for s in self.series])
+            for symbol in self.series:
+                await self.client.subscribe_to_candles(
+                    symbol=symbol.normalized,
+                    from_time=resume.get(symbol.normalized) or self._first_from_time(symbol),
+                )
+            self._consumer = asyncio.create_task(self._consume(), name="candles-consumer")
+            self._start_scheduler()
+            waiters: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(self._stop.wait()),
+                self._consumer,
+            ]
+            if duration is not None:
+                waiters.append(asyncio.ensure_future(asyncio.sleep(duration)))
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                if waiter is not self._consumer:
+                    waiter.cancel()
+            if self._consumer in done:
+                # The client ended on its own: a fatal error (raised here) or a closed feed.
+                self._consumer.result()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.pause()  # §5: no new submissions; the final flush is ours
+        if self.client is not None:
+            await self.client.aclose()
+        if self._consumer is not None:
+            # The client has stopped; the consumer drains what was already queued, then ends.
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer
+        if self._batch_flush is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batch_flush  # flush() reports store failures, it does not raise
+        report = await self.flush("shutdown")
+        if report.error is not None:
+            logger.error("! final flush failed, %s", report.error)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        await self.metrics.stop()
+        if self._own_store and self._store is not None:
+            await asyncio.to_thread(self._store.close)
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+
+    # ------------------------------------------------------------------ wiring
+
+    def _build_client(self) -> DXLinkManager:
+        cfg = self.config.client
+        return DXLinkManager(
+            self._token_source,
+            keepalive_timeout=cfg.keepalive_timeout,
+            dead_peer_timeout=cfg.dead_peer_timeout,
+            connect_timeout=cfg.connect_timeout,
+            handshake_timeout=cfg.handshake_timeout,
+            backoff_initial=cfg.backoff_initial,
+            backoff_max=cfg.backoff_max,
+            healthy_after=cfg.healthy_after,
+            max_attempts=cfg.max_attempts or None,
+            batch_max_items=cfg.batch_max_items,
+            batch_max_bytes=cfg.batch_max_bytes,
+            subscribe_rate=cfg.subscribe_rate,
+            subscribe_burst=cfg.subscribe_burst,
+            queue_size=cfg.queue_size,
+            aggregation_period=cfg.aggregation_period,
+            resume_points=self._resume_points,
+            # fromTime validation and message times use the *source's* clock: the simulator
+            # runs accelerated, and its resume points are in the wall clock's future.
+            wall_clock=lambda: self.now_ms() / 1000 if self._source_clock_ms else time.time(),
+        )
+
+    def _first_from_time(self, symbol: CandleSymbol) -> int:
+        """Where a series with nothing stored starts: from_time, or now - lookback, rounded
+        down to the series' period so the first candle asked for is a whole one."""
+        clock = self._source_clock_ms or (lambda: int(time.time() * 1000))
+        now = datetime.fromtimestamp(clock() / 1000, UTC)
+        start = int(self.config.subscriptions.start_time(now).timestamp() * 1000)
+        if symbol.period_ms and symbol.period_unit in ("s", "m", "h", "d"):
+            # Epoch-aligned units; weeks start on Monday, not on the epoch's Thursday.
+            return start - start % symbol.period_ms
+        return start
+
+    async def _resume_points(self, keys: Iterable[str]) -> dict[str, int]:
+        """Per series: one period before the last complete stored candle (DESIGN.md).
+
+        Asking from one period earlier makes the server's snapshot overlap what we hold, so
+        a candle that was still being revised when we lost the connection comes again.
+        """
+        wanted = list(keys)
+        stored = await asyncio.to_thread(self.store.resume_points, wanted)
+        points: dict[str, int] = {}
+        for key, last in stored.items():
+            symbol = self._periods.get(key) or CandleSymbol.parse(key)
+            points[key] = last - (symbol.period_ms or 0)
+        return points
+
+    async def _warm_start(self) -> None:
+        """Load each series' recent stored candles, so replayed snapshots merge with them."""
+        # One catalog query finds the series that hold anything: a per-series read costs
+        # ~0.5 s even on an empty DuckLake table (benchmarks/README.md, backfill startup).
+        keys = [symbol.normalized for symbol in self.series]
+        stored = await asyncio.to_thread(self.store.resume_points, keys)
+        for symbol in self.series:
+            if symbol.normalized not in stored:
+                continue
+            frame = await asyncio.to_thread(
+                self.store.recent, symbol.normalized, WARM_START_CANDLES
+            )
+            if frame.height:
+                self.manager.load_history(symbol.normalized, frame)
+
+    def _start_scheduler(self) -> None:
+        schedule = self.config.schedule
+        scheduler = AsyncIOScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        scheduler.add_job(
+            self._scheduled_flush, "interval", seconds=schedule.flush_interval, id="flush"
+        )
+        if self.shard.runs_compaction:  # one compactor per lake: shard 1 (pipeline.sharding)
+            scheduler.add_job(
+                self.compact, "interval", seconds=schedule.compaction_interval, id="compaction"
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    # ------------------------------------------------------------------ data path
+
+    def now_ms(self) -> int:
+        """The stream's time: the source clock, never behind the newest candle seen."""
+        if self._source_clock_ms is None:
+            return self.stats.stream_time_ms
+        return max(self._source_clock_ms(), self.stats.stream_time_ms)
+
+    async def _consume(self) -> None:
+        assert self.client is not None
+        async for batch in self.client.candles():
+            await self._apply(batch)
+
+    async def _apply(self, batch: Sequence[Candle]) -> None:
+        self.stats.batches += 1
+        self.stats.candles_received += len(batch)
+        if isinstance(batch, CandleBlock):
+            newest = batch.newest_time()
+        else:  # Two C-level passes: ~80 ns per event, a generator with max() ~250 ns.
+            newest = max(max(map(_time_of, batch)), max(map(_event_time_of, batch))) if batch else 0
+        if newest > self.stats.stream_time_ms:
+            self.stats.stream_time_ms = newest
+        while True:
+            try:
+                self.manager.update(batch, self.now_ms())
+                self._flush_when_batch_is_full(len(batch))
+                return
+            except BackpressureError as exc:
+                # Too many completed candles wait for the store: flush, and until that
+                # works, keep this batch (and so the socket reader) waiting.
+                self.stats.backpressure_waits += 1
+                logger.warning("! %s; flushing before taking more data", exc)
+                report = await self.flush("backpressure")
+                if report.error is not None:
+                    # Retry as soon as another flush (scheduled or manual) got through, so a
+                    # store that recovered does not keep the socket reader waiting; else
+                    # after a pause.
+                    self._flushed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._flushed.wait(), min(5.0, self.config.schedule.flush_interval)
+                        )
+
+    def _flush_when_batch_is_full(self, events: int) -> None:
+        """Start a flush (a task: receiving goes on meanwhile) once ``flush_batch_events``
+        arrived since the last flush began, unless one is running already."""
+        self._unflushed_events += events
+        if self._unflushed_events < self.flush_batch_events or self._flush_lock.locked():
+            return
+        if self._batch_flush is not None and not self._batch_flush.done():
+            return
+        self._unflushed_events = 0
+        self._batch_flush = asyncio.create_task(self.flush("batch"), name="batch-flush")
+
+    async def _scheduled_flush(self) -> None:
+        await self.flush("schedule")
+
+    async def flush(self, reason: str = "manual") -> FlushReport:
+        """Write every completed, unstored candle; on failure keep them for the next try."""
+        report = FlushReport(reason)
+        async with self._flush_lock:
+            self._unflushed_events = 0
+            self.manager.advance(self.now_ms())
+            batch: Batch = self.manager.take_completed()
+            if batch.empty:
+                return report
+            started = time.perf_counter()
+            try:
+                # The batch's frame is built in the writing thread too, off the event loop.
+                result: UpsertResult = await asyncio.to_thread(self._write, batch)
+            except Exception as exc:  # any store failure: keep the data, retry next time
+                self.manager.release(batch)
+                report.error = f"{type(exc).__name__}: {exc}"
+                self.stats.flush_failures += 1
+                self.stats.last_flush_error = report.error
+                logger.error("! flush (%s) failed, candles kept for retry: %s", reason, exc)
+                return report
+            self.manager.commit(batch)
+            self._flushed.set()
+            report.seconds = time.perf_counter() - started
+            report.written = batch.rows
+            report.deleted = batch.deletions.height
+            self.stats.flushes += 1
+            self.stats.candles_stored += report.written
+            self.stats.candles_deleted += report.deleted
+            self.stats.last_flush_at = time.time()
+            self.stats.last_flush_seconds = report.seconds
+            self.stats.last_flush_error = None
+            self.stats.recent_flushes = [*self.stats.recent_flushes[-19:], report]
+            logger.debug(
+                "= flushed %d candles, %d deletions in %.3fs (%s, %s)",
+                report.written, report.deleted, report.seconds, reason, result,
+            )  # fmt: skip
+        return report
+
+    def _write(self, batch: Batch) -> UpsertResult:
+        return self.store.upsert(batch.frame, batch.deletions)
+
+    async def compact(self) -> None:
+        """Merge small Parquet files and expire old snapshots (scheduled)."""
+        try:
+            await asyncio.to_thread(self.store.compact)
+            self.stats.compactions += 1
+        except Exception as exc:  # compaction is housekeeping: log, count, carry on
+            self.stats.compaction_failures += 1
+            logger.error("! compaction failed: %s", exc)

@@ -1,0 +1,122 @@
+"""Where DXLink tokens come from: the shape every source has, and the fixed-token sources.
+
+The DXLink client asks a :class:`TokenSource` for a :class:`QuoteToken` (a token and the URL
+to use it on) before every connection, and again with ``force_refresh=True`` after the
+server said UNAUTHORIZED (§2.7). :class:`SimulatorTokenSource` hands out the built-in
+simulator's fixed token; tastytrade's OAuth flow is :mod:`pipeline.ingest.tastytrade`.
+Every URL is checked by :func:`validate_dxlink_url` (wss://, or ws:// to a loopback host).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from pipeline.config import is_loopback_host
+from pipeline.dxlink.errors import ConfigurationError
+
+__all__ = [
+    "QUOTE_TOKEN_LIFETIME",
+    "QuoteToken",
+    "SimulatorTokenSource",
+    "url_for_messages",
+    "validate_dxlink_url",
+]
+
+QUOTE_TOKEN_LIFETIME = timedelta(hours=24)
+"""§1: a quote token is valid for 24 hours; used when ``expires-at`` is absent."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteToken:
+    """What a DXLink connection needs: where to connect and what to send in AUTH."""
+
+    token: SecretStr
+    """The opaque DXLink token (§1); ``repr``/``str`` are masked, use ``get_secret_value()``."""
+    dxlink_url: str
+    """The WebSocket URL to connect to; always the one tastytrade returned (§1)."""
+    level: str
+    """Entitlement level as reported (tastytrade: ``"api"``; simulator: ``"simulator"``)."""
+    expires_at: datetime
+    """When the token stops working (UTC)."""
+
+
+def url_for_messages(url: str) -> str:
+    """A URL with any credentials, query and fragment dropped."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "(malformed URL)"
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def validate_dxlink_url(url: str, allow_insecure: bool = False) -> str:
+    """Check a DXLink URL: wss://, or ws:// to a loopback host, or ws:// when allowed.
+
+    Args:
+        url: the URL, typically tastytrade's ``dxlink-url``.
+        allow_insecure: accept plain ws:// to any host (``source.tastytrade.allow_insecure_ws``).
+
+    Returns:
+        The URL unchanged.
+
+    Raises:
+        ConfigurationError: naming the URL (without credentials) and what is accepted.
+    """
+    try:
+        parts = urlsplit(url)
+        scheme, host, _ = parts.scheme, parts.hostname, parts.port  # port: ValueError if bad
+    except ValueError:
+        scheme, host = "", None
+    if scheme not in ("ws", "wss") or not host:
+        raise ConfigurationError(
+            f"dxlink-url {url_for_messages(url)!r} is not a WebSocket URL; "
+            "allowed: wss://<host>/<path>"
+        )
+    if scheme == "ws" and not allow_insecure and not is_loopback_host(host):
+        raise ConfigurationError(
+            f"dxlink-url {url_for_messages(url)!r} is unencrypted; allowed: wss:// for "
+            "remote hosts, ws:// only to 127.0.0.1, ::1 or localhost, unless "
+            "source.tastytrade.allow_insecure_ws = true"
+        )
+    return url
+
+
+class SimulatorTokenSource:
+    """The built-in simulator's fixed URL and token, behind the same ``get()``.
+
+    Args:
+        url: the simulator's ws:// URL (known once it listens, port 0 picks one).
+        token: the token the simulator expects (``source.simulator.token``; not a secret).
+        clock: wall clock in seconds, for ``expires_at``.
+    """
+
+    def __init__(self, url: str, token: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.url = validate_dxlink_url(url, allow_insecure=True)
+        """The simulator's WebSocket URL."""
+        self._token = SecretStr(token)
+        self._clock = clock
+        self.fetches = 0
+        """How many times ``get()`` was called."""
+        self.forced = 0
+        """How many of those asked for a forced refresh (after UNAUTHORIZED)."""
+
+    def replace_token(self, token: str) -> None:
+        """Hand out ``token`` from now on (tests: the simulator rotated its token)."""
+        self._token = SecretStr(token)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r})"
+
+    async def get(self, force_refresh: bool = False) -> QuoteToken:
+        """Return the simulator's token; it never expires while the simulator runs."""
+        self.fetches += 1
+        self.forced += force_refresh
+        expires_at = datetime.fromtimestamp(self._clock(), UTC) + QUOTE_TOKEN_LIFETIME
+        return QuoteToken(self._token, self.url, "simulator", expires_at)

@@ -1,0 +1,143 @@
+"""Process-wide settings of a ``candles ingest`` process: applied at its entry point only.
+
+Three settings change the whole process, so no library import applies them (a notebook that
+imports :mod:`pipeline.store` keeps its collector and its malloc as they were); the
+``candles ingest`` entry point (:func:`pipeline.ingest.runner.run_ingest`) applies all three
+through :func:`ingest_process_tuning`, and so do the benchmarks that measure it. Why each
+exists, and the benchmark that justifies it (figures in ``benchmarks/README.md``, "Process
+tuning"):
+
+* **The collector's young threshold** (:func:`young_gc_threshold`): every decoded event is a
+  tuple the collector tracks until a collection finds it holds only atomic values, so at
+  CPython's default (700) a backfill runs hundreds of young collections in the receiving
+  thread. Raised to :data:`INGEST_GC_THRESHOLD` for as long as ingest runs; garbage cycles
+  then wait for at most that many allocations more (a few MB). ``bench_backfill``.
+* **glibc's mmap threshold** (:func:`pin_mmap_threshold`): glibc serves large allocations
+  with their own ``mmap`` and returns them with ``munmap``, but every such free *raises* the
+  threshold (up to 32 MiB), after which large buffers come from the heap arenas, where freed
+  memory stays in the process. DuckDB's reads and compactions allocate such buffers, and the
+  writer's RSS crept up by them (issue 7). Pinned at :data:`MMAP_THRESHOLD_BYTES`: above the
+  ingest path's own large buffers (asyncio's socket reads, backfill frames, a snapshot's
+  columns), which mapped one by one cost the event loop dearly. ``bench_memory`` (RSS) and
+  ``bench_backfill`` (loop CPU).
+* **DuckDB's lazy imports** (:func:`load_store_lazy_imports`): the first time DuckDB scans a
+  Python object (the upsert registers frames), it imports pandas and some 360 modules while
+  holding the GIL; in the first flush of a backfill that stalled the receiving thread. Done
+  once at start-up, it costs the same but stalls nothing. ``bench_backfill`` (first flush).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import logging
+import threading
+from collections.abc import Iterator
+
+__all__ = [
+    "INGEST_GC_THRESHOLD",
+    "MMAP_THRESHOLD_BYTES",
+    "ingest_process_tuning",
+    "load_store_lazy_imports",
+    "pin_mmap_threshold",
+    "young_gc_threshold",
+]
+
+logger = logging.getLogger(__name__)
+
+INGEST_GC_THRESHOLD = 20_000
+"""The collector's young-generation threshold while ingest runs (CPython's default is 700)."""
+MMAP_THRESHOLD_BYTES = 512 * 1024
+"""Allocations this large or larger are mapped on their own and unmapped when freed."""
+_M_MMAP_THRESHOLD = -3  # from glibc's <malloc.h>
+_lock = threading.Lock()
+_pinned: bool | None = None
+
+
+@contextlib.contextmanager
+def ingest_process_tuning(*, gc_threshold: int | None = INGEST_GC_THRESHOLD) -> Iterator[None]:
+    """Apply the settings of an ingest process (see the module docstring) for a while.
+
+    The collector's thresholds come back on exit; the mmap threshold stays pinned and the
+    imports stay loaded (both are harmless to keep, and glibc cannot restore its dynamic
+    threshold).
+
+    Args:
+        gc_threshold: The young-generation threshold meanwhile; ``None`` leaves the collector.
+    """
+    pin_mmap_threshold()
+    load_store_lazy_imports()
+    with young_gc_threshold(gc_threshold):
+        yield
+
+
+@contextlib.contextmanager
+def young_gc_threshold(threshold: int | None) -> Iterator[None]:
+    """Raise the garbage collector's young-generation threshold to ``threshold`` for a while.
+
+    A higher threshold already set (or 0: automatic collection off) is left as it is, and the
+    previous thresholds come back on exit. ``None`` changes nothing.
+
+    Raises:
+        ValueError: ``threshold`` is not a positive number of allocations.
+    """
+    if threshold is not None and threshold <= 0:
+        raise ValueError(
+            f"the young GC threshold must be > 0 allocations (or None to leave the collector "
+            f"alone), got {threshold}"
+        )
+    if threshold is None:
+        yield
+        return
+    previous = gc.get_threshold()
+    if previous[0]:  # 0 means automatic collection is off: leave it off
+        gc.set_threshold(max(threshold, previous[0]), *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
+def load_store_lazy_imports() -> None:
+    """Make DuckDB import now what it otherwise imports on the store's first upsert."""
+    import duckdb
+    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
+
+    con = duckdb.connect()
+    try:
+        con.register("lazy_import_probe", pa.table({"probe": [0]}))
+        con.execute("SELECT count(*) FROM lazy_import_probe").fetchall()
+    finally:
+        con.close()
+
+
+def pin_mmap_threshold() -> bool:
+    """Pin glibc's mmap threshold at :data:`MMAP_THRESHOLD_BYTES` for this process, once.
+
+    Returns:
+        Whether the threshold is pinned: ``False`` where the C library has no ``mallopt``
+        (macOS) or refuses it (musl accepts and ignores it, reported as pinned).
+    """
+    global _pinned
+    with _lock:
+        if _pinned is None:
+            _pinned = _call_mallopt()
+        return _pinned
+
+
+def _call_mallopt() -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    pinned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    if not pinned:
+        logger.warning("! mallopt(M_MMAP_THRESHOLD) refused: freed DuckDB buffers may stay")
+    return pinned

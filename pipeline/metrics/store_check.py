@@ -1,0 +1,107 @@
+"""The periodic store check: recent gaps and the backfill lag (see :mod:`pipeline.metrics`).
+
+Blocking DuckDB queries on a read-only connection, run in a worker thread every
+``check_interval`` seconds by the metrics server, never on a scrape.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+
+from pipeline.dxlink import CandleSymbol
+
+__all__ = ["StoreCheck", "StoreCheckResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCheckResult:
+    """What one store check found (definitions: :mod:`pipeline.metrics`)."""
+
+    checked_at: float
+    """Wall-clock time of the check (Unix seconds)."""
+    seconds: float
+    """How long the check took."""
+    gaps: int
+    missing_periods: int
+    backfill_lag_seconds: float | None
+    """``None`` when no configured fixed-length series has a stored candle yet."""
+    series_without_candles: int
+    """Configured series with no stored candle at all."""
+
+
+class StoreCheck:
+    """The periodic, blocking store queries behind gaps and backfill lag (run in a thread).
+
+    Args:
+        connect: Opens a read-only connection to the lake (``pipeline.store.connect``); called
+            lazily, and again after a failure (the store may not exist yet at start).
+        gap_window: Seconds of source time back from now in which gaps are counted.
+        clock: Wall clock for ``checked_at``.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], duckdb.DuckDBPyConnection],
+        *,
+        gap_window: float = 86_400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if gap_window <= 0:
+            raise ValueError(f"gap_window must be > 0 seconds, got {gap_window}")
+        self._connect = connect
+        self._gap_window_ms = int(gap_window * 1000)
+        self._clock = clock
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def run(self, series: Sequence[CandleSymbol], now_ms: int, grace_ms: int) -> StoreCheckResult:
+        """Count recent gaps and compute the backfill lag of ``series`` at source time ``now_ms``.
+
+        Raises:
+            pipeline.store.StoreError: The lake cannot be opened (not created yet).
+            duckdb.Error: A query failed; the connection is reopened next time.
+        """
+        started = time.perf_counter()
+        if self._con is None:
+            self._con = self._connect()
+        try:
+            gap_row = self._con.execute(
+                "SELECT count(*), coalesce(sum(missing_periods), 0) FROM candle_gaps "
+                "WHERE epoch_ms(gap_end) >= ?",
+                [now_ms - self._gap_window_ms],
+            ).fetchone()
+            newest = {
+                (str(symbol), str(period)): int(start)
+                for symbol, period, start in self._con.execute(
+                    "SELECT symbol, period, epoch_ms(max(time)) FROM candles GROUP BY ALL"
+                ).fetchall()
+            }
+        except duckdb.Error:
+            self.close()
+            raise
+        lags: list[int] = []
+        unstored = 0
+        for symbol in series:
+            start = newest.get((symbol.base, symbol.period_label))
+            if start is None:
+                unstored += 1
+            elif (period := symbol.period_ms) is not None:
+                lags.append(max(0, now_ms - grace_ms - (start + 2 * period)))
+        gaps, missing = gap_row if gap_row is not None else (0, 0)
+        return StoreCheckResult(
+            checked_at=self._clock(),
+            seconds=time.perf_counter() - started,
+            gaps=int(gaps),
+            missing_periods=int(missing),
+            backfill_lag_seconds=max(lags) / 1000 if lags else None,
+            series_without_candles=unstored,
+        )
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None

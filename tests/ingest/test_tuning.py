@@ -1,0 +1,146 @@
+"""Process-wide settings belong to the ``candles ingest`` process alone (pipeline.ingest.tuning)."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.ingest.tuning import (
+    INGEST_GC_THRESHOLD,
+    ingest_process_tuning,
+    pin_mmap_threshold,
+    young_gc_threshold,
+)
+
+
+def _run(script: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_library_use_changes_no_process_setting(tmp_path: object) -> None:
+    """Opening a store, writing to it and reading it as a notebook does leaves the collector,
+    malloc and DuckDB's lazy imports alone."""
+    out = _run(
+        f"""
+        import gc, sys
+        before = gc.get_threshold()
+        from pipeline.store import CandleStore
+        import pipeline.analysis as analysis
+        import pipeline.ingest.tuning as tuning
+        with CandleStore({str(tmp_path)!r} + "/data"):
+            pass
+        con = analysis.connect({str(tmp_path)!r} + "/data")
+        con.close()
+        print(gc.get_threshold() == before, tuning._pinned, "pandas" in sys.modules)
+        """
+    )
+    assert out == "True None False"
+
+
+def test_ingest_process_tuning_applies_all_three_and_restores_the_collector() -> None:
+    """Inside, the collector's young threshold is raised, malloc pinned and DuckDB's lazy
+    imports loaded; on exit the collector's thresholds come back."""
+    out = _run(
+        """
+        import gc, sys
+        from pipeline.ingest.tuning import ingest_process_tuning, INGEST_GC_THRESHOLD
+        import pipeline.ingest.tuning as tuning
+        gc.set_threshold(700, 10, 10)
+        with ingest_process_tuning():
+            inside = gc.get_threshold()
+            print(inside == (INGEST_GC_THRESHOLD, 10, 10), tuning._pinned, "pandas" in sys.modules)
+        print(gc.get_threshold() == (700, 10, 10))
+        """
+    )
+    assert out.splitlines() == ["True True True", "True"]
+
+
+def test_candles_ingest_applies_the_tuning() -> None:
+    """The ``candles ingest`` entry point runs inside ingest_process_tuning."""
+    out = _run(
+        """
+        import gc
+        import pipeline.ingest.runner as runner
+        seen = []
+        def fake_run(coro):
+            coro.close()
+            seen.append(gc.get_threshold()[0])
+        runner.asyncio.run = fake_run
+        from pipeline.config import load_config
+        runner.run_ingest(load_config(None, None, {}), duration=1.0)
+        import pipeline.ingest.tuning as tuning
+        print(seen[0] >= tuning.INGEST_GC_THRESHOLD, tuning._pinned)
+        """
+    )
+    assert out == "True True"
+
+
+@pytest.mark.parametrize(
+    ("previous", "during"),
+    [
+        ((700, 10, 10), (20_000, 10, 10)),
+        ((50_000, 5, 5), (50_000, 5, 5)),
+        ((0, 10, 10), (0, 10, 10)),
+    ],
+)
+def test_young_gc_threshold_raises_only_and_restores(
+    previous: tuple[int, int, int], during: tuple[int, int, int]
+) -> None:
+    """The young threshold is raised, never lowered or re-enabled, and restored on exit."""
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(*previous)
+        with young_gc_threshold(20_000):
+            assert gc.get_threshold() == during
+        assert gc.get_threshold() == previous
+        with young_gc_threshold(None):
+            assert gc.get_threshold() == previous
+    finally:
+        gc.set_threshold(*saved)
+
+
+def test_a_gc_threshold_that_is_not_positive_is_refused() -> None:
+    """A young threshold <= 0 is a clear ValueError saying what is allowed."""
+    refused = pytest.raises(ValueError, match=r"young GC threshold must be > 0 .*got -5")
+    with refused, young_gc_threshold(-5):
+        pass
+    with pytest.raises(ValueError, match=r"got 0"), ingest_process_tuning(gc_threshold=0):
+        pass
+    assert INGEST_GC_THRESHOLD > 700
+
+
+def test_the_mmap_threshold_is_pinned_once() -> None:
+    """On glibc the pin succeeds, and pinning again is a no-op that reports the same."""
+    assert pin_mmap_threshold() is True  # this suite runs on glibc (Linux)
+    assert pin_mmap_threshold() is True
+
+
+def test_the_store_lazy_imports_are_loaded_before_the_first_upsert() -> None:
+    """After load_store_lazy_imports, DuckDB's first scan of a Python frame imports nothing."""
+    out = _run(
+        """
+        import sys
+        import duckdb, polars as pl
+        from pipeline.ingest.tuning import load_store_lazy_imports
+        load_store_lazy_imports()
+        before = set(sys.modules)
+        con = duckdb.connect()
+        frame = pl.DataFrame({"a": [1, 2]})
+        con.register("batch", frame)
+        con.register("rows", frame.to_arrow())
+        con.execute("SELECT count(*) FROM batch JOIN rows USING (a)").fetchall()
+        print(sorted(set(sys.modules) - before))
+        """
+    )
+    assert out == "[]"
