@@ -2,7 +2,7 @@
 
 What is measured: the durable half of ingest, i.e. the part shards contend on. Each shard is
 a separate process with its own :class:`~pipeline.store.CandleStore` on one shared lake
-(throwaway PostgreSQL catalog from ``tests/postgres.py``, one shared data folder), and writes
+(throwaway PostgreSQL catalog from ``tests/helpers/postgres.py``, one shared data folder), and writes
 only its own series (``ShardSpec.select``) in flush-sized batches: every round, the next
 ``CANDLES_PER_ROUND`` candles of each of its series, as the service's flush does after a
 minute of live data. A candle counts once its transaction committed (durable).
@@ -34,7 +34,7 @@ from pipeline.dxlink import CandleSymbol
 from pipeline.schema import CANDLE_SCHEMA
 from pipeline.sharding import ShardSpec
 from pipeline.store import CandleStore
-from tests.postgres import running_postgres
+from tests.helpers.postgres import running_postgres
 
 __all__ = ["main", "run_shards"]
 

@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.dxlink import Candle as OurCandle
 from pipeline.simulator import Simulator, SimulatorClock
-from tests.timing import TIMEOUT
+from tests.helpers.timing import TIMEOUT
 
 tastytrade = pytest.importorskip("tastytrade")
 from tastytrade import DXLinkStreamer  # noqa: E402

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
-from tests.service_harness import (
+from tests.helpers.service import (
     START_MS,
     TOKEN,
     differences,
     eventually,
+    start_ingest,
     stored_frame,
     truth_frame,
     write_ingest_config,
@@ -24,15 +22,6 @@ from tests.service_harness import (
 MINUTE = 60_000
 SERIES = ["AAPL{=m}", "AAPL{=5m}", "SPY{=m}", "SPY{=5m}"]
 FROM_MS = START_MS - 3600_000
-
-
-def _start(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "ingest", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "CANDLES_PROFILE": ""},
-    )
 
 
 def _newest_stored(store_path: Path) -> int:
@@ -47,7 +36,7 @@ async def test_sigkill_and_restart_lose_nothing(tmp_path: Path) -> None:
     store_path = tmp_path / "data"
     async with Simulator(token=TOKEN, seed=5, clock=SimulatorClock.manual(START_MS)) as sim:
         config = write_ingest_config(tmp_path / "config.toml", store_path, sim.url)
-        process = _start(config)
+        process = start_ingest(config)
         try:
             await sim.wait_for_subscriptions(len(SERIES))
             for _ in range(3):
@@ -61,7 +50,7 @@ async def test_sigkill_and_restart_lose_nothing(tmp_path: Path) -> None:
             assert process.wait(timeout=30) == -signal.SIGKILL
             # The outage: ten simulated minutes nobody receives.
             await sim.advance(600)
-            process = _start(config)
+            process = start_ingest(config)
             await sim.wait_for_subscriptions(len(SERIES))
             await sim.advance(60)
             await sim.advance(60)

@@ -1,7 +1,7 @@
 """The analysis notebooks: stored clean, and run top to bottom in a fresh kernel.
 
 Each notebook runs through nbclient in a new ``python3`` kernel (this virtualenv's
-interpreter) against a store that :func:`tests.notebook_store.fill_store` wrote from the
+interpreter) against a store that :func:`tests.helpers.notebook_store.fill_store` wrote from the
 simulator's market. The kernel gets ``CANDLES_STORE`` and ``CANDLES_FIGURES`` through its
 environment, as a user would set them, and the Agg backend (no display). The PNG files the
 notebooks save are then checked for what a reader should see in them.
@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from pipeline import analysis
-from tests.notebook_store import FilledStore, fill_store
+from tests.helpers.notebook_store import FilledStore, fill_store
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXPLORE = "01_explore_candles.ipynb"

@@ -14,7 +14,7 @@
 * Config keys, metric names, CLI options, SQL objects, environment variables and packages
   named in the prose exist.
 
-The tastytrade examples run against ``tests/fake_tastytrade.py`` plus a real simulator that
+The tastytrade examples run against ``tests/helpers/fake_tastytrade.py`` plus a real simulator that
 accepts exactly the quote tokens the fake REST API issued.
 """
 
@@ -53,12 +53,12 @@ from pipeline.cli import cli
 from pipeline.config import Config, ConfigError, describe_options, load_config, loads_config
 from pipeline.dxlink import SNAPSHOT_BEGIN, Candle, CandleSymbol
 from pipeline.metrics import MetricsServer
-from pipeline.simulator import Simulator, SimulatorClock
+from pipeline.simulator import SimulatorClock
 from pipeline.store import run_query
-from tests.fake_tastytrade import FakeClock, FakeTastytrade
-from tests.notebook_store import FilledStore, fill_store
-from tests.test_metrics import START, FakeService, reader
-from tests.timing import TIMEOUT
+from tests.helpers.fake_tastytrade import FakeClock, FakeTastytrade, IssuedTokenSimulator
+from tests.helpers.metrics import START, FakeService, reader
+from tests.helpers.notebook_store import FilledStore, fill_store
+from tests.helpers.timing import TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -257,17 +257,6 @@ def context(project: FilledStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     return Context(project, tmp_path, monkeypatch)
 
 
-class _IssuedTokenSimulator(Simulator):
-    """A simulator that accepts exactly the quote tokens the fake tastytrade API handed out."""
-
-    def __init__(self, rest: FakeTastytrade, **options: Any) -> None:
-        super().__init__(**options)
-        self._rest = rest
-
-    def token_accepted(self, token: str) -> bool:
-        return token in self._rest.quote_tokens
-
-
 class SimulatorThread:
     """A simulator on its own thread and event loop (``candles ingest`` runs asyncio.run)."""
 
@@ -283,7 +272,7 @@ class SimulatorThread:
         try:
             clock = SimulatorClock.manual(int(time.time() * 1000))
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            async with _IssuedTokenSimulator(self._rest, clock=clock) as sim:
+            async with IssuedTokenSimulator(self._rest, clock=clock) as sim:
                 self.url = sim.url
                 self._ready.set()
                 await self._stop.wait()

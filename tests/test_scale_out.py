@@ -1,6 +1,6 @@
 """Scale-out on a real PostgreSQL catalog: concurrent writers, shard processes, a reader.
 
-One throwaway PostgreSQL server serves the module (tests/postgres.py); each test gets its
+One throwaway PostgreSQL server serves the module (tests/helpers/postgres.py); each test gets its
 own database and its own shared data folder.
 """
 
@@ -25,8 +25,8 @@ from pipeline.dxlink import CandleSymbol
 from pipeline.sharding import shard_of
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore, StoreError, connect
-from tests.postgres import PostgresServer, running_postgres
-from tests.service_harness import (
+from tests.helpers.postgres import PostgresServer, running_postgres
+from tests.helpers.service import (
     START_MS,
     TOKEN,
     differences,
@@ -35,7 +35,7 @@ from tests.service_harness import (
     truth_frame,
     write_ingest_config,
 )
-from tests.test_store import candle_frame
+from tests.helpers.store import candle_frame
 
 MINUTE = 60_000
 SHARDS = 3

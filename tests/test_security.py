@@ -38,10 +38,9 @@ from pipeline.dxlink.client import DXLinkManager
 from pipeline.ingest import SimulatorTokenSource
 from pipeline.simulator import SimulatorClock
 from pipeline.store import LAKE, CandleStore, QueryError, QueryRefused, connect, run_query
-from tests.fake_tastytrade import FakeTastytrade
-from tests.service_harness import eventually
-from tests.test_readme import _IssuedTokenSimulator as IssuedTokenSimulator
-from tests.test_store import MINUTE, T0, candle_frame
+from tests.helpers.fake_tastytrade import FakeTastytrade, IssuedTokenSimulator
+from tests.helpers.service import eventually
+from tests.helpers.store import MINUTE, T0, candle_frame
 
 CLIENT_SECRET = "cs-SECRET-7f3a9c-client"
 REFRESH_TOKEN = "rt-SECRET-41d2e8-refresh"

@@ -12,7 +12,7 @@ import pytest
 from pipeline.ingest import IngestService
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
-from tests.service_harness import (
+from tests.helpers.service import (
     START_MS,
     TOKEN,
     differences,

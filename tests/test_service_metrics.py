@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.simulator import Simulator, SimulatorClock
-from tests.service_harness import (
+from tests.helpers.service import (
     START_MS,
     TOKEN,
     eventually,

@@ -17,8 +17,8 @@ from pipeline.config import ConfigError, loads_config
 from pipeline.ingest import IngestService, SimulatorTokenSource
 from pipeline.sharding import SINGLE, ShardSpec, shard_of
 from pipeline.store import CandleStore, StoreError, connect
-from tests.service_harness import TOKEN, service_config
-from tests.test_store import candle_frame
+from tests.helpers.service import TOKEN, service_config
+from tests.helpers.store import candle_frame
 
 SERIES = [f"SYM{i}{{={interval}}}" for i in range(200) for interval in ("m", "5m")]
 

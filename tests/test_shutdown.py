@@ -26,7 +26,7 @@ from pipeline.ingest import EXIT_UNSTORED, IngestService, ShutdownGuard, Simulat
 from pipeline.ingest.runner import unstored_completed
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
-from tests.service_harness import (
+from tests.helpers.service import (
     START_MS,
     TOKEN,
     differences,
@@ -36,7 +36,7 @@ from tests.service_harness import (
     truth_frame,
     write_ingest_config,
 )
-from tests.timing import MS, TIMEOUT
+from tests.helpers.timing import MS, TIMEOUT
 
 MINUTE = 60_000
 SERIES = ["AAPL{=m}", "AAPL{=5m}", "SPY{=m}", "SPY{=5m}"]

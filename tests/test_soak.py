@@ -26,7 +26,7 @@ import pytest
 
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
-from tests.service_harness import (
+from tests.helpers.service import (
     START_MS,
     TOKEN,
     differences,
@@ -37,7 +37,7 @@ from tests.service_harness import (
     stored_frame,
     truth_frame,
 )
-from tests.test_store_readers import ReaderProcess
+from tests.helpers.store import ReaderProcess
 
 MINUTE_MS = 60_000
 MIB = 1 << 20

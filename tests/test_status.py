@@ -19,10 +19,10 @@ from pipeline.metrics import (
     render_status,
     url_for,
 )
-from tests.fake_tastytrade import FakeClock
-from tests.test_metrics import MINUTE_MS, START, FakeService, reader
-from tests.test_store import T0_MS, candle_frame, open_store
-from tests.timing import MS, TIMEOUT
+from tests.helpers.fake_tastytrade import FakeClock
+from tests.helpers.metrics import MINUTE_MS, START, FakeService, reader
+from tests.helpers.store import T0_MS, candle_frame, open_store
+from tests.helpers.timing import MS, TIMEOUT
 
 
 @pytest.fixture

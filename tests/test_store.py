@@ -15,58 +15,7 @@ import pytest
 
 from pipeline.schema import CANDLE_COLUMNS, CANDLE_SCHEMA
 from pipeline.store import CandleStore, StoreBusyError, StoreError, connect, parse_catalog
-
-T0 = datetime(2025, 8, 27, 13, 30, tzinfo=UTC)
-T0_MS = 1_756_301_400_000
-MINUTE = timedelta(minutes=1)
-INGESTED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-def candle_frame(
-    symbol: str = "AAPL",
-    period: str = "1m",
-    n: int = 3,
-    *,
-    start: datetime = T0,
-    step: timedelta = MINUTE,
-    close: float = 100.0,
-    revision: int = 0,
-) -> pl.DataFrame:
-    """``n`` candles of one series in the store's schema; close rises by 1 per candle."""
-    rows = [
-        {
-            "symbol": symbol,
-            "period": period,
-            "time": start + i * step,
-            "open": close + i - 0.5,
-            "high": close + i + 1.0,
-            "low": close + i - 1.0,
-            "close": close + i,
-            "volume": 1000.0 + i,
-            "vwap": close + i - 0.2,
-            "count": 10 + i,
-            "bid_volume": 400.0,
-            "ask_volume": 550.0,
-            "imp_volatility": float("nan"),
-            "open_interest": float("nan"),
-            "revision": revision,
-            "ingested_at": None,
-            "sequence": 0,
-        }
-        for i in range(n)
-    ]
-    return pl.DataFrame(rows, schema=CANDLE_SCHEMA)
-
-
-def keys(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select("symbol", "period", "time", "sequence")
-
-
-def open_store(path: Path, **kwargs: object) -> CandleStore:
-    """A store with the test clock; extension signatures unchecked (saves ~1.2 s per open)."""
-    options: dict[str, object] = {"clock": lambda: INGESTED, "verify_extensions": False}
-    options.update(kwargs)
-    return CandleStore(path, **options)  # type: ignore[arg-type]
+from tests.helpers.store import INGESTED, MINUTE, T0, T0_MS, candle_frame, keys, open_store
 
 
 @pytest.fixture(scope="module")

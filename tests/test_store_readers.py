@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,34 +14,16 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipeline.schema import CANDLE_SCHEMA
 from pipeline.store import CandleStore, connect
-from tests.test_store import MINUTE, T0, candle_frame, open_store
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def bulk_frame(first: int, n: int, *, symbols: int = 10) -> pl.DataFrame:
-    """``n`` one-minute candles spread over ``symbols`` series, keys unique per ``first``."""
-    rows = pl.int_range(first, first + n, eager=True).alias("i").to_frame()
-    return rows.select(
-        symbol=pl.format("S{}", pl.col("i") % symbols),
-        period=pl.lit("1m"),
-        time=pl.from_epoch(1_756_252_800_000 + (pl.col("i") // symbols) * 60_000, time_unit="ms"),
-        open=pl.col("i").cast(pl.Float64),
-        high=pl.col("i").cast(pl.Float64) + 1,
-        low=pl.col("i").cast(pl.Float64) - 1,
-        close=pl.col("i").cast(pl.Float64),
-        volume=pl.lit(10.0),
-        vwap=pl.col("i").cast(pl.Float64),
-        count=pl.lit(3, pl.Int64),
-        bid_volume=pl.lit(4.0),
-        ask_volume=pl.lit(6.0),
-        imp_volatility=pl.lit(float("nan")),
-        open_interest=pl.lit(float("nan")),
-        revision=pl.lit(0, pl.Int64),
-        ingested_at=pl.lit(None, CANDLE_SCHEMA["ingested_at"]),
-    ).with_columns(pl.col("time").dt.replace_time_zone("UTC"))
+from tests.helpers.store import (
+    MINUTE,
+    REPO,
+    T0,
+    ReaderProcess,
+    bulk_frame,
+    candle_frame,
+    open_store,
+)
 
 
 @pytest.fixture
@@ -166,73 +147,6 @@ def test_resample_rolls_minutes_into_wider_buckets(
 
 # Other processes.
 
-READER = """
-import json, sys, threading
-from pipeline.store import connect
-path, mode = sys.argv[1], sys.argv[2]
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
-con = connect(path, verify_extensions=False)
-queries, errors, backwards, last = 0, [], 0, -1
-print("ready", flush=True)
-while not stop.is_set():
-    try:
-        if mode == "reopen":  # `candles query`: a fresh connection per query
-            con.close()
-            con = connect(path, verify_extensions=False)
-        n = con.execute("SELECT count(*) FROM candles").fetchone()[0]
-        con.execute("SELECT count(*), max(missing_periods) FROM candle_gaps").fetchone()
-        con.execute("SELECT sum(close) FROM latest_candles").fetchone()
-        queries += 1
-        backwards += n < last
-        if n != last:
-            print(json.dumps({"seen": n}), flush=True)
-        last = n
-    except Exception as exc:
-        errors.append(f"{type(exc).__name__}: {exc}"[:300])
-print(json.dumps({"queries": queries, "errors": errors, "backwards": backwards}), flush=True)
-"""
-
-
-class ReaderProcess:
-    """A separate Python process querying the lake in a loop until told to stop."""
-
-    def __init__(self, path: Path, mode: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", READER, str(path), mode],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        assert self.line() == "ready"
-
-    def line(self) -> str:
-        assert self.process.stdout is not None
-        return self.process.stdout.readline().strip()
-
-    def wait_until_seen(self, count: int) -> None:
-        """Block until this reader has observed ``count`` rows (it reports every change)."""
-        while True:
-            line = self.line()
-            assert line, "reader process ended early"
-            if json.loads(line).get("seen") == count:
-                return
-
-    def finish(self) -> dict[str, object]:
-        assert self.process.stdin is not None
-        self.process.stdin.write("\n")
-        self.process.stdin.flush()
-        while "queries" not in (report := json.loads(self.line())):
-            pass
-        self.process.wait()
-        assert isinstance(report, dict), f"the reader's report is not a JSON object: {report!r}"
-        return report
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
 
 def test_reader_processes_never_block_the_writer(tmp_path: Path) -> None:
     """Two reader processes query in a loop through upserts and a compaction: no errors."""
@@ -266,7 +180,7 @@ def test_reader_processes_never_block_the_writer(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pipeline.store import CandleStore
-from tests.test_store_readers import bulk_frame
+from tests.helpers.store import bulk_frame
 store = CandleStore(sys.argv[1], verify_extensions=False)
 size = int(sys.argv[2])
 for step in range(1000):

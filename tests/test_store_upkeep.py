@@ -13,7 +13,7 @@ import pytest
 
 import pipeline.store.writer
 from pipeline.store import CandleStore, StoreError
-from tests.test_store import MINUTE, T0, candle_frame, open_store
+from tests.helpers.store import MINUTE, T0, candle_frame, open_store
 
 
 def writer_memory(store: CandleStore) -> dict[str, int]:

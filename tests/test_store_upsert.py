@@ -24,7 +24,7 @@ from pipeline.schema import CANDLE_COLUMNS, KEY_COLUMNS
 from pipeline.store import CandleStore, StoreError, connect
 from pipeline.store.lake import table_folder, write_data_file
 from pipeline.store.upsert import prepare_batch
-from tests.test_store import INGESTED, MINUTE, T0, candle_frame, keys, open_store
+from tests.helpers.store import INGESTED, MINUTE, T0, candle_frame, keys, open_store
 
 NAN = float("nan")
 _METADATA = "__ducklake_metadata_lake"

@@ -22,7 +22,7 @@ from pipeline.ingest import (
     TastytradeTokenSource,
     validate_dxlink_url,
 )
-from tests.fake_tastytrade import CUSTOMER_NOT_FOUND, FakeClock, FakeTastytrade
+from tests.helpers.fake_tastytrade import CUSTOMER_NOT_FOUND, FakeClock, FakeTastytrade
 
 CLIENT_SECRET = "cs-5ecret-Value-0001"
 REFRESH_TOKEN = "rt-5ecret-Value-0002"

@@ -14,8 +14,7 @@ from pipeline.ingest import IngestService, SimulatorTokenSource
 from pipeline.sharding import SINGLE, ShardSpec
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import StoreBusy, WriterLock
-from tests.service_harness import START_MS, TOKEN, service_config, write_ingest_config
-from tests.test_ingest_process import _start
+from tests.helpers.service import START_MS, TOKEN, service_config, start_ingest, write_ingest_config
 
 # A child that takes the lock, says so, and holds it until its stdin closes.
 HOLDER = """
@@ -94,7 +93,7 @@ async def test_candles_ingest_started_twice_exits_with_what_to_do(tmp_path: Path
     store = tmp_path / "data"
     async with Simulator(token=TOKEN, seed=3, clock=SimulatorClock.manual(START_MS)) as sim:
         config = write_ingest_config(tmp_path / "config.toml", store, sim.url)
-        first = _start(config)
+        first = start_ingest(config)
         try:
             await sim.wait_for_subscriptions(4)  # the first holds the lock before subscribing
             second = await asyncio.to_thread(

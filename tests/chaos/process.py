@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore
-from tests.service_harness import START_MS, differences, eventually, stored_frame, truth_frame
+from tests.helpers.service import START_MS, differences, eventually, stored_frame, truth_frame
 
 __all__ = ["KillReport", "KillRun"]
 

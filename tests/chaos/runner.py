@@ -39,7 +39,7 @@ from pipeline.dxlink import ErrorCode
 from pipeline.ingest import IngestService, SimulatorTokenSource
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore, UpsertResult
-from tests.service_harness import (
+from tests.helpers.service import (
     START_MS,
     differences,
     series_keys,

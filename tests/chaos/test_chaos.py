@@ -24,7 +24,7 @@ from tests.chaos.runner import (
     PlannedFault,
     plan_faults,
 )
-from tests.service_harness import START_MS, TOKEN, eventually, series_keys, service_config
+from tests.helpers.service import START_MS, TOKEN, eventually, series_keys, service_config
 
 SOAK_SEEDS = int(os.environ.get("CHAOS_SOAK_SEEDS", "24"))
 

@@ -10,115 +10,27 @@ here.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from pipeline.dxlink import Candle
 from pipeline.dxlink.client import (
     Connected,
     Disconnected,
     DisconnectReason,
     DXLinkManager,
-    LifecycleEvent,
     SnapshotComplete,
 )
 from pipeline.simulator import Simulator, SimulatorClock
-from tests.timing import TIMEOUT, short_backoff
-
-START = 1_756_252_800_000  # 2025-08-27T00:00Z
-HOUR = 3_600_000
-NOW = START + 6 * HOUR
-SIM_TOKEN = "sim-token-5e1d"
-
-
-class TokenSource:
-    """A TokenSource with the real shape: ``.token`` is a SecretStr, refresh hands the next."""
-
-    def __init__(self, url: str, tokens: list[str]) -> None:
-        self.url = url
-        self.tokens = tokens
-        self.calls: list[bool] = []
-
-    async def get(self, force_refresh: bool = False) -> Any:
-        self.calls.append(force_refresh)
-        if force_refresh and len(self.tokens) > 1:
-            self.tokens.pop(0)
-        return _Quote(SecretStr(self.tokens[0]), self.url)
-
-
-@dataclass(frozen=True)
-class _Quote:
-    token: SecretStr
-    dxlink_url: str
-
-
-class Lifecycle:
-    """Records lifecycle events; tests wait on them instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.events: list[LifecycleEvent] = []
-        self.counts: Counter[type[Any]] = Counter()
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: LifecycleEvent) -> None:
-        self.events.append(event)
-        self.counts[type(event)] += 1
-        self._changed.set()
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    async def wait_for(self, kind: type[Any], count: int = 1) -> None:
-        """Wait until ``count`` events of ``kind`` have been seen in total."""
-        async with asyncio.timeout(TIMEOUT):
-            while self.counts[kind] < count:
-                self._changed.clear()
-                await self._changed.wait()
+from tests.dxlink.harness import HOUR, NOW, SIM_TOKEN, Collector, Lifecycle, make_client
+from tests.helpers.timing import TIMEOUT, short_backoff
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(clock=SimulatorClock.manual(NOW), token=SIM_TOKEN) as simulator:
         yield simulator
-
-
-def make_client(sim: Simulator, lifecycle: Lifecycle, **kwargs: Any) -> DXLinkManager:
-    settings: dict[str, Any] = {
-        "reconnect_delays": short_backoff,
-        "on_event": lifecycle,
-        "wall_clock": lambda: NOW / 1000,  # the simulator's time, for fromTime checks
-    }
-    settings.update(kwargs)
-    tokens = settings.pop("tokens", [SIM_TOKEN])
-    return DXLinkManager(TokenSource(sim.url, tokens), **settings)
-
-
-class Collector:
-    """Consumes candles() in the background, like the service does."""
-
-    def __init__(self, manager: DXLinkManager) -> None:
-        self.candles: list[Candle] = []
-        self.batches = 0
-        self._changed = asyncio.Event()
-        self.task = asyncio.create_task(self._run(manager))
-
-    async def _run(self, manager: DXLinkManager) -> None:
-        async for batch in manager.candles():
-            self.candles.extend(batch)
-            self.batches += 1
-            self._changed.set()
-
-    async def wait_batches(self, count: int) -> None:
-        """Wait until ``count`` batches have arrived in total."""
-        async with asyncio.timeout(TIMEOUT):
-            while self.batches < count:
-                self._changed.clear()
-                await self._changed.wait()
 
 
 SERIES = ["AAPL{=5m}", "SPY{=m}", "QQQ{=h}"]

@@ -23,9 +23,8 @@ from pipeline.dxlink.client import (
     DisconnectReason,
     DXLinkManager,
 )
-from tests.dxlink.test_client import Lifecycle
-from tests.dxlink.test_client_scripted import T0, ScriptedServer, make_manager
-from tests.timing import TIMEOUT
+from tests.dxlink.harness import T0, Lifecycle, ScriptedServer, make_manager
+from tests.helpers.timing import TIMEOUT
 
 # The server advertises 0.3 s (so the client judges it dead after 0.3 s of reading silence)
 # and drops a client silent for its advertised 0.6 s; both sides send every min/2 = 0.15 s,

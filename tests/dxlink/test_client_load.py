@@ -14,7 +14,7 @@ import pytest
 from pipeline.dxlink import Candle, ConfigurationError
 from pipeline.dxlink.client import Backpressure, Connected, SnapshotComplete
 from pipeline.simulator import Simulator, SimulatorClock
-from tests.dxlink.test_client import (
+from tests.dxlink.harness import (
     HOUR,
     NOW,
     SIM_TOKEN,
@@ -22,7 +22,7 @@ from tests.dxlink.test_client import (
     Lifecycle,
     make_client,
 )
-from tests.timing import TIMEOUT
+from tests.helpers.timing import TIMEOUT
 
 MINUTE = 60_000
 INTERVALS = ["1m", "5m", "15m", "1h", "1d"]

@@ -29,7 +29,7 @@ from pipeline.dxlink import (
     encode,
 )
 from pipeline.dxlink.message_models import Message
-from tests.timing import TIMEOUT
+from tests.helpers.timing import TIMEOUT
 
 __all__ = ["TestClient", "comparable"]
 

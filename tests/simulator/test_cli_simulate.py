@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.dxlink import ErrorReceived
+from tests.helpers.timing import TIMEOUT
 from tests.simulator.client import TestClient
-from tests.timing import TIMEOUT
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])

@@ -26,8 +26,8 @@ from pipeline.dxlink import (
 from pipeline.dxlink.message_models import FeedSubscription
 from pipeline.simulator import Simulator, SimulatorClock, parse_fault
 from pipeline.simulator.periods import HOUR_MS, MINUTE_MS
+from tests.helpers.timing import MS, TIMEOUT
 from tests.simulator.client import TestClient
-from tests.timing import MS, TIMEOUT
 
 START = 1_756_252_800_000  # 2025-08-27T00:00Z
 NOW = START + 2 * HOUR_MS

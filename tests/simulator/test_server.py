@@ -41,8 +41,8 @@ from pipeline.dxlink.message_models import (
 )
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.simulator.periods import HOUR_MS, MINUTE_MS
+from tests.helpers.timing import TIMEOUT
 from tests.simulator.client import TestClient, comparable
-from tests.timing import TIMEOUT
 
 START = 1_756_252_800_000  # 2025-08-27T00:00Z
 NOW = START + 2 * HOUR_MS

@@ -31,6 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from pipeline.simulator import Simulator
+
 __all__ = ["CUSTOMER_NOT_FOUND", "FakeClock", "FakeTastytrade", "RecordedRequest"]
 
 CUSTOMER_NOT_FOUND = {
@@ -265,3 +267,14 @@ class FakeTastytrade:
             do_POST = _serve
 
         return Handler
+
+
+class IssuedTokenSimulator(Simulator):
+    """A simulator that accepts exactly the quote tokens the fake tastytrade API handed out."""
+
+    def __init__(self, rest: FakeTastytrade, **options: Any) -> None:
+        super().__init__(**options)
+        self._rest = rest
+
+    def token_accepted(self, token: str) -> bool:
+        return token in self._rest.quote_tokens

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,4 +175,14 @@ def make_service(config: Config, sim: Simulator, *, in_process_clock: bool = Tru
         config,
         token_source=SimulatorTokenSource(sim.url, TOKEN),
         source_clock_ms=(lambda: sim.now_ms) if in_process_clock else None,
+    )
+
+
+def start_ingest(config: Path) -> subprocess.Popen[bytes]:
+    """``candles ingest --config CONFIG`` as a child process (stderr piped, no profile)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "ingest", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CANDLES_PROFILE": ""},
     )
