@@ -220,6 +220,30 @@ class CandleBlock(Sequence[Candle]):
         flags: IntColumns = self.ints[FLAGS]
         return flags
 
+    @property
+    def times(self) -> IntColumns:
+        """Each event's ``time`` (ms since the epoch, §4.1)."""
+        times: IntColumns = self.ints[TIME]
+        return times
+
+    @property
+    def sequences(self) -> IntColumns:
+        """Each event's ``sequence`` (§4.2)."""
+        sequences: IntColumns = self.ints[SEQUENCE]
+        return sequences
+
+    @property
+    def event_times(self) -> IntColumns:
+        """Each event's ``eventTime`` (ms since the epoch; usually 0 for candles, §4.1)."""
+        event_times: IntColumns = self.ints[EVENT_TIME]
+        return event_times
+
+    @property
+    def counts(self) -> IntColumns:
+        """Each event's ``count`` (trades aggregated, §4.1)."""
+        counts: IntColumns = self.ints[COUNT]
+        return counts
+
     def record_indexes(self) -> IntColumns:
         """Each event's index (§4.2), derived from ``time``/``sequence`` where it is 0 (as
         ``candle.index or index_of(candle.time, candle.sequence)``)."""
