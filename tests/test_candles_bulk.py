@@ -2,11 +2,12 @@
 
 ``CandleDataManager`` takes two routes to the same result: for many candles of a series it
 works on the series' joined records at once (numpy, one pack per snapshot), for few it finds
-each candle. The differential test runs one random stream three ways: bulk forced
-everywhere, per-candle forced everywhere, and the production thresholds, and compares every
-observable after every step. Batch boundaries stay the same in all three: the history bound
-is applied once per ``update`` call, so where a stream is cut into calls may change which
-stored candles a later snapshot still finds (by design, not a route difference).
+each candle (``pipeline.candles.series.few`` decides). The differential test runs one random
+stream three ways: bulk forced everywhere, per-candle forced everywhere, and the production
+rule, and compares every observable after every step. Batch boundaries stay the same in all
+three: the history bound is applied once per ``update`` call, so where a stream is cut into
+calls may change which stored candles a later snapshot still finds (by design, not a route
+difference).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.candles import Batch, CandleDataManager, records
-from pipeline.candles import manager as candles
+from pipeline.candles import Batch, CandleDataManager, series
+from pipeline.candles.assembly import Assembler
 from pipeline.dxlink import (
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
@@ -69,23 +70,25 @@ def snapshot(symbol: str, newest: int, oldest: int, close: float) -> list[Candle
 
 
 @contextmanager
-def thresholds(many: int) -> Iterator[None]:
-    """Force the bulk route (huge), the per-candle route (0) or keep production's (16)."""
-    with mock.patch.object(candles, "_MANY", many), mock.patch.object(records, "_MANY", many):
+def route(per_candle: bool) -> Iterator[None]:
+    """Force the per-candle route (True) or the bulk route (False) everywhere."""
+
+    def forced(count: int, among: int) -> bool:
+        return per_candle
+
+    with mock.patch.object(series, "few", forced):
         yield
 
 
 @contextmanager
 def one_event_at_a_time() -> Iterator[None]:
-    """Unflagged stretches through ``_on_event`` one by one: the plain §6.3 route."""
+    """Unflagged stretches through ``on_event`` one by one: the plain §6.3 route."""
 
-    def per_event(
-        self: CandleDataManager, series: Any, run: list[Candle], start: int, stop: int
-    ) -> None:
+    def per_event(self: Assembler, run: list[Candle], start: int, stop: int) -> None:
         for event in run[start:stop]:
-            self._on_event(series, event)
+            self.on_event(event)
 
-    with mock.patch.object(CandleDataManager, "_apply_plain", per_event):
+    with mock.patch.object(Assembler, "hold", per_event):
         yield
 
 
@@ -177,9 +180,9 @@ def run(
 @given(operations)
 def test_bulk_and_per_candle_routes_are_indistinguishable(ops: list[tuple[Any, ...]]) -> None:
     """Bulk, per-candle and production routes give the same candles, batches and stats."""
-    with thresholds(0):
+    with route(per_candle=True):
         reference = run(ops)
-    with thresholds(10**9):
+    with route(per_candle=False):
         assert run(ops) == reference
     assert run(ops) == reference
 
@@ -189,7 +192,7 @@ def test_bulk_and_per_candle_routes_are_indistinguishable(ops: list[tuple[Any, .
 def test_column_blocks_apply_exactly_like_the_same_tuples(ops: list[tuple[Any, ...]]) -> None:
     """Events as a CandleBlock (a large frame) and as Candle tuples give the same everything."""
     reference = run(ops)
-    with thresholds(0):  # every run of a block stays columns, buffered as block slices
+    with route(per_candle=True):
         assert run(ops, blocks=True) == reference
     assert run(ops, blocks=True) == reference
 
@@ -202,6 +205,7 @@ def test_a_batch_applies_like_its_events_one_call_each(ops: list[tuple[Any, ...]
     with one_event_at_a_time():
         reference = run(ops, batched=False, history=10**6)
     assert run(ops, history=10**6) == reference
+    assert run(ops, history=10**6, blocks=True) == reference  # stretches held as block slices
 
 
 @pytest.mark.parametrize("size", range(6, 14))

@@ -1,16 +1,25 @@
-"""CandleDataManager: per-series snapshot assembly, bounded history and completeness.
+"""CandleDataManager: decoded Candle events in, completed candles to store out.
 
-Decoded ``Candle`` events go in (:meth:`CandleDataManager.update`); completed candles that
-the store does not hold yet come out as a polars frame (:meth:`CandleDataManager.take_completed`)
+Decoded ``Candle`` events go in (:meth:`CandleDataManager.update`); completed candles that the
+store does not hold yet come out as a polars frame (:meth:`CandleDataManager.take_completed`)
 and are marked stored only when the caller confirms the write (:meth:`CandleDataManager.commit`).
 No I/O and no clock: the caller passes ``now_ms``, derived from the stream (the max event time
 seen, or the simulator's clock), so an accelerated source completes candles at its own pace.
 
-The manager is built in layers, one module and one job each: :mod:`pipeline.series`
-(``SeriesRecords``: held candles as packed records, **revisions**, **bounded memory**),
-:mod:`pipeline.assembly` (``SnapshotAssembly``: **snapshot assembly**, §6.3) and this module
-(``CandleDataManager``: which series an event belongs to, the clock, the hand-out and commit,
-the views and stats). Per series (the normalised candle symbol, e.g. ``AAPL{=5m}``):
+The manager *has* its parts; each step of a candle happens in the module that owns it:
+
+1. here, :meth:`CandleDataManager.update` finds the series an event belongs to (the
+   normalised candle symbol, e.g. ``AAPL{=5m}``) and hands it to that series'
+   :class:`~pipeline.candles.assembly.Assembler` (``assembly``: the §6.3 snapshot and
+   transaction rules);
+2. the assembler applies consistent events to the series'
+   :class:`~pipeline.candles.series.SeriesBook` (``series``: the held records, revisions,
+   removals, eviction and pinning, and what each batch took);
+3. :meth:`CandleDataManager.take_completed` asks every book for its completed unwritten
+   records and builds the batch from them (``records``: the packed record, and the frame in
+   the table's schema built from the joined records, column by column).
+
+Per series:
 
 * **Completeness** (DESIGN.md "Candles", §6.5): every candle but the newest is complete; the
   newest is complete once ``now_ms >= time + period + grace`` for fixed-length periods, never by
@@ -22,41 +31,30 @@ the views and stats). Per series (the normalised candle symbol, e.g. ``AAPL{=5m}
   so a flush always drains them. A new series beyond ``max_series`` is refused: its events are
   dropped, counted and logged once per series.
 
-The hot path works in bulk (issue 6): a series with many candles to hand out or confirm is
-handled as one numpy array over its joined records, and the batch frame's columns come
-straight from the packed bytes. Few candles (live updates) are found one by one; both routes
-give the same result (tests/test_candles_bulk.py).
+One shape inside: from the door to the batch a candle is one packed record (``records``).
+A live update is packed from its tuple straight into its book; a snapshot's column block
+is packed a column at a time when the snapshot completes; many records of a book are read
+as one numpy structured array over their joined bytes (the same bytes, no copy); the batch
+frame is built from them column by column.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import operator
 import sys
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from itertools import count as counter
-from itertools import groupby
 
-import numpy as np
 import polars as pl
 
-from pipeline.candles.assembly import SnapshotAssembly
-from pipeline.candles.records import (
-    HEAD,
-    RECORD,
-    as_array,
-    candle_frame,
-    find,
-    key_frame,
-    record_index,
-    stored_records,
-    unchanged,
-)
-from pipeline.candles.series import Handed, Outstanding, SeriesState
+from pipeline.candles.assembly import Assembler
+from pipeline.candles.records import RECORD, candle_frame, key_frame, record_index, stored_records
+from pipeline.candles.series import Ledger, SeriesBook
 from pipeline.candles.types import BackpressureError, Batch, CandleData, CapacityError, ManagerStats
-from pipeline.dxlink import TX_PENDING, Candle, CandleBlock, CandleSymbol, sequence_of, time_of
+from pipeline.dxlink import Candle, CandleBlock, CandleSymbol, sequence_of, time_of
 
 __all__ = [
     "BYTES_PER_CANDLE",
@@ -70,13 +68,10 @@ BYTES_PER_CANDLE = sys.getsizeof(bytes(RECORD.size)) + 8
 _BYTES_PER_ENTRY = 64  # one set/dict entry (dirty and deletion bookkeeping), rounded up
 _BYTES_PER_EVENT = sys.getsizeof(Candle("", 0)) + 11 * 24  # a buffered event and its numbers
 _MAX_OUTSTANDING = 16  # batches remembered for commit; older ones are simply retried
-_MANY = 16  # "many" records of a series: one C-level pass over all of them beats a bisect each
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_symbol_of = operator.attrgetter("symbol")
 
-
-class CandleDataManager(SnapshotAssembly):
+class CandleDataManager:
     """Holds the candles of many series; see the module docstring for the rules.
 
     Args:
@@ -108,15 +103,17 @@ class CandleDataManager(SnapshotAssembly):
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if grace_ms < 0:
             raise ValueError(f"grace_ms must be >= 0, got {grace_ms}")
-        super().__init__(
-            max_historical_candles=max_historical_candles, max_buffered_events=max_buffered_events
-        )
         self.max_series = max_series
+        self.max_historical_candles = max_historical_candles
         self.max_pinned_candles = max_pinned_candles
+        self.max_buffered_events = max_buffered_events
         self.grace_ms = grace_ms
-        self._series: dict[str, SeriesState] = {}
-        self._aliases: dict[str, str] = {}  # symbol as received -> series key
+        self._ledger = Ledger()
+        # Series key -> the series' assembler, which holds its book (``assembler.book``).
+        self._series: dict[str, Assembler] = {}
+        self._routes: dict[str, Assembler] = {}  # symbol as received -> the same assemblers
         self._refused: set[str] = set()
+        self._outstanding: OrderedDict[int, list[SeriesBook]] = OrderedDict()
         self._now = 0
         self._tokens = counter(1)
         self._refused_events = 0
@@ -132,51 +129,26 @@ class CandleDataManager(SnapshotAssembly):
             BackpressureError: More than ``max_pinned_candles`` completed candles wait for the
                 store. Nothing was applied; flush and call again with the same events.
         """
-        if self._pinned > self.max_pinned_candles:
+        if self._ledger.pinned > self.max_pinned_candles:
             self._refusals += 1
-            raise BackpressureError(self._pinned, self.max_pinned_candles)
-        touched: dict[str, SeriesState] = {}
+            raise BackpressureError(self._ledger.pinned, self.max_pinned_candles)
+        touched: set[SeriesBook] = set()
         if isinstance(candles, CandleBlock):
-            self._update_block(candles, touched)
-            candles = ()
-        # A server sends a series' events in runs (a snapshot chunk is one series): one
-        # lookup per run, and a run's unflagged stretches handled at once.
-        for symbol, group in groupby(candles, _symbol_of):
-            run = list(group)
-            series = self._series_for(symbol)
-            if series is None:
-                for _ in run[1:]:  # dropped events are counted (and logged) one by one
-                    self._series_for(symbol)
-                continue
-            touched[series.symbol.normalized] = series
-            self._apply_run(series, run)
-        for series in touched.values():
-            self._trim(series)
+            for symbol, start, stop in candles.runs():
+                assembler = self._route(symbol, stop - start)
+                if assembler is not None:
+                    touched.add(assembler.book)
+                    assembler.on_block(candles, start, stop)
+        else:
+            routes = self._routes
+            for event in candles:
+                assembler = routes.get(event.symbol) or self._route(event.symbol, 1)
+                if assembler is not None:
+                    touched.add(assembler.book)
+                    assembler.on_event(event)
+        for book in touched:
+            book.trim()  # the history bound: once per call and series
         self.advance(now_ms)
-
-    def _update_block(self, block: CandleBlock, touched: dict[str, SeriesState]) -> None:
-        """:meth:`update` for events as columns: a long run of one series stays columns (a
-        snapshot's body is buffered as block slices and merged in one numpy pass); short
-        runs (a live round, one event per series) go the tuple route."""
-        for symbol, start, stop in block.runs():
-            series = self._series_for(symbol)
-            if series is None:
-                for _ in range(start + 1, stop):  # dropped events counted one by one
-                    self._series_for(symbol)
-                continue
-            touched[series.symbol.normalized] = series
-            if stop - start < _MANY:
-                self._apply_run(series, block.candles()[start:stop])
-                continue
-            # Only flags other than TX_PENDING need an event of their own: a TX_PENDING
-            # event is held back like an unflagged one while a snapshot is open (§6.3).
-            control = block.flags[start:stop] & ~TX_PENDING
-            at = start
-            for flagged in (np.flatnonzero(control) + start).tolist():
-                self._apply_plain(series, block, at, flagged)
-                self._on_event(series, block.candle(flagged))
-                at = flagged + 1
-            self._apply_plain(series, block, at, stop)
 
     def advance(self, now_ms: int) -> None:
         """Move the clock (ms UTC, from the stream) forward; completeness follows it."""
@@ -188,13 +160,7 @@ class CandleDataManager(SnapshotAssembly):
         Returns:
             How many buffered events were dropped.
         """
-        dropped = 0
-        for series in self._series.values():
-            dropped += series.buffered
-            series.pending.clear()
-            series.buffered = 0
-            series.snap_part = series.snap_full = False
-        return dropped
+        return sum(assembler.reset() for assembler in self._series.values())
 
     def load_history(self, series: str, frame: pl.DataFrame) -> int:
         """Warm-start a series from stored candles (frame in :data:`CANDLE_SCHEMA`).
@@ -208,20 +174,12 @@ class CandleDataManager(SnapshotAssembly):
             CapacityError: The series is new and ``max_series`` are held already.
             ValueError: The frame's rows belong to another series.
         """
-        entry = self._series_for(series, strict=True)
-        assert entry is not None
-        symbol = entry.symbol
+        book = self._book_for(series)
         if frame.height == 0:
             return 0
-        held = {record_index(record) for record in entry.records}
-        loaded: list[bytes] = []
-        for index, record in stored_records(frame, symbol):
-            if index not in held:
-                held.add(index)
-                loaded.append(record)
-        self._replace_records(entry, sorted([*entry.records, *loaded], key=record_index))
-        self._trim(entry)
-        return len(loaded)
+        loaded = book.load(stored_records(frame, book.symbol))
+        book.trim()
+        return loaded
 
     # ----------------------------------------------------------------- output
 
@@ -234,30 +192,29 @@ class CandleDataManager(SnapshotAssembly):
         Args:
             max_rows: Hand out at most this many candles (deletions always all go).
         """
-        parts: list[tuple[CandleSymbol, bytes]] = []
-        upserts: dict[str, Handed] = {}
-        deletions: list[tuple[str, int, int]] = []
-        room = sys.maxsize if max_rows is None else max_rows
-        for key, series in self._series.items():
-            deletions.extend((key, index, rev) for index, rev in series.deleted.items())
-            if not series.unwritten or room <= 0:
-                continue
-            blob, handed = self._take(series, room)
-            if handed:
-                parts.append((series.symbol, blob))
-                upserts[key] = handed
-                room -= len(handed)
         token = next(self._tokens)
-        changes = {key: self._series[key].changes for key in upserts}
-        whole = {
-            key
-            for key, handed in upserts.items()
-            if len(handed) == len(self._series[key].unwritten)
-        }
-        self._outstanding[token] = Outstanding(upserts, deletions, changes, whole)
+        parts: list[tuple[CandleSymbol, bytes]] = []
+        removed: list[tuple[CandleSymbol, int]] = []
+        involved: list[SeriesBook] = []
+        room = sys.maxsize if max_rows is None else max_rows
+        now, grace = self._now, self.grace_ms
+        for assembler in self._series.values():
+            book = assembler.book
+            if not book.unwritten and not book.deleted:
+                continue
+            blob, rows, deletions = book.take(token, room, now, grace)
+            if rows or deletions:
+                involved.append(book)
+            if rows:
+                parts.append((book.symbol, blob))
+                room -= rows
+            if deletions:
+                removed.extend((book.symbol, index) for index, _ in deletions)
+        self._outstanding[token] = involved
         while len(self._outstanding) > _MAX_OUTSTANDING:
-            self._outstanding.popitem(last=False)
-        removed = [(self._series[key].symbol, index) for key, index, _ in deletions]
+            forgotten, books = self._outstanding.popitem(last=False)
+            for book in books:
+                book.release(forgotten)
         rows = sum(len(blob) for _, blob in parts) // RECORD.size
         return Batch(functools.partial(candle_frame, parts), rows, key_frame(removed), token)
 
@@ -270,39 +227,19 @@ class CandleDataManager(SnapshotAssembly):
         Returns:
             How many candles were marked stored.
         """
-        entry = self._outstanding.pop(batch.token, None)
-        if entry is None:
+        books = self._outstanding.pop(batch.token, None)
+        if books is None:
             return 0
-        marked = 0
-        for key, handed in entry.upserts.items():
-            series = self._series.get(key)
-            if series is None or not handed:
-                continue  # removed meanwhile: its deletion is queued
-            # Stored: still held at the revision handed out. A missing candle was removed
-            # meanwhile (its deletion is queued); a changed one stays dirty.
-            dirty = series.unwritten
-            before = len(dirty)
-            if series.changes == entry.changes.get(key):  # nothing changed or left since
-                if key in entry.whole:  # it took every unwritten one; none came since
-                    dirty = series.unwritten = set()
-                else:
-                    dirty.difference_update(handed.keys())
-            else:
-                dirty.difference_update(unchanged(series.records, handed.mapping()))
-            if len(dirty) < before:
-                marked += before - len(dirty)
-                if not dirty:
-                    series.unwritten = set()  # a cleared set keeps its peak-size table
-                self._trim(series)
-        for key, index, revision in entry.deletions:
-            series = self._series.get(key)
-            if series is not None and series.deleted.get(index) == revision:
-                del series.deleted[index]
-        return marked
+        return sum(book.commit(batch.token) for book in books)
 
     def release(self, batch: Batch) -> bool:
         """The write failed: forget ``batch``; its candles stay dirty and go out again."""
-        return self._outstanding.pop(batch.token, None) is not None
+        books = self._outstanding.pop(batch.token, None)
+        if books is None:
+            return False
+        for book in books:
+            book.release(batch.token)
+        return True
 
     # ------------------------------------------------------------------ views
 
@@ -312,29 +249,23 @@ class CandleDataManager(SnapshotAssembly):
 
     def history(self, series: str) -> list[CandleData]:
         """Every held candle of a series, oldest first (empty for an unknown series)."""
-        entry = self._lookup(series)
-        if entry is None:
+        book = self._lookup(series)
+        if book is None:
             return []
-        return [self._materialise(entry, record) for record in entry.records]
+        return [self._materialise(book, record) for record in book.records]
 
     def live_candle(self, series: str) -> CandleData | None:
         """The newest candle of a series while it is still open (not complete), else ``None``."""
-        entry = self._lookup(series)
-        if entry is None or not entry.records:
+        book = self._lookup(series)
+        if book is None or not book.records:
             return None
-        newest = self._materialise(entry, entry.records[-1])
+        newest = self._materialise(book, book.records[-1])
         return None if newest.is_complete else newest
 
     def next_completion_ms(self) -> int | None:
         """When (stream ms) the next open candle completes by time, or ``None``."""
-        due = [
-            time_of(record_index(entry.records[-1])) + period + self.grace_ms
-            for entry in self._series.values()
-            if entry.records
-            and (period := entry.symbol.period_ms) is not None
-            and record_index(entry.records[-1]) in entry.unwritten
-        ]
-        return min(due, default=None)
+        due = [assembler.book.completes_at(self.grace_ms) for assembler in self._series.values()]
+        return min((at for at in due if at is not None), default=None)
 
     @property
     def now_ms(self) -> int:
@@ -343,11 +274,12 @@ class CandleDataManager(SnapshotAssembly):
 
     def stats(self) -> ManagerStats:
         """Counts and memory estimate (see :data:`BYTES_PER_CANDLE`)."""
-        held = sum(len(s.records) for s in self._series.values())
-        dirty = sum(len(s.unwritten) for s in self._series.values())
-        fresh = sum(len(s.fresh) for s in self._series.values())
-        deletions = sum(len(s.deleted) for s in self._series.values())
-        buffered = sum(s.buffered for s in self._series.values())
+        books = [assembler.book for assembler in self._series.values()]
+        held = sum(len(book.records) for book in books)
+        dirty = sum(len(book.unwritten) for book in books)
+        fresh = sum(len(book.fresh) for book in books)
+        deletions = sum(len(book.deleted) for book in books)
+        buffered = sum(assembler.buffered for assembler in self._series.values())
         memory = (
             held * BYTES_PER_CANDLE
             + (dirty + fresh + deletions) * _BYTES_PER_ENTRY
@@ -360,116 +292,89 @@ class CandleDataManager(SnapshotAssembly):
             series=len(self._series),
             candles_held=held,
             dirty=dirty,
-            pinned=self._pinned,
+            pinned=self._ledger.pinned,
             pending_deletions=deletions,
             buffered_events=buffered,
-            revisions=self._revisions,
+            revisions=self._ledger.revisions,
             refused_series_events=self._refused_events,
             invalid_events=self._invalid_events,
-            snapshot_overflows=self._overflows,
+            snapshot_overflows=self._ledger.overflows,
             backpressure_refusals=self._refusals,
             memory_bytes=memory,
             memory_limit_bytes=bound,
         )
 
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- routing
 
-    def _series_for(self, symbol: str, *, strict: bool = False) -> SeriesState | None:
-        key = self._aliases.get(symbol)
-        if key is not None:
-            return self._series[key]
-        if symbol in self._refused and not strict:
-            self._refused_events += 1
+    def _route(self, symbol: str, events: int) -> Assembler | None:
+        """The assembler of the series ``symbol`` names, creating the series if there is
+        room; ``None`` (the ``events`` are counted as dropped) for a refused or invalid
+        symbol."""
+        assembler = self._routes.get(symbol)
+        if assembler is not None:
+            return assembler
+        if symbol in self._refused:
+            self._refused_events += events
             return None
         try:
             parsed = CandleSymbol.parse(symbol)
         except ValueError:
-            if strict:
-                raise
-            self._invalid_events += 1
+            self._invalid_events += events
             logger.warning("! dropping a candle event with an invalid symbol %r", symbol[:80])
             return None
-        key = parsed.normalized
-        if key not in self._series:
+        assembler = self._series.get(parsed.normalized)
+        if assembler is None:
             if len(self._series) >= self.max_series:
-                message = (
-                    f"series {key!r} refused: max_series={self.max_series} series are held; "
-                    "raise manager.max_series or subscribe to fewer series"
-                )
-                if strict:
-                    raise CapacityError(message)
                 self._refused.add(symbol)
-                self._refused_events += 1
-                logger.warning("! %s (its events are dropped and counted)", message)
+                self._refused_events += events
+                logger.warning(
+                    "! %s (its events are dropped and counted)", self._capacity(parsed.normalized)
+                )
                 return None
-            self._series[key] = SeriesState(parsed)
-        if len(self._aliases) < 4 * self.max_series:  # bounded: unseen spellings re-parse
-            self._aliases[symbol] = key
-        return self._series[key]
+            assembler = self._add(parsed)
+        if len(self._routes) < 4 * self.max_series:  # bounded: unseen spellings re-parse
+            self._routes[symbol] = assembler
+        return assembler
 
-    def _lookup(self, series: str) -> SeriesState | None:
-        key = self._aliases.get(series)
-        if key is None:
-            try:
-                key = CandleSymbol.parse(series).normalized
-            except ValueError:
-                return None
-        return self._series.get(key)
+    def _book_for(self, series: str) -> SeriesBook:
+        """The book of ``series``, created if there is room (raises like load_history)."""
+        symbol = CandleSymbol.parse(series)
+        assembler = self._series.get(symbol.normalized)
+        if assembler is None:
+            if len(self._series) >= self.max_series:
+                raise CapacityError(self._capacity(symbol.normalized))
+            assembler = self._add(symbol)
+        return assembler.book
 
-    def _complete(self, series: SeriesState, record: bytes) -> bool:
-        index = record_index(record)
-        if index not in series.fresh or index < record_index(series.records[-1]):
-            return True  # handed out once means complete for good, even if its successor goes
-        period = series.symbol.period_ms
-        return period is not None and self._now >= time_of(index) + period + self.grace_ms
+    def _add(self, symbol: CandleSymbol) -> Assembler:
+        book = SeriesBook(symbol, self._ledger, self.max_historical_candles)
+        assembler = Assembler(book, self._ledger, self.max_buffered_events)
+        self._series[symbol.normalized] = self._routes[symbol.normalized] = assembler
+        return assembler
 
-    def _take(self, series: SeriesState, room: int) -> tuple[bytes, Handed]:
-        """Mark up to ``room`` completed unwritten candles of a series handed out.
+    def _capacity(self, key: str) -> str:
+        return (
+            f"series {key!r} refused: max_series={self.max_series} series are held; "
+            "raise manager.max_series or subscribe to fewer series"
+        )
 
-        Returns:
-            Their records joined, oldest first, and index -> revision of each.
-        """
-        records, dirty = series.records, series.unwritten
-        # Every candle but the newest is complete (§6.5): only the newest needs the check.
-        newest_done = self._complete(series, records[-1])
-        if len(dirty) * _MANY < len(records):  # few (live updates): find each one
-            picked: list[bytes] = []
-            handed: dict[int, int] = {}
-            for index in sorted(dirty)[:room]:
-                position = find(records, index)
-                assert position >= 0, "an unwritten candle is always held"
-                if position == len(records) - 1 and not newest_done:
-                    continue
-                record = records[position]
-                picked.append(record)
-                handed[index] = HEAD.unpack_from(record)[1]
-            few = Handed.of(handed)
-            self._hand_out(series, few)
-            return b"".join(picked), few
-        # Many (a snapshot's worth): one numpy pass over the series' joined records.
-        blob = b"".join(records)
-        array = as_array(blob)
-        if len(dirty) == len(records):  # every held candle (unwritten ones are always held)
-            chosen = np.ones(len(array), dtype=bool)
-        else:
-            chosen = np.isin(array["index"], np.fromiter(dirty, np.int64, len(dirty)))
-        chosen[-1] &= newest_done
-        positions = np.flatnonzero(chosen)[:room]
-        if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
-            taken = array[positions[0] : positions[-1] + 1]  # a run (the usual): a view
-        else:
-            taken = array[positions]  # gathers 104-byte records: ~3x the view's cost
-        many = Handed(np.ascontiguousarray(taken["index"]), np.ascontiguousarray(taken["revision"]))
-        self._hand_out(series, many)
-        return taken.tobytes(), many
+    def _lookup(self, series: str) -> SeriesBook | None:
+        assembler = self._routes.get(series)
+        if assembler is not None:
+            return assembler.book
+        try:
+            assembler = self._series.get(CandleSymbol.parse(series).normalized)
+        except ValueError:
+            return None
+        return None if assembler is None else assembler.book
 
-    def _materialise(self, series: SeriesState, record: bytes) -> CandleData:
+    def _materialise(self, book: SeriesBook, record: bytes) -> CandleData:
         index, revision, count, *v = RECORD.unpack(record)
         return CandleData(
-            series.symbol.base, series.symbol.period_label,
+            book.symbol.base, book.symbol.period_label,
             _EPOCH + timedelta(milliseconds=time_of(index)),
             open=v[0], high=v[1], low=v[2], close=v[3], volume=v[4], vwap=v[5], count=count,
             bid_volume=v[6], ask_volume=v[7], imp_volatility=v[8], open_interest=v[9],
-            is_complete=self._complete(series, record), revision=revision,
-            sequence=sequence_of(index),
+            is_complete=book.complete(record_index(record), self._now, self.grace_ms),
+            revision=revision, sequence=sequence_of(index),
         )  # fmt: skip

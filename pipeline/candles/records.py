@@ -17,6 +17,7 @@ loop in Python per candle.
 from __future__ import annotations
 
 import bisect
+import functools
 import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,6 @@ import numpy.typing as npt
 import polars as pl
 
 from pipeline.dxlink import DOUBLE_FIELDS, CandleBlock, CandleSymbol, index_of, sequence_of, time_of
-from pipeline.dxlink.candle_block import COUNT
 from pipeline.schema import CANDLE_COLUMNS, CANDLE_SCHEMA, KEY_SCHEMA, TIME_TYPE
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "record_index",
     "split",
     "stored_records",
-    "unchanged",
 ]
 
 FLOAT_FIELDS = DOUBLE_FIELDS
@@ -68,7 +67,6 @@ RECORD_DTYPE = np.dtype(
 assert RECORD_DTYPE.itemsize == RECORD.size
 
 IntArray = npt.NDArray[np.int64]
-_MANY = 16  # "many" records of a series: one C-level pass over all of them beats a bisect each
 
 
 def record_index(record: bytes) -> int:
@@ -87,7 +85,7 @@ def pack_block(block: CandleBlock, positions: IntArray, indexes: IntArray) -> np
     the event ``indexes`` given (§4.2: derived where the wire's was 0): a column at a time."""
     packed = np.zeros(len(positions), dtype=RECORD_DTYPE)
     packed["index"] = indexes
-    packed["count"] = block.ints[COUNT][positions]
+    packed["count"] = block.counts[positions]
     doubles = block.doubles
     for row, name in enumerate(FLOAT_FIELDS):
         packed[name] = doubles[row][positions]
@@ -101,35 +99,20 @@ def split(blob: bytes) -> list[bytes]:
 
 
 def find(records: deque[bytes], index: int) -> int:
-    """Position of the record with ``index`` (newest checked first), or -1."""
-    if records and record_index(records[-1]) == index:
-        return len(records) - 1
+    """Position of the record with ``index``, or -1.
+
+    The two newest are checked first: live updates land on the live candle and, around a
+    period's end, on the one it just completed; anything else is a bisect.
+    """
+    size = len(records)
+    if size and record_index(records[-1]) == index:
+        return size - 1
+    if size > 1 and record_index(records[-2]) == index:
+        return size - 2
     position = bisect.bisect_left(records, index, key=record_index)
     if position < len(records) and record_index(records[position]) == index:
         return position
     return -1
-
-
-def unchanged(records: deque[bytes], handed: dict[int, int]) -> list[int]:
-    """The indexes in ``handed`` (index -> revision) still held at that revision."""
-    if len(handed) * _MANY < len(records):  # few: a bisect each
-        kept: list[int] = []
-        for index, revision in handed.items():
-            position = find(records, index)
-            if position >= 0 and HEAD.unpack_from(records[position])[1] == revision:
-                kept.append(index)
-        return kept
-    # Many: one sorted search of every handed index among the held ones (held are sorted).
-    held = as_array(b"".join(records))
-    if not len(held):
-        return []
-    held_indexes = held["index"]
-    indexes = np.fromiter(handed.keys(), np.int64, len(handed))
-    revisions = np.fromiter(handed.values(), np.int64, len(handed))
-    positions = np.searchsorted(held_indexes, indexes).clip(0, len(held) - 1)
-    same = (held_indexes[positions] == indexes) & (held["revision"][positions] == revisions)
-    kept_indexes: list[int] = indexes[same].tolist()
-    return kept_indexes
 
 
 def candle_frame(parts: Sequence[tuple[CandleSymbol, bytes]]) -> pl.DataFrame:
@@ -162,6 +145,8 @@ def candle_frame(parts: Sequence[tuple[CandleSymbol, bytes]]) -> pl.DataFrame:
 
 def key_frame(keys: Sequence[tuple[CandleSymbol, int]]) -> pl.DataFrame:
     """A frame in :data:`KEY_SCHEMA` of (series, event index) pairs (§4.2)."""
+    if not keys:  # nearly every flush: one shared empty frame (frames are immutable)
+        return _no_keys()
     indexes = np.fromiter((index for _, index in keys), np.int64, len(keys))
     columns = {
         "symbol": [symbol.base for symbol, _ in keys],
@@ -170,6 +155,11 @@ def key_frame(keys: Sequence[tuple[CandleSymbol, int]]) -> pl.DataFrame:
         "sequence": sequence_of(indexes).astype(np.int32),
     }
     return _with_times(columns, KEY_SCHEMA)
+
+
+@functools.cache
+def _no_keys() -> pl.DataFrame:
+    return _with_times({name: [] for name in KEY_SCHEMA}, KEY_SCHEMA)
 
 
 def stored_records(frame: pl.DataFrame, symbol: CandleSymbol) -> Iterator[tuple[int, bytes]]:
