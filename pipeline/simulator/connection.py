@@ -316,6 +316,13 @@ class SimConnection:
             self.protocol.send_candle_events(channel, chunk)
             self.owner.stats.candles_sent += len(chunk)
 
+    def send_as_is(self, candles: Sequence[Candle]) -> None:
+        """Queue ``candles`` exactly as given (any symbol, any values) on every configured
+        channel with a subscription: a server that sends odd or hostile data."""
+        for channel, subscribed in list(self.session.subscriptions().items()):
+            if subscribed and self.protocol.channel_state(channel) is CONFIGURED:
+                self._send_candles(channel, candles)
+
     async def _serve(self, channel: int, subscription: CandleSubscription) -> None:
         if self.session.subscription(channel, subscription.series.key) is not subscription:
             return  # removed or replaced before its turn

@@ -388,6 +388,12 @@ class Simulator:
         """Send ``text`` as a frame to every connection: garbage where a message should be."""
         await asyncio.gather(*(c.request(raw=text) for c in self._live()))
 
+    async def send_candles(self, candles: Sequence[Candle]) -> None:
+        """Send ``candles`` exactly as given (any symbol, time or values: nothing is checked)
+        to every connection, on each candle channel that has a subscription; returns once
+        sent. For tests of what a client does with odd or hostile data."""
+        await asyncio.gather(*(c.request(run=partial(c.send_as_is, candles)) for c in self._live()))
+
     async def send_error(
         self, code: ErrorCode | str, message: str = "simulated error", channel: int = 0
     ) -> None:
