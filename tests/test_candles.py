@@ -258,7 +258,10 @@ def test_clock_never_goes_back() -> None:
 def test_tick_and_calendar_periods_complete_only_by_a_newer_candle() -> None:
     """t/v/p periods and months have no fixed length: time alone never completes them."""
     mgr = manager()
-    mgr.update([ev(0, symbol="AAPL{=100t}"), ev(0, symbol="AAPL{=mo}")], T0 + 10**12)
+    august = int(datetime(2025, 8, 1, tzinfo=UTC).timestamp() * 1000)  # a month's first day
+    month = ev(0, symbol="AAPL{=mo}")._replace(time=august, index=index_of(august))
+    mgr.update([ev(0, symbol="AAPL{=100t}"), month], T0 + 10**12)
+    assert [len(mgr.history(s)) for s in ("AAPL{=100t}", "AAPL{=mo}")] == [1, 1]
     assert mgr.take_completed().frame.height == 0
     assert mgr.next_completion_ms() is None
     mgr.update([ev(1, symbol="AAPL{=100t}")], T0 + 10**12)
@@ -416,9 +419,9 @@ def test_disconnect_drops_half_received_snapshots() -> None:
 def test_aliases_and_normalised_keys_find_the_same_series() -> None:
     """Views accept any spelling of the series key."""
     mgr = manager()
-    mgr.update([ev(0, symbol="SPY{=1d}")], T0)
-    assert mgr.series() == ["SPY{=d}"]
-    assert len(mgr.history("SPY{=d}")) == len(mgr.history("SPY{=1d}")) == 1
+    mgr.update([ev(0, symbol="SPY{=1h}")], T0)
+    assert mgr.series() == ["SPY{=h}"]
+    assert len(mgr.history("SPY{=h}")) == len(mgr.history("SPY{=1h}")) == 1
     assert mgr.history("nope") == [] and mgr.live_candle("QQQ{=m}") is None
 
 

@@ -43,14 +43,16 @@ SB, SE, RE, TX = SNAPSHOT_BEGIN, SNAPSHOT_END, REMOVE_EVENT, TX_PENDING
 FLAGS = [0, 0, 0, 0, TX, SB, SE, RE, SE | RE, SB | SE | RE]
 
 
-def candle(symbol: str, slot: int, flags: int, close: float) -> Candle:
-    """A 1m candle ``slot`` minutes after T0 (removals carry NaN values, like the server's)."""
-    time = T0 + slot * MIN
+def candle(symbol: str, slot: int, flags: int, close: float, spoil: str | None = None) -> Candle:
+    """A 1m candle ``slot`` minutes after T0 (removals carry NaN values, like the server's);
+    ``spoil`` makes it invalid: a negative volume, or a time off the minute."""
+    time = T0 + slot * MIN + (7 if spoil == "off-period" else 0)
     if flags & RE:
         return Candle(symbol, time, flags=flags, index=index_of(time))
     return Candle(
         symbol, time, flags=flags, index=index_of(time), count=int(close),
-        open=close - 1, high=close + 2, low=close - 2, close=close, volume=10.0 * close,
+        open=close - 1, high=close + 2, low=close - 2, close=close,
+        volume=-1.0 if spoil == "negative" else 10.0 * close,
         vwap=close + 0.5, bid_volume=3.0, ask_volume=4.0,
     )  # fmt: skip
 
@@ -119,6 +121,7 @@ event_ops = st.tuples(
             st.integers(0, SLOTS - 1),
             st.sampled_from(FLAGS),
             st.sampled_from([1.0, 2.0, 3.0]),
+            st.sampled_from([None, None, None, None, "negative", "off-period"]),
         ),
         min_size=1,
         max_size=12,
@@ -266,10 +269,10 @@ def test_a_few_new_among_many_revised_candles_are_marked_handed_out() -> None:
 def test_batch_frame_labels_each_series_rows_in_a_multi_series_batch() -> None:
     """Rows of several series in one batch carry their own symbol, period and time."""
     mgr = CandleDataManager(grace_ms=0)
-    mgr.update(snapshot("AAPL{=5m,tho=true}", 2, 0, 10.0), T0 + 30 * MIN)
+    mgr.update(snapshot("AAPL{=m,tho=true}", 2, 0, 10.0), T0 + 30 * MIN)
     mgr.update(snapshot("/ESZ25:XCME{=m}", 1, 0, 20.0), T0 + 30 * MIN)
     frame = mgr.take_completed().frame
-    expected_keys = [CandleSymbol.parse(s) for s in ("AAPL{=5m,tho=true}", "/ESZ25:XCME{=m}")]
+    expected_keys = [CandleSymbol.parse(s) for s in ("AAPL{=m,tho=true}", "/ESZ25:XCME{=m}")]
     assert (
         frame.select("symbol", "period").rows()
         == [(expected_keys[0].base, expected_keys[0].period_label)] * 3

@@ -71,7 +71,10 @@ class Model:
 
 def event(slot: int, flags: int, close: float) -> Candle:
     time = T0 + slot * MIN
-    return Candle(SERIES, time, flags=flags, index=index_of(time), close=close, open=close)
+    return Candle(
+        SERIES, time, flags=flags, index=index_of(time),
+        open=close, high=close, low=close, close=close,
+    )  # fmt: skip
 
 
 def write(store: dict[int, float], batch: Batch) -> None:

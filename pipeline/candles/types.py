@@ -5,8 +5,8 @@ Imported from :mod:`pipeline.candles`, which re-exports every name here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
@@ -117,10 +117,17 @@ class ManagerStats:
     """Events held back in unfinished snapshots or transactions."""
     revisions: int
     refused_series_events: int
+    """Events of series beyond ``max_series`` (a manager with no subscriptions)."""
     invalid_events: int
+    """Events dropped at the door, all reasons (see ``invalid_by_reason``)."""
     snapshot_overflows: int
     backpressure_refusals: int
     memory_bytes: int
     """Estimate of the memory held now."""
     memory_limit_bytes: int
     """Estimate of the most the configured bounds allow."""
+    invalid_by_reason: Mapping[str, int] = field(default_factory=dict)
+    """Events dropped at the door per :class:`~pipeline.candles.InvalidReason` (every reason,
+    0 included)."""
+    unsolicited_events: int = 0
+    """Events of series nobody subscribed (once the manager has subscriptions)."""
