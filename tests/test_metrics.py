@@ -16,8 +16,9 @@ import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.candles import InvalidReason
 from pipeline.config import Config
-from pipeline.dxlink import CandleSymbol
+from pipeline.dxlink import Candle, CandleSymbol
 from pipeline.dxlink.client import (
     ConnectionState,
     DisconnectReason,
@@ -25,7 +26,7 @@ from pipeline.dxlink.client import (
 from pipeline.metrics import MetricsServer, StoreCheck, StoreCheckResult
 from pipeline.store import CandleStore, connect
 from tests.helpers.fake_tastytrade import FakeClock
-from tests.helpers.metrics import MINUTE_MS, START, FakeService, reader
+from tests.helpers.metrics import MINUTE_MS, SERIES, START, FakeService, reader
 from tests.helpers.store import MINUTE, T0, T0_MS, candle_frame, open_store
 from tests.helpers.timing import TIMEOUT
 
@@ -137,6 +138,30 @@ async def test_counters_move_between_two_scrapes(
     assert second[("candles_channel_messages_total", channel)] == 3
     assert second[("candles_channel_last_message_age_seconds", channel)] == 0.5
     assert second[("candles_uptime_seconds", ())] == 3.5
+
+
+async def test_dropped_candle_events_are_counted_by_reason(
+    server: MetricsServer, service: FakeService
+) -> None:
+    """Invalid Candle events show up under their reason (every reason exists from the start),
+    events of series nobody subscribed under a counter of their own."""
+    first = await scrape(server)
+    for reason in InvalidReason:
+        assert first[("candles_invalid_events_total", (("reason", str(reason)),))] == 0
+    service.manager.subscribe(SERIES)
+    service.manager.update(
+        [
+            Candle(SERIES, T0_MS, open=1.0, high=1.0, low=1.0, close=1.0, volume=-1.0),
+            Candle(SERIES, T0_MS + 1, open=1.0, high=1.0, low=1.0, close=1.0),
+            Candle("MSFT{=m}", T0_MS, open=1.0, high=1.0, low=1.0, close=1.0),
+        ],
+        T0_MS,
+    )
+    second = await scrape(server)
+    assert second[("candles_invalid_events_total", (("reason", "negative"),))] == 1
+    assert second[("candles_invalid_events_total", (("reason", "off_period"),))] == 1
+    assert second[("candles_unsolicited_events_total", ())] == 1
+    assert second[("candles_refused_series_events_total", ())] == 0
 
 
 async def test_disconnects_are_counted_by_reason(

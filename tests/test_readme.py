@@ -437,9 +437,25 @@ def run_dxlink_snippet(example: Example, ctx: Context) -> None:
     assert rest.count("/api-quote-tokens") >= 1  # the token came through the REST flow
 
 
+def run_door_snippet(example: Example, ctx: Context) -> None:
+    """The manager's door: one candle held, one negative and one future dropped by reason,
+    one unsolicited."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(_compile(example.code, example.where), {})
+    held, _, rest = printed.getvalue().rstrip("\n").partition(" ")
+    reasons, _, unsolicited = rest.rpartition(" ")
+    assert (held, unsolicited) == ("1", "1"), printed.getvalue()
+    assert ast.literal_eval(reasons) == {
+        "symbol": 0, "time_range": 0, "future": 1, "before_from_time": 0, "index": 0,
+        "off_period": 0, "ohlc": 0, "negative": 1, "value_range": 0,
+    }, printed.getvalue()  # fmt: skip
+
+
 PYTHON_RUNNERS: tuple[tuple[str, Callable[[Example, Context], None]], ...] = (
     ("pipeline.connect(", run_connect_snippet),
     ("DXLinkManager(", run_dxlink_snippet),
+    ("CandleDataManager(", run_door_snippet),
 )
 
 

@@ -366,7 +366,11 @@ def status_line(service: IngestService, rate: float) -> str:
         flushed = "no flush yet"
     else:
         flushed = f"flushed {time.time() - stats.last_flush_at:.0f}s ago"
-    stream = datetime.fromtimestamp(service.now_ms() / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+    stream_ms = service.now_ms()
+    try:
+        stream = datetime.fromtimestamp(stream_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, OSError, ValueError):  # beyond what a datetime holds: the number
+        stream = f"{stream_ms} ms"
     failures = f" | {stats.flush_failures} flush failures" if stats.flush_failures else ""
     return (
         f"{state} | {rate:,.0f} candles/s | {held.series} series | {flushed} | "

@@ -22,7 +22,15 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
 
 Time: the manager completes candles by the *stream's* clock. With the built-in simulator that
 is the simulator's clock (accelerated); with tastytrade it is the wall clock. Either way the
-newest candle time seen is a floor, so a source clock that runs behind cannot hold candles back.
+newest candle time seen (of events the manager accepted) is a floor, so a source clock that
+runs behind cannot hold candles back. With a source clock the manager also drops candles that
+start more than :data:`FUTURE_TOLERANCE_MS` after it, and no resume point is ever later than
+that: a candle from the future stored by an older version makes its series start again from
+the configured lookback (said once in the log), not from the future.
+
+The manager admits only the series this service subscribes (its shard's share of the
+configured ones), each with the ``fromTime`` it was subscribed with: events of other series
+are counted and dropped, and cannot take a subscribed series' place.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,24 +46,22 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from pipeline.candles import BackpressureError, Batch, CandleDataManager
+from pipeline.candles import BackpressureError, Batch, CandleDataManager, time_text
 from pipeline.config import Config
-from pipeline.dxlink import Candle, CandleBlock, CandleSymbol, ConfigurationError
+from pipeline.dxlink import Candle, CandleSymbol, ConfigurationError
 from pipeline.dxlink.client import DXLinkManager, TokenSource
 from pipeline.metrics import MetricsServer
 from pipeline.store import CandleStore, UpsertResult, WriterLock
 
 __all__ = [
     "FLUSH_BATCH_EVENTS",
+    "FUTURE_TOLERANCE_MS",
     "FlushReport",
     "IngestService",
     "ServiceStats",
 ]
 
 logger = logging.getLogger(__name__)
-
-_time_of = operator.attrgetter("time")
-_event_time_of = operator.attrgetter("event_time")
 
 # How many stored candles per series are loaded into the manager on a warm start: enough to
 # merge a replayed snapshot against, small enough to start thousands of series quickly.
@@ -65,6 +70,11 @@ WARM_START_CANDLES = 500
 # ~0.1 s plus ~3.5 us per candle (benchmarks/bench_pipeline.py); 50,000 keeps the fixed part
 # small while a 200k candles/s backfill still hands the store a batch every ~0.25 s.
 FLUSH_BATCH_EVENTS = 50_000
+# How far after the source's clock a candle may start, and a resume point lie: clocks of a
+# server and of this host disagree by seconds (NTP keeps both within a second or so); a
+# minute leaves room for a badly synced host while a candle dated hours or years ahead, or a
+# resume point there, is refused.
+FUTURE_TOLERANCE_MS = 60_000
 
 
 @dataclass(slots=True)
@@ -149,7 +159,12 @@ class IngestService:
             max_historical_candles=config.manager.max_historical_candles,
             max_pinned_candles=config.manager.max_unstored,
             grace_ms=int(config.manager.grace_seconds * 1000),
+            # Only a source clock can tell a candle from the future; the stream cannot.
+            future_tolerance_ms=FUTURE_TOLERANCE_MS if source_clock_ms is not None else None,
         )
+        for symbol in self.series:  # the only series the manager admits
+            self.manager.subscribe(symbol.normalized)
+        self._future_points_logged: set[str] = set()
         self.client: DXLinkManager | None = None
         self.metrics = MetricsServer.for_service(self)
         """Prometheus ``/metrics`` and ``/health`` (``metrics.enabled``)."""
@@ -213,9 +228,12 @@ class IngestService:
             await self.client.start()
             resume = await self._resume_points([s.normalized for s in self.series])
             for symbol in self.series:
+                from_time = resume.get(symbol.normalized) or self._first_from_time(symbol)
+                # A reconnect never asks from earlier (DXLinkManager resumes from
+                # max(resume point, this)): the floor of what the server may send.
+                self.manager.subscribe(symbol.normalized, from_ms=from_time)
                 await self.client.subscribe_to_candles(
-                    symbol=symbol.normalized,
-                    from_time=resume.get(symbol.normalized) or self._first_from_time(symbol),
+                    symbol=symbol.normalized, from_time=from_time
                 )
             self._consumer = asyncio.create_task(self._consume(), name="candles-consumer")
             self._start_scheduler()
@@ -299,14 +317,28 @@ class IngestService:
         """Per series: one period before the last complete stored candle (DESIGN.md).
 
         Asking from one period earlier makes the server's snapshot overlap what we hold, so
-        a candle that was still being revised when we lost the connection comes again.
+        a candle that was still being revised when we lost the connection comes again. A
+        point later than now + :data:`FUTURE_TOLERANCE_MS` (a candle from the future stored
+        before the manager's door existed) is left out: the series then starts from its
+        configured lookback, or on a reconnect from the fromTime it was subscribed with.
         """
         wanted = list(keys)
         stored = await asyncio.to_thread(self.store.resume_points, wanted)
+        # The clock fromTime is validated against (DXLinkManager's wall_clock).
+        now = self._source_clock_ms() if self._source_clock_ms else int(time.time() * 1000)
         points: dict[str, int] = {}
         for key, last in stored.items():
             symbol = self._periods.get(key) or CandleSymbol.parse(key)
-            points[key] = last - (symbol.period_ms or 0)
+            point = last - (symbol.period_ms or 0)
+            if point <= now + FUTURE_TOLERANCE_MS:
+                points[key] = point
+            elif key not in self._future_points_logged:  # bounded: keys are our series
+                self._future_points_logged.add(key)
+                logger.warning(
+                    "! %s: the store's newest candle (%s) is later than now (%s); resuming "
+                    "from the configured lookback instead. Delete that row to silence this.",
+                    key, time_text(last), time_text(now),
+                )  # fmt: skip
         return points
 
     async def _warm_start(self) -> None:
@@ -315,6 +347,7 @@ class IngestService:
         # ~0.5 s even on an empty DuckLake table (benchmarks/README.md, backfill startup).
         keys = [symbol.normalized for symbol in self.series]
         stored = await asyncio.to_thread(self.store.resume_points, keys)
+        self.manager.advance(self._door_clock_ms())  # what "future" is judged against
         for symbol in self.series:
             if symbol.normalized not in stored:
                 continue
@@ -342,10 +375,18 @@ class IngestService:
     # ------------------------------------------------------------------ data path
 
     def now_ms(self) -> int:
-        """The stream's time: the source clock, never behind the newest candle seen."""
+        """The stream's time: the source clock, never behind the newest candle accepted."""
         if self._source_clock_ms is None:
             return self.stats.stream_time_ms
         return max(self._source_clock_ms(), self.stats.stream_time_ms)
+
+    def _door_clock_ms(self) -> int:
+        """The clock the manager judges "future" by: the source's alone (the stream's own
+        time cannot vouch for itself); without a source clock, the stream time (the
+        manager then judges no time as future)."""
+        if self._source_clock_ms is None:
+            return self.stats.stream_time_ms
+        return self._source_clock_ms()
 
     async def _consume(self) -> None:
         assert self.client is not None
@@ -355,15 +396,15 @@ class IngestService:
     async def _apply(self, batch: Sequence[Candle]) -> None:
         self.stats.batches += 1
         self.stats.candles_received += len(batch)
-        if isinstance(batch, CandleBlock):
-            newest = batch.newest_time()
-        else:  # Two C-level passes: ~80 ns per event, a generator with max() ~250 ns.
-            newest = max(max(map(_time_of, batch)), max(map(_event_time_of, batch))) if batch else 0
-        if newest > self.stats.stream_time_ms:
-            self.stats.stream_time_ms = newest
         while True:
             try:
-                self.manager.update(batch, self.now_ms())
+                self.manager.update(batch, self._door_clock_ms())
+                # The stream's time moves with what the manager accepted, never with a
+                # candle it dropped (one from 2038 would complete every live candle).
+                newest = self.manager.newest_ms
+                if newest > self.stats.stream_time_ms:
+                    self.stats.stream_time_ms = newest
+                self.manager.advance(self.now_ms())
                 self._flush_when_batch_is_full(len(batch))
                 return
             except BackpressureError as exc:

@@ -107,7 +107,11 @@ class FakeService:
 
     def receive(self, *minutes: int, close: float = 1.0) -> None:
         """Feed one-minute candles starting ``minutes`` after T0, as the consumer would."""
-        batch = [Candle(SERIES, T0_MS + m * MINUTE_MS, close=close, volume=1.0) for m in minutes]
+        batch = [
+            Candle(SERIES, T0_MS + m * MINUTE_MS, open=close, high=close, low=close, close=close,
+                   volume=1.0)
+            for m in minutes
+        ]  # fmt: skip
         self.stats.batches += 1
         self.stats.candles_received += len(batch)
         self.manager.update(batch, self.stream_ms)
