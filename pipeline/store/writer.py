@@ -490,6 +490,11 @@ class CandleStore:
                 # cache of file blocks only grew here, by every file a compaction merged
                 # (22 MB over 8 compactions, measured with duckdb_memory()).
                 con.execute("SET enable_external_file_cache = false")
+                # The writer's statements are small (a flush's lookups, one INSERT or file
+                # registration, the commit; polars writes the data files): DuckDB's worker
+                # threads only added scheduling, ~30 % of a 1,000-row live flush's CPU, and
+                # competed with ingest's event loop for the same cores (benchmarks/README.md).
+                con.execute("SET threads = 1")
                 return con
         raise AssertionError("unreachable: the loop returns or raises")
 
