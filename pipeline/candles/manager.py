@@ -307,7 +307,7 @@ class CandleDataManager:
             max_rows: Hand out at most this many candles (deletions always all go).
         """
         token = next(self._tokens)
-        parts: list[tuple[CandleSymbol, bytes]] = []
+        parts: list[tuple[str, str, bytes]] = []
         removed: list[tuple[CandleSymbol, int]] = []
         involved: list[SeriesBook] = []
         room = sys.maxsize if max_rows is None else max_rows
@@ -320,7 +320,7 @@ class CandleDataManager:
             if rows or deletions:
                 involved.append(book)
             if rows:
-                parts.append((book.symbol, blob))
+                parts.append((book.base, book.period_label, blob))
                 room -= rows
             if deletions:
                 removed.extend((book.symbol, index) for index, _ in deletions)
@@ -329,7 +329,7 @@ class CandleDataManager:
             forgotten, books = self._outstanding.popitem(last=False)
             for book in books:
                 book.release(forgotten)
-        rows = sum(len(blob) for _, blob in parts) // RECORD.size
+        rows = sum(len(blob) for _, _, blob in parts) // RECORD.size
         return Batch(functools.partial(candle_frame, parts), rows, key_frame(removed), token)
 
     def commit(self, batch: Batch) -> int:

@@ -115,21 +115,21 @@ def find(records: deque[bytes], index: int) -> int:
     return -1
 
 
-def candle_frame(parts: Sequence[tuple[CandleSymbol, bytes]]) -> pl.DataFrame:
-    """A frame in :data:`CANDLE_SCHEMA` of joined records, one blob per series.
+def candle_frame(parts: Sequence[tuple[str, str, bytes]]) -> pl.DataFrame:
+    """A frame in :data:`CANDLE_SCHEMA` of joined records: (symbol, period, blob) per series.
 
     Columns come straight from the packed bytes (numpy over the joined blob), and the
     symbol and period columns are gathered from one label per series: no Python loop per
     candle (it cost ~10 us per candle; benchmarks/bench_pipeline.py).
     """
     size = RECORD.size
-    array = as_array(b"".join(blob for _, blob in parts))
-    counts = [len(blob) // size for _, blob in parts]
+    array = as_array(b"".join(blob for _, _, blob in parts))
+    counts = [len(blob) // size for _, _, blob in parts]
     owner = np.repeat(np.arange(len(parts)), counts)
     index = array["index"]
     columns: dict[str, pl.Series] = {
-        "symbol": pl.Series([s.base for s, _ in parts], dtype=pl.String).gather(owner),
-        "period": pl.Series([s.period_label for s, _ in parts], dtype=pl.String).gather(owner),
+        "symbol": pl.Series([symbol for symbol, _, _ in parts], dtype=pl.String).gather(owner),
+        "period": pl.Series([period for _, period, _ in parts], dtype=pl.String).gather(owner),
         "time": pl.Series(time_of(index), dtype=pl.Int64),  # §4.2, on the whole column
         "sequence": pl.Series(sequence_of(index), dtype=pl.Int32),
         "count": pl.Series(np.ascontiguousarray(array["count"]), dtype=pl.Int64),

@@ -147,11 +147,13 @@ class SeriesBook:
         "_ledger",
         "_limit",
         "_over",
+        "base",
         "changes",
         "deleted",
         "fresh",
         "in_flight",
         "key",
+        "period_label",
         "period_ms",
         "records",
         "symbol",
@@ -161,6 +163,10 @@ class SeriesBook:
     def __init__(self, symbol: CandleSymbol, ledger: Ledger, max_candles: int) -> None:
         self.symbol = symbol
         self.key = symbol.normalized
+        self.base = symbol.base
+        """The store's ``symbol`` column."""
+        self.period_label = symbol.period_label
+        """The store's ``period`` column (a property of the symbol that builds a string)."""
         self.period_ms = symbol.period_ms
         self._ledger = ledger
         self._limit = max_candles
