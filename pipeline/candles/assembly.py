@@ -105,7 +105,8 @@ class Assembler:
         """One event, as §6.3 says."""
         if not event.flags and not self.pending and not (self.snap_part or self.snap_full):
             # A plain update of a consistent series (the live path): straight to the book.
-            self.book.upsert(_event_index(event), _pack_values(*_values_of(event)))
+            index = event.index or index_of(event.time, event.sequence)
+            self.book.upsert(index, _pack_values(*_values_of(event)))
             return
         self._step(event.flags, event)
 

@@ -274,7 +274,7 @@ class SeriesBook:
     def _revised(self, index: int, record: bytes | None, values: bytes) -> bytes:
         """The record holding ``values``: unchanged, revised, new or re-added after removal."""
         if record is not None:
-            if record[VALUES_AT:] == values:
+            if record.endswith(values):  # the values unchanged (a slice would copy them)
                 return record
             _, revision = HEAD.unpack_from(record)
             if index not in self.fresh:
