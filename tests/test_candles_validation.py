@@ -344,6 +344,16 @@ def test_a_flood_of_unsolicited_symbols_stays_bounded(caplog: pytest.LogCaptureF
     assert 1 <= len(caplog.records) <= 5  # 1, 10, 100, 1,000, 10,000 events
 
 
+def test_the_first_subscription_closes_the_door_to_series_that_entered_before() -> None:
+    """A series admitted while nothing was subscribed gets no more events after it."""
+    mgr = CandleDataManager(grace_ms=0)
+    mgr.update([ev(T0, "MSFT{=1m}")], T0)
+    mgr.subscribe(SERIES)
+    mgr.update([ev(T0 + MIN, "MSFT{=1m}"), ev(T0 + MIN, "MSFT{=m}"), ev(T0)], T0)
+    assert held(mgr, "MSFT{=m}") == [T0] and held(mgr) == [T0]
+    assert mgr.stats().unsolicited_events == 2
+
+
 def test_without_subscriptions_any_series_enters_up_to_max_series() -> None:
     """A library caller that subscribes nothing keeps the open door (bounded by max_series)."""
     mgr = CandleDataManager(max_series=2, grace_ms=0)

@@ -9,9 +9,10 @@ seen, or the simulator's clock), so an accelerated source completes candles at i
 The manager *has* its parts; each step of a candle happens in the module that owns it:
 
 1. here, :meth:`CandleDataManager.update` finds the series an event belongs to (the
-   normalised candle symbol, e.g. ``AAPL{=5m}``) and hands it to that series'
-   :class:`~pipeline.candles.assembly.Assembler` (``assembly``: the §6.3 snapshot and
-   transaction rules);
+   normalised candle symbol, e.g. ``AAPL{=5m}``), passes it through that series' door
+   (``validation``: :class:`~pipeline.candles.validation.SeriesRule`, what a valid Candle is)
+   and hands it to the series' :class:`~pipeline.candles.assembly.Assembler` (``assembly``:
+   the §6.3 snapshot and transaction rules);
 2. the assembler applies consistent events to the series'
    :class:`~pipeline.candles.series.SeriesBook` (``series``: the held records, revisions,
    removals, eviction and pinning, and what each batch took);
@@ -28,8 +29,10 @@ Per series:
 * **Backpressure**: when more than ``max_pinned_candles`` are pinned in total,
   :meth:`CandleDataManager.update` refuses the next batch with :class:`BackpressureError`
   (nothing applied; flush, then retry). Pinned candles are always complete (newer ones exist),
-  so a flush always drains them. A new series beyond ``max_series`` is refused: its events are
-  dropped, counted and logged once per series.
+  so a flush always drains them.
+* **Admission**: once :meth:`CandleDataManager.subscribe` was called, only subscribed series
+  enter; without subscriptions any series does, up to ``max_series``. Events of a refused
+  series are dropped, counted and logged sparsely (at powers of ten), in bounded memory.
 
 One shape inside: from the door to the batch a candle is one packed record (``records``).
 A live update is packed from its tuple straight into its book; a snapshot's column block
@@ -188,6 +191,13 @@ class CandleDataManager:
         if self._subscribed is None:
             self._subscribed = set()
         self._subscribed.add(symbol.normalized)
+        # Routes of series that entered while the door was open lead nowhere now.
+        subscribed = self._subscribed
+        self._routes = {
+            name: route
+            for name, route in self._routes.items()
+            if route.assembler.book.key in subscribed
+        }
         self._refused.clear()  # a symbol refused before may be admitted now
         return symbol.normalized
 
