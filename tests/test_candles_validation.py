@@ -12,14 +12,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.candles import CandleDataManager, CapacityError, InvalidReason
+from pipeline.candles.validation import REASONS, TIME_MAX, SeriesRule
 from pipeline.dxlink import (
     REMOVE_EVENT,
     SNAPSHOT_BEGIN,
     SNAPSHOT_END,
     Candle,
     CandleBlock,
+    CandleSymbol,
     index_of,
 )
 
@@ -368,3 +372,81 @@ def test_invalid_symbols_are_counted_under_their_reason(caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="pipeline.candles"):
         mgr.update([ev(T0, f"garbage-{i}") for i in range(50)], T0)
     assert dropped(mgr) == {"symbol": 50} and len(caplog.records) == 2  # 1 and 10
+
+
+# Tuples and columns: one verdict.
+
+_VALUES = st.sampled_from([0.0, 1.0, 9.0, 10.0, 11.0, -2.0, 1e12, 1.5e12, 1e18, 2e18, NAN,
+                           math.inf, -math.inf, -1e12])  # fmt: skip
+
+
+_BASE = (10.0, 11.0, 9.0, 10.5, 100.0, 10.2, 40.0, 60.0, NAN, NAN)  # DOUBLE_FIELDS order
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["AAPL{=m}", "AAPL{=5m}", "AAPL{=w}", "AAPL{=mo}", "AAPL{=10t}"]),
+            st.sampled_from([T0, T0, T0, T0 + 7, T0 + 5 * MIN, T0 - 14 * 3_600_000, 2**41]),
+            st.sampled_from([0, 0, 0, 1, -1, 2**22]),
+            st.sampled_from([0, 0, 0, RE, SB, SE | RE]),
+            st.sampled_from(["wire", "wire", "zero", "other"]),
+            st.sampled_from([3, 3, 0, -1]),
+            st.lists(st.tuples(st.integers(0, 9), _VALUES), max_size=2),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([None, T0 - MIN, T0 + 3 * MIN]),
+    st.sampled_from([T0 + MIN, 2**31 * 1000 - 1]),
+)
+def test_a_block_and_its_tuples_get_the_same_verdicts(
+    specs: list[tuple[Any, ...]], from_ms: int | None, ceiling: int
+) -> None:
+    """check_columns (whole-column shortcut included) agrees with check, event by event."""
+    events = []
+    for series, time, sequence, flags, index_kind, count, spoils in specs:
+        doubles = list(_BASE)
+        for row, value in spoils:  # a valid candle with up to two values spoilt
+            doubles[row] = value
+        index = {"wire": index_of(time, sequence & 0x3FFFFF), "zero": 0, "other": 12345}
+        wire = index[index_kind] if -(2**63) <= index[index_kind] < 2**63 else 12345  # a block
+        events.append(Candle(series, time, sequence, flags, wire, 0, count, *doubles))
+    for series in {e.symbol for e in events}:
+        rule = SeriesRule(CandleSymbol.parse(series), from_ms)
+        mine = [e for e in events if e.symbol == series]
+        block = CandleBlock.from_candles(mine)
+        codes = rule.check_columns(
+            block.times, block.sequences, block.record_indexes(),
+            (block.flags & RE) != 0, block.counts, block.doubles, ceiling,
+        )  # fmt: skip
+        expected = [rule.check(e, ceiling) for e in mine]
+        got = (
+            [None] * len(mine) if codes is None else [REASONS[c - 1] if c else None for c in codes]
+        )
+        assert got == expected
+
+
+@pytest.mark.parametrize("series", ["AAPL{=m}", "AAPL{=w}", "AAPL{=10t}"])
+def test_one_spoilt_value_in_a_valid_block_gets_the_tuples_verdict(series: str) -> None:
+    """Every value spoilt alone in an otherwise valid block (where the whole-column
+    shortcut would otherwise answer) gets exactly the tuple's verdict."""
+    start = T0 - 2 * 86_400_000 - 14 * 3_600_000 if series == "AAPL{=w}" else T0  # a Monday
+    step = 7 * 86_400_000 if series == "AAPL{=w}" else MIN
+    rule = SeriesRule(CandleSymbol.parse(series))
+    valid = [ev(start + i * step, series, bid_volume=40.0) for i in range(20)]
+    values = [0.0, -2.0, 1.5e12, 2e18, NAN, math.inf, -math.inf, 8.0, 12.0]
+    for row, value in [(row, value) for row in range(10) for value in values]:
+        events = list(valid)
+        doubles = list(events[7][7:])
+        doubles[row] = value
+        events[7] = events[7]._replace(**dict(zip(Candle._fields[7:], doubles, strict=True)))
+        block = CandleBlock.from_candles(events)
+        codes = rule.check_columns(
+            block.times, block.sequences, block.record_indexes(), None, block.counts,
+            block.doubles, TIME_MAX,
+        )  # fmt: skip
+        expected = [rule.check(e, TIME_MAX) for e in events]
+        got = [None] * 20 if codes is None else [REASONS[c - 1] if c else None for c in codes]
+        assert got == expected, (row, value)

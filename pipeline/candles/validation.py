@@ -353,7 +353,46 @@ class SeriesRule:
         """
         floor = self.floor if judge_from_time else TIME_MIN
         with np.errstate(invalid="ignore", over="ignore"):
+            if (removals is None or not removals.any()) and self._all_valid(
+                times, sequences, indexes, counts, doubles, floor, ceiling
+            ):
+                return None
             return self._codes(times, sequences, indexes, removals, counts, doubles, floor, ceiling)
+
+    def _all_valid(
+        self,
+        times: IntColumn,
+        sequences: IntColumn,
+        indexes: IntColumn | None,
+        counts: IntColumn,
+        doubles: npt.NDArray[np.float64],
+        floor: int,
+        ceiling: int,
+    ) -> bool:
+        """Whether every event is valid, by whole-column reductions: the usual snapshot
+        (finite prices and volumes, implied volatility and open interest NaN) passes with a
+        dozen of them, fewer operations than an element-wise verdict. False may still be all
+        valid (a NaN volume, say): :meth:`_codes` decides then."""
+        if not len(times):
+            return True
+        p, a = MAX_PRICE, MAX_AMOUNT
+        # Rows in DOUBLE_FIELDS order: open, high, low, close, volume, vwap, bid_volume,
+        # ask_volume (0-7: all finite within ±p, and 4-7 not negative, is sufficient: a
+        # negative vwap or a volume beyond p is left to _codes), imp_volatility,
+        # open_interest (8-9: NaN or within ±a, and open interest not negative).
+        return bool(
+            floor <= times.min()
+            and times.max() <= ceiling
+            and not (sequences & ~SEQUENCE_MASK).any()
+            and (indexes is None or np.array_equal(indexes, index_of(times, sequences)))
+            and self._on_period(times).all()
+            and np.abs(doubles[:8]).max() <= p  # a NaN fails the comparison
+            and doubles[4:8].min() >= 0
+            and (doubles[_NAMES["low"]] <= doubles[_NAMES["high"]]).all()
+            and not (np.abs(doubles[8:]) > a).any()
+            and not (doubles[_NAMES["open_interest"]] < 0).any()
+            and counts.min() >= 0
+        )
 
     def _codes(
         self,
