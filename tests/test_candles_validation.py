@@ -441,7 +441,7 @@ def test_one_spoilt_value_in_a_valid_block_gets_the_tuples_verdict(series: str) 
         events = list(valid)
         doubles = list(events[7][7:])
         doubles[row] = value
-        events[7] = events[7]._replace(**dict(zip(Candle._fields[7:], doubles, strict=True)))
+        events[7] = Candle(*events[7][:7], *doubles)
         block = CandleBlock.from_candles(events)
         codes = rule.check_columns(
             block.times, block.sequences, block.record_indexes(), None, block.counts,
