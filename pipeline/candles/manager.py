@@ -215,12 +215,10 @@ class CandleDataManager:
             self._refusals += 1
             raise BackpressureError(self._ledger.pinned, self.max_pinned_candles)
         ceiling = self._ceiling(now_ms)
-        touched: set[SeriesBook] = set()
         if isinstance(candles, CandleBlock):
             for symbol, start, stop in candles.runs():
                 entry = self._route(symbol, stop - start)
                 if entry is not None:
-                    touched.add(entry.assembler.book)
                     self._apply_block(entry, candles, start, stop, ceiling)
         else:
             if not isinstance(candles, Sequence):
@@ -232,7 +230,6 @@ class CandleDataManager:
                 if entry is None:
                     dropped += 1
                     continue
-                touched.add(entry.assembler.book)
                 reason = entry.rule.check(event, ceiling)
                 if reason is None:
                     entry.assembler.on_event(event)
@@ -242,8 +239,10 @@ class CandleDataManager:
                     entry.assembler.on_flags(event.flags)
             if candles:
                 self._track_newest(candles, dropped, ceiling)
-        for book in touched:
-            book.trim()  # the history bound: once per call and series
+        resized = self._ledger.resized
+        for book in resized:
+            book.trim()  # the history bound: once per call and series (that grew or shrank)
+        resized.clear()
         self.advance(now_ms)
 
     def advance(self, now_ms: int) -> None:

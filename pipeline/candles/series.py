@@ -32,7 +32,7 @@ import bisect
 import struct
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -70,6 +70,9 @@ def few(count: int, among: int) -> bool:
 class Ledger:
     """Counters every :class:`SeriesBook` (and assembler) of one manager adds to."""
 
+    resized: set[SeriesBook] = field(default_factory=set)
+    """Books whose number of records changed since the manager last trimmed them: only
+    those can have candles to evict or pins to count (an update in place changes neither)."""
     revisions: int = 0
     """Changes to candles that had been handed out."""
     pinned: int = 0
@@ -200,8 +203,10 @@ class SeriesBook:
                 else:  # an older candle that is not held: rare, O(n)
                     position = bisect.bisect_left(records, index, key=record_index)
                     records.insert(position, self._revised(index, None, values))
+                    self._ledger.resized.add(self)
                 return
         records.append(self._revised(index, None, values))
+        self._ledger.resized.add(self)
 
     def remove(self, index: int) -> None:
         """The candle at ``index`` was removed (REMOVE_EVENT); a no-op when not held."""
@@ -210,6 +215,7 @@ class SeriesBook:
             record = self.records[position]
             del self.records[position]
             self._forget(index, record)
+            self._ledger.resized.add(self)
 
     def merge(self, low: int, high: int | None, real: list[int], packed: bytes) -> None:
         """Merge a completed snapshot covering indexes ``[low, high]`` (``high`` None: no
@@ -238,6 +244,7 @@ class SeriesBook:
         for index, record in held.items():  # in range, absent from the snapshot: removed
             self._forget(index, record)
         self.records = deque([*old[:start], *merged, *old[end:]])
+        self._ledger.resized.add(self)
 
     def load(self, stored: Iterable[tuple[int, bytes]]) -> int:
         """Add stored candles (a warm start) where nothing is held at their index; they
