@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 
 from pipeline.schema import CANDLE_COLUMNS, CANDLE_SCHEMA
-from pipeline.store import CandleStore, StoreBusyError, StoreError, connect, parse_catalog
+from pipeline.store import LAKE, CandleStore, StoreBusyError, StoreError, connect, parse_catalog
 from tests.helpers.store import INGESTED, MINUTE, T0, T0_MS, candle_frame, keys, open_store
 
 
@@ -346,6 +347,48 @@ def test_compaction_keeps_files_a_reader_snapshot_still_needs(tmp_path: Path) ->
         finally:
             reader.close()
         assert row is not None and row[0] == 60
+
+
+def test_compaction_keeps_snapshots_and_files_younger_than_the_retention(tmp_path: Path) -> None:
+    """compact(retain=1h) with the real clock expires no snapshot and deletes no file of the
+    last hour, so a reader on any of them (time travel included) still reads (issue 14)."""
+    path = tmp_path / "data"
+    with open_store(path, clock=lambda: datetime.now(UTC)) as store:
+        versions: list[int] = []
+        for batch in range(3):
+            store.upsert(candle_frame(n=20, start=T0 + batch * 20 * MINUTE))
+            reader = connect(path, verify_extensions=False)
+            try:
+                versions.append(_current_snapshot(reader))
+            finally:
+                reader.close()
+        files = sorted((path / "data").rglob("*.parquet"))
+        result = store.compact(retain=timedelta(hours=1))
+        assert result.files_after < result.files_before, "nothing was merged: no test"
+        assert result.snapshots_expired == 0
+        assert result.files_removed == 0
+        assert [f for f in files if not f.exists()] == []
+        reader = connect(path, verify_extensions=False)
+        try:
+            counts = [
+                _count(reader, f"SELECT count(*) FROM candles AT (VERSION => {version})")
+                for version in versions
+            ]
+        finally:
+            reader.close()
+        assert counts == [20, 40, 60]
+
+
+def _current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
+    row = con.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{LAKE}')").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 # Transient collisions with another writer.
