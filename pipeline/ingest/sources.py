@@ -18,13 +18,13 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from pipeline.config import is_loopback_host
+from pipeline.dxlink.client import loggable_url
 from pipeline.dxlink.errors import ConfigurationError
 
 __all__ = [
     "QUOTE_TOKEN_LIFETIME",
     "QuoteToken",
     "SimulatorTokenSource",
-    "url_for_messages",
     "validate_dxlink_url",
 ]
 
@@ -45,15 +45,12 @@ class QuoteToken:
     expires_at: datetime
     """When the token stops working (UTC)."""
 
-
-def url_for_messages(url: str) -> str:
-    """A URL with any credentials, query and fragment dropped."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-    except ValueError:
-        return "(malformed URL)"
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    def __repr__(self) -> str:
+        # The URL may carry credentials too (user info, a token in the query).
+        return (
+            f"QuoteToken(token={self.token!r}, dxlink_url={loggable_url(self.dxlink_url)!r}, "
+            f"level={self.level!r}, expires_at={self.expires_at!r})"
+        )
 
 
 def validate_dxlink_url(url: str, allow_insecure: bool = False) -> str:
@@ -76,12 +73,11 @@ def validate_dxlink_url(url: str, allow_insecure: bool = False) -> str:
         scheme, host = "", None
     if scheme not in ("ws", "wss") or not host:
         raise ConfigurationError(
-            f"dxlink-url {url_for_messages(url)!r} is not a WebSocket URL; "
-            "allowed: wss://<host>/<path>"
+            f"dxlink-url {loggable_url(url)!r} is not a WebSocket URL; allowed: wss://<host>/<path>"
         )
     if scheme == "ws" and not allow_insecure and not is_loopback_host(host):
         raise ConfigurationError(
-            f"dxlink-url {url_for_messages(url)!r} is unencrypted; allowed: wss:// for "
+            f"dxlink-url {loggable_url(url)!r} is unencrypted; allowed: wss:// for "
             "remote hosts, ws:// only to 127.0.0.1, ::1 or localhost, unless "
             "source.tastytrade.allow_insecure_ws = true"
         )
@@ -112,7 +108,7 @@ class SimulatorTokenSource:
         self._token = SecretStr(token)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={self.url!r})"
+        return f"{type(self).__name__}(url={loggable_url(self.url)!r})"
 
     async def get(self, force_refresh: bool = False) -> QuoteToken:
         """Return the simulator's token; it never expires while the simulator runs."""

@@ -26,6 +26,7 @@ from websockets.exceptions import (
 from websockets.frames import CloseCode
 
 from pipeline.dxlink.client.metrics import DisconnectReason
+from pipeline.dxlink.client.transport import loggable_url
 from pipeline.dxlink.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -163,7 +164,7 @@ def explain_fatal(exc: BaseException, *, max_batch_bytes: int, max_message_size:
             "check the dxlink URL"
         )
     if isinstance(exc, InvalidURI):
-        return f"the dxlink URL is not a ws:// or wss:// URL: {exc}"
+        return f"the dxlink URL {loggable_url(exc.uri)!r} is not a ws:// or wss:// URL"
     if isinstance(exc, DXLinkError):
         return str(exc)
     return f"unexpected {type(exc).__name__}: {exc} (a bug: please report it)"
@@ -171,7 +172,9 @@ def explain_fatal(exc: BaseException, *, max_batch_bytes: int, max_message_size:
 
 def describe(exc: BaseException) -> str:
     """A short, secret-free description of a failure for logs and metrics."""
-    text = str(exc) or type(exc).__name__
+    # websockets puts the whole URL, credentials included, in InvalidURI's text.
+    text = f"{loggable_url(exc.uri)} is not a valid URI" if isinstance(exc, InvalidURI) else ""
+    text = text or str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]
 
 
