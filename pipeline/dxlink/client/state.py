@@ -119,6 +119,7 @@ class ClientSettings:
 
     keepalive_timeout: float
     dead_peer_timeout: float
+    max_dead_peer_timeout: float
     connect_timeout: float
     handshake_timeout: float
     close_timeout: float
