@@ -8,6 +8,7 @@ updates). Clients are raw ``websockets`` connections driving a ``ClientProtocol`
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -66,6 +67,17 @@ async def test_handshake_setup_then_unsolicited_unauthorized_then_authorized(
     states = [f for f in client.frames if '"AUTH_STATE"' in f]
     assert '"UNAUTHORIZED"' in states[0] and '"AUTHORIZED"' in states[1]
     assert client.frames[0].startswith('{"type":"SETUP"')
+
+
+@pytest.mark.parametrize(("accept", "advertised"), [(10, 10), (0.5, 0.5), (120, 60)])
+async def test_setup_reply_honours_a_shorter_accept_keepalive_timeout(
+    sim: Simulator, accept: float, advertised: float
+) -> None:
+    """§2.6: a client asking acceptKeepaliveTimeout below the server's 60 s gets it promised."""
+    client = await TestClient.raw(sim.url)
+    await client.send_message(Setup("0.1-DXF-JS/0.3.0", 60, accept))
+    reply = json.loads(await client.frame_containing('"SETUP"'))
+    assert reply["keepaliveTimeout"] == advertised
 
 
 async def test_auth_sent_before_auth_state_is_tolerated(sim: Simulator) -> None:

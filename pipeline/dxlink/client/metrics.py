@@ -152,11 +152,12 @@ class ConnectionMetrics:
         self.stalled_since = None
 
     def silence(self, now: float) -> float | None:
-        """Seconds the server has said nothing after a handshake (reading time only), across
-        reconnects while they end in peer timeouts; None before the first handshake."""
+        """Seconds the server has said nothing since a handshake (reading time only): on the
+        current connection, or since a stall that ended one by peer timeout, across the
+        reconnects after it; None otherwise (e.g. backing off after an ordinary close)."""
         if self.stalled_since is not None:
             return max(0.0, now - self.stalled_since)
-        if self.heard_at is None:
+        if self.heard_at is None or self.connected_since is None:
             return None
         until = now if self.deaf_since is None else self.deaf_since
         return max(0.0, until - self.heard_at)
