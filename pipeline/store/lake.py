@@ -441,20 +441,25 @@ def write_data_file(folder: Path, frame: pl.DataFrame) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     # DuckLake's own naming, so its orphan cleanup treats a file left by a crash like its own.
     path = folder / f"ducklake-{uuid.uuid4()}.parquet"
-    # snappy: DuckLake's default codec (compaction rewrites the file with the lake's own).
-    if not mixed:
-        frame.write_parquet(path, compression="snappy", row_group_size=_DATA_FILE_ROW_GROUP)
+    try:
+        # snappy: DuckLake's default codec (compaction rewrites the file with the lake's own).
+        if not mixed:
+            frame.write_parquet(path, compression="snappy", row_group_size=_DATA_FILE_ROW_GROUP)
+            return path
+        pq.write_table(
+            frame.to_arrow(),
+            path,
+            compression="snappy",
+            row_group_size=_DATA_FILE_ROW_GROUP,
+            # A dictionary tried on every double column made pyarrow slower than DuckDB (~75 ms).
+            use_dictionary=[name for name, dtype in frame.schema.items() if dtype == pl.String],
+            write_statistics=[name for name in frame.columns if name not in mixed],
+        )
         return path
-    pq.write_table(
-        frame.to_arrow(),
-        path,
-        compression="snappy",
-        row_group_size=_DATA_FILE_ROW_GROUP,
-        # A dictionary tried on every double column made pyarrow slower than DuckDB (~75 ms).
-        use_dictionary=[name for name, dtype in frame.schema.items() if dtype == pl.String],
-        write_statistics=[name for name in frame.columns if name not in mixed],
-    )
-    return path
+    except BaseException:
+        # A full disk (or any failure) must not leave a torn or empty file behind (issue 14).
+        path.unlink(missing_ok=True)
+        raise
 
 
 def add_data_file(con: duckdb.DuckDBPyConnection, path: Path) -> None:
