@@ -10,6 +10,7 @@ second and every wait is on an explicit event.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -214,3 +215,35 @@ async def test_a_reopened_candle_channel_resumes_each_series_from_the_store(
     assert [item.from_time for item in again.add] == [T0 + 30 * MINUTE]
     assert asked == [[SYMBOL]]
     assert len(scripted.sessions) == 1 and lifecycle.of(Disconnected) == []
+
+
+async def test_malformed_frames_are_counted_and_logged_at_warning_a_few_times(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """5,000 malformed and illegal frames: all counted and skipped, the connection stays,
+    and the log gets a WARNING for each kind, not one line per frame."""
+    caplog.set_level(logging.INFO, logger="pipeline")
+    lifecycle = Lifecycle()
+    junk = ['{"type":"FEED_DATA","channel":', "[1,2,3]", '{"type":"AUTH_STATE","channel":0}']
+    junk += ['{"type":"CHANNEL_OPENED","channel":99,"service":"FEED","parameters":{}}']
+    async with HostileServer() as server:
+        manager = manager_for(server, lifecycle)
+        async with manager:
+            await lifecycle.wait_for(Connected)
+            await server.broadcast(junk * 1250)
+            await eventually(
+                lambda: (
+                    sum(
+                        manager.get_metrics()["connection"][key]
+                        for key in ("malformed_messages", "protocol_violations")
+                    )
+                    == 5000
+                ),
+                within=TIMEOUT,
+                what="every bad frame counted",
+            )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert lifecycle.of(Disconnected) == []
+    assert any("malformed frame" in line for line in warnings), warnings
+    assert any("protocol-breaking frame" in line for line in warnings), warnings
+    assert len(warnings) <= 4, warnings

@@ -341,3 +341,28 @@ async def test_accelerated_clock_publishes_on_its_own() -> None:
 async def _until(sim: Simulator, ready: Callable[[], bool]) -> None:
     async with asyncio.timeout(TIMEOUT):
         await sim.wait_for(ready)
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warned"),
+    [
+        ("0.0.0.0", "simulator", "reachable from other machines, and its token is the well-known"),
+        ("0.0.0.0", "a-long-private-token", "reachable from other machines; bind it"),
+        ("127.0.0.1", "simulator", None),
+        ("localhost", "sim-token", None),
+    ],
+)
+async def test_listening_beyond_loopback_is_warned_about(
+    caplog: pytest.LogCaptureFixture, host: str, token: str, warned: str | None
+) -> None:
+    """A simulator reachable from other machines says so at WARNING, louder with a default
+    token; on loopback it says nothing (issue 14)."""
+    caplog.set_level(logging.INFO, logger="pipeline.simulator")
+    async with Simulator(host=host, token=token, clock=SimulatorClock.manual(NOW)):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warned in warnings[0], warnings
+        assert "a-long-private-token" not in warnings[0]

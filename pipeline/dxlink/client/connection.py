@@ -109,6 +109,7 @@ async def run_connection(
         driver = ConnectionDriver(
             state, settings, ws, protocol, loggable_url(quote.dxlink_url), attempt=attempt
         )
+        driver.token = token
         state.connection = driver
         try:
             await driver.run()
@@ -163,6 +164,8 @@ class ConnectionDriver:
         """Roles whose channel got FEED_CONFIG."""
         self.ready_at: float | None = None
         """When every channel was configured and resubscribing began; None before."""
+        self.token = ""
+        """This connection's token, only to mask it in what the server's frames make us log."""
         self.waiting_for = "SETUP"
         self.step_deadline = loop_time() + settings.handshake_timeout
         self._send_lock = asyncio.Lock()
@@ -300,9 +303,28 @@ class ConnectionDriver:
                         await self.flush()
                 raise PeerTimeout(f"nothing received for {event.silence_seconds:.1f} s")
             elif isinstance(event, InvalidMessageReceived):
-                self.state.connection_metrics.malformed_messages += 1  # logged by the protocol
+                metrics = self.state.connection_metrics
+                metrics.malformed_messages += 1
+                self._noisy("malformed", event.error, metrics.malformed_messages)
             elif isinstance(event, ViolationReceived):
-                self.state.connection_metrics.protocol_violations += 1  # logged by the protocol
+                metrics = self.state.connection_metrics
+                metrics.protocol_violations += 1
+                self._noisy("illegal", event.error, metrics.protocol_violations)
+
+    def _noisy(self, kind: str, error: Exception, total: int) -> None:
+        """A WARNING for a bad frame the server sent (counted, skipped), at most one a minute
+        per kind: its reason, never the frame itself, shortened, our token masked."""
+        reason = str(getattr(error, "reason", error))[:200]
+        if self.token:
+            reason = reason.replace(self.token, "<token>")
+        self.state.log_throttle.warning(
+            kind,
+            loop_time(),
+            "! skipped a %s frame from the server (%d so far): %s",
+            "malformed" if kind == "malformed" else "protocol-breaking",
+            total,
+            reason,
+        )
 
     def _open(self, role: str, contract: Contract) -> None:
         channel = self.protocol.open_channel(contract)
