@@ -391,6 +391,49 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     return int(row[0])
 
 
+def test_reopening_the_writer_leaves_other_catalog_connections_of_the_process_alone(
+    tmp_path: Path,
+) -> None:
+    """A writer reopening its connection (every recycle_after upserts, after compaction) never
+    opens the catalog with a second SQLite library: in one process that drops the locks of the
+    SQLite inside DuckDB, so it took the catalog for unused, checkpointed and deleted the WAL
+    and its shared-memory index under a reader's feet ("database disk image is malformed",
+    'disk I/O error'; a mapped -shm truncated that way is a SIGBUS, issue 14)."""
+    path = tmp_path / "data"
+    with open_store(path, recycle_after=100_000) as store:
+        store.upsert(candle_frame(n=2))
+        reader = connect(path, verify_extensions=False)
+        try:
+            reader.execute("BEGIN")
+            assert _count(reader, "SELECT count(*) FROM candles") == 2
+            for batch in range(1, 40):
+                store.upsert(candle_frame(n=2, start=T0 + batch * 2 * MINUTE))
+            shm = path / "catalog.sqlite-shm"
+            inode = shm.stat().st_ino
+            store._recycle()
+            assert shm.exists() and shm.stat().st_ino == inode, "the WAL index was replaced"
+            assert _count(reader, f"SELECT count(*) FROM ducklake_snapshots('{LAKE}')") >= 2
+            reader.execute("COMMIT")
+            assert _count(reader, "SELECT count(*) FROM candles") == 80
+        finally:
+            reader.close()
+
+
+def test_a_catalog_in_rollback_journal_mode_is_switched_to_wal(tmp_path: Path) -> None:
+    """An existing catalog not in WAL mode (an older store) is switched on the writer's open."""
+    path = tmp_path / "data"
+    with open_store(path) as store:
+        store.upsert(candle_frame(n=3))
+    with sqlite3.connect(path / "catalog.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
+    db.close()
+    with open_store(path) as store:
+        assert store.count() == 3
+    with sqlite3.connect(path / "catalog.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
+
+
 # Transient collisions with another writer.
 
 LOCKER = """

@@ -26,6 +26,8 @@ import importlib.resources
 import logging
 import re
 import sqlite3
+import subprocess
+import sys
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -372,19 +374,67 @@ def _load_extension(con: duckdb.DuckDBPyConnection, kind: str) -> None:
 
 
 def _prepare_sqlite_catalog(path: Path, *, read_only: bool) -> None:
-    """Create the catalog file if needed and put it in WAL mode (see the module docstring)."""
-    if read_only:
+    """Create the catalog file if needed and put it in WAL mode (see the module docstring).
+
+    Never with this process's own SQLite once the catalog exists: Python's ``sqlite3`` is a
+    second copy of SQLite beside the one inside DuckDB's sqlite_scanner, and two copies in one
+    process break SQLite's locking (POSIX locks are per process, and closing one copy's file
+    descriptor drops the other's locks: sqlite.org/howtocorrupt.html, 2.2). Opening the
+    catalog that way while a DuckDB connection of this process used it (the writer reopens
+    every ``recycle_after`` upserts and after each compaction; readers may be open) took the
+    catalog for unused: it truncated the shared-memory WAL index another connection had mapped
+    (a SIGBUS on touching it), checkpointed and deleted the WAL, and left readers failing with
+    "database disk image is malformed" or "disk I/O error" (issue 14). So: a catalog already
+    in WAL mode (read from the file header, no SQLite involved) is left alone; a new one is
+    created here, where no connection can have it open yet; an existing one in another
+    journal mode is switched in a child process, whose locks SQLite sees.
+    """
+    if read_only or _in_wal_mode(path):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as db:
-        mode = db.execute("PRAGMA journal_mode").fetchone()
-        if mode is None or str(mode[0]).lower() != "wal":
-            try:
-                db.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.OperationalError as exc:
-                # Another process holds the catalog; it stays in its current mode.
-                logger.warning("! could not switch %s to WAL: %s", path, exc)
-    db.close()
+    if not path.exists():
+        with sqlite3.connect(path) as db:
+            _switch_to_wal(db, path)
+        db.close()
+        return
+    result = subprocess.run(
+        [sys.executable, "-c", _SWITCH_TO_WAL, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        # Another process holds the catalog; it stays in its current mode.
+        logger.warning("! could not switch %s to WAL: %s", path, result.stderr.strip()[-300:])
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the catalog's header says WAL (file format write and read versions 2: bytes
+    18 and 19 of the SQLite header, sqlite.org/fileformat2.html)."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False
+    return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
+
+
+def _switch_to_wal(db: sqlite3.Connection, path: Path) -> None:
+    mode = db.execute("PRAGMA journal_mode").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            logger.warning("! could not switch %s to WAL: %s", path, exc)
+
+
+_SWITCH_TO_WAL = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA journal_mode = WAL")
+db.close()
+"""
 
 
 # ------------------------------------------------------------- data files we write ourselves
