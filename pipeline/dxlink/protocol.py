@@ -100,8 +100,8 @@ __all__ = [
 ]
 
 # The fast path builds one CandlesReceived per frame. A frozen dataclass's __init__ sets
-# each slot through object.__setattr__, which costs twice the slot descriptors themselves;
-# setting the two slots directly makes the same frozen, equal object in half the time.
+# each slot through object.__setattr__, a detour around the slot descriptors; setting the two
+# slots directly makes the same frozen, equal object with less work per frame (bench_decode).
 _new_event = object.__new__
 _set_event_channel = getattr(CandlesReceived, "channel").__set__  # noqa: B009
 _set_event_candles = getattr(CandlesReceived, "candles").__set__  # noqa: B009

@@ -61,9 +61,10 @@ _event_time_of = operator.attrgetter("event_time")
 # How many stored candles per series are loaded into the manager on a warm start: enough to
 # merge a replayed snapshot against, small enough to start thousands of series quickly.
 WARM_START_CANDLES = 500
-# Events received between two flushes at most, whatever the schedule. A store write costs
-# ~0.1 s plus ~3.5 us per candle (benchmarks/bench_pipeline.py); 50,000 keeps the fixed part
-# small while a 200k candles/s backfill still hands the store a batch every ~0.25 s.
+# Events received between two flushes at most, whatever the schedule. A store write has a
+# fixed cost plus a cost per candle (bench_pipeline); 50,000 keeps the fixed part small while
+# a backfill at the target rate still hands the store a batch several times a second, so
+# storing overlaps receiving (bench_backfill).
 FLUSH_BATCH_EVENTS = 50_000
 
 
@@ -311,8 +312,9 @@ class IngestService:
 
     async def _warm_start(self) -> None:
         """Load each series' recent stored candles, so replayed snapshots merge with them."""
-        # One catalog query finds the series that hold anything: a per-series read costs
-        # ~0.5 s even on an empty DuckLake table (benchmarks/README.md, backfill startup).
+        # One catalog query finds the series that hold anything: a read per series pays
+        # DuckLake's fixed cost even on an empty table, once per series (bench_backfill,
+        # subscribe to first data).
         keys = [symbol.normalized for symbol in self.series]
         stored = await asyncio.to_thread(self.store.resume_points, keys)
         for symbol in self.series:
@@ -357,7 +359,7 @@ class IngestService:
         self.stats.candles_received += len(batch)
         if isinstance(batch, CandleBlock):
             newest = batch.newest_time()
-        else:  # Two C-level passes: ~80 ns per event, a generator with max() ~250 ns.
+        else:  # Two C-level passes: no bytecode per event, unlike a generator in max().
             newest = max(max(map(_time_of, batch)), max(map(_event_time_of, batch))) if batch else 0
         if newest > self.stats.stream_time_ms:
             self.stats.stream_time_ms = newest

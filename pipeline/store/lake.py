@@ -16,7 +16,7 @@ Extensions load offline from the PyPI packages ``duckdb-extension-ducklake``,
 Every connection caches Parquet footers (``parquet_metadata_cache``): DuckLake never changes a
 data file after writing it (new data gets a new file name), so a cached footer cannot go
 stale, and a per-series read then skips re-parsing the footer of a large compacted file on
-every query (a third of "last 1,000 candles" on a 500 MB file, benchmarks/bench_store).
+every query (``bench_store``, last 1,000 candles).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ LAKE = "lake"
 """The name the lake is attached under; reader connections ``USE`` it (``FROM candles``)."""
 TABLE = f"{LAKE}.main.candles"
 """The candles table, qualified: the writer's connection stays on its in-memory database,
-where registering a frame costs ~1 ms instead of ~45 ms with the lake as default."""
+where registering a frame does not go through the lake's catalog (``bench_store``)."""
 SQL_FILES = importlib.resources.files("pipeline") / "sql"
 """``schema.sql`` and the view files: the repository's top-level ``sql/`` folder, which the
 package links to (``pipeline/sql``) and the wheel ships inside the package."""
@@ -267,7 +267,7 @@ def resolve_data_path(root: Path, data_path: str | Path | None) -> str:
 
 def has_candles_table(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether the attached lake has the candles table yet."""
-    # Probing the table is ~100x faster than listing duckdb_tables(), which scans the catalog.
+    # Probing the table reads one table's entry; duckdb_tables() would scan the catalog.
     try:
         con.execute(f"SELECT 1 FROM {TABLE} LIMIT 0")
     except duckdb.CatalogException:
@@ -422,9 +422,9 @@ def table_folder(con: duckdb.DuckDBPyConnection, data_path: str) -> Path | None:
 def write_data_file(folder: Path, frame: pl.DataFrame) -> Path:
     """Write ``frame`` as one Parquet file in ``folder``, as DuckDB would, and return its path.
 
-    polars writes 100,000 candles in ~17 ms and pyarrow (dictionaries on strings only) in
-    ~27 ms, where DuckDB's ``COPY`` (and so a DuckLake ``INSERT``) takes 60-100 ms
-    (benchmarks/bench_store, write floor). A float column that mixes NaN with numbers must
+    polars and pyarrow (dictionaries on strings only) write a batch of candles in a fraction
+    of the time DuckDB's ``COPY`` (and so a DuckLake ``INSERT``) takes (``bench_store``,
+    the write floor in its details). A float column that mixes NaN with numbers must
     get no min/max statistics: Parquet writers leave NaN out of min/max, but DuckDB orders
     NaN above every number and would skip the file for ``close > x`` although its NaN rows
     match (DuckDB's own writer omits those statistics). polars cannot omit statistics per
@@ -450,7 +450,7 @@ def write_data_file(folder: Path, frame: pl.DataFrame) -> Path:
         path,
         compression="snappy",
         row_group_size=_DATA_FILE_ROW_GROUP,
-        # A dictionary tried on every double column made pyarrow slower than DuckDB (~75 ms).
+        # A dictionary tried on every double column made pyarrow slower than DuckDB's COPY.
         use_dictionary=[name for name, dtype in frame.schema.items() if dtype == pl.String],
         write_statistics=[name for name in frame.columns if name not in mixed],
     )

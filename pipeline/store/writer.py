@@ -133,12 +133,13 @@ class CandleStore:
         clock: Current UTC time, for ``ingested_at`` and compaction cut-offs.
         rng: Jitter source for the retry waits.
         verify_extensions: Let DuckDB check the signatures of the bundled extension binaries
-            (about 0.6 s per extension per connection, spent hashing ~35 MB files). ``False``
-            skips the check; only for a trusted, pinned install such as the test suite.
+            (each connection hashes every extension binary, tens of MB, before loading it).
+            ``False`` skips the check; only for a trusted, pinned install such as the test
+            suite.
         recycle_after: Reopen the DuckDB connection after this many upserts (and after
             every compaction). A connection keeps native memory that grows with every commit
-            (~3.5 MiB per 100 small upserts, measured; tracemalloc and ``duckdb_memory()`` do
-            not see it) and is only returned when the connection closes (issue 7).
+            (neither tracemalloc nor ``duckdb_memory()`` sees it) and is only returned when
+            the connection closes (issue 7; ``bench_memory``, RSS).
     """
 
     def __init__(
@@ -488,7 +489,7 @@ class CandleStore:
             else:
                 # The writer reads little back (its upsert lookups, resume points); DuckDB's
                 # cache of file blocks only grew here, by every file a compaction merged
-                # (22 MB over 8 compactions, measured with duckdb_memory()).
+                # (duckdb_memory(); bench_memory, RSS).
                 con.execute("SET enable_external_file_cache = false")
                 return con
         raise AssertionError("unreachable: the loop returns or raises")
