@@ -19,6 +19,7 @@ from pipeline.store.lake import (
     StoreError,
     connect,
     parse_catalog,
+    redact,
 )
 from pipeline.store.lease import CatalogLease, LeaseHolder, LeaseLost
 from pipeline.store.object_store import S3Access, S3Options, is_object_store, parse_s3_url
@@ -62,5 +63,6 @@ __all__ = [
     "is_object_store",
     "parse_catalog",
     "parse_s3_url",
+    "redact",
     "run_query",
 ]

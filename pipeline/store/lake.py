@@ -96,6 +96,7 @@ _EXTENSIONS = {
 }
 _SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 _S3_SECRET = "candles_lake_s3"
+_USERINFO = re.compile(r"://[^/@]*@")  # credentials pasted into a URL are never shown
 
 
 class StoreError(Exception):
@@ -269,7 +270,7 @@ def open_lake(
         con.execute(f"ATTACH {quote('ducklake:' + target)} AS {LAKE} ({options})")
     except (duckdb.Error, ValueError) as exc:
         con.close()
-        where = data_path if _is_url(data_path) else root
+        where = _USERINFO.sub("://", str(data_path)) if _is_url(data_path) else root
         raise StoreError(f"cannot open the lake at {where}: {redact(str(exc))}") from exc
     return con
 

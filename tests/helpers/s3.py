@@ -167,7 +167,9 @@ class S3Server:
     def objects(self, bucket: str, prefix: str = "") -> list[S3Object]:
         """Every object under ``prefix``, by key."""
         found: list[S3Object] = []
-        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        )
         for page in pages:
             for item in page.get("Contents", []):
                 found.append(
