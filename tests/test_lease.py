@@ -7,19 +7,30 @@ processes where dying matters.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from pipeline.sharding import ShardSpec
+from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore, CatalogLease, LeaseLost, StoreBusy
 from tests.helpers.postgres import PostgresServer, running_postgres
+from tests.helpers.service import (
+    START_MS,
+    TOKEN,
+    eventually,
+    make_service,
+    series_keys,
+    service_config,
+)
 from tests.helpers.store import candle_frame
 from tests.helpers.timing import TIMEOUT
 
@@ -195,3 +206,54 @@ def test_maintenance_goes_to_one_shard_per_interval(conninfo: str) -> None:
     finally:
         for lease in leases:
             lease.release()
+
+
+async def test_the_service_claims_a_lost_shard_back_or_stops_when_taken_over(
+    conninfo: str, tmp_path: Path
+) -> None:
+    """Ingest on a PostgreSQL catalog: a lost lease fails flushes (candles kept); the check
+    claims it back and the kept candles are stored; a shard another host took stops ingest
+    with an error naming that host, and no final flush is attempted."""
+    options: dict[str, Any] = {
+        "store.catalog": f"postgres:{conninfo}",
+        "store.data_path": str(tmp_path / "data"),
+        "store.lease_check_interval": 3600.0,  # the test runs the checks itself
+    }
+    config = service_config(tmp_path / "local", **options)
+    async with Simulator(token=TOKEN, seed=5, clock=SimulatorClock.manual(START_MS)) as sim:
+        service = make_service(config, sim)
+        runner = asyncio.create_task(service.run())
+        try:
+            await sim.wait_for_subscriptions(len(series_keys(config)))
+            await eventually(
+                lambda: service.manager.stats().buffered_events == 0, what="snapshots applied"
+            )
+            assert (await service.flush("first")).error is None
+            stored = service.store.count()
+            await asyncio.to_thread(_terminate, conninfo, "candles-lease-1-of-1")
+            for _ in range(5):
+                await sim.advance(60)
+            end = sim.now_ms
+            await eventually(lambda: service.stats.stream_time_ms >= end - 60_000, what="live")
+            failed = await service.flush("lost")
+            assert failed.error is not None and "does not hold shard 1/1" in failed.error
+            assert service.store.count() == stored
+            await service.check_lease()  # nobody else took it: claimed back
+            assert service.lease is not None and service.lease.held
+            again = await service.flush("back")
+            assert again.error is None and again.written >= 5
+            await asyncio.to_thread(_terminate, conninfo, "candles-lease-1-of-1")
+            intruder = _lease(conninfo, "1/1", "host-b", pid=777)
+            await asyncio.to_thread(intruder.acquire)
+            try:
+                failures = service.stats.flush_failures
+                await service.check_lease()
+                with pytest.raises(LeaseLost, match=r"taken over.*host host-b, pid 777"):
+                    await asyncio.wait_for(runner, TIMEOUT)
+                assert service.stats.flush_failures == failures  # no doomed final flush
+            finally:
+                intruder.release()
+        finally:
+            service.stop()
+            if not runner.done():
+                await runner

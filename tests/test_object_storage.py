@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from pipeline import analysis
+from pipeline.cli import cli
 from pipeline.config import S3Config, loads_config
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import (
@@ -309,3 +311,23 @@ def test_the_environment_never_reaches_duckdb_files(
         store.upsert(candle_frame("AAPL", "1m", 5))
     after = sorted(stored.glob("*")) if stored.exists() else []
     assert after == before
+
+
+def test_config_check_reports_the_note_and_missing_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`candles config check` passes an s3:// lake with a SQLite catalog with the one-host
+    note, and fails naming the key variables when they are unset."""
+    config = tmp_path / "config.toml"
+    config.write_text('[store]\ndata_path = "s3://candles-lake/prod/"\n')
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-for-check")
+    monkeypatch.delenv("CANDLES_PROFILE", raising=False)
+    ok = CliRunner().invoke(cli, ["config", "check", "--config", str(config)])
+    assert ok.exit_code == 0, ok.output
+    assert "note: store: data on s3://candles-lake/prod/ with a SQLite catalog" in ok.output
+    assert "example-secret-for-check" not in ok.output
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    missing = CliRunner().invoke(cli, ["config", "check", "--config", str(config)])
+    assert missing.exit_code == 1
+    assert "AWS_SECRET_ACCESS_KEY" in missing.output

@@ -304,30 +304,34 @@ class IngestService:
             self.lease.release()
 
     async def _watch_lease(self) -> None:
-        """Check the shard lease every ``store.lease_check_interval``; claim it back after a
-        loss; stop the service when another process took the shard meanwhile."""
+        """Run :meth:`check_lease` every ``store.lease_check_interval`` until it stops us."""
+        while not self._stop.is_set():
+            await asyncio.sleep(self.config.store.lease_check_interval)
+            await self.check_lease()
+
+    async def check_lease(self) -> None:
+        """Check the shard lease now; after a loss claim it back, or stop the service when
+        another process holds the shard (:meth:`run` then raises
+        :class:`~pipeline.store.LeaseLost` naming it). A no-op without a lease."""
         lease = self.lease
-        assert lease is not None
-        interval = self.config.store.lease_check_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await asyncio.to_thread(lease.check)
-                continue
-            except LeaseLost:
-                pass  # logged by the lease; flushes fail (and keep their candles) meanwhile
-            try:
-                await asyncio.to_thread(lease.acquire)
-                # Another process may have written our series while we did not own them.
-                await asyncio.to_thread(self.store.reconnect)
-                logger.warning("! shard %s claimed back; writing again", self.shard)
-            except StoreBusy as exc:
-                self._fatal = LeaseLost(f"shard {self.shard} was taken over: {exc}")
-                logger.error("! %s; stopping", self._fatal)
-                self.stop()
-                return
-            except StoreError as exc:
-                logger.warning("! cannot claim shard %s back yet: %s", self.shard, exc)
+        if lease is None or self._fatal is not None:
+            return
+        try:
+            await asyncio.to_thread(lease.check)
+            return
+        except LeaseLost:
+            pass  # logged by the lease; flushes fail (and keep their candles) meanwhile
+        try:
+            await asyncio.to_thread(lease.acquire)
+            # Another process may have written our series while we did not own them.
+            await asyncio.to_thread(self.store.reconnect)
+            logger.warning("! shard %s claimed back; writing again", self.shard)
+        except StoreBusy as exc:
+            self._fatal = LeaseLost(f"shard {self.shard} was taken over: {exc}")
+            logger.error("! %s; stopping", self._fatal)
+            self.stop()
+        except StoreError as exc:
+            logger.warning("! cannot claim shard %s back yet: %s", self.shard, exc)
 
     # ------------------------------------------------------------------ wiring
 
