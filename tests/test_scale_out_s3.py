@@ -100,10 +100,11 @@ def _env(s3: S3Server) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": s3.secret}  # fmt: skip
 
 
-def _start_shard(config: Path, k: int, log: Path, s3: S3Server) -> subprocess.Popen[bytes]:
+def _start_shard(config: Path, k: int | None, log: Path, s3: S3Server) -> subprocess.Popen[bytes]:
+    """``candles ingest`` of shard k/3 (``None``: unsharded) in its own folder."""
+    shard = [] if k is None else ["--shard", f"{k}/{SHARDS}"]
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "ingest", "--config", str(config),
-         "--shard", f"{k}/{SHARDS}"],
+        [sys.executable, "-m", "pipeline", "ingest", "--config", str(config), *shard],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, env=_env(s3), cwd=config.parent,
     )  # fmt: skip
 
@@ -248,3 +249,67 @@ async def test_shards_on_hosts_sharing_no_disk_equal_the_truth(
     outputs = [*logged.values(), out.decode(), err.decode(), message, refused.stdout.decode()]
     assert all(s3.secret not in text for text in outputs)
     assert _files_holding(tmp_path, s3.secret) == []
+
+
+@pytest.mark.soak
+async def test_a_20s_s3_outage_under_a_running_ingest_process_loses_nothing(
+    postgres: PostgresServer, s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`candles ingest` with its data in S3: the endpoint refuses connections for 20 real
+    seconds while candles arrive; flushes fail and keep them; afterwards the lake equals the
+    truth and the process stops cleanly (exit 0)."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    catalog = postgres.create_database("outage")
+    data = s3.create_bucket("candles-outage") + "lake/"
+    log = tmp_path / "ingest.log"
+    async with Simulator(token=TOKEN, seed=7, clock=SimulatorClock.manual(START_MS)) as sim:
+        config = _host(tmp_path, 1, catalog, data, s3, sim.url)
+        ingest = _start_shard(config, None, log, s3)
+        try:
+            async with asyncio.timeout(60):
+                await sim.wait_for_subscriptions(len(SERIES))
+
+            async def stored() -> bool:
+                newest = await asyncio.to_thread(_newest, catalog, data, tmp_path, s3)
+                return newest.keys() == set(SERIES)
+
+            await eventually(stored, within=60, what="the first flush")
+            s3.stop()
+            try:
+                for _ in range(10):
+                    await sim.advance(60)
+                await asyncio.sleep(20)  # the outage itself (a soak run: real time is the point)
+                assert "flush (schedule) failed" in log.read_text()
+            finally:
+                s3.start()
+            await sim.advance(60)
+            end = sim.now_ms
+            complete_end = end - 5 * MINUTE - end % (5 * MINUTE)
+            await sim.advance(60)
+            targets = {s: max(c.time for c in sim.truth(s, FROM_MS, complete_end)) for s in SERIES}
+
+            async def caught_up() -> bool:
+                newest = await asyncio.to_thread(_newest, catalog, data, tmp_path, s3)
+                return all(newest.get(s, 0) >= t for s, t in targets.items())
+
+            await eventually(caught_up, within=60, what="stored after the outage")
+            ingest.send_signal(signal.SIGTERM)
+            assert ingest.wait(timeout=60) == 0, log.read_text()[-2000:]
+        finally:
+            if ingest.poll() is None:
+                ingest.kill()
+                ingest.wait()
+        with CandleStore(
+            tmp_path / "check", catalog=catalog, data_path=data, verify_extensions=False
+        ) as store:
+            problems = [
+                f"{series}: {p}"
+                for series in SERIES
+                for p in differences(
+                    truth_frame(sim, series, FROM_MS, complete_end),
+                    stored_frame(store, series, FROM_MS, complete_end),
+                )
+            ]
+        assert problems == []
+    assert s3.secret not in log.read_text()
