@@ -242,8 +242,9 @@ def test_config_check_names_a_bad_combination_and_the_single_host_note() -> None
 async def test_an_s3_outage_keeps_candles_in_memory_until_it_returns(
     s3: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The S3 endpoint refuses connections during ingest: flushes fail and keep their candles;
-    once it is back the next flush stores them all; the store equals the simulator's truth."""
+    """The S3 endpoint refuses connections during ingest: flushes fail and keep their candles
+    (/metrics and the errors show no key); once it is back the next flush stores them all;
+    the store equals the simulator's truth."""
     store_path = tmp_path / "local"
     s3_options: dict[str, Any] = {
         "store.data_path": bucket + "lake/",
@@ -271,6 +272,7 @@ async def test_an_s3_outage_keeps_candles_in_memory_until_it_returns(
                 )
                 failed = [await service.flush("outage") for _ in range(2)]
                 assert all(report.error is not None for report in failed), failed
+                assert s3.secret.encode() not in service.metrics.render_metrics()
                 kept = service.manager.take_completed()
                 service.manager.release(kept)
                 assert kept.rows > 10  # kept, not dropped

@@ -138,6 +138,7 @@ def _newest(catalog: str, data: str, root: Path, s3: S3Server) -> dict[str, int]
     return {CandleSymbol.parse(f"{s}{{={p}}}").normalized: int(t) for s, p, t in rows}
 
 
+@pytest.mark.timeout(300)  # five processes on a shared 2-core box: 25-60 s measured
 async def test_shards_on_hosts_sharing_no_disk_equal_the_truth(
     postgres: PostgresServer, s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
