@@ -21,7 +21,13 @@ import pytest
 
 from pipeline.sharding import ShardSpec
 from pipeline.simulator import Simulator, SimulatorClock
-from pipeline.store import CandleStore, CatalogLease, LeaseLost, StoreBusy
+from pipeline.store import (
+    CandleStore,
+    CatalogLease,
+    LeaseLost,
+    StoreBusy,
+    with_application_name,
+)
 from tests.helpers.postgres import PostgresServer, running_postgres
 from tests.helpers.service import (
     START_MS,
@@ -257,3 +263,16 @@ async def test_the_service_claims_a_lost_shard_back_or_stops_when_taken_over(
             service.stop()
             if not runner.done():
                 await runner
+
+
+def test_writer_sessions_are_named_whatever_form_the_catalog_takes(
+    postgres: PostgresServer,
+) -> None:
+    """Both libpq forms, key=value and URI, reach PostgreSQL with the writer's name."""
+    postgres.create_database("named")
+    uri = f"postgresql://postgres@{postgres.host}:{postgres.port}/named"
+    for conninfo in (postgres.conninfo("named"), uri, uri + "?connect_timeout=5"):
+        named = with_application_name(conninfo, "candles-ingest-2-of-3")
+        with psycopg.connect(named, autocommit=True) as con:
+            row = con.execute("SHOW application_name").fetchone()
+        assert row == ("candles-ingest-2-of-3",), conninfo

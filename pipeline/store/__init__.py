@@ -20,6 +20,7 @@ from pipeline.store.lake import (
     connect,
     parse_catalog,
     redact,
+    with_application_name,
 )
 from pipeline.store.lease import CatalogLease, LeaseHolder, LeaseLost
 from pipeline.store.object_store import S3Access, S3Options, is_object_store, parse_s3_url
@@ -65,4 +66,5 @@ __all__ = [
     "parse_s3_url",
     "redact",
     "run_query",
+    "with_application_name",
 ]

@@ -66,6 +66,7 @@ __all__ = [
     "resolve_data_path",
     "rollback",
     "table_folder",
+    "with_application_name",
     "write_data_file",
 ]
 
@@ -266,13 +267,21 @@ def open_lake(
             options += ", READ_ONLY"
         target = spec.attach_target
         if application_name is not None and spec.kind == "postgres":
-            target += f" application_name={application_name}"
+            target = f"postgres:{with_application_name(spec.target, application_name)}"
         con.execute(f"ATTACH {quote('ducklake:' + target)} AS {LAKE} ({options})")
     except (duckdb.Error, ValueError) as exc:
         con.close()
         where = _USERINFO.sub("://", str(data_path)) if _is_url(data_path) else root
         raise StoreError(f"cannot open the lake at {where}: {redact(str(exc))}") from exc
     return con
+
+
+def with_application_name(conninfo: str, name: str) -> str:
+    """A libpq connection string (``key=value`` or ``postgresql://`` URI) that names itself
+    ``name`` in ``pg_stat_activity``; a later setting wins over one already there."""
+    if conninfo.startswith(("postgres://", "postgresql://")):
+        return f"{conninfo}{'&' if '?' in conninfo else '?'}application_name={name}"
+    return f"{conninfo} application_name={name}"
 
 
 def _create_s3_secret(con: duckdb.DuckDBPyConnection, data: str, s3: S3Options) -> None:
