@@ -7,8 +7,9 @@ per shard" through that database instead:
 * **The lease** is a session-level advisory lock (``pg_try_advisory_lock``) on a connection of
   its own, held for the life of the writer. PostgreSQL releases it when the session ends,
   however the process ends, so a dead host frees its shard without manual cleanup. (DuckDB's
-  postgres scanner cannot hold it: it pools its connections and resets them between uses,
-  which drops session locks; checked with duckdb 1.5.5.)
+  postgres scanner cannot hold it: with duckdb 1.5.5 a lock taken through ``postgres_query``
+  was gone from ``pg_locks`` on the next query, run by the same backend; its pooled
+  connections are reset between uses.)
 * **The holder's name** (host, pid, since when) is a row of ``candles_ingest_writers`` in the
   same database, written in the claim's transaction: a refused claimant reads it and says who
   holds the shard. A row counts only while its backend still holds the lock (``pg_locks``),
