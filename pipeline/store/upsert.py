@@ -24,7 +24,7 @@ Parquet writer (``bench_store``, upsert against a plain append). Small batches k
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -227,6 +227,7 @@ def upsert_once(
     *,
     newest: NewestStored,
     data_folder: Path | None,
+    before_commit: Callable[[], None] | None = None,
 ) -> UpsertResult:
     """One attempt: deletions, classification, delete + write, commit (or nothing to do).
 
@@ -237,6 +238,8 @@ def upsert_once(
         newest: The connection's :class:`NewestStored`.
         data_folder: Where the table's Parquet files live (:func:`~.lake.table_folder`);
             ``None`` (object storage) writes through DuckLake's ``INSERT``.
+        before_commit: Runs right before ``COMMIT``; raising rolls the transaction back
+            (the shard lease's last check, :class:`~pipeline.store.CatalogLease`).
     """
     written: Path | None = None
     committing = False
@@ -273,6 +276,8 @@ def upsert_once(
                 add_data_file(con, written)
             elif changed.height:
                 _insert(con, changed)
+            if before_commit is not None:
+                before_commit()
             newest.raise_to(spans)  # before COMMIT: see NewestStored
             committing = True
             con.execute("COMMIT")
