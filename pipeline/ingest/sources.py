@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from pipeline.config import is_loopback_host
+from pipeline.dxlink import ConfigurationError
 from pipeline.dxlink.client import loggable_url
-from pipeline.dxlink.errors import ConfigurationError
 
 __all__ = [
     "QUOTE_TOKEN_LIFETIME",
