@@ -413,7 +413,11 @@ async def test_a_minute_of_unsolicited_symbols_keeps_memory_and_the_log_flat(
             if len(samples) < (time.monotonic() - started) // 5 + 1:
                 samples.append(_rss_mib())
         check(run, Attack(), max_log_lines=200)
-    print(f"unsolicited flood: {serial:,} symbols in 60 s, RSS MiB every 5 s: {samples}")
+    lines = [r for r in run.records if r.levelno >= logging.INFO]
+    print(
+        f"unsolicited flood: {serial:,} symbols in 60 s, {len(lines)} log lines, "
+        f"RSS MiB every 5 s: {samples}"
+    )
     assert max(samples[2:]) - samples[2] < 64, samples
 
 
@@ -434,7 +438,11 @@ async def test_a_minute_of_junk_frames_keeps_memory_and_the_log_flat(tmp_path: P
         assert run.service.client is not None
         counted = run.service.client.get_metrics()["connection"]["malformed_messages"]
         check(run, Attack(), max_log_lines=20)
-    print(f"junk flood: {sent:,} frames in 60 s ({counted:,} counted), RSS MiB: {samples}")
+    lines = [r for r in run.records if r.levelno >= logging.INFO]
+    print(
+        f"junk flood: {sent:,} frames in 60 s ({counted:,} counted), {len(lines)} log lines "
+        f"({sum(len(r.getMessage()) for r in lines):,} characters), RSS MiB: {samples}"
+    )
     assert max(samples[2:]) - samples[2] < 64, samples
 
 
