@@ -28,9 +28,10 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +81,26 @@ class Run:
     server: HostileServer
     market: Market
     store_path: Path
-    records: list[logging.LogRecord] = field(default_factory=list)
+    log: LogTally
 
 
-class _Records(logging.Handler):
-    def __init__(self, into: list[logging.LogRecord]) -> None:
+class LogTally(logging.Handler):
+    """Counts what ingest logs at INFO and above and keeps only the last lines: a flood under
+    test must not be held in memory by the test itself."""
+
+    def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.into = into
+        self.lines = 0
+        self.characters = 0
+        self.warnings = 0
+        self.last: deque[str] = deque(maxlen=20)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.into.append(record)
+        message = record.getMessage()
+        self.lines += 1
+        self.characters += len(message)
+        self.warnings += record.levelno == logging.WARNING
+        self.last.append(message[:200])
 
 
 def feed_for(market: Market, attack: Attack) -> Callable[..., list[str]]:
@@ -132,8 +143,7 @@ async def running(
     config = service_config(
         store_path, symbols=("AAPL", "SPY"), intervals=("1m",), from_ms=FROM_MS, **overrides
     )
-    records: list[logging.LogRecord] = []
-    handler = _Records(records)
+    handler = LogTally()
     pipeline_logger = logging.getLogger("pipeline")
     pipeline_logger.addHandler(handler)
     level = pipeline_logger.level
@@ -146,7 +156,7 @@ async def running(
                 source_clock_ms=lambda: NOW_MS,
             )
             task = asyncio.create_task(service.run())
-            run = Run(service, task, hostile, market, store_path, records)
+            run = Run(service, task, hostile, market, store_path, handler)
             try:
                 yield run
             finally:
@@ -179,8 +189,7 @@ def check(run: Run, attack: Attack, *, max_log_lines: int = 40) -> None:
     stats = service.manager.stats()
     assert stats.series <= len(SERIES), f"{stats.series} series held, {len(SERIES)} subscribed"
     assert stats.memory_bytes <= stats.memory_limit_bytes
-    lines = [r for r in run.records if r.levelno >= logging.INFO]
-    assert len(lines) <= max_log_lines, [r.getMessage()[:120] for r in lines[-10:]]
+    assert run.log.lines <= max_log_lines, list(run.log.last)
     with CandleStore(run.store_path, verify_extensions=False) as store:
         for series in SERIES:
             stored = store.history(series, 0, 2**41)
@@ -378,8 +387,7 @@ async def test_junk_frames_are_skipped_and_logged_a_few_times(tmp_path: Path) ->
         metrics = run.service.client.get_metrics()["connection"]
         check(run, attack)
     assert metrics["malformed_messages"] >= 3000
-    warnings = [r for r in run.records if r.levelno == logging.WARNING]
-    assert 1 <= len(warnings) <= 4, [r.getMessage() for r in warnings]
+    assert 1 <= run.log.warnings <= 4, list(run.log.last)
 
 
 # ---------------------------------------------------------------- soak: the long floods
@@ -413,10 +421,9 @@ async def test_a_minute_of_unsolicited_symbols_keeps_memory_and_the_log_flat(
             if len(samples) < (time.monotonic() - started) // 5 + 1:
                 samples.append(_rss_mib())
         check(run, Attack(), max_log_lines=200)
-    lines = [r for r in run.records if r.levelno >= logging.INFO]
     print(
-        f"unsolicited flood: {serial:,} symbols in 60 s, {len(lines)} log lines, "
-        f"RSS MiB every 5 s: {samples}"
+        f"unsolicited flood: {serial:,} symbols in 60 s, {run.log.lines} log lines "
+        f"({run.log.characters:,} characters), RSS MiB every 5 s: {samples}"
     )
     assert max(samples[2:]) - samples[2] < 64, samples
 
@@ -438,10 +445,9 @@ async def test_a_minute_of_junk_frames_keeps_memory_and_the_log_flat(tmp_path: P
         assert run.service.client is not None
         counted = run.service.client.get_metrics()["connection"]["malformed_messages"]
         check(run, Attack(), max_log_lines=20)
-    lines = [r for r in run.records if r.levelno >= logging.INFO]
     print(
-        f"junk flood: {sent:,} frames in 60 s ({counted:,} counted), {len(lines)} log lines "
-        f"({sum(len(r.getMessage()) for r in lines):,} characters), RSS MiB: {samples}"
+        f"junk flood: {sent:,} frames in 60 s ({counted:,} counted), {run.log.lines} log lines "
+        f"({run.log.characters:,} characters), RSS MiB: {samples}"
     )
     assert max(samples[2:]) - samples[2] < 64, samples
 
