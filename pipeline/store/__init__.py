@@ -3,11 +3,13 @@
 ``CandleStore`` (``writer``) is the ingest writer: idempotent upserts (``upsert``), resume
 points, history reads and maintenance. ``lake`` opens and attaches the lake and is the
 reader's door (:func:`connect`); ``query`` is the read-only SQL of ``candles query`` and
-``candles export``; ``writer_lock`` keeps one writer per store or shard.
+``candles export``; ``writer_lock`` keeps one writer per store or shard; ``folder``
+readies the store's folder or says in one line why it cannot work.
 """
 
 from __future__ import annotations
 
+from pipeline.store.folder import prepare_folder
 from pipeline.store.lake import (
     CATALOG_FILE,
     DATA_DIR,
@@ -51,5 +53,6 @@ __all__ = [
     "export_store",
     "format_frame",
     "parse_catalog",
+    "prepare_folder",
     "run_query",
 ]
