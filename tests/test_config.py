@@ -247,7 +247,7 @@ def test_tastytrade_missing_env_lists_unset_variables() -> None:
     [
         ('symbols = ["AAPL{=5m}"]', "subscriptions.symbols[0]", "put periods in"),
         ('symbols = ["AAPL", "MS FT"]', "subscriptions.symbols[1]", "MS FT"),
-        ('symbols = [""]', "subscriptions.symbols[0]", "empty; write a streamer symbol such as AAPL"),
+        ('symbols = [""]', "subscriptions.symbols[0]", "empty; write a streamer symbol"),
         ("symbols = []", "subscriptions.symbols", "list at least one"),
         ('symbols = ["SPY", "SPY"]', "subscriptions.symbols", "listed twice"),
         ('intervals = ["7x"]', "subscriptions.intervals[0]", "not a candle period"),

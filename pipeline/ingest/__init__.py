@@ -9,15 +9,22 @@ out DXLink tokens; ``tuning`` holds the process-wide settings only that process 
 from __future__ import annotations
 
 from pipeline.ingest.runner import (
+    EXIT_UNAVAILABLE,
     EXIT_UNSTORED,
     IngestError,
+    NeverConnected,
     ShutdownGuard,
     ShutdownIncomplete,
     run_ingest,
     token_source_for,
 )
 from pipeline.ingest.service import FLUSH_BATCH_EVENTS, FlushReport, IngestService, ServiceStats
-from pipeline.ingest.sources import QuoteToken, SimulatorTokenSource, validate_dxlink_url
+from pipeline.ingest.sources import (
+    DXLinkTokenSource,
+    QuoteToken,
+    SimulatorTokenSource,
+    validate_dxlink_url,
+)
 from pipeline.ingest.tastytrade import (
     TastytradeAPIError,
     TastytradeAuthError,
@@ -27,11 +34,14 @@ from pipeline.ingest.tastytrade import (
 from pipeline.ingest.tuning import ingest_process_tuning
 
 __all__ = [
+    "EXIT_UNAVAILABLE",
     "EXIT_UNSTORED",
     "FLUSH_BATCH_EVENTS",
+    "DXLinkTokenSource",
     "FlushReport",
     "IngestError",
     "IngestService",
+    "NeverConnected",
     "QuoteToken",
     "ServiceStats",
     "ShutdownGuard",

@@ -16,7 +16,8 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
   coalesce, one instance, no silent misfire drops; blocking DuckDB work runs in a thread);
 * on stop (SIGINT/SIGTERM or ``duration``): pause the scheduler, stop the client, drain what
   was received, flush everything completed, close. A failed flush keeps the candles in
-  memory and is retried; nothing is lost.
+  memory and is retried; the final one again and again for ``ingest.shutdown_timeout``
+  seconds, so a store that recovers meanwhile loses nothing.
 * the service changes no process-wide setting: the ``candles ingest`` process applies those
   (garbage collector, malloc, DuckDB's lazy imports) around it, :mod:`pipeline.ingest.tuning`.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -65,6 +67,9 @@ WARM_START_CANDLES = 500
 # ~0.1 s plus ~3.5 us per candle (benchmarks/bench_pipeline.py); 50,000 keeps the fixed part
 # small while a 200k candles/s backfill still hands the store a batch every ~0.25 s.
 FLUSH_BATCH_EVENTS = 50_000
+# The final flush of a stop retries a failing store after this long, doubling up to the max.
+FINAL_FLUSH_RETRY_S = 0.25
+FINAL_FLUSH_RETRY_MAX_S = 4.0
 
 
 @dataclass(slots=True)
@@ -247,7 +252,7 @@ class IngestService:
         if self._batch_flush is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batch_flush  # flush() reports store failures, it does not raise
-        report = await self.flush("shutdown")
+        report = await self._final_flush()
         if report.error is not None:
             logger.error("! final flush failed, %s", report.error)
         if self._scheduler is not None:
@@ -257,6 +262,30 @@ class IngestService:
             await asyncio.to_thread(self._store.close)
         if self._writer_lock is not None:
             self._writer_lock.release()
+
+    async def _final_flush(self) -> FlushReport:
+        """Flush everything completed; while the store fails, try again until it works or
+        ``ingest.shutdown_timeout`` seconds have passed (0: until it works).
+
+        A store that comes back within the timeout (a remounted volume, a freed disk) loses
+        nothing; one that does not is reported by whoever bounds the stop (the runner's
+        :class:`~pipeline.ingest.runner.ShutdownGuard`, exit 75).
+        """
+        loop = asyncio.get_running_loop()
+        limit = self.config.ingest.shutdown_timeout
+        deadline = loop.time() + limit if limit else math.inf
+        delay = FINAL_FLUSH_RETRY_S
+        report = await self.flush("shutdown")
+        while report.error is not None and loop.time() + delay < deadline:
+            left = "" if math.isinf(deadline) else f", {deadline - loop.time():.0f}s left"
+            logger.warning(
+                "! final flush failed (%s); retrying in %.1fs (ingest.shutdown_timeout%s)",
+                report.error, delay, left,
+            )  # fmt: skip
+            await asyncio.sleep(delay)  # a retry schedule, not a synchronisation
+            delay = min(delay * 2, FINAL_FLUSH_RETRY_MAX_S)
+            report = await self.flush("shutdown")
+        return report
 
     # ------------------------------------------------------------------ wiring
 
