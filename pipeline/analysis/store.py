@@ -1,7 +1,15 @@
 """Open the store for analysis and load candles from it (see :mod:`pipeline.analysis`).
 
-Where the store is comes from one place: the ``CANDLES_STORE`` environment variable, default
-``data`` (the ingest default, ``[store] path`` in config.toml).
+Where the store is follows the command line's rule, so a notebook finds the store that
+``candles ingest`` filled wherever its kernel runs (``jupyter lab`` starts kernels in the
+notebook's folder, ``notebooks/``):
+
+1. ``$CANDLES_STORE``, when set (a relative path is relative to the working directory);
+2. else ``[store]`` of the config file ``candles`` would use: ``$CANDLES_CONFIG``, else the
+   nearest ``config.toml`` in the working directory or a folder above it
+   (:func:`pipeline.config.find_config_file`); its relative paths are relative to its folder,
+   and ``$CANDLES_PROFILE`` and ``CANDLES_STORE__*`` apply as they do for ``candles``;
+3. else ``data`` in the working directory (the built-in default).
 
 Reading is safe while ingest writes: :func:`connect` attaches the DuckLake read-only, which
 takes no lock the writer waits on (DESIGN.md "Store"), and every query sees the newest
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -19,26 +28,68 @@ import duckdb
 import polars as pl
 
 from pipeline.analysis.frames import require_aware
+from pipeline.config import find_config_file, load_config
 from pipeline.schema import CANDLE_SCHEMA
 from pipeline.store import StoreError
 from pipeline.store import connect as connect_store
 
-__all__ = ["DEFAULT_STORE", "STORE_ENV", "connect", "load_candles", "store_path"]
+__all__ = [
+    "DEFAULT_STORE",
+    "STORE_ENV",
+    "StoreLocation",
+    "connect",
+    "load_candles",
+    "store_location",
+    "store_path",
+]
 
 STORE_ENV = "CANDLES_STORE"
-"""Environment variable naming the store folder."""
+"""Environment variable naming the store folder (it wins over the config file)."""
 DEFAULT_STORE = "data"
-"""The store folder when ``CANDLES_STORE`` is unset (the ingest default)."""
+"""The store folder when neither ``CANDLES_STORE`` nor a config file names one."""
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where the store is, and what said so."""
+
+    path: Path
+    catalog: str | None
+    data_path: str | None
+    found_by: str
+    """``$CANDLES_STORE``, ``store.path in <config file>`` or ``the default``."""
+
+
+def store_location(
+    environ: Mapping[str, str] | None = None, cwd: Path | str | None = None
+) -> StoreLocation:
+    """The store the notebooks read (see the module docstring for the rule).
+
+    Args:
+        environ: The environment to read (default ``os.environ``).
+        cwd: The folder to search for ``config.toml`` from (default: the working directory).
+
+    Raises:
+        pipeline.config.ConfigError: The config file found is invalid.
+    """
+    env = os.environ if environ is None else environ
+    named = env.get(STORE_ENV, "").strip()
+    if named:
+        return StoreLocation(Path(named), None, None, f"${STORE_ENV}")
+    file = find_config_file(cwd, env)
+    if file is None:
+        return StoreLocation(Path(DEFAULT_STORE), None, None, "the default (no config file)")
+    store = load_config(file, environ=env).store
+    return StoreLocation(Path(store.path), store.catalog, store.data_path, f"store.path in {file}")
 
 
 def store_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The store folder: ``$CANDLES_STORE``, else ``data``.
+    """The store folder: ``$CANDLES_STORE``, else the config file's ``store.path``, else ``data``.
 
     Args:
         environ: The environment to read (default ``os.environ``).
     """
-    env = os.environ if environ is None else environ
-    return Path(env.get(STORE_ENV, "").strip() or DEFAULT_STORE)
+    return store_location(environ).path
 
 
 def connect(
@@ -54,16 +105,25 @@ def connect(
     ``candle_gaps`` and the table macro ``resample`` (see ``sql/``). Close it when done.
 
     Args:
-        path: The store folder; ``None`` reads :func:`store_path`.
+        path: The store folder (relative: to the working directory); ``None`` finds it by
+            :func:`store_location`'s rule, with the catalog and data path of the config file.
         catalog: A non-default catalog (see :func:`pipeline.store.parse_catalog`).
         data_path: A non-default Parquet folder (see :class:`pipeline.store.CandleStore`).
         verify_extensions: Check the DuckDB extension signatures (see
             :class:`pipeline.store.CandleStore`).
 
     Raises:
-        StoreError: There is no store at the path; the message says how to point at one.
+        StoreError: There is no store at the path; the message says how it was found and how
+            to point at another one.
     """
-    folder = store_path() if path is None else Path(path)
+    found = None
+    if path is None:
+        found = store_location()
+        folder = found.path
+        catalog = catalog if catalog is not None else found.catalog
+        data_path = data_path if data_path is not None else found.data_path
+    else:
+        folder = Path(path)
     try:
         return connect_store(
             folder,
@@ -73,7 +133,11 @@ def connect(
             verify_extensions=verify_extensions,
         )
     except StoreError as exc:
-        hint = f"; set {STORE_ENV} to the store folder" if path is None else ""
+        hint = (
+            f" (found by {found.found_by}; set {STORE_ENV} or store.path to point elsewhere)"
+            if found is not None
+            else ""
+        )
         raise StoreError(f"{exc}{hint}") from exc
 
 

@@ -22,6 +22,8 @@ from pipeline.store.lake import (
 )
 from pipeline.store.query import (
     OUTPUT_FORMATS,
+    TABLE_MAX_ROWS,
+    TABLE_SHOWN_ROWS,
     QueryError,
     QueryRefused,
     export_store,
@@ -38,6 +40,8 @@ __all__ = [
     "LAKE",
     "OUTPUT_FORMATS",
     "TABLE",
+    "TABLE_MAX_ROWS",
+    "TABLE_SHOWN_ROWS",
     "CandleStore",
     "CatalogSpec",
     "CompactionResult",
