@@ -81,7 +81,7 @@ async def ingest(config: Path, env: dict[str, str], duration: str = "4s") -> tup
 
 def stored_series(store: Path) -> set[tuple[str, str]]:
     frame = run_query("SELECT DISTINCT symbol, period FROM candles", path=store)
-    return set(frame.iter_rows())  # type: ignore[arg-type]
+    return set(frame.iter_rows())
 
 
 async def test_ingest_from_a_dxlink_endpoint_with_a_token_from_the_environment(

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -78,7 +79,8 @@ async def test_a_failing_final_flush_is_retried_until_the_store_comes_back(
     """The store fails when ingest stops; the final flush retries (logged) and, once the
     store works again within ingest.shutdown_timeout, stores everything: nothing unstored."""
     store_path = tmp_path / "data"
-    config = service_config(store_path, **{"ingest.shutdown_timeout": 600.0})
+    overrides: dict[str, Any] = {"ingest.shutdown_timeout": 600.0}
+    config = service_config(store_path, **overrides)
     from_ms = START_MS - 2 * 3600_000
     caplog.set_level(logging.WARNING, logger="pipeline.ingest.service")
     async with Simulator(token=TOKEN, clock=SimulatorClock.manual(START_MS)) as sim:
