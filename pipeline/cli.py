@@ -325,11 +325,11 @@ def doctor(
             click.echo(f"  {'':<8} {'':>8}  what to do: {result.advice}")
 
     report = asyncio.run(run_doctor(config, series=series, since=back, wait=wait, on_step=show))
-    failed = report.failed
-    if failed is None:
+    if report.ok:
         click.echo("doctor: every step passed; `candles ingest` can run with this config")
         return
-    click.echo(f"doctor: failed at {failed.step!s}", err=True)
+    failed = report.failed
+    click.echo(f"doctor: failed at {failed.step if failed else 'an unknown step'}", err=True)
     sys.exit(1)
 
 

@@ -330,3 +330,14 @@ def test_doctor_help_shows_the_defaults() -> None:
     """--since defaults to an hour back, --timeout to 30s; --help says so."""
     result = CliRunner().invoke(cli, ["doctor", "--help"], catch_exceptions=False)
     assert "[default: 1h]" in result.output and "[default: 30s]" in result.output
+
+
+async def test_a_built_in_simulator_that_cannot_listen_fails_the_url_step() -> None:
+    """source.simulator.port taken by another process: the quote-token-and-URL step says so."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        report = await doctor(config_for(**{"source.simulator.port": port}), {})
+    found = assert_failed_at(report, Step.QUOTE_TOKEN)
+    assert "the built-in simulator could not start" in found and "source.simulator.port" in found

@@ -234,42 +234,64 @@ async def _check(
 ) -> None:
     kind = config.source.kind
     await run.step(Step.SECRETS, lambda: _secrets_step(config, env))
-    async with open_source(config) as (simulator_url, source_clock_ms):
-        tokens: Any = None
-
-        async def build() -> Any:
-            try:
-                return token_source_for(config, simulator_url=simulator_url, environ=env)
-            except Exception as exc:  # ConfigurationError: an env var or URL the config names
-                raise _Failed(str(exc), "fix the setting named above") from None
-
+    async with contextlib.AsyncExitStack() as stack:
+        source = _Source(config, env, stack)
         if kind == "tastytrade":
-            tokens = await build()
-            await run.step(Step.ACCESS_TOKEN, lambda: _access_token_step(tokens))
+            await run.step(Step.ACCESS_TOKEN, source.access_token)
         else:
             run.skip(Step.ACCESS_TOKEN, f"not used by the {kind} source")
-        quote_holder: list[QuoteToken] = []
-
-        async def quote_step() -> str:
-            nonlocal tokens
-            if tokens is None:
-                tokens = await build()
-            quote, detail = await _quote_step(tokens, kind)
-            quote_holder.append(quote)
-            run.add_secret(_token_text(quote))  # the quote token is a credential too
-            return detail
-
-        await run.step(Step.QUOTE_TOKEN, quote_step)
-        quote = quote_holder[0]
-        async with _connected(run, config, quote) as ws:
-            session = _Session(ws, quote, config)
+        await run.step(Step.QUOTE_TOKEN, source.quote_token)
+        assert source.quote is not None
+        run.add_secret(_token_text(source.quote))  # the quote token is a credential too
+        async with _connected(run, config, source.quote) as ws:
+            session = _Session(ws, source.quote, config, source.now_ms)
             await run.step(Step.AUTH, session.authorize)
             await run.step(Step.CHANNEL, session.open_channel)
             # An hour back on the source's clock: the built-in simulator's runs behind.
-            now_ms = source_clock_ms() if source_clock_ms else int(time.time() * 1000)
-            from_ms = now_ms - int(since.total_seconds() * 1000)
+            from_ms = source.now_ms() - int(since.total_seconds() * 1000)
             await run.step(Step.SUBSCRIBE, lambda: session.subscribe(series, from_ms, since))
             await run.step(Step.CANDLES, lambda: session.candles(series, from_ms, wait))
+
+
+class _Source:
+    """The token source of the config, and the built-in simulator when it needs one."""
+
+    def __init__(
+        self, config: Config, env: Mapping[str, str], stack: contextlib.AsyncExitStack
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.stack = stack
+        self.tokens: Any = None
+        self.quote: QuoteToken | None = None
+        self._clock: Callable[[], int] | None = None
+
+    def now_ms(self) -> int:
+        """The source's clock: the built-in simulator's, else the wall clock."""
+        return self._clock() if self._clock is not None else int(time.time() * 1000)
+
+    async def _build(self) -> Any:
+        if self.tokens is not None:
+            return self.tokens
+        try:
+            url, self._clock = await self.stack.enter_async_context(open_source(self.config))
+        except OSError as exc:  # the built-in simulator could not listen
+            raise _Failed(
+                f"the built-in simulator could not start: {exc}",
+                "set source.simulator.port to a free port, or 0 to pick one",
+            ) from None
+        try:
+            self.tokens = token_source_for(self.config, simulator_url=url, environ=self.env)
+        except Exception as exc:  # ConfigurationError: an env var or URL the config names
+            raise _Failed(str(exc), "fix the setting the message names") from None
+        return self.tokens
+
+    async def access_token(self) -> str:
+        return await _access_token_step(await self._build())
+
+    async def quote_token(self) -> str:
+        self.quote, detail = await _quote_step(await self._build(), self.config.source.kind)
+        return detail
 
 
 # ---------------------------------------------------------------------------------- the steps
@@ -401,8 +423,15 @@ def _connect_advice(config: Config, exc: BaseException) -> str:
 class _Session:
     """Steps 5 to 8 over one WebSocket, driving a ClientProtocol."""
 
-    def __init__(self, ws: ClientConnection, quote: QuoteToken, config: Config) -> None:
+    def __init__(
+        self,
+        ws: ClientConnection,
+        quote: QuoteToken,
+        config: Config,
+        now_ms: Callable[[], int],
+    ) -> None:
         self.ws = ws
+        self.now_ms = now_ms
         self.url = url_for_messages(quote.dxlink_url)
         self.token = _token_text(quote)
         self.kind = config.source.kind
@@ -567,7 +596,7 @@ class _Session:
                     if isinstance(event, CandlesReceived) and event.channel == self.channel:
                         candles: Sequence[Candle] = event.candles
                         received += len(candles)
-                        manager.update(candles, int(time.time() * 1000))
+                        manager.update(candles, self.now_ms())
                         ended = ended or any(
                             c.flags & (SNAPSHOT_END | SNAPSHOT_SNIP) for c in candles
                         )
