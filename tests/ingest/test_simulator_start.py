@@ -52,13 +52,14 @@ def test_a_store_written_ahead_by_an_older_version_is_continued_not_rewritten() 
 def test_restarted_ingest_never_stores_a_candle_from_the_future(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Three short runs in a row at 600x: every stored candle ended before the wall clock,
-    and each run's first simulator log line says the clock never runs ahead."""
+    """Three short runs in a row at 600x (the default hour behind is caught up in 6 s):
+    every stored candle ended before the wall clock, and each run's first simulator log
+    line says the clock never runs ahead."""
     for name in [n for n in os.environ if n.startswith("CANDLES_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.toml").write_text(
-        '[source.simulator]\nspeed = 600.0\nstart_behind = "10m"\n'
+        "[source.simulator]\nspeed = 600.0\n"
         '[subscriptions]\nsymbols = ["AAPL"]\nintervals = ["1m"]\nlookback = "2h"\n'
         "[metrics]\nenabled = false\n[schedule]\nflush_interval = 0.2\n"
     )
@@ -71,5 +72,5 @@ def test_restarted_ingest_never_stores_a_candle_from_the_future(
     assert newest["t"][0] + 60_000 <= wall_ms, "a stored 1m candle ends after the wall clock"
     said = [r.getMessage() for r in caplog.records if "built-in DXLink simulator" in r.getMessage()]
     assert len(said) == 3
-    assert "market clock starts 10m behind the wall clock" in said[0]
+    assert "market clock starts 1h behind the wall clock" in said[0]
     assert all("never ahead of the wall clock" in line for line in said)
