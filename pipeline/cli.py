@@ -471,7 +471,8 @@ def render_effective(resolved: ResolvedConfig, environ: Mapping[str, str] | None
     """Every option's effective value and where it came from, one line each.
 
     Secrets never appear: options that name an environment variable (``*_env``) show the
-    name and whether it is set; a ``token`` option (the simulator's) is not shown at all.
+    name and whether it is set; a ``token`` option (the simulator's) is not shown at all; URLs
+    are shown without user info or query.
     """
     import os
 
@@ -509,6 +510,10 @@ def _shown(key: str, value: Any, env: Mapping[str, str]) -> str:
         return "(not shown)"
     if value is None:
         return "(unset)"
+    if name.endswith("url") and isinstance(value, str):
+        from pipeline.dxlink.client import loggable_url
+
+        value = loggable_url(value)  # user info or a query could carry a credential
     return json.dumps(value, ensure_ascii=False)
 
 

@@ -137,6 +137,7 @@ def test_config_check_show_never_shows_a_secret(tmp_path: Path) -> None:
     """Env-var options show the variable's name and whether it is set, never the value."""
     (tmp_path / "config.toml").write_text(
         '[source]\nkind = "tastytrade"\n[source.dxlink]\ntoken_env = "MY_DXLINK_TOKEN"\n'
+        '[source.simulator]\nurl = "ws://me:pw-very-secret-value@127.0.0.1:8765/?k=key-value"\n'
     )
     secrets = {
         "TASTYTRADE_CLIENT_SECRET": "cs-very-secret-value",
@@ -147,7 +148,8 @@ def test_config_check_show_never_shows_a_secret(tmp_path: Path) -> None:
     assert "TASTYTRADE_CLIENT_SECRET (set)" in result.output
     assert "MY_DXLINK_TOKEN (not set)" in result.output
     assert "source.simulator.token               (not shown)" in result.output
-    for value in secrets.values():
+    assert '"ws://127.0.0.1:8765/"' in result.output
+    for value in (*secrets.values(), "pw-very-secret-value", "key-value"):
         assert value not in result.output
 
 
