@@ -191,11 +191,17 @@ def query(
 
     candles query "SELECT symbol, period, count(*) FROM candles GROUP BY ALL"
     """
-    from pipeline.store import QueryError, format_frame, run_query
+    from pipeline.store import QueryError, S3Options, format_frame, run_query
 
     store = load(config_path, profile, {"store.path": ("--store", store_path)}).config.store
     try:
-        frame = run_query(sql, path=store.path, catalog=store.catalog, data_path=store.data_path)
+        frame = run_query(
+            sql,
+            path=store.path,
+            catalog=store.catalog,
+            data_path=store.data_path,
+            s3=S3Options(**store.s3.model_dump()),
+        )
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "parquet" and sys.stdout.isatty():
@@ -229,7 +235,7 @@ def export(
 
     candles export --out exports/candles --where "symbol = 'AAPL'"
     """
-    from pipeline.store import QueryError, export_store
+    from pipeline.store import QueryError, S3Options, export_store
 
     store = load(config_path, profile, {"store.path": ("--store", store_path)}).config.store
     try:
@@ -240,6 +246,7 @@ def export(
             data_path=store.data_path,
             fmt=fmt,  # type: ignore[arg-type]
             where=where,
+            s3=S3Options(**store.s3.model_dump()),
         )
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
@@ -439,6 +446,8 @@ def check(config_path: Path | None, profile: str | None, show: bool) -> None:
     config = resolved.config
     problem = _credentials_problem(config)
     if problem is None:
+        for note in config.store.notes():
+            click.echo(f"note: {note}")
         series = config.subscriptions.candle_symbols()
         listed = ", ".join(s.normalized for s in series[:4]) + (", ..." if len(series) > 4 else "")
         file = str(resolved.file) if resolved.file else "none (built-in defaults)"
@@ -462,8 +471,16 @@ def _credentials_problem(config: Config) -> str | None:
             return "the tastytrade source needs these environment variables set: " + ", ".join(
                 missing
             )
-    if source.kind == "dxlink":
-        return source.dxlink.token_problem()
+    if source.kind == "dxlink" and (problem := source.dxlink.token_problem()) is not None:
+        return problem
+    store = config.store
+    if store.data_path is not None and "://" in store.data_path:
+        missing = store.s3.missing_env()
+        if missing:
+            return (
+                f"the data path {store.data_path} needs these environment variables set: "
+                + ", ".join(missing)
+            )
     return None
 
 

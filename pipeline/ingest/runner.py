@@ -43,7 +43,7 @@ from pipeline.ingest.service import IngestService
 from pipeline.ingest.sources import DXLinkTokenSource, SimulatorTokenSource, url_for_messages
 from pipeline.ingest.tastytrade import TastytradeTokenSource
 from pipeline.ingest.tuning import ingest_process_tuning
-from pipeline.store import StoreError, connect
+from pipeline.store import S3Options, StoreError, connect
 
 if TYPE_CHECKING:
     from pipeline.simulator import SimulatorClock
@@ -447,7 +447,12 @@ def _newest_stored_ms(config: Config) -> int | None:
     """The newest candle time in the store, read without writing; None when there is none."""
     store = config.store
     try:
-        con = connect(store.path, catalog=store.catalog, data_path=store.data_path)
+        con = connect(
+            store.path,
+            catalog=store.catalog,
+            data_path=store.data_path,
+            s3=S3Options(**store.s3.model_dump()),
+        )
     except StoreError:
         return None  # no store yet, or an unusable one: opening it for writing says why
     try:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from pipeline.config import DXLinkSourceConfig, is_loopback_host
-from pipeline.dxlink.errors import AuthenticationError, ConfigurationError
+from pipeline.dxlink import AuthenticationError, ConfigurationError
 
 __all__ = [
     "QUOTE_TOKEN_LIFETIME",
