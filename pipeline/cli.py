@@ -304,7 +304,7 @@ def doctor(
         candles doctor --profile production
     """
     from pipeline.dxlink import CandleSymbol
-    from pipeline.ingest.doctor import Outcome, StepResult, run_doctor
+    from pipeline.ingest import Outcome, StepResult, run_doctor
 
     resolved = load(
         config_path,

@@ -23,7 +23,7 @@ from click.testing import CliRunner, Result
 from pipeline.cli import cli
 from pipeline.config import Config, load_config
 from pipeline.dxlink import CandleSymbol
-from pipeline.ingest.doctor import DoctorReport, Outcome, Step, run_doctor
+from pipeline.ingest import DoctorReport, Outcome, Step, run_doctor
 from pipeline.simulator import Simulator, SimulatorClock
 from tests.helpers.fake_tastytrade import FakeTastytrade, IssuedTokenSimulator
 from tests.helpers.timing import TIMEOUT

@@ -3,11 +3,13 @@
 ``IngestService`` (``service``) wires the DXLink client, the candle manager and the store,
 with the scheduled flush and maintenance jobs; ``runner`` runs it as the ``candles ingest``
 process (source, signals, bounded shutdown, status line); ``sources`` and ``tastytrade`` hand
-out DXLink tokens; ``tuning`` holds the process-wide settings only that process applies.
+out DXLink tokens; ``tuning`` holds the process-wide settings only that process applies;
+``doctor`` checks a source step by step (``candles doctor``).
 """
 
 from __future__ import annotations
 
+from pipeline.ingest.doctor import DoctorReport, Outcome, Step, StepResult, run_doctor
 from pipeline.ingest.runner import (
     EXIT_UNAVAILABLE,
     EXIT_UNSTORED,
@@ -38,20 +40,25 @@ __all__ = [
     "EXIT_UNSTORED",
     "FLUSH_BATCH_EVENTS",
     "DXLinkTokenSource",
+    "DoctorReport",
     "FlushReport",
     "IngestError",
     "IngestService",
     "NeverConnected",
+    "Outcome",
     "QuoteToken",
     "ServiceStats",
     "ShutdownGuard",
     "ShutdownIncomplete",
     "SimulatorTokenSource",
+    "Step",
+    "StepResult",
     "TastytradeAPIError",
     "TastytradeAuthError",
     "TastytradeError",
     "TastytradeTokenSource",
     "ingest_process_tuning",
+    "run_doctor",
     "run_ingest",
     "token_source_for",
     "validate_dxlink_url",
