@@ -443,12 +443,18 @@ def _prepare_sqlite_catalog(path: Path, *, read_only: bool) -> None:
     """
     if read_only or _in_wal_mode(path):
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        with sqlite3.connect(path) as db:
-            _switch_to_wal(db, path)
-        db.close()
-        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            db = sqlite3.connect(path)
+            try:
+                _switch_to_wal(db, path)
+            finally:
+                db.close()
+            return
+    except (OSError, sqlite3.Error) as exc:
+        # One line naming the file, not sqlite3's traceback (issue 17).
+        raise StoreError(f"cannot open the catalog {path}: {exc}") from None
     result = subprocess.run(
         [sys.executable, "-c", _SWITCH_TO_WAL, str(path)],
         capture_output=True,
@@ -456,9 +462,12 @@ def _prepare_sqlite_catalog(path: Path, *, read_only: bool) -> None:
         timeout=60,
         check=False,
     )
+    reason = (result.stderr.strip().splitlines() or ["no reason given"])[-1][:300]
+    if result.returncode == _CANNOT_OPEN:
+        raise StoreError(f"cannot open the catalog {path}: {reason}")
     if result.returncode != 0:
         # Another process holds the catalog; it stays in its current mode.
-        logger.warning("! could not switch %s to WAL: %s", path, result.stderr.strip()[-300:])
+        logger.warning("! could not switch %s to WAL: %s", path, reason)
 
 
 def _in_wal_mode(path: Path) -> bool:
@@ -478,12 +487,19 @@ def _switch_to_wal(db: sqlite3.Connection, path: Path) -> None:
         try:
             db.execute("PRAGMA journal_mode = WAL")
         except sqlite3.OperationalError as exc:
+            # Another process holds the catalog; it stays in its current mode.
             logger.warning("! could not switch %s to WAL: %s", path, exc)
 
 
+_CANNOT_OPEN = 3
 _SWITCH_TO_WAL = """
 import sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
+try:
+    db = sqlite3.connect(sys.argv[1])
+    db.execute("PRAGMA journal_mode").fetchone()
+except (OSError, sqlite3.Error) as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3)
 db.execute("PRAGMA journal_mode = WAL")
 db.close()
 """
