@@ -421,8 +421,13 @@ class ClientConfig(_Section):
 
     keepalive_timeout: float = Field(default=60.0, ge=1, le=3600)
     """Seconds we promise the server to never stay silent longer (SETUP, §2.6; tastytrade: 60)."""
-    dead_peer_timeout: float = Field(default=60.0, ge=1, le=3600)
-    """Seconds without any message before the server counts as dead (§2.6: at least 60)."""
+    dead_peer_timeout: float = Field(default=10.0, ge=1, le=3600)
+    """Seconds without any message before the server counts as dead; asked of the server as
+    its acceptKeepaliveTimeout (§2.6). A server advertising a longer keepaliveTimeout is given
+    that long, up to max_dead_peer_timeout."""
+    max_dead_peer_timeout: float = Field(default=60.0, ge=1, le=3600)
+    """The most silence a server's SETUP keepaliveTimeout can make us wait before we judge it
+    dead (tastytrade: 60); must be at least dead_peer_timeout."""
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
     """Seconds allowed for the TCP/TLS/WebSocket connect."""
     handshake_timeout: float = Field(default=10.0, gt=0, le=600)
@@ -447,6 +452,9 @@ class ClientConfig(_Section):
     """Candle batches buffered between the socket reader and the consumer."""
     aggregation_period: float = Field(default=0.1, ge=0, le=3600)
     """acceptAggregationPeriod in seconds asked of the server (§3.2; tastytrade web: 0.1)."""
+    max_message_size: int = Field(default=16 * 2**20, ge=65_536, le=2**30)
+    """Largest server message accepted, in bytes; a larger one is dropped with its connection
+    (close 1009), counted as a message_too_big disconnect, and the client reconnects."""
 
     @field_validator("backoff_max")
     @classmethod
@@ -454,6 +462,14 @@ class ClientConfig(_Section):
         initial = info.data.get("backoff_initial")
         if initial is not None and value < initial:
             raise ValueError(f"{value:g} is below client.backoff_initial ({initial:g})")
+        return value
+
+    @field_validator("max_dead_peer_timeout")
+    @classmethod
+    def _dead_peer_order(cls, value: float, info: ValidationInfo) -> float:
+        floor = info.data.get("dead_peer_timeout")
+        if floor is not None and value < floor:
+            raise ValueError(f"{value:g} is below client.dead_peer_timeout ({floor:g})")
         return value
 
 

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Config, parse_duration
 from pipeline.dxlink import AuthenticationError, ConfigurationError, DXLinkError
-from pipeline.dxlink.client import TokenSource
+from pipeline.dxlink.client import TokenSource, loggable_url
 from pipeline.ingest.service import IngestService
-from pipeline.ingest.sources import DXLinkTokenSource, SimulatorTokenSource, url_for_messages
+from pipeline.ingest.sources import DXLinkTokenSource, SimulatorTokenSource
 from pipeline.ingest.tastytrade import TastytradeTokenSource
 from pipeline.ingest.tuning import ingest_process_tuning
 from pipeline.store import S3Options, StoreError, connect
@@ -327,8 +327,8 @@ def _describe_source(config: Config, url: str | None) -> str:
     if kind == "tastytrade":
         return f"tastytrade ({config.source.tastytrade.api_url})"
     if kind == "dxlink":
-        return f"the DXLink endpoint {url_for_messages(config.source.dxlink.url)}"
-    return f"the simulator at {url_for_messages(url)}" if url else "the simulator"
+        return f"the DXLink endpoint {loggable_url(config.source.dxlink.url)}"
+    return f"the simulator at {loggable_url(url)}" if url else "the simulator"
 
 
 def _report_unstored(service: IngestService, abandoned: str | None, run: asyncio.Task[Any]) -> None:

@@ -215,10 +215,17 @@ class IngestService:
         return self._stop.is_set()
 
     def connection_state(self) -> str:
-        """The client's connection state, or ``starting`` before it exists."""
+        """The client's connection state, or ``starting`` before it exists; a stall (the
+        server silent past its dead-peer limit) is named with it, e.g. ``connected, stalled
+        42s``."""
         if self.client is None:
             return "starting"
-        return str(self.client.get_metrics()["connection"]["state"])
+        connection = self.client.get_metrics()["connection"]
+        state = str(connection["state"])
+        silence = connection.get("silence_seconds")
+        if silence is not None and silence > connection["dead_peer_timeout"]:
+            state += f", stalled {silence:.0f}s"
+        return state
 
     async def run(self, duration: float | None = None) -> None:
         """Ingest until :meth:`stop` or ``duration`` seconds, then shut down cleanly."""
@@ -371,6 +378,7 @@ class IngestService:
             self._token_source,
             keepalive_timeout=cfg.keepalive_timeout,
             dead_peer_timeout=cfg.dead_peer_timeout,
+            max_dead_peer_timeout=cfg.max_dead_peer_timeout,
             connect_timeout=cfg.connect_timeout,
             handshake_timeout=cfg.handshake_timeout,
             backoff_initial=cfg.backoff_initial,
@@ -383,6 +391,7 @@ class IngestService:
             subscribe_burst=cfg.subscribe_burst,
             queue_size=cfg.queue_size,
             aggregation_period=cfg.aggregation_period,
+            max_message_size=cfg.max_message_size,
             resume_points=self._resume_points,
             # fromTime validation and message times use the *source's* clock: the simulator
             # runs accelerated, and its resume points are in the wall clock's future.

@@ -43,6 +43,8 @@ def _plain_metrics(o: Observation) -> list[tuple[str, float | None, str]]:
         ("candles_reconnect_attempts_total", c.reconnect_attempts, "Attempts after the first."),
         ("candles_connected_seconds_total", c.connected_seconds, "Seconds connected in total."),
         ("candles_token_refreshes_total", c.token_refreshes, "Tokens refetched after rejection."),
+        ("candles_server_silence_seconds", c.silence_seconds, "Server silent since (stall clock)."),
+        ("candles_dead_peer_timeout_seconds", c.dead_peer_timeout, "Silence judged a dead peer."),
         ("candles_malformed_messages_total", c.malformed_messages, "Invalid frames skipped."),
         ("candles_protocol_violations_total", c.protocol_violations, "Illegal messages."),
         ("candles_delivery_blocked_total", c.delivery.blocked_count, "Reader waits on full queue."),

@@ -110,6 +110,17 @@ class ClientView:
     delivery: DeliveryMetrics = field(default_factory=DeliveryMetrics)
     series_by_state: Mapping[str, int] = field(default_factory=dict)
     """Candle subscriptions by state (pending/snapshot/live) on the current connection."""
+    silence_seconds: float | None = None
+    """Seconds the server has said nothing since a handshake (see the client's metrics)."""
+    dead_peer_timeout: float = 0.0
+    """The silence after which the server counts as dead, as in force."""
+
+    @property
+    def stalled(self) -> bool:
+        """The server has been silent longer than it may be: a stall (issue 14). A client
+        that reports no dead-peer timeout (0) is never judged."""
+        silence, limit = self.silence_seconds, self.dead_peer_timeout
+        return silence is not None and limit > 0 and silence > limit
 
     @classmethod
     def parse(cls, metrics: Mapping[str, Any]) -> ClientView:
@@ -140,7 +151,13 @@ class ClientView:
             series_by_state={
                 str(k): int(v) for k, v in subscriptions.get("candles_by_state", {}).items()
             },
+            silence_seconds=_optional_float(connection.get("silence_seconds")),
+            dead_peer_timeout=float(connection.get("dead_peer_timeout", 0.0)),
         )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True, slots=True)

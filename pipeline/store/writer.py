@@ -83,6 +83,8 @@ _TRANSIENT = re.compile(r"database is (locked|busy)|conflict", re.IGNORECASE)
 # Two processes creating DuckLake's metadata tables in one new catalog at once.
 _INIT_RACE = re.compile(r"already exists|duplicate key|conflict", re.IGNORECASE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The catalog DuckLake attaches for its metadata tables (DuckLake names it after the lake).
+METADATA = f"__ducklake_metadata_{LAKE}"
 # recent(): the first lower bound lies n periods times this before the newest candle (room for
 # nights and weekends of a market's 1m series); each retry widens it by the factor.
 _RECENT_MARGIN = 4
@@ -306,8 +308,8 @@ class CandleStore:
             con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
             # Each cut-off is taken after the step before it, whose leftovers it then covers.
             # CALL, not count(*): under count(*) the cleanup reported files it did not delete.
-            expired = _called(con, "ducklake_expire_snapshots", cutoff())
-            removed = _called(con, "ducklake_cleanup_old_files", cutoff())
+            expired = _expire_snapshots(con, cutoff())
+            removed = _cleanup_old_files(con, cutoff())
             removed += _called(con, "ducklake_delete_orphaned_files", cutoff())
             return CompactionResult(before, _count_files(con), expired, removed)
 
@@ -576,6 +578,57 @@ class CandleStore:
 
 def _with_retries(result: UpsertResult, retries: int) -> UpsertResult:
     return UpsertResult(result.inserted, result.updated, result.unchanged, result.deleted, retries)
+
+
+# DuckLake 1.5.5 turns ``older_than => T`` of expire_snapshots and cleanup_old_files into the
+# filter ``snapshot_time < '<date>T<time>+00'`` (resp. ``schedule_start``). A SQLite catalog
+# keeps those times as text, '<date> <time>+00', and compares them as text: on the cut-off's
+# own day ' ' < 'T' holds for every value, so every snapshot and every file scheduled for
+# deletion that day counted as older than the cut-off, whatever its time. Compaction retaining
+# an hour expired snapshots seconds old and deleted files merged away seconds before, which a
+# reader on an older snapshot still needed (issue 14). DuckLake's main branch casts in the
+# filter (7ad5b0e); until the pin moves there, neither function gets that cut-off:
+# tests/test_store_upkeep.py checks the bug is still there.
+
+
+def _expire_snapshots(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int:
+    """Expire the snapshots older than ``older_than``, except the newest; return how many.
+
+    They are chosen here, where ``ducklake_snapshots`` compares typed timestamps, and passed
+    to ``ducklake_expire_snapshots`` by id (see above).
+    """
+    rows = con.execute(
+        f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_time < ? "
+        f"AND snapshot_id < (SELECT max(snapshot_id) FROM ducklake_snapshots('{LAKE}'))",
+        [older_than],
+    ).fetchall()
+    if not rows:
+        return 0
+    ids = [int(row[0]) for row in rows]
+    return fetch(
+        con, f"CALL ducklake_expire_snapshots('{LAKE}', versions => ?::UBIGINT[])", [ids]
+    ).height
+
+
+def _cleanup_old_files(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int:
+    """Delete the files scheduled for deletion before ``older_than``; return how many.
+
+    When every scheduled file is older (read typed from the catalog), ``cleanup_all`` deletes
+    exactly them. Otherwise the cut-off handed to DuckLake is the end of the day before
+    ``older_than``'s: on a date that is not the one of any younger value the text comparison
+    is right, so this deletes only files due anyway; the rest wait for a later compaction.
+    """
+    scheduled = con.execute(
+        f"SELECT schedule_start::TIMESTAMPTZ FROM {METADATA}.ducklake_files_scheduled_for_deletion"
+    ).fetchall()
+    if not scheduled:
+        return 0
+    if all(row[0] < older_than for row in scheduled):
+        return fetch(
+            con, f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)", []
+        ).height
+    day = older_than.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return _called(con, "ducklake_cleanup_old_files", day - timedelta(microseconds=1))
 
 
 def _called(con: duckdb.DuckDBPyConnection, function: str, older_than: datetime) -> int:

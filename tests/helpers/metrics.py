@@ -50,6 +50,11 @@ class FakeClient:
         self.connection.connect_count += 1
         self.connection.connected_since = self.clock()
         self.connection.last_connect_time = self.clock()
+        self.connection.heard_at = self.clock()  # the stall clock starts at the handshake
+
+    def hear(self) -> None:
+        """A frame from the server arrives now, on the current (handshaken) connection."""
+        self.connection.heard(self.clock())
 
     def drop(self, reason: DisconnectReason) -> None:
         """Lose the connection now and start backing off."""
