@@ -39,7 +39,7 @@ from pipeline.dxlink.client.metrics import (
     ConnectionState,
     SnapshotComplete,
 )
-from pipeline.dxlink.client.retry import HandshakeTimeout, PeerTimeout
+from pipeline.dxlink.client.retry import HandshakeTimeout, PeerTimeout, describe
 from pipeline.dxlink.client.state import (
     CANDLE_SETUP,
     CONTRACTS,
@@ -50,6 +50,7 @@ from pipeline.dxlink.client.state import (
     loop_time,
     token_text,
 )
+from pipeline.dxlink.client.tap import ConnectionTap
 from pipeline.dxlink.client.transport import loggable_url, open_websocket
 from pipeline.dxlink.errors import BadAction, ServerError, Unauthorized, UnsupportedProtocol
 from pipeline.dxlink.events import SNAPSHOT_BEGIN, SNAPSHOT_END, SNAPSHOT_SNIP
@@ -102,11 +103,19 @@ async def run_connection(
             keepalive_timeout=settings.keepalive_timeout,
             dead_peer_timeout=settings.dead_peer_timeout,
         )
-        driver = ConnectionDriver(
-            state, settings, ws, protocol, loggable_url(quote.dxlink_url), attempt=attempt
-        )
+        url = loggable_url(quote.dxlink_url)
+        tap = None
+        if state.frame_tap is not None:
+            tap = state.frame_tap.connection(url, attempt=attempt, secrets=(token,))
+        driver = ConnectionDriver(state, settings, ws, protocol, url, attempt=attempt, tap=tap)
         state.connection = driver
-        await driver.run()
+        try:
+            await driver.run()
+        except BaseException as exc:
+            if tap is not None:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                tap.closed("closed by the client" if cancelled else describe(exc))
+            raise
     raise AssertionError("unreachable: ConnectionDriver.run() always raises")
 
 
@@ -122,6 +131,7 @@ class ConnectionDriver:
         url: str,
         *,
         attempt: int,
+        tap: ConnectionTap | None = None,
     ) -> None:
         """Wrap an open WebSocket and a fresh protocol; nothing is sent before ``run()``.
 
@@ -132,6 +142,7 @@ class ConnectionDriver:
             protocol: a new ``ClientProtocol`` for this connection.
             url: the server's URL without credentials, for logs and ``Connected``.
             attempt: consecutive failed attempts before this one.
+            tap: sees every frame received and sent, and the end (``tap.py``).
         """
         self.state = state
         self.settings = settings
@@ -151,6 +162,7 @@ class ConnectionDriver:
         self.waiting_for = "SETUP"
         self.step_deadline = loop_time() + settings.handshake_timeout
         self._send_lock = asyncio.Lock()
+        self._tap = tap
 
     async def run(self) -> NoReturn:
         """Start the protocol, then run the reader and the ticker until one fails."""
@@ -173,9 +185,11 @@ class ConnectionDriver:
 
     async def _read(self) -> None:
         """The pump: recv → protocol → events → flush. Raises when the connection ends."""
-        ws, protocol = self.ws, self.protocol
+        ws, protocol, tap = self.ws, self.protocol, self._tap
         while True:
             frame = await ws.recv(decode=False)  # orjson reads bytes; skip a UTF-8 decode
+            if tap is not None:
+                tap.received(frame)
             protocol.receive_message(frame, loop_time())
             await self._handle(protocol.events_received())
             await self.flush()
@@ -213,6 +227,8 @@ class ConnectionDriver:
         async with self._send_lock:
             for text in self.protocol.messages_to_send():
                 await self.ws.send(text)
+                if self._tap is not None:
+                    self._tap.sent(text)
 
     # ------------------------------------------------------------------ events
 
