@@ -1,0 +1,99 @@
+"""Recordings made by hand for the format and reader tests: blocks of chosen lines, and damage.
+
+``SessionWriter`` writes them, exactly as the recorder does, so a test controls what each
+block holds; :func:`read_all` reads a recording back as records and damage.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import zstandard
+
+from pipeline.recording import Damage, Record, Recording
+from pipeline.recording.format import CLOSED, OPENED, RECEIVED, SENT, encode_record
+from pipeline.recording.writer import SessionWriter
+
+__all__ = [
+    "T0",
+    "Lines",
+    "block_offsets",
+    "connection_lines",
+    "decompressed",
+    "read_all",
+    "write_session",
+]
+
+T0 = 1_762_182_000_000
+"""Wall clock of the first hand-made record (2025-11-03T15:00Z)."""
+
+
+class Lines:
+    """Record lines with a clock that moves 1 ms (and 1 ms monotonic) per line."""
+
+    def __init__(self) -> None:
+        self._tick = itertools.count()
+
+    def line(self, c: int, d: str, f: str, **extra: int) -> bytes:
+        n = next(self._tick)
+        return encode_record(T0 + n, 1_000_000 * n, c, d, f, a=extra.get("a"))
+
+
+def connection_lines(lines: Lines, c: int, frames: int, *, close: bool = True) -> list[bytes]:
+    """One connection: opened, a SETUP out, ``frames`` FEED_DATA-like frames in, closed."""
+    out = [lines.line(c, OPENED, "ws://127.0.0.1:1/", a=0)]
+    out.append(lines.line(c, SENT, '{"type":"SETUP","channel":0,"version":"0.1-test"}'))
+    out += [
+        lines.line(c, RECEIVED, f'{{"type":"FEED_DATA","channel":1,"data":["Candle",[{i}]]}}')
+        for i in range(frames)
+    ]
+    if close:
+        out.append(lines.line(c, CLOSED, "closed by the client"))
+    return out
+
+
+def write_session(
+    directory: Path, blocks: Iterable[list[bytes]], *, rotate_bytes: int = 2**30
+) -> SessionWriter:
+    """Write each list of lines as one block (files rotate at ``rotate_bytes``)."""
+    writer = SessionWriter(
+        directory,
+        rotate_bytes=rotate_bytes,
+        rotate_seconds=3600,
+        wall_clock_ms=lambda: T0,
+        meta={"source": "test"},
+    )
+    for block in blocks:
+        writer.write(b"".join(block))
+    writer.close()
+    return writer
+
+
+def block_offsets(path: Path) -> list[int]:
+    """Byte offsets of the zstd frames (blocks) in ``path``, the header block first."""
+    data = path.read_bytes()
+    offsets, at = [], 0
+    while at < len(data):
+        offsets.append(at)
+        stream = zstandard.ZstdDecompressor().decompressobj()
+        stream.decompress(data[at:])
+        at = len(data) - len(stream.unused_data)
+    return offsets
+
+
+def decompressed(path: Path) -> bytes:
+    """Every byte of every block of ``path``, as ``zstd -dc`` prints it."""
+    reader = zstandard.ZstdDecompressor().stream_reader(path.read_bytes(), read_across_frames=True)
+    return reader.read()
+
+
+def read_all(paths: Iterable[Path]) -> list[Record | Damage]:
+    """Every record and damage of a recording, in order."""
+    return [entry.item for entry in Recording(paths).entries()]
+
+
+def records(items: Iterable[Record | Damage]) -> Iterator[Record]:
+    """Only the records."""
+    return (item for item in items if isinstance(item, Record))
