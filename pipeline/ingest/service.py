@@ -17,6 +17,8 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
 * on stop (SIGINT/SIGTERM or ``duration``): pause the scheduler, stop the client, drain what
   was received, flush everything completed, close. A failed flush keeps the candles in
   memory and is retried; nothing is lost.
+* with ``[record] enabled`` a :class:`~pipeline.recording.Recorder` taps the client and
+  writes every frame of every connection to ``record.dir`` (a thread; never blocks the reader);
 * the service changes no process-wide setting: the ``candles ingest`` process applies those
   (garbage collector, malloc, DuckDB's lazy imports) around it, :mod:`pipeline.ingest.tuning`.
 
@@ -44,6 +46,7 @@ from pipeline.config import Config
 from pipeline.dxlink import Candle, CandleBlock, CandleSymbol, ConfigurationError
 from pipeline.dxlink.client import DXLinkManager, TokenSource
 from pipeline.metrics import MetricsServer
+from pipeline.recording import Recorder, RecorderStats
 from pipeline.store import CandleStore, UpsertResult, WriterLock
 
 __all__ = [
@@ -151,6 +154,22 @@ class IngestService:
             grace_ms=int(config.manager.grace_seconds * 1000),
         )
         self.client: DXLinkManager | None = None
+        self.recorder: Recorder | None = None
+        """Records every DXLink frame (``[record]``); started by :meth:`run`."""
+        if config.record.enabled:
+            record = config.record
+            self.recorder = Recorder(
+                record.dir,
+                rotate_bytes=int(record.rotate_size_mb * 2**20),
+                rotate_seconds=record.rotate_seconds,
+                max_queue_bytes=int(record.queue_mb * 2**20),
+                clock=self._client_clock,
+                meta={
+                    "source": config.source.kind,
+                    "series": [s.normalized for s in self.series],
+                    "grace_seconds": config.manager.grace_seconds,
+                },
+            )
         self.metrics = MetricsServer.for_service(self)
         """Prometheus ``/metrics`` and ``/health`` (``metrics.enabled``)."""
         self.flush_batch_events = FLUSH_BATCH_EVENTS
@@ -171,6 +190,11 @@ class IngestService:
         if self._store is None:
             raise RuntimeError("the service has not started")
         return self._store
+
+    @property
+    def recording(self) -> RecorderStats | None:
+        """The recorder's counters, or None when not recording."""
+        return None if self.recorder is None else self.recorder.stats
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler)."""
@@ -207,6 +231,8 @@ class IngestService:
                     self._writer_lock.release()
                 raise
         try:
+            if self.recorder is not None:
+                await asyncio.to_thread(self._start_recorder, self.recorder)
             await self.metrics.start()
             await self._warm_start()
             self.client = self._build_client()
@@ -247,6 +273,8 @@ class IngestService:
         if self._batch_flush is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batch_flush  # flush() reports store failures, it does not raise
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)
         report = await self.flush("shutdown")
         if report.error is not None:
             logger.error("! final flush failed, %s", report.error)
@@ -259,6 +287,19 @@ class IngestService:
             self._writer_lock.release()
 
     # ------------------------------------------------------------------ wiring
+
+    def _start_recorder(self, recorder: Recorder) -> None:
+        try:
+            recorder.start()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot record to {str(recorder.directory)!r}: {exc.strerror or exc}; "
+                "choose another record.dir (or run without recording)"
+            ) from None
+
+    def _client_clock(self) -> float:
+        """The client's wall clock, Unix seconds: the *source's* clock (see ``now_ms``)."""
+        return self.now_ms() / 1000 if self._source_clock_ms else time.time()
 
     def _build_client(self) -> DXLinkManager:
         cfg = self.config.client
@@ -281,7 +322,8 @@ class IngestService:
             resume_points=self._resume_points,
             # fromTime validation and message times use the *source's* clock: the simulator
             # runs accelerated, and its resume points are in the wall clock's future.
-            wall_clock=lambda: self.now_ms() / 1000 if self._source_clock_ms else time.time(),
+            wall_clock=self._client_clock,
+            frame_tap=self.recorder,
         )
 
     def _first_from_time(self, symbol: CandleSymbol) -> int:

@@ -6,7 +6,10 @@ block holds; :func:`read_all` reads a recording back as records and damage.
 
 from __future__ import annotations
 
+import errno
+import io
 import itertools
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -15,9 +18,14 @@ import zstandard
 from pipeline.recording import Damage, Record, Recording
 from pipeline.recording.format import CLOSED, OPENED, RECEIVED, SENT, encode_record
 from pipeline.recording.writer import SessionWriter
+from tests.helpers.timing import TIMEOUT
 
 __all__ = [
     "T0",
+    "Disk",
+    "DiskFile",
+    "FakeClock",
+    "GatedFile",
     "Lines",
     "block_offsets",
     "connection_lines",
@@ -97,3 +105,51 @@ def read_all(paths: Iterable[Path]) -> list[Record | Damage]:
 def records(items: Iterable[Record | Damage]) -> Iterator[Record]:
     """Only the records."""
     return (item for item in items if isinstance(item, Record))
+
+
+class FakeClock:
+    """Monotonic seconds that move only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class GatedFile(io.BufferedWriter):
+    """A file whose writes after the first (the header) wait until ``gate`` is set."""
+
+    def __init__(self, path: Path, gate: threading.Event, entered: threading.Event) -> None:
+        super().__init__(io.FileIO(path, "x"))
+        self.gate, self.entered, self.writes = gate, entered, 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes += 1
+        if self.writes > 1:
+            self.entered.set()
+            assert self.gate.wait(TIMEOUT)
+        return super().write(data)
+
+
+class Disk:
+    """A disk that can be full: its files raise ENOSPC on write while ``full`` is set."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self.opened: list[Path] = []
+
+    def open(self, path: Path) -> DiskFile:
+        self.opened.append(path)
+        return DiskFile(path, self)
+
+
+class DiskFile(io.BufferedWriter):
+    def __init__(self, path: Path, disk: Disk) -> None:
+        super().__init__(io.FileIO(path, "x"))
+        self.disk = disk
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.disk.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)

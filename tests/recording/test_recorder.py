@@ -8,8 +8,6 @@ the zstd files, the reader.
 
 from __future__ import annotations
 
-import errno
-import io
 import logging
 import threading
 from pathlib import Path
@@ -29,57 +27,16 @@ from pipeline.recording import (
 from pipeline.recording.format import REPLACED
 from pipeline.recording.writer import SessionWriter
 from tests.helpers.timing import TIMEOUT
-from tests.recording.files import decompressed, read_all, records
+from tests.recording.files import (
+    Disk,
+    FakeClock,
+    GatedFile,
+    decompressed,
+    read_all,
+    records,
+)
 
 TOKEN = "quote-token-7c1e5a90b2"
-
-
-class FakeClock:
-    """Monotonic seconds that move only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class GatedFile(io.BufferedWriter):
-    """A file whose writes after the first (the header) wait until ``gate`` is set."""
-
-    def __init__(self, path: Path, gate: threading.Event, entered: threading.Event) -> None:
-        super().__init__(io.FileIO(path, "x"))
-        self.gate, self.entered, self.writes = gate, entered, 0
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.writes += 1
-        if self.writes > 1:
-            self.entered.set()
-            assert self.gate.wait(TIMEOUT)
-        return super().write(data)
-
-
-class Disk:
-    """A disk that can be full: its files raise ENOSPC on write while ``full`` is set."""
-
-    def __init__(self) -> None:
-        self.full = False
-        self.opened: list[Path] = []
-
-    def open(self, path: Path) -> DiskFile:
-        self.opened.append(path)
-        return DiskFile(path, self)
-
-
-class DiskFile(io.BufferedWriter):
-    def __init__(self, path: Path, disk: Disk) -> None:
-        super().__init__(io.FileIO(path, "x"))
-        self.disk = disk
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        if self.disk.full:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return super().write(data)
 
 
 def test_every_frame_is_recorded_with_its_connection_and_clocks(tmp_path: Path) -> None:
