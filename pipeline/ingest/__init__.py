@@ -3,11 +3,13 @@
 ``IngestService`` (``service``) wires the DXLink client, the candle manager and the store,
 with the scheduled flush and maintenance jobs; ``runner`` runs it as the ``candles ingest``
 process (source, signals, bounded shutdown, status line); ``sources`` and ``tastytrade`` hand
-out DXLink tokens; ``tuning`` holds the process-wide settings only that process applies.
+out DXLink tokens; ``tuning`` holds the process-wide settings only that process applies;
+``rebuild`` feeds a recording's server frames through the same protocol, manager and store.
 """
 
 from __future__ import annotations
 
+from pipeline.ingest.rebuild import RebuildReport, rebuild
 from pipeline.ingest.runner import (
     EXIT_UNSTORED,
     IngestError,
@@ -33,6 +35,7 @@ __all__ = [
     "IngestError",
     "IngestService",
     "QuoteToken",
+    "RebuildReport",
     "ServiceStats",
     "ShutdownGuard",
     "ShutdownIncomplete",
@@ -42,6 +45,7 @@ __all__ = [
     "TastytradeError",
     "TastytradeTokenSource",
     "ingest_process_tuning",
+    "rebuild",
     "run_ingest",
     "token_source_for",
     "validate_dxlink_url",

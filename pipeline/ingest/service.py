@@ -168,6 +168,9 @@ class IngestService:
                     "source": config.source.kind,
                     "series": [s.normalized for s in self.series],
                     "grace_seconds": config.manager.grace_seconds,
+                    # What completed candles: the clock each record's t holds (a source
+                    # clock), or the newest candle time alone (t is then the wall clock).
+                    "completion_clock": "recorded" if source_clock_ms else "stream",
                 },
             )
         self.metrics = MetricsServer.for_service(self)

@@ -9,6 +9,8 @@ fixture recording (``tests/recording/fixture/``) is made by it:
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +19,22 @@ from typing import Any
 import polars as pl
 
 from pipeline.config import Config
-from pipeline.ingest import IngestService
-from pipeline.simulator import Simulator
+from pipeline.ingest import IngestService, SimulatorTokenSource
+from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import run_query
-from tests.helpers.service import eventually, make_service, series_keys, service_config
+from tests.helpers.service import START_MS, eventually, series_keys, service_config
 
 __all__ = [
+    "FIXTURE",
+    "FIXTURE_TOKEN",
     "MINUTE",
-    "Recorded",
+    "FixtureFacts",
     "differences",
     "finish",
+    "fixture_facts",
+    "make_fixture_recording",
     "record_config",
+    "run_recorded",
     "stored_rows",
 ]
 
@@ -50,22 +57,19 @@ async def finish(sim: Simulator, service: IngestService, runner: asyncio.Task[No
     await runner
 
 
-@dataclass
-class Recorded:
-    """One recorded ingest run: its config, store and recording files."""
-
-    config: Config
-    store: Path
-    files: list[Path]
-
-
 async def run_recorded(
     sim: Simulator,
     config: Config,
     steps: Callable[[IngestService], Awaitable[None]],
+    *,
+    token: str,
 ) -> IngestService:
     """Run one recorded ingest service on ``sim`` through ``steps``, then finish it."""
-    service = make_service(config, sim)
+    service = IngestService(
+        config,
+        token_source=SimulatorTokenSource(sim.url, token),
+        source_clock_ms=lambda: sim.now_ms,
+    )
     runner = asyncio.create_task(service.run())
     await sim.wait_for_subscriptions(len(series_keys(config)))
     await steps(service)
@@ -103,3 +107,76 @@ def _same(a: object, b: object) -> bool:
     if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
         return True  # both NaN
     return a == b
+
+
+# --------------------------------------------------------------------------- the fixture
+
+FIXTURE = Path(__file__).resolve().parents[1] / "recording" / "fixture"
+"""The checked-in recording: ``dxlink-*.jsonl.zst`` files and ``fixture.json`` (its facts)."""
+FIXTURE_TOKEN = "fixture-sim-token-3a7c19e5"
+"""The simulator's token when the fixture was recorded: it must appear nowhere in it."""
+
+
+@dataclass(frozen=True)
+class FixtureFacts:
+    """What a test needs to know about the fixture to compute the simulator's truth."""
+
+    seed: int
+    from_ms: int
+    end_ms: int
+    series: list[str]
+    stored: int
+    """Rows the recorded runs left in their store."""
+
+
+def fixture_facts(folder: Path = FIXTURE) -> FixtureFacts:
+    """Read ``fixture.json``."""
+    return FixtureFacts(**json.loads((folder / "fixture.json").read_text()))
+
+
+async def make_fixture_recording(folder: Path, work: Path) -> FixtureFacts:
+    """Record the fixture's two ingest runs into ``folder`` (replacing its recording files).
+
+    Run 1 backfills an hour of AAPL and SPY 1m/5m candles, goes live for two minutes, loses
+    its connection (a drop), misses two minutes and resumes; then ingest stops, five minutes
+    pass, and run 2 (a restart: a new session) resumes from the store for two more minutes.
+    """
+    from_ms = START_MS - 3600_000
+    config = record_config(work / "store", work / "recording", from_ms=from_ms)
+
+    async def first(service: IngestService) -> None:
+        for _ in range(2):
+            await sim.advance(60)
+        await sim.drop_connections()
+        await sim.advance(120)
+        await sim.wait_for_subscriptions(len(series_keys(config)))
+        await sim.advance(60)
+
+    async def second(service: IngestService) -> None:
+        for _ in range(2):
+            await sim.advance(60)
+
+    clock = SimulatorClock.manual(START_MS)
+    async with Simulator(token=FIXTURE_TOKEN, seed=1, clock=clock) as sim:
+        await run_recorded(sim, config, first, token=FIXTURE_TOKEN)
+        await sim.advance(300)
+        await run_recorded(sim, config, second, token=FIXTURE_TOKEN)
+        end_ms = sim.now_ms
+    facts = FixtureFacts(
+        seed=1,
+        from_ms=from_ms,
+        end_ms=end_ms,
+        series=series_keys(config),
+        stored=stored_rows(work / "store").height,
+    )
+    await asyncio.to_thread(_replace_fixture, folder, work / "recording", facts)
+    return facts
+
+
+def _replace_fixture(folder: Path, recording: Path, facts: FixtureFacts) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.jsonl.zst"):
+        old.unlink()
+    for path in sorted(recording.iterdir()):
+        shutil.copy(path, folder / path.name)
+    (folder / "fixture.json").write_text(json.dumps(facts.__dict__, indent=1) + "\n")

@@ -13,8 +13,10 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import orjson
 import zstandard
 
+from pipeline.dxlink import Candle, CandlesReceived, ClientProtocol
 from pipeline.recording import Damage, Record, Recording
 from pipeline.recording.format import CLOSED, OPENED, RECEIVED, SENT, encode_record
 from pipeline.recording.writer import SessionWriter
@@ -31,6 +33,8 @@ __all__ = [
     "connection_lines",
     "decompressed",
     "read_all",
+    "reblock",
+    "recorded_candles",
     "write_session",
 ]
 
@@ -63,14 +67,19 @@ def connection_lines(lines: Lines, c: int, frames: int, *, close: bool = True) -
 
 
 def write_session(
-    directory: Path, blocks: Iterable[list[bytes]], *, rotate_bytes: int = 2**30
+    directory: Path,
+    blocks: Iterable[list[bytes]],
+    *,
+    rotate_bytes: int = 2**30,
+    started: int = T0,
 ) -> SessionWriter:
-    """Write each list of lines as one block (files rotate at ``rotate_bytes``)."""
+    """Write each list of lines as one block (files rotate at ``rotate_bytes``); the
+    session's header says it started at ``started`` (sessions are read in that order)."""
     writer = SessionWriter(
         directory,
         rotate_bytes=rotate_bytes,
         rotate_seconds=3600,
-        wall_clock_ms=lambda: T0,
+        wall_clock_ms=lambda: started,
         meta={"source": "test"},
     )
     for block in blocks:
@@ -153,3 +162,46 @@ class DiskFile(io.BufferedWriter):
         if self.disk.full:
             raise OSError(errno.ENOSPC, "No space left on device")
         return super().write(data)
+
+
+def reblock(paths: Iterable[Path], out: Path, per_block: int) -> list[Path]:
+    """The recording again, ``per_block`` records to a block (one file per session), so a
+    test can damage a small part of real frames."""
+    recording = Recording(paths)
+    written: list[Path] = []
+    started = {f.header.session: f.header.started for f in recording.files}
+    for number, session in enumerate(recording.sessions):
+        lines = [
+            encode_record(r.t, r.m, r.c, r.d, r.f, a=r.a, e=r.e)
+            for entry in recording.entries()
+            if entry.session == session and isinstance(r := entry.item, Record)
+        ]
+        blocks = [lines[i : i + per_block] for i in range(0, len(lines), per_block)]
+        folder = out / f"session-{number}"
+        written += write_session(folder, blocks, started=started[session]).paths
+    return written
+
+
+def recorded_candles(paths: Iterable[Path], session: int, connection: int) -> list[Candle]:
+    """The Candle events one recorded connection received, decoded as the client did."""
+    recording = Recording(paths)
+    wanted = recording.sessions[session]
+    protocol = ClientProtocol(token="unused")
+    candles: list[Candle] = []
+    for entry in recording.entries():
+        record = entry.item
+        if entry.session != wanted or not isinstance(record, Record) or record.c != connection:
+            continue
+        if record.d == OPENED:
+            protocol.start(0)
+        elif record.d == RECEIVED:
+            message = orjson.loads(record.f)
+            if message.get("type") == "CHANNEL_OPENED":
+                contract = message["parameters"]["contract"]
+                protocol.open_channel(contract, number=message["channel"])
+            protocol.receive_message(record.f, 0)
+            for event in protocol.events_received():
+                if isinstance(event, CandlesReceived):
+                    candles.extend(event.candles)
+        protocol.messages_to_send()
+    return candles
