@@ -8,6 +8,9 @@
 * ``reader``: :class:`Recording`, files in session order, records with positions, damage
   (a truncated file, a corrupt block, another version) named by file and offset;
 * ``stream``: :func:`usable_records`, the records of whole connections, cut at damage;
+* ``replay``: :class:`ReplayServer`, a DXLink server that answers a client's handshake,
+  channels and subscriptions with the recorded server frames (``feed``: which series a
+  FEED_DATA frame carries, and the frame for fewer of them or another channel number).
 
 Rebuilding a store from a recording uses the candle manager and the store, so it lives with
 ingest: :func:`pipeline.ingest.rebuild`.
@@ -37,6 +40,7 @@ from pipeline.recording.reader import (
 )
 from pipeline.recording.recorder import RecordedConnection, Recorder, RecorderStats
 from pipeline.recording.redact import REDACTED, Redactor
+from pipeline.recording.replay import ReplayServer, ReplayStats
 from pipeline.recording.stream import Problem, Usable, usable_records
 
 __all__ = [
@@ -61,6 +65,8 @@ __all__ = [
     "Recording",
     "RecordingError",
     "Redactor",
+    "ReplayServer",
+    "ReplayStats",
     "Usable",
     "recording_files",
     "usable_records",
