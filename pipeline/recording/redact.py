@@ -7,7 +7,8 @@ Three rules, cheapest first:
   that echoes a token in an error message does not leak it either;
 * **secret keys**: in a JSON frame, the value of any key that names a secret (``token``,
   ``secret``, ``password``, ``apiKey``, ``authorization``, ``credential``, ``cookie``,
-  ``key``) is replaced, at any depth; DXLink's AUTH carries the token this way;
+  ``key``) is replaced, at any depth; DXLink's AUTH carries the token this way. So is
+  ``userId`` (AUTH_STATE names the account): not a secret, but not for a bug report either;
 * **secret shapes**: JSON Web Tokens (``eyJ...``) and ``Bearer``/``Basic`` credentials in
   any text.
 
@@ -30,10 +31,12 @@ MIN_SECRET_LENGTH: Final = 6
 """Shorter values are not treated as secrets: replacing them would garble ordinary text."""
 
 _SECRET_KEY = re.compile(
-    r"token|secret|passw|api_?key|authori[sz]ation|credential|cookie|^key$", re.IGNORECASE
+    r"token|secret|passw|api_?key|authori[sz]ation|credential|cookie|^key$|^user_?id$",
+    re.IGNORECASE,
 )
 _KEY_HINT = re.compile(
-    r"token|secret|passw|api_?key|authori[sz]ation|credential|cookie|\"key\"", re.IGNORECASE
+    r"token|secret|passw|api_?key|authori[sz]ation|credential|cookie|\"key\"|user_?id",
+    re.IGNORECASE,
 )
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
 _AUTH_SCHEME = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)

@@ -17,6 +17,13 @@ def test_the_auth_token_is_replaced_and_the_rest_kept() -> None:
     assert orjson.loads(redact(frame)) == {"type": "AUTH", "channel": 0, "token": REDACTED}
 
 
+def test_the_account_id_is_left_out() -> None:
+    """AUTH_STATE's userId names the account: not for a bug report."""
+    redact = Redactor()
+    frame = '{"type":"AUTH_STATE","channel":0,"state":"AUTHORIZED","userId":"U0001234"}'
+    assert orjson.loads(redact(frame))["userId"] == REDACTED
+
+
 def test_secret_keys_are_replaced_at_any_depth() -> None:
     """Any key naming a secret, nested in objects and lists, loses its value."""
     redact = Redactor()
