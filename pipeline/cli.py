@@ -341,6 +341,7 @@ def rebuild(
           summary, with its file and byte offset; nothing from it reached the store), or the
           rebuild could not run
     """
+    from pipeline.ingest import ingest_process_tuning
     from pipeline.ingest import rebuild as run_rebuild
     from pipeline.recording import Recording, RecordingError, recording_files
     from pipeline.store import StoreError
@@ -348,9 +349,10 @@ def rebuild(
     config = load(config_path, profile, **{"store.path": store_path})
     try:
         recording = Recording(recording_files((*recordings, *more)))
-        report = run_rebuild(
-            recording, config, on_problem=lambda text: click.echo(f"! {text}", err=True)
-        )
+        with ingest_process_tuning():  # the ingest hot path: the same process settings
+            report = run_rebuild(
+                recording, config, on_problem=lambda text: click.echo(f"! {text}", err=True)
+            )
     except (RecordingError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
