@@ -280,7 +280,6 @@ class Recording:
         self, index: int, file: RecordingFile, block_from: int, line_from: int
     ) -> Iterator[Entry]:
         session = file.header.session
-        header_pending = block_from == 0
         for block in read_blocks(file.path, block_from):
             if isinstance(block, Damage):
                 yield Entry(Position(index, block.offset, 0), session, block)
@@ -290,17 +289,15 @@ class Recording:
                 problem = "a block whose last line is unfinished (no newline)"
                 position = Position(index, block.offset, len(lines) - 1)
                 yield Entry(position, session, Damage(file.path, block.offset, problem))
-            skip = line_from if block.offset == block_from else 0
-            for number in range(skip, len(lines) - 1):
-                if header_pending:
-                    header_pending = False
-                    continue  # the header, read when the file was opened
+            first = line_from if block.offset == block_from else 0
+            if block.offset == 0:
+                first = max(first, 1)  # line 0 of the file is the header, read on opening
+            for number in range(first, len(lines) - 1):
                 try:
                     item: Record | Damage = decode_record(lines[number])
                 except RecordError as exc:
                     item = Damage(file.path, block.offset, f"line {number + 1} of a block: {exc}")
                 yield Entry(Position(index, block.offset, number), session, item)
-            header_pending = False
 
 
 class _Unusable(Exception):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.recording import Recording, recording_files
+from pipeline.recording import Record, Recording, recording_files
 from pipeline.recording.format import FORMAT, KINDS, VERSION, Header
 from tests.helpers.recording import FIXTURE
 
@@ -29,7 +29,11 @@ def test_the_documented_reader_reads_a_real_recording() -> None:
     done = subprocess.run(
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
     )
-    received = [e.item for e in Recording([path]).entries() if getattr(e.item, "d", None) == "<"]
+    received = [
+        record
+        for e in Recording([path]).entries()
+        if isinstance(record := e.item, Record) and record.d == "<"
+    ]
     expected = [f"{r.t} {r.c} {orjson.loads(r.f)['type']}" for r in received]
     assert done.stdout.splitlines() == expected
     assert len(expected) > 20

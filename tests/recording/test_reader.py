@@ -84,6 +84,21 @@ def test_records_come_back_in_order_with_positions(tmp_path: Path) -> None:
     assert [e.item for e in recording.entries(middle.position)] == [e.item for e in entries[7:]]
 
 
+def test_records_beside_the_header_in_its_block_are_read_from_any_position(tmp_path: Path) -> None:
+    """Another writer may put records in the header's block: they are read, and reading from
+    the position of one of them yields it and the rest."""
+    lines = Lines()
+    records_ = connection_lines(lines, 1, 3)
+    header = encode_header(Header("ab" * 16, 0, T0, T0, "another tool 1.0"))
+    path = tmp_path / "other.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(header + b"".join(records_)))
+    recording = Recording([path])
+    entries = list(recording.entries())
+    assert [e.item for e in entries] == [decode_record(x) for x in records_]
+    assert entries[2].position.line == 3
+    assert [e.item for e in recording.entries(entries[2].position)] == [e.item for e in entries[2:]]
+
+
 def test_files_of_a_session_are_ordered_whatever_order_they_are_given(tmp_path: Path) -> None:
     """Rotated files are read in their numbered order; one header per file is skipped."""
     lines = Lines()
