@@ -68,6 +68,9 @@ WARM_START_CANDLES = 500
 # ~0.1 s plus ~3.5 us per candle (benchmarks/bench_pipeline.py); 50,000 keeps the fixed part
 # small while a 200k candles/s backfill still hands the store a batch every ~0.25 s.
 FLUSH_BATCH_EVENTS = 50_000
+# A recorder's queue (64 MiB by default) compresses in well under a second; a disk that takes
+# longer is hung, and the stop goes on without it.
+RECORDER_CLOSE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -156,6 +159,9 @@ class IngestService:
         self.client: DXLinkManager | None = None
         self.recorder: Recorder | None = None
         """Records every DXLink frame (``[record]``); started by :meth:`run`."""
+        self.recorder_close_timeout = RECORDER_CLOSE_TIMEOUT
+        """Seconds a stop waits for the recording to reach the disk (a hung disk must not
+        hold the stop: what is not written is the last block's)."""
         if config.record.enabled:
             record = config.record
             self.recorder = Recorder(
@@ -276,11 +282,11 @@ class IngestService:
         if self._batch_flush is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batch_flush  # flush() reports store failures, it does not raise
-        if self.recorder is not None:
-            await asyncio.to_thread(self.recorder.close)
         report = await self.flush("shutdown")
         if report.error is not None:
             logger.error("! final flush failed, %s", report.error)
+        if self.recorder is not None:
+            await self._close_recorder(self.recorder)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         await self.metrics.stop()
@@ -290,6 +296,15 @@ class IngestService:
             self._writer_lock.release()
 
     # ------------------------------------------------------------------ wiring
+
+    async def _close_recorder(self, recorder: Recorder) -> None:
+        """Close the recording, waiting at most ``recorder_close_timeout`` for the disk."""
+        limit = self.recorder_close_timeout
+        if not await asyncio.to_thread(recorder.close, limit):
+            logger.warning(
+                "! the recording did not close within %g s (a hung disk?); its last block may "
+                "be cut short", limit,
+            )  # fmt: skip
 
     def _start_recorder(self, recorder: Recorder) -> None:
         try:

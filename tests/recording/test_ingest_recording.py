@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from tests.helpers.service import (
     truth_frame,
 )
 from tests.helpers.timing import TIMEOUT
-from tests.recording.files import Disk, decompressed, records
+from tests.recording.files import Disk, GatedFile, decompressed, records
 
 SECRET_TOKEN = "sim-secret-token-4b2e91"
 
@@ -148,3 +150,42 @@ async def test_a_full_disk_costs_the_recording_never_the_ingest(tmp_path: Path) 
     assert scraped["candles_recording_dropped_frames_total"] > 0
     assert scraped["candles_recording_failing"] == 1
     assert service.stats.flush_failures == 0
+
+
+async def test_a_hung_disk_does_not_hold_the_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The recording's writes never return: ingest still stops, its store complete; the
+    recorder is left behind after recorder_close_timeout, with a warning."""
+    gate, entered = threading.Event(), threading.Event()
+    config = record_config(tmp_path / "data", tmp_path / "rec")
+    try:
+        async with _simulator() as sim:
+            service = _service(config, sim)
+            service.recorder = Recorder(
+                tmp_path / "rec", opener=lambda path: GatedFile(path, gate, entered)
+            )
+            service.recorder_close_timeout = 0.1
+            runner = asyncio.create_task(service.run())
+            await sim.wait_for_subscriptions(len(series_keys(config)))
+            await sim.advance(60)
+            assert service.recorder is not None
+            service.recorder.flush(timeout=0)  # the next block write hangs
+            assert await asyncio.to_thread(entered.wait, TIMEOUT)
+            with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+                async with asyncio.timeout(TIMEOUT):
+                    await finish(sim, service, runner)
+            end = sim.now_ms - 5 * 60_000
+            with CandleStore(tmp_path / "data") as store:
+                problems = [
+                    d
+                    for key in series_keys(config)
+                    for d in differences(
+                        truth_frame(sim, key, START_MS - 2 * 3600_000, end),
+                        stored_frame(store, key, START_MS - 2 * 3600_000, end),
+                    )
+                ]
+    finally:
+        gate.set()  # let the abandoned thread finish
+    assert problems == []
+    assert any("the recording did not close within" in r.getMessage() for r in caplog.records)
