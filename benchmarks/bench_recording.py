@@ -186,7 +186,7 @@ async def measure(series: int, candles: int, workdir: Path, rounds: int) -> Benc
 
 def run(quick: bool, workdir: Path) -> BenchResult:
     """Run the benchmark (``quick``: 20 series x 500 candles, one round) in ``workdir``."""
-    series, candles, rounds = (20, 500, 1) if quick else (200, 2000, 3)
+    series, candles, rounds = (20, 500, 1) if quick else (200, 2000, 5)
     with ingest_process_tuning():
         return asyncio.run(measure(series, candles, workdir, rounds))
 
