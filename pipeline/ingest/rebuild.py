@@ -24,18 +24,21 @@ How it mirrors :class:`~pipeline.ingest.IngestService`:
 
 Damage in the recording (:mod:`pipeline.recording.stream`) ends the connection it hits, as a
 dropped connection would: nothing after it from that connection reaches the store, and every
-such cut is in :attr:`RebuildReport.problems`. The store's writer lock is held throughout, so a
-rebuild never runs beside an ingest of the same store.
+such cut is in :attr:`RebuildReport.problems`. The store is opened as ingest opens it (object
+storage, a PostgreSQL catalog) under the same one-writer guard (the folder's lock, or the
+catalog's lease for the whole lake), so a rebuild never runs beside an ingest of that store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -60,7 +63,14 @@ from pipeline.recording import (
     usable_records,
 )
 from pipeline.sharding import SINGLE
-from pipeline.store import CandleStore, UpsertResult, WriterLock
+from pipeline.store import (
+    CandleStore,
+    CatalogLease,
+    S3Options,
+    UpsertResult,
+    WriterLock,
+    parse_catalog,
+)
 
 __all__ = ["RebuildReport", "rebuild"]
 
@@ -140,27 +150,47 @@ def rebuild(
     for damage in recording.unusable:
         problem(f"{damage}; the file is not used")
     report.grace_seconds = _grace_seconds(recording, config)
-    lock = None
-    if store is None:
-        lock = WriterLock(config.store.path, SINGLE)
+    if store is not None:
+        _Rebuild(recording, store, config, report).run(problem)
+        return report
+    with _own_store(config) as opened:
+        _Rebuild(recording, opened, config, report).run(problem)
+    return report
+
+
+@contextlib.contextmanager
+def _own_store(config: Config) -> Iterator[CandleStore]:
+    """The config's store, opened as ingest opens it, under the same one-writer guard: the
+    folder's lock for a SQLite catalog, the lease in a PostgreSQL one (whole lake: shard 1/1,
+    so no ingest shard runs beside it)."""
+    cfg = config.store
+    lock: WriterLock | None = None
+    lease: CatalogLease | None = None
+    if parse_catalog(cfg.catalog, Path(cfg.path)).kind == "postgres":
+        lease = CatalogLease(parse_catalog(cfg.catalog, Path(cfg.path)).target, SINGLE)
+        lease.acquire()
+    else:
+        lock = WriterLock(cfg.path, SINGLE)
         lock.acquire()
     try:
-        own = store is None
-        target = store or CandleStore(
-            config.store.path,
-            catalog=config.store.catalog,
-            data_path=config.store.data_path,
-            recycle_after=config.store.recycle_after,
+        store = CandleStore(
+            cfg.path,
+            catalog=cfg.catalog,
+            data_path=cfg.data_path,
+            recycle_after=cfg.recycle_after,
+            s3=S3Options(**cfg.s3.model_dump()),
+            application_name=lease.application_name if lease else None,
+            before_commit=lease.check if lease else None,
         )
         try:
-            _Rebuild(recording, target, config, report).run(problem)
+            yield store
         finally:
-            if own:
-                target.close()
+            store.close()
     finally:
         if lock is not None:
             lock.release()
-    return report
+        if lease is not None:
+            lease.release()
 
 
 def _grace_seconds(recording: Recording, config: Config) -> float:

@@ -53,6 +53,7 @@ from pipeline.store.lake import (
     rollback,
     table_folder,
 )
+from pipeline.store.object_store import S3Options
 from pipeline.store.upsert import (
     NewestStored,
     UpsertResult,
@@ -133,12 +134,20 @@ class CandleStore:
         clock: Current UTC time, for ``ingested_at`` and compaction cut-offs.
         rng: Jitter source for the retry waits.
         verify_extensions: Let DuckDB check the signatures of the bundled extension binaries
-            (about 0.6 s per extension per connection, spent hashing ~35 MB files). ``False``
-            skips the check; only for a trusted, pinned install such as the test suite.
+            (each connection hashes every extension binary, tens of MB, before loading it).
+            ``False`` skips the check; only for a trusted, pinned install such as the test
+            suite.
         recycle_after: Reopen the DuckDB connection after this many upserts (and after
             every compaction). A connection keeps native memory that grows with every commit
-            (~3.5 MiB per 100 small upserts, measured; tracemalloc and ``duckdb_memory()`` do
-            not see it) and is only returned when the connection closes (issue 7).
+            (neither tracemalloc nor ``duckdb_memory()`` sees it) and is only returned when
+            the connection closes (issue 7; ``bench_memory``, RSS).
+        s3: How to reach an ``s3://`` data path (:class:`~pipeline.store.S3Options`);
+            ``None`` takes everything from the standard ``AWS_*`` environment variables.
+        application_name: How the writer's connections name themselves to a PostgreSQL
+            catalog (the shard lease ends a lost writer's sessions by it, docs/scaling.md).
+        before_commit: Called right before every commit (upserts and compaction); raising
+            aborts the transaction. The shard lease checks here that this process still
+            owns its shard (:class:`~pipeline.store.CatalogLease`).
     """
 
     def __init__(
@@ -155,6 +164,9 @@ class CandleStore:
         rng: random.Random | None = None,
         verify_extensions: bool = True,
         recycle_after: int = 500,
+        s3: S3Options | None = None,
+        application_name: str | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -174,6 +186,9 @@ class CandleStore:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._data_path = data_path
+        self._s3 = s3
+        self._application_name = application_name
+        self._before_commit = before_commit
         self._verify_extensions = verify_extensions
         self._recycle_after = recycle_after
         self._upserts_on_connection = 0
@@ -245,7 +260,12 @@ class CandleStore:
 
         def attempt(con: duckdb.DuckDBPyConnection) -> UpsertResult:
             return upsert_once(
-                con, batch, keys, newest=self._newest_stored, data_folder=self._data_folder
+                con,
+                batch,
+                keys,
+                newest=self._newest_stored,
+                data_folder=self._data_folder,
+                before_commit=self._before_commit,
             )
 
         result, retries = self._run_counted(attempt)
@@ -289,6 +309,9 @@ class CandleStore:
             removed = _called(con, "ducklake_cleanup_old_files", cutoff())
             removed += _called(con, "ducklake_delete_orphaned_files", cutoff())
             return CompactionResult(before, _count_files(con), expired, removed)
+
+        if self._before_commit is not None:
+            self._before_commit()  # a writer that lost its shard leaves the lake alone
 
         result = self._run(attempt)
         self.stats.compactions += 1
@@ -443,6 +466,25 @@ class CandleStore:
             if key in self._newest:
                 self._newest[key] = max(self._newest[key], time_ms)
 
+    def reconnect(self) -> None:
+        """Reopen the connection and forget what it knew about stored times.
+
+        For a writer that lost its shard lease and got it back: another process may have
+        written its series meanwhile, so the upsert's ceilings (:class:`NewestStored`) are
+        read again from the lake.
+
+        Raises:
+            StoreError: The lake cannot be opened now (the old connection is kept).
+        """
+        with self._lock:
+            fresh = self._open_writer()
+            self._con.close()
+            self._con = fresh
+            self._newest_stored = NewestStored()
+            self._newest.clear()
+            self._upserts_on_connection = 0
+            self.stats.connections_recycled += 1
+
     def _recycle(self) -> None:
         """Replace the connection with a fresh one (see ``recycle_after``).
 
@@ -477,6 +519,8 @@ class CandleStore:
                     self._data_path,
                     read_only=False,
                     verify_extensions=self._verify_extensions,
+                    s3=self._s3,
+                    application_name=self._application_name,
                 )
             except StoreError as exc:
                 if retry == self._max_retries or not _INIT_RACE.search(str(exc)):
@@ -488,7 +532,7 @@ class CandleStore:
             else:
                 # The writer reads little back (its upsert lookups, resume points); DuckDB's
                 # cache of file blocks only grew here, by every file a compaction merged
-                # (22 MB over 8 compactions, measured with duckdb_memory()).
+                # (duckdb_memory(); bench_memory, RSS).
                 con.execute("SET enable_external_file_cache = false")
                 return con
         raise AssertionError("unreachable: the loop returns or raises")
