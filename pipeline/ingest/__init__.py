@@ -4,12 +4,13 @@
 with the scheduled flush and maintenance jobs; ``runner`` runs it as the ``candles ingest``
 process (source, signals, bounded shutdown, status line); ``sources`` and ``tastytrade`` hand
 out DXLink tokens; ``tuning`` holds the process-wide settings only that process applies;
-``rebuild`` feeds a recording's server frames through the same protocol, manager and store.
+``from_recording`` (``rebuild``) feeds a recording's server frames through the same protocol,
+manager and store.
 """
 
 from __future__ import annotations
 
-from pipeline.ingest.rebuild import RebuildReport, rebuild
+from pipeline.ingest.from_recording import RebuildReport, rebuild
 from pipeline.ingest.runner import (
     EXIT_UNSTORED,
     IngestError,

@@ -22,12 +22,12 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import zstandard
 
-from pipeline import __version__
 from pipeline.recording.format import Header, encode_header, file_name
 
 __all__ = ["DEFAULT_LEVEL", "Opener", "SessionWriter", "exclusive_open"]
@@ -37,6 +37,14 @@ DEFAULT_LEVEL = 1
 
 Opener = Callable[[Path], BinaryIO]
 """Opens a new file for writing (tests hand in one that fails like a full disk)."""
+
+
+def _writer_name() -> str:
+    """``candle-pipeline <version>`` from the installed package's metadata."""
+    try:
+        return f"candle-pipeline {metadata.version('candle-pipeline')}"
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "candle-pipeline"
 
 
 def exclusive_open(path: Path) -> BinaryIO:
@@ -121,7 +129,7 @@ class SessionWriter:
             file=number,
             started=self.started,
             created=self._wall_clock_ms(),
-            writer=f"candle-pipeline {__version__}",
+            writer=_writer_name(),
             meta=self.meta,
         )
         self._append(self._compressor.compress(encode_header(header)))
