@@ -85,8 +85,8 @@ WARM_START_CANDLES = 500
 # a backfill at the target rate still hands the store a batch several times a second, so
 # storing overlaps receiving (bench_backfill).
 FLUSH_BATCH_EVENTS = 50_000
-# A recorder's queue (64 MiB by default) compresses in well under a second; a disk that takes
-# longer is hung, and the stop goes on without it.
+# Seconds a stop waits for the recording's last blocks: its bounded queue is written long
+# before that on any working disk, so a disk that takes longer is hung and the stop goes on.
 RECORDER_CLOSE_TIMEOUT = 10.0
 
 

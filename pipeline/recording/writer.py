@@ -8,10 +8,10 @@ header block. Files are created exclusively (an existing file is never overwritt
 
 Why zstd (README, dependencies): its frames are independent (a truncated file loses one
 block), its files open with the ``zstd`` tool, Python's ``zstandard`` package or
-``compression.zstd`` (Python 3.14), and at level 1 it shrinks DXLink's candle JSON about 4x
-at ~400 MB/s of one core, where zlib's fastest level is 3x slower for a worse ratio. Level 1,
-not zstd's default 3: 1.6x faster for 7% more bytes, and the recorder's CPU is what competes
-with a backfill. Figures: benchmarks/README.md.
+``compression.zstd`` (Python 3.14), and it compresses DXLink's candle JSON several-fold at a
+fraction of the CPU zlib needs for less. Level 1 rather than zstd's default 3: the recorder's
+CPU is what competes with a backfill, and level 3 buys only a few per cent fewer bytes for
+it. The figures are in benchmarks/README.md.
 """
 
 from __future__ import annotations
