@@ -39,6 +39,7 @@ import duckdb
 import polars as pl
 
 from pipeline.dxlink import CandleSymbol
+from pipeline.store.folder import prepare_folder
 from pipeline.store.lake import (
     LAKE,
     TABLE,
@@ -197,7 +198,7 @@ class CandleStore:
         self._newest: dict[tuple[str, str], int] = {}
         # The upsert's ceiling on stored times, per connection (emptied when it is recycled).
         self._newest_stored = NewestStored()
-        self.root.mkdir(parents=True, exist_ok=True)
+        prepare_folder(self.root)  # StoreError naming the path when it cannot work
         self._con = self._open_writer()
         try:
             try:

@@ -33,7 +33,7 @@ from pipeline.dxlink.client.retry import (
 )
 from pipeline.dxlink.client.state import EventBatch, QuoteToken, ResumePoints, TokenSource
 from pipeline.dxlink.client.tap import ConnectionTap, FrameTap
-from pipeline.dxlink.client.transport import DEFAULT_MAX_MESSAGE_SIZE, loggable_url
+from pipeline.dxlink.client.transport import DEFAULT_MAX_MESSAGE_SIZE, loggable_url, open_websocket
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -61,4 +61,5 @@ __all__ = [
     "classify",
     "disconnect_reason",
     "loggable_url",
+    "open_websocket",
 ]
