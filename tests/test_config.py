@@ -74,10 +74,12 @@ def test_repository_config_toml_loads_with_every_profile() -> None:
 
 
 def test_repository_config_toml_base_equals_the_defaults() -> None:
-    """The shipped config.toml sets the defaults; its store is data/ beside it, not in the cwd."""
+    """The shipped config.toml sets the defaults; its store is data/ beside it, not in the cwd
+    (and its recordings/, when recording is on)."""
     loaded = load_config(REPO_CONFIG, environ={}, now=NOW)
     assert loaded.store.path == str(REPO_CONFIG.parent / "data")
-    unpathed = {"store": {"path"}}
+    assert loaded.record.dir == str(REPO_CONFIG.parent / "recordings")
+    unpathed = {"store": {"path"}, "record": {"dir"}}
     assert loaded.model_dump(exclude=unpathed) == Config().model_dump(exclude=unpathed)
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "ManagerConfig",
     "MetricsConfig",
     "PathKind",
+    "RecordConfig",
     "S3Config",
     "ScheduleConfig",
     "SimulatorSourceConfig",
@@ -650,6 +651,37 @@ class IngestConfig(_Section):
         return SINGLE if self.shard is None else ShardSpec.parse(self.shard)
 
 
+class RecordConfig(_Section):
+    """Recording every DXLink frame of every connection (docs/recording-format.md)."""
+
+    enabled: bool = False
+    """Record every WebSocket frame of every connection, both directions, secrets redacted."""
+    dir: str = _option("recordings", min_length=1, allowed="a directory path", path="folder")
+    """Directory of the recording files (created if missing). A relative path is relative to
+    the config file that sets it (or that leaves it at the default), else to the working
+    directory."""
+    rotate_size_mb: float = Field(default=64.0, gt=0, le=4096)
+    """Start a new file once the current one holds this many MiB (compressed)."""
+    rotate_after: str = _option("1h", allowed="a duration from 1s to 7d such as 15m, 1h, 1d")
+    """Start a new file once the current one is this old."""
+    queue_mb: float = Field(default=64.0, gt=0, le=4096)
+    """MiB of frames that may wait for the disk; beyond it frames are dropped from the
+    recording (counted, marked as a gap in it), never from ingest."""
+
+    @field_validator("rotate_after")
+    @classmethod
+    def _check_rotate_after(cls, value: str) -> str:
+        span = parse_duration(value)
+        if not timedelta(seconds=1) <= span <= timedelta(days=7):
+            raise ValueError(f"{value!r} is outside 1s..7d")
+        return value
+
+    @property
+    def rotate_seconds(self) -> float:
+        """``rotate_after`` in seconds."""
+        return parse_duration(self.rotate_after).total_seconds()
+
+
 class ScheduleConfig(_Section):
     """Periodic jobs of the ingest service."""
 
@@ -691,6 +723,7 @@ class Config(_Section):
     manager: ManagerConfig = ManagerConfig()
     store: StoreConfig = StoreConfig()
     ingest: IngestConfig = IngestConfig()
+    record: RecordConfig = RecordConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

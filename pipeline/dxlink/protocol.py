@@ -199,18 +199,33 @@ class ClientProtocol(ProtocolCore):
         contract: Contract | str = Contract.HISTORY,
         service: str = "FEED",
         *,
+        number: int | None = None,
         now: float | None = None,
     ) -> int:
         """Queue CHANNEL_REQUEST and return the new channel number (§2.4, §3.1).
 
+        Args:
+            contract: The FEED contract.
+            service: The service (``FEED``).
+            number: The channel number to use (§2.4: odd; tastyware uses a fixed map, a
+                rebuild the numbers a recording holds); default: the next of 1, 3, 5...
+            now: See the module docstring.
+
         Raises:
-            UsageError: not AUTHORIZED yet, or ``contract`` is not a FEED contract.
+            UsageError: not AUTHORIZED yet, ``contract`` is not a FEED contract, or
+                ``number`` is not positive or names a channel that is still open.
         """
         self._require({AUTHORIZED}, "open a channel")  # §2.2: channels only once AUTHORIZED
         if contract not in Contract.__members__:
             raise UsageError(f"contract {contract!r} is not one of {', '.join(Contract)}")
-        number = self._next_channel
-        self._next_channel += 2
+        if number is None:
+            number = self._next_channel
+        else:
+            known = self._channels.get(number)
+            if number < 1 or (known is not None and known.state is not CHANNEL_CLOSED):
+                raise UsageError(f"channel {number} is not a free service channel number (>= 1)")
+        # Never hand out a number at or below one already used (§2.4: not reused).
+        self._next_channel = max(self._next_channel, number + 1 + number % 2)
         parameters: JsonObject = {"contract": str(contract)}
         self._channels[number] = ChannelRecord(number, service, parameters)
         self._send(ChannelRequest(number, service, parameters), now)

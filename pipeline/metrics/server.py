@@ -21,6 +21,9 @@ Definitions (the README copies them):
   successful flushes (a revised candle counts again). ``candles_stored_total``: rows the store
   inserted or rewrote (unchanged rows are not rewritten). ``candles_revised_total``: changes to
   candles that had already been handed out (late corrections, replayed snapshots, removals).
+* ``candles_recording_*`` (only with ``[record] enabled``): records and compressed bytes the
+  recorder wrote, frames it left out (its queue was full, or writing failed: each stretch is
+  marked as a gap in the recording, ingest is not affected), and 1 while writing fails.
 * ``candles_memory_bytes`` / ``candles_memory_limit_bytes``: the manager's estimate of what it
   holds, and of the most its configured bounds allow (``process_resident_memory_bytes`` is
   the real process).

@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, TypeVar
 
 from pipeline.candles import CandleDataManager, ManagerStats
 from pipeline.config import Config
 from pipeline.dxlink import CandleSymbol
 from pipeline.dxlink.client import ChannelMetrics, ConnectionState, DeliveryMetrics
+from pipeline.recording import RecorderStats
 from pipeline.store import StoreStats
 
 __all__ = [
@@ -84,6 +85,8 @@ class MetricsSource(Protocol):
     def store(self) -> MetricsStore: ...
     @property
     def series(self) -> Sequence[CandleSymbol]: ...
+    @property
+    def recording(self) -> RecorderStats | None: ...
     def now_ms(self) -> int: ...
 
 
@@ -172,6 +175,8 @@ class Reading:
     pinned_limit: int
     store: StoreStats
     client: ClientView
+    recording: RecorderStats | None = None
+    """The recorder's counters (a copy), or None when not recording."""
 
     @property
     def flush_backlog(self) -> int:
@@ -201,4 +206,5 @@ def read_source(source: MetricsSource, *, now: float, started_at: float) -> Read
         pinned_limit=source.manager.max_pinned_candles,
         store=store,
         client=ClientView() if client is None else ClientView.parse(client.get_metrics()),
+        recording=None if source.recording is None else replace(source.recording),
     )

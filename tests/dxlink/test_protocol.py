@@ -177,6 +177,22 @@ class TestClientChannels:
         assert [m["channel"] for m in sent(client)] == [1, 3, 1, 5]
         assert client.channel_state(1) is ChannelState.CLOSED
 
+    def test_a_channel_number_may_be_chosen(self) -> None:
+        """open_channel(number=N) uses N (tastyware's fixed map, a rebuild's recorded numbers);
+        later numbers follow it; an open number or one below 1 is refused."""
+        client = authorized_client()
+        assert client.open_channel("AUTO", number=7) == 7
+        assert client.open_channel() == 9
+        assert client.open_channel(number=2) == 2
+        assert client.open_channel() == 11
+        assert [m["channel"] for m in sent(client)] == [7, 9, 2, 11]
+        with pytest.raises(UsageError, match="channel 7 is not a free service channel number"):
+            client.open_channel(number=7)
+        with pytest.raises(UsageError, match="channel 0 is not a free"):
+            client.open_channel(number=0)
+        client.cancel_channel(7)
+        assert client.open_channel(number=7) == 7
+
     def test_open_channel_needs_authorized_and_a_contract(self) -> None:
         """Opening a channel before AUTHORIZED or with a bad contract is a UsageError."""
         client = ClientProtocol(token="tok")

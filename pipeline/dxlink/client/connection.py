@@ -40,7 +40,7 @@ from pipeline.dxlink.client.metrics import (
     ConnectionState,
     SnapshotComplete,
 )
-from pipeline.dxlink.client.retry import HandshakeTimeout, PeerTimeout
+from pipeline.dxlink.client.retry import HandshakeTimeout, PeerTimeout, describe
 from pipeline.dxlink.client.state import (
     CANDLE_SETUP,
     CONTRACTS,
@@ -51,6 +51,7 @@ from pipeline.dxlink.client.state import (
     loop_time,
     token_text,
 )
+from pipeline.dxlink.client.tap import ConnectionTap
 from pipeline.dxlink.client.transport import loggable_url, open_websocket
 from pipeline.dxlink.errors import BadAction, ServerError, Unauthorized, UnsupportedProtocol
 from pipeline.dxlink.events import SNAPSHOT_BEGIN, SNAPSHOT_END, SNAPSHOT_SNIP
@@ -106,22 +107,27 @@ async def run_connection(
             dead_peer_timeout=settings.dead_peer_timeout,
             max_dead_peer_timeout=settings.max_dead_peer_timeout,
         )
-        driver = ConnectionDriver(
-            state, settings, ws, protocol, loggable_url(quote.dxlink_url), attempt=attempt
-        )
+        url = loggable_url(quote.dxlink_url)
+        tap = None
+        if state.frame_tap is not None:
+            tap = state.frame_tap.connection(url, attempt=attempt, secrets=(token,))
+        driver = ConnectionDriver(state, settings, ws, protocol, url, attempt=attempt, tap=tap)
         driver.token = token
         state.connection = driver
         try:
             await driver.run()
-        except asyncio.CancelledError:
-            # Our own clean stop (aclose): a normal closure, 1000, not websockets' default
-            # 1011 for leaving the connection through an exception.
-            await ws.close()
-            raise
-        except (PeerTimeout, HandshakeTimeout):
-            # The server is not answering: waiting close_timeout for its close frame would
-            # only delay the reconnect. Drop the socket at once.
-            ws.transport.abort()
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if tap is not None:
+                tap.closed("closed by the client" if cancelled else describe(exc))
+            if cancelled:
+                # Our own clean stop (aclose): a normal closure, 1000, not websockets' default
+                # 1011 for leaving the connection through an exception.
+                await ws.close()
+            elif isinstance(exc, PeerTimeout | HandshakeTimeout):
+                # The server is not answering: waiting close_timeout for its close frame would
+                # only delay the reconnect. Drop the socket at once.
+                ws.transport.abort()
             raise
     raise AssertionError("unreachable: ConnectionDriver.run() always raises")
 
@@ -138,6 +144,7 @@ class ConnectionDriver:
         url: str,
         *,
         attempt: int,
+        tap: ConnectionTap | None = None,
     ) -> None:
         """Wrap an open WebSocket and a fresh protocol; nothing is sent before ``run()``.
 
@@ -148,6 +155,7 @@ class ConnectionDriver:
             protocol: a new ``ClientProtocol`` for this connection.
             url: the server's URL without credentials, for logs and ``Connected``.
             attempt: consecutive failed attempts before this one.
+            tap: sees every frame received and sent, and the end (``tap.py``).
         """
         self.state = state
         self.settings = settings
@@ -169,6 +177,7 @@ class ConnectionDriver:
         self.waiting_for = "SETUP"
         self.step_deadline = loop_time() + settings.handshake_timeout
         self._send_lock = asyncio.Lock()
+        self._tap = tap
 
     async def run(self) -> NoReturn:
         """Start the protocol, then run the reader and the ticker until one fails."""
@@ -191,10 +200,12 @@ class ConnectionDriver:
 
     async def _read(self) -> None:
         """The pump: recv → protocol → events → flush. Raises when the connection ends."""
-        ws, protocol = self.ws, self.protocol
+        ws, protocol, tap = self.ws, self.protocol, self._tap
         metrics = self.state.connection_metrics
         while True:
             frame = await ws.recv(decode=False)  # orjson reads bytes; skip a UTF-8 decode
+            if tap is not None:
+                tap.received(frame)
             now = loop_time()
             protocol.receive_message(frame, now)
             if self.ready_at is not None:
@@ -247,6 +258,8 @@ class ConnectionDriver:
                 async with asyncio.timeout(limit):
                     for text in texts:
                         await self.ws.send(text)
+                        if self._tap is not None:
+                            self._tap.sent(text)
             except TimeoutError:
                 raise PeerTimeout(
                     f"could not send for {limit:.1f} s: the server stopped reading"

@@ -53,6 +53,7 @@ from pipeline.dxlink.client.state import (
     loop_time,
 )
 from pipeline.dxlink.client.supervisor import Supervisor
+from pipeline.dxlink.client.tap import FrameTap
 from pipeline.dxlink.client.transport import DEFAULT_MAX_MESSAGE_SIZE
 from pipeline.dxlink.errors import UsageError
 from pipeline.dxlink.events import Candle
@@ -115,6 +116,7 @@ class DXLinkManager:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         resume_points: ResumePoints | None = None,
         on_event: Callable[[LifecycleEvent], None] | None = None,
+        frame_tap: FrameTap | None = None,
         reconnect_delays: Callable[[], Iterator[float]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
@@ -152,6 +154,8 @@ class DXLinkManager:
                 (or awaits to) ``{key: fromTime ms}``. Series without a point resume from
                 the fromTime they were subscribed with.
             on_event: called with each :data:`LifecycleEvent` (must not block).
+            frame_tap: sees every WebSocket frame in and out of every connection, e.g. a
+                :class:`pipeline.recording.Recorder` (``tap.py``; must not block).
             reconnect_delays: factory of delay iterators replacing the default backoff.
             sleep: awaited with each reconnect delay (tests record the delays).
             wall_clock: Unix seconds, for fromTime validation and ``last_message_time``.
@@ -212,6 +216,7 @@ class DXLinkManager:
             resume_points=resume_points,
             on_event=on_event,
             wall_clock=wall_clock,
+            frame_tap=frame_tap,
         )
         self._registry = self._state.registry
         self._supervisor = Supervisor(

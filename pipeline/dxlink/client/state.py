@@ -20,6 +20,7 @@ from pipeline.dxlink.client.metrics import (
     DeliveryMetrics,
     LifecycleEvent,
 )
+from pipeline.dxlink.client.tap import FrameTap
 from pipeline.dxlink.client.throttle import LogThrottle
 from pipeline.dxlink.events import CANDLE_FIELDS, Candle
 from pipeline.dxlink.message_models import Contract, JsonObject, SubscriptionItem
@@ -153,6 +154,8 @@ class ClientState:
     """The current connection's driver, from its WebSocket's opening to its failure."""
     connections: int = 0
     """Connections that got ready (every channel configured) so far."""
+    frame_tap: FrameTap | None = None
+    """Sees every frame of every connection (``tap.py``), e.g. a recorder."""
 
     def notify(self, event: LifecycleEvent) -> None:
         """Hand ``event`` to the ``on_event`` observer; a broken observer is only logged."""
