@@ -57,6 +57,7 @@ from pipeline.dxlink.errors import BadAction, ServerError, Unauthorized, Unsuppo
 from pipeline.dxlink.events import SNAPSHOT_BEGIN, SNAPSHOT_END, SNAPSHOT_SNIP
 from pipeline.dxlink.message_models import Contract, DataFormat
 from pipeline.dxlink.protocol import ClientProtocol
+from pipeline.dxlink.protocol_core import AWAIT_AUTH
 from pipeline.dxlink.protocol_events import (
     Authorized,
     AuthRejected,
@@ -210,6 +211,10 @@ class ConnectionDriver:
             protocol.receive_message(frame, now)
             if self.ready_at is not None:
                 metrics.heard(now)  # the stall clock: what the server said after a handshake
+            elif protocol.state is AWAIT_AUTH and not self.token:
+                # §2.2: the server asks for a token and we have none to send: say so now,
+                # rather than wait out the handshake step as if the server were silent.
+                raise Unauthorized("the server requires a token (AUTH_STATE UNAUTHORIZED)")
             await self._handle(protocol.events_received())
             await self.flush()
 
