@@ -152,8 +152,6 @@ async def test_a_server_that_stops_reading_is_dropped_even_while_it_keeps_talkin
             await manager.subscribe_to_candles_many(symbols, ["1m"], T0)
             await lifecycle.wait_for(Connected)
             await lifecycle.wait_for(Disconnected)
-            server.deaf = False
-            await lifecycle.wait_for(Connected, 2)
     # Blocked sends end it ("could not send"), or, when the reader was the one blocked in a
     # send, the silence it caused ("nothing received"): either way, never a hang.
     disconnected = lifecycle.of(Disconnected)[0]
