@@ -27,6 +27,7 @@ from pipeline.metrics import MetricsServer, StoreCheck, StoreCheckResult
 from pipeline.store import CandleStore, connect
 from tests.helpers.fake_tastytrade import FakeClock
 from tests.helpers.metrics import MINUTE_MS, SERIES, START, FakeService, reader
+from tests.helpers.service import eventually
 from tests.helpers.store import MINUTE, T0, T0_MS, candle_frame, open_store
 from tests.helpers.timing import TIMEOUT
 
@@ -334,6 +335,45 @@ async def test_health_turns_503_after_the_disconnect_grace_and_back(
     assert (await health(server))[0] == 200
 
 
+async def test_health_reports_a_stall_across_reconnects_until_the_server_talks(
+    server: MetricsServer, service: FakeService, clock: FakeClock
+) -> None:
+    """Connected but silent past the dead-peer limit is a stall: 503, also while the client
+    reconnects after the peer timeout, until a frame arrives (issue 14)."""
+    client = service.connect()
+    client.connection.dead_peer_timeout = 10.0
+    clock.advance(10.0)
+    assert (await health(server))[0] == 200
+    clock.advance(1.0)
+    status, body = await health(server)
+    assert status == 503
+    assert body["reasons"] == ["stalled: no message from the server for 11s (dead-peer limit 10s)"]
+    metrics = await scrape(server)
+    assert metrics[("candles_server_silence_seconds", ())] == 11.0
+    assert metrics[("candles_dead_peer_timeout_seconds", ())] == 10.0
+    client.drop(DisconnectReason.PEER_TIMEOUT)
+    clock.advance(1.0)
+    assert (await health(server))[1]["reasons"][0].startswith("stalled: no message from the")
+    client.connect()
+    assert (await health(server))[0] == 503  # a handshake is not the server talking
+    client.hear()
+    assert (await health(server))[0] == 200
+
+
+async def test_an_ordinary_reconnect_is_not_a_stall(
+    server: MetricsServer, service: FakeService, clock: FakeClock
+) -> None:
+    """Backing off after a clean close is judged by the disconnect grace, not as a stall."""
+    client = service.connect()
+    client.connection.dead_peer_timeout = 10.0
+    client.hear()
+    client.drop(DisconnectReason.SERVER_CLOSED)
+    clock.advance(20.0)
+    assert (await health(server))[0] == 200
+    client.connect()
+    assert (await health(server))[0] == 200
+
+
 async def test_health_counts_a_never_connected_client_from_the_start(
     server: MetricsServer, service: FakeService, clock: FakeClock
 ) -> None:
@@ -470,10 +510,13 @@ def test_store_check_sees_new_commits(lake: CandleStore, tmp_path: Path) -> None
 async def test_store_check_failures_are_counted_then_recover(
     service: FakeService, clock: FakeClock, tmp_path: Path
 ) -> None:
-    """No lake yet: the check fails and is counted; once the lake exists the next one works."""
+    """No lake yet: the check at start fails and is counted; once the lake exists the next
+    one works."""
     check = reader(tmp_path / "data", clock)
     async with MetricsServer(service, port=0, clock=clock, store_check=check) as server:
-        assert await server.check_store() is None
+        await eventually(
+            lambda: server.observe().store_check_failures == 1, within=TIMEOUT, what="1 failure"
+        )
         metrics = await scrape(server)
         assert metrics[("candles_store_check_failures_total", ())] == 1
         assert ("candles_gaps", ()) not in metrics
@@ -514,3 +557,22 @@ async def test_store_check_runs_on_its_schedule(
     ) as server:
         assert await asyncio.to_thread(ran.wait, TIMEOUT)
     assert server.port is None
+
+
+async def test_store_check_runs_at_start_not_after_a_whole_interval(
+    service: FakeService, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The first store check runs when the server starts, so gaps and backfill lag are there
+    from the first second even with the default one-minute interval."""
+    store = open_store(tmp_path / "data")
+    store.upsert(candle_frame(n=3))
+    store.close()
+    service.stream_ms = T0_MS + 10 * MINUTE_MS
+    check = reader(tmp_path / "data", clock)
+    async with MetricsServer(service, port=0, clock=clock, store_check=check) as server:
+        await eventually(
+            lambda: server.observe().store_check is not None, within=TIMEOUT, what="a check"
+        )
+        metrics = await scrape(server)
+    assert metrics[("candles_gaps", ())] == 0
+    assert ("candles_backfill_lag_seconds", ()) in metrics

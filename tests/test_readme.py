@@ -7,7 +7,8 @@
   model): SQL statements through ``run_query`` against a store filled from the simulator
   market; ``./run candles ...`` lines through ``CliRunner`` in a folder laid out like the
   project (``config.toml`` plus ``data/``); Python snippets with ``exec``; output samples
-  against what the code prints; the architecture diagram's paths and classes. A block (or,
+  against what the code prints; the architecture diagram's paths and classes; the package
+  diagram's arrows against the import rules of ``tests/test_layering.py``. A block (or,
   with a quoted command prefix, some lines of a shell block) that cannot run here carries
   ``<!-- not-executed: reason -->`` or ``<!-- not-executed `prefix`: reason -->`` on the line
   right before its fence; anything else unexecuted fails.
@@ -31,6 +32,9 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -44,6 +48,7 @@ from typing import Any
 import click
 import duckdb
 import pytest
+import zstandard
 from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -53,11 +58,14 @@ from pipeline.cli import cli
 from pipeline.config import Config, ConfigError, describe_options, load_config, loads_config
 from pipeline.dxlink import SNAPSHOT_BEGIN, Candle, CandleSymbol
 from pipeline.metrics import MetricsServer
-from pipeline.simulator import SimulatorClock
+from pipeline.recording import Record, Recording, recording_files
+from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import run_query
 from tests.helpers.fake_tastytrade import FakeClock, FakeTastytrade, IssuedTokenSimulator
+from tests.helpers.layering import ALLOWED, PACKAGE
 from tests.helpers.metrics import START, FakeService, reader
 from tests.helpers.notebook_store import FilledStore, fill_store
+from tests.helpers.recording import FIXTURE
 from tests.helpers.timing import TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,9 +266,10 @@ def context(project: FilledStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 class SimulatorThread:
-    """A simulator on its own thread and event loop (``candles ingest`` runs asyncio.run)."""
+    """A simulator on its own thread and event loop (``candles ingest`` runs asyncio.run):
+    one accepting the quote tokens ``rest`` issued, or (no ``rest``) one needing no token."""
 
-    def __init__(self, rest: FakeTastytrade) -> None:
+    def __init__(self, rest: FakeTastytrade | None) -> None:
         self._rest = rest
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -272,7 +281,12 @@ class SimulatorThread:
         try:
             clock = SimulatorClock.manual(int(time.time() * 1000))
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            async with IssuedTokenSimulator(self._rest, clock=clock) as sim:
+            sim = (
+                Simulator(token=None, clock=clock)
+                if self._rest is None
+                else IssuedTokenSimulator(self._rest, clock=clock)
+            )
+            async with sim:
                 self.url = sim.url
                 self._ready.set()
                 await self._stop.wait()
@@ -305,6 +319,28 @@ def tastytrade_stand_in() -> Iterator[tuple[FakeTastytrade, dict[str, str]]]:
                 "CANDLES_SOURCE__TASTYTRADE__API_URL": rest.url,
             },
         )
+
+
+@contextlib.contextmanager
+def dxlink_stand_in() -> Iterator[dict[str, str]]:
+    """dxFeed's demo endpoint (no network here): a simulator needing no token; yields the env
+    that points ``source.dxlink.url`` there."""
+    with SimulatorThread(None) as url:
+        yield {"CANDLES_SOURCE__DXLINK__URL": url}
+
+
+@contextlib.contextmanager
+def stand_in_for(kind: str) -> Iterator[tuple[FakeTastytrade | None, dict[str, str]]]:
+    """The local stand-in for a source kind and the env pointing there (none for the
+    built-in simulator)."""
+    if kind == "tastytrade":
+        with tastytrade_stand_in() as (rest, env):
+            yield rest, env
+    elif kind == "dxlink":
+        with dxlink_stand_in() as env:
+            yield None, env
+    else:
+        yield None, {}
 
 
 @contextlib.asynccontextmanager
@@ -341,8 +377,11 @@ def _profile_config(argv: list[str], ctx: Context) -> Config:
     return load_config(ctx.filled.path.parent / "config.toml", profile, environ={})
 
 
-def run_candles(argv: list[str], ctx: Context) -> None:
+def run_candles(
+    argv: list[str], ctx: Context, env: dict[str, str] | None = None, *, background: bool = False
+) -> None:
     """One ``./run candles ...`` line, as the README shows it."""
+    assert not background or argv[0] == "replay", f"no background runner for {argv[0]}"
     config = _profile_config(argv, ctx)
     secrets = {"TASTYTRADE_CLIENT_SECRET": "dummy", "TASTYTRADE_REFRESH_TOKEN": "dummy"}
     if argv[:2] == ["config", "check"]:
@@ -355,7 +394,18 @@ def run_candles(argv: list[str], ctx: Context) -> None:
     elif argv[0] == "status":
         asyncio.run(_status(argv, ctx))
     elif argv[0] == "ingest":
-        _ingest(argv, config, ctx)
+        _ingest(argv, config, ctx, env or {})
+    elif argv[0] == "doctor":
+        _doctor(argv, config)
+    elif argv[0] == "replay":
+        assert background, "candles replay serves until stopped: the README runs it with &"
+        REPLAYS.start(argv, ctx)
+    elif argv[0] == "rebuild":
+        _recordings(ctx)
+        store = ctx.tmp_path / "rebuilt"
+        result = invoke([*argv, "--store", str(store)])
+        assert result.stdout.startswith("rebuilt from "), result.stdout
+        assert run_query("SELECT count(*) AS n FROM candles", path=store)["n"][0] > 0
     else:
         raise AssertionError(f"no runner for `candles {argv[0]}`: add one or mark the block")
 
@@ -367,29 +417,141 @@ async def _status(argv: list[str], ctx: Context) -> None:
     assert result.stdout.splitlines()[0] == f"candles ingest at {url}: OK"
 
 
-def _ingest(argv: list[str], config: Config, ctx: Context) -> None:
+def _doctor(argv: list[str], config: Config) -> None:
+    """``candles doctor``: every step passes against the source's local stand-in."""
+    kind = argv[argv.index("--source") + 1] if "--source" in argv else config.source.kind
+    with stand_in_for(kind) as (rest, env):
+        result = invoke(argv, env)
+    assert result.stdout.splitlines()[0].startswith(f"candles doctor: source {kind}, ")
+    assert "doctor: every step passed" in result.stdout
+    if rest is not None:
+        assert rest.count("/oauth/token") == 1 and rest.count("/api-quote-tokens") == 1
+
+
+def _ingest(argv: list[str], config: Config, ctx: Context, line_env: dict[str, str]) -> None:
     store = ctx.tmp_path / "ingested"
     argv = [*argv, "--duration", INGEST_DURATION, "--store", str(store)]
-    env = {"CANDLES_METRICS__PORT": "0"}
-    if config.source.kind == "tastytrade":
-        with tastytrade_stand_in() as (rest, rest_env):
-            invoke(argv, env | rest_env)
-        assert rest.count("/oauth/token") >= 1 and rest.count("/api-quote-tokens") >= 1
-    else:
+    env = {"CANDLES_METRICS__PORT": "0", **line_env}
+    replayed = env.get(REPLAY_URL_ENV)
+    if replayed is not None:  # ingest against `candles replay` started by an earlier line
+        env[REPLAY_URL_ENV] = REPLAYS.url_for(replayed, ctx)
         invoke(argv, env)
+        assert REPLAYS.stop(replayed) == 0
+    else:
+        with stand_in_for(config.source.kind) as (rest, rest_env):
+            invoke(argv, env | rest_env)
+        if rest is not None:
+            assert rest.count("/oauth/token") >= 1 and rest.count("/api-quote-tokens") >= 1
+            if "--record" in argv:
+                secrets = [CLIENT_SECRET, REFRESH_TOKEN, *rest.quote_tokens, *rest.access_tokens]
+                _check_recording(Path(argv[argv.index("--record") + 1]), secrets)
     stored = run_query("SELECT DISTINCT symbol, period FROM candles", path=store)
     wanted = {(s.base, s.period_label) for s in config.subscriptions.candle_symbols()}
     # A run bounded by wall time cannot promise every series on a loaded machine; that every
     # series is captured exactly is proven by tests/test_service.py. Here: it ran, it stored,
     # and only what the config asked for.
     assert stored.height > 0 and set(stored.iter_rows()) <= wanted
+    if "--lookback" in argv:  # the history asked for is there: a month of daily candles
+        days = run_query(
+            "SELECT count(*) AS n, count(ret) AS returns FROM (SELECT close / lag(close) "
+            "OVER (PARTITION BY symbol ORDER BY time) - 1 AS ret FROM candles "
+            "WHERE period = '1d')",
+            path=store,
+        )
+        assert days["n"][0] >= 20 * len(config.subscriptions.symbols), days
+        assert days["returns"][0] >= 19 * len(config.subscriptions.symbols), days
+
+
+REPLAY_URL_ENV = "CANDLES_SOURCE__SIMULATOR__URL"
+
+
+def _recordings(ctx: Context) -> Path:
+    """The project's ``recordings/``: what an earlier README line recorded, else the fixture
+    recording (when a test runs alone)."""
+    folder = Path("recordings")
+    if not any(folder.glob("*.jsonl.zst")):
+        folder.mkdir(exist_ok=True)
+        for path in FIXTURE.glob("*.jsonl.zst"):
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def _check_recording(folder: Path, secrets: list[str]) -> None:
+    """The recording is readable, holds the session, and none of ``secrets``."""
+    recording = Recording(recording_files([folder]))
+    assert recording.unusable == []
+    sent = [r.f for e in recording.entries() if isinstance(r := e.item, Record) and r.d == ">"]
+    assert '{"type":"AUTH","channel":0,"token":"<redacted>"}' in sent
+    for path in recording_files([folder]):
+        content = (
+            zstandard.ZstdDecompressor()
+            .stream_reader(path.read_bytes(), read_across_frames=True)
+            .read()
+        )
+        leaked = [s for s in secrets if s.encode() in content or s.encode() in path.read_bytes()]
+        assert leaked == [], f"{path} holds a secret"
+
+
+class BackgroundReplays:
+    """``candles replay ... &`` lines: the processes they started, by the README's URL."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, tuple[subprocess.Popen[str], str]] = {}
+
+    def start(self, argv: list[str], ctx: Context) -> str:
+        """Start ``candles replay`` (on a free port); return the URL the README names."""
+        _recordings(ctx)
+        port = argv[argv.index("--port") + 1] if "--port" in argv else "8765"
+        readme_url = f"ws://127.0.0.1:{port}/"
+        command = [a if a != port else "0" for a in argv]  # a free port, not the README's
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"at (ws://[^ ]+/) ", line)
+        assert found, f"candles replay printed {line!r}"
+        self.running[readme_url] = (process, found[1])
+        return readme_url
+
+    def url_for(self, readme_url: str, ctx: Context) -> str:
+        """Where the replay the README calls ``readme_url`` really listens (started if the
+        line that starts it did not run in this session)."""
+        if readme_url not in self.running:
+            port = readme_url.rstrip("/").rsplit(":", 1)[1]
+            self.start(["replay", "recordings", "--port", port], ctx)
+        return self.running[readme_url][1]
+
+    def stop(self, readme_url: str) -> int:
+        """SIGTERM the replay; its exit status."""
+        process, _ = self.running.pop(readme_url)
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+REPLAYS = BackgroundReplays()
 
 
 def run_shell_line(example: Example, ctx: Context) -> None:
-    """``./run candles ...`` runs; ``export NAME=...`` names a variable the source reads."""
+    """``[NAME=value ...] ./run candles ... [&]`` runs (``&``: in the background, stopped by a
+    later line that uses it); ``export NAME=...`` names a variable the source reads."""
     argv = shlex.split(example.code, comments=True)
+    env: dict[str, str] = {}
+    while argv and re.fullmatch(r"[A-Z][A-Z0-9_]*=\S*", argv[0]):
+        name, _, value = argv.pop(0).partition("=")
+        env[name] = value
+    background = argv[-1:] == ["&"]
+    if background:
+        argv = argv[:-1]
     if argv[:2] == ["./run", "candles"]:
-        run_candles(argv[2:], ctx)
+        run_candles(argv[2:], ctx, env, background=background)
     elif argv[0] == "export":
         defaults = Config().source.tastytrade
         name = argv[1].partition("=")[0]
@@ -483,8 +645,49 @@ def check_output_sample(example: Example, ctx: Context) -> None:
         assert printed.startswith(shown) if line.endswith("...") else printed == line
 
 
+_ARROW = "──▶"
+
+
+def parse_package_diagram(code: str) -> list[tuple[str, frozenset[str]]]:
+    """The package diagram's rows, top to bottom: (package, the packages its arrow names).
+    ``everything below`` names every package on a later row; a ``(remark)`` ends a row."""
+    rows = []
+    for line in code.splitlines():
+        if _ARROW in line:
+            left, _, right = line.partition(_ARROW)
+            rows.append((left.split()[-1], right.partition("(")[0].split()))
+    names = [name for name, _ in rows]
+    parsed = []
+    for position, (name, targets) in enumerate(rows):
+        if targets == ["everything", "below"]:
+            parsed.append((name, frozenset(names[position + 1 :])))
+        else:
+            parsed.append((name, frozenset(t for t in targets if t != "nothing")))
+    return parsed
+
+
+def check_package_diagram(example: Example, ctx: Context) -> None:
+    """Each package drawn exists, each arrow points below it, and the arrows are exactly the
+    rules tests/test_layering.py holds the imports to."""
+    rows = parse_package_diagram(example.code)
+    names = [name for name, _ in rows]
+    assert len(set(names)) == len(names), f"{example.where}: a package is drawn twice"
+    for position, (name, targets) in enumerate(rows):
+        path = PACKAGE / name.replace(".", "/") if name != "pipeline" else PACKAGE
+        found = (path / "__init__.py").is_file() or path.with_suffix(".py").is_file()
+        assert found, f"{example.where}: the diagram names {name}, which is not in pipeline/"
+        above = set(targets) - set(names[position + 1 :])
+        assert above == set(), f"{example.where}: {name} points at {sorted(above)}, not below"
+    assert dict(rows) == ALLOWED, (
+        f"{example.where}: the diagram's arrows differ from tests/helpers/layering.py's ALLOWED"
+    )
+
+
 def check_diagram(example: Example, ctx: Context) -> None:
     """Every module path in the diagram exists and defines the classes named next to it."""
+    if _ARROW in example.code:
+        check_package_diagram(example, ctx)
+        return
     checked, folder = 0, ""
     for line in example.code.splitlines():
         module = None  # a bare file name is in the folder last named (continuation lines)
@@ -500,7 +703,16 @@ def check_diagram(example: Example, ctx: Context) -> None:
     assert checked > 5
 
 
+def check_toml(example: Example, ctx: Context) -> None:
+    """A config excerpt loads as shown; a dxlink one names its token by a variable."""
+    config = loads_config(example.code, source=example.where, environ={})
+    if config.source.kind == "dxlink":
+        assert config.source.dxlink.url.startswith("wss://")
+        assert config.source.dxlink.token_env, "a token belongs in an environment variable"
+
+
 RUNNERS: dict[str, Callable[[Example, Context], None]] = {
+    "toml": check_toml,
     "sql": run_sql,
     "sh": run_shell_line,
     "python": run_python,

@@ -18,26 +18,34 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
 
 from pipeline.dxlink import CandleSymbol, parse_interval
 from pipeline.sharding import SINGLE, ShardSpec
 
 __all__ = [
     "DEFAULT_API_URL",
+    "DXFEED_DEMO_URL",
     "ClientConfig",
     "Config",
+    "DXLinkSourceConfig",
     "IngestConfig",
     "LoggingConfig",
     "ManagerConfig",
     "MetricsConfig",
+    "PathKind",
+    "RecordConfig",
+    "S3Config",
     "ScheduleConfig",
     "SimulatorSourceConfig",
     "SourceConfig",
     "StoreConfig",
     "SubscriptionsConfig",
     "TastytradeSourceConfig",
+    "insecure_ws_problem",
     "is_loopback_host",
     "parse_duration",
+    "path_kind",
 ]
 
 DEFAULT_API_URL = "https://api.tastyworks.com"
@@ -47,10 +55,30 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
 _DURATION_UNITS = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
 
 
-def _option(default: Any, *, allowed: str | None = None, **constraints: Any) -> Any:
-    """A ``Field`` whose ``allowed`` text (for error messages and docs) is spelled out."""
-    extra: dict[str, Any] | None = {"allowed": allowed} if allowed else None
-    return Field(default, json_schema_extra=extra, **constraints)
+PathKind = Literal["folder", "catalog"]
+"""How an option holds a filesystem path: the whole value (``folder``) or the part after
+``sqlite:`` (``catalog``). The loader resolves a relative one against the folder of the config
+file that set it (:mod:`pipeline.config.loader`, "Paths")."""
+
+
+def _option(
+    default: Any, *, allowed: str | None = None, path: PathKind | None = None, **constraints: Any
+) -> Any:
+    """A ``Field`` whose ``allowed`` text (for error messages and docs) is spelled out, and
+    which is marked as a filesystem path when ``path`` says how."""
+    extra: dict[str, Any] = {}
+    if allowed:
+        extra["allowed"] = allowed
+    if path:
+        extra["path"] = path
+    return Field(default, json_schema_extra=extra or None, **constraints)
+
+
+def path_kind(field: FieldInfo) -> PathKind | None:
+    """How ``field`` holds a filesystem path (see :data:`PathKind`), or ``None``."""
+    extra = field.json_schema_extra
+    kind = extra.get("path") if isinstance(extra, dict) else None
+    return "folder" if kind == "folder" else "catalog" if kind == "catalog" else None
 
 
 def is_loopback_host(host: str) -> bool:
@@ -105,11 +133,16 @@ class SimulatorSourceConfig(_Section):
     port: int = Field(default=0, ge=0, le=65535)
     """TCP port of the simulator; 0 picks a free port."""
     speed: float = Field(default=60.0, gt=0, le=1_000_000)
-    """Simulated seconds per real second (60: one simulated minute per second)."""
+    """Simulated seconds per real second while the simulated clock is behind the wall clock
+    (60: one simulated minute per second); it never runs ahead of the wall clock."""
     seed: int = Field(default=1, ge=0, le=2**63 - 1)
     """Seed of the simulated market; the same seed gives the same candles."""
     history_days: int = Field(default=30, ge=0, le=3650)
     """Days of candle history the simulator can serve before its start time."""
+    start_behind: str = _option("1h", allowed="a duration from 0s to 30d such as 0s, 90m, 1d")
+    """How far behind the wall clock the simulated clock starts (later when the store already
+    holds newer candles); it runs at ``speed`` until it reaches the wall clock, then in real
+    time. 0s starts at the wall clock."""
     token: str = Field(default="simulator", min_length=1, max_length=1024)
     """Token the local simulator expects in AUTH; not a secret, it only guards the simulator."""
     url: str | None = _option(
@@ -123,6 +156,13 @@ class SimulatorSourceConfig(_Section):
     def _check_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("ws://", "wss://")):
             raise ValueError(f"{value[:40]!r} is not a ws:// or wss:// URL")
+        return value
+
+    @field_validator("start_behind")
+    @classmethod
+    def _check_start_behind(cls, value: str) -> str:
+        if parse_duration(value) > timedelta(days=30):
+            raise ValueError(f"{value!r} is more than 30d")
         return value
 
 
@@ -167,16 +207,100 @@ class TastytradeSourceConfig(_Section):
         return [name for name in names if not env.get(name, "").strip()]
 
 
+DXFEED_DEMO_URL = "wss://demo.dxfeed.com/dxlink-ws"
+"""dxFeed's public DXLink demo endpoint (delayed data, no token)."""
+
+
+def insecure_ws_problem(url: str, *, allow_insecure: bool, option: str) -> str | None:
+    """Why ``url`` is not an acceptable DXLink URL, or ``None`` when it is.
+
+    Accepted: ``wss://`` with a host; ``ws://`` only to a loopback host, unless ``option``
+    (the setting that allows it, named in the message) is true. The URL is never echoed
+    whole: user info or a query could hold a credential.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        host, _ = parts.hostname, parts.port  # port: ValueError when it is not a number
+    except ValueError:
+        return "the value is not a WebSocket URL (value not shown); write wss://<host>/<path>"
+    if parts.scheme not in ("ws", "wss") or not host:
+        return "the value is not a ws:// or wss:// URL with a host (value not shown)"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return (
+            f"{parts.scheme}://{host}... must not carry credentials, a query or a fragment; "
+            "a token belongs in the environment variable named by token_env"
+        )
+    if parts.scheme == "ws" and not allow_insecure and not is_loopback_host(host):
+        return (
+            f"ws://{host} is unencrypted; use wss://, or set {option} = true to accept "
+            "plain ws:// to a non-loopback host"
+        )
+    return None
+
+
+class DXLinkSourceConfig(_Section):
+    """Any DXLink endpoint (``source.kind = "dxlink"``): dxFeed's demo, another broker's feed.
+
+    The URL is connected to as given, with the token (if any) from the environment variable
+    named by ``token_env``; nothing in this section is a secret.
+    """
+
+    # Before url: url's check reads it (pydantic validates fields in this order).
+    allow_insecure_ws: bool = False
+    """Accept a plain ws:// url for a non-loopback host (otherwise wss:// is required)."""
+    url: str = _option(
+        DXFEED_DEMO_URL,
+        allowed="a wss:// URL (ws:// only to a loopback host unless allow_insecure_ws), "
+        "no credentials or query",
+    )
+    """WebSocket URL of the DXLink endpoint; the default is dxFeed's public demo."""
+    token_env: _EnvName | None = _option(
+        None, allowed="an environment variable name, or unset for an endpoint without a token"
+    )
+    """Name of the environment variable holding the DXLink token sent in AUTH; unset sends
+    none (dxFeed's demo endpoint needs none)."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        allow = bool(info.data.get("allow_insecure_ws", False))
+        problem = insecure_ws_problem(
+            value, allow_insecure=allow, option="source.dxlink.allow_insecure_ws"
+        )
+        if problem is not None:
+            raise ValueError(problem)
+        return value.strip()
+
+    def token_problem(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """Why the token cannot be read (the variable named is unset or empty), else None."""
+        env = os.environ if environ is None else environ
+        if self.token_env is not None and not env.get(self.token_env, "").strip():
+            return (
+                f"source.dxlink.token_env names {self.token_env}, which is not set; export it "
+                "with the DXLink token, or unset token_env for an endpoint without a token"
+            )
+        return None
+
+
 class SourceConfig(_Section):
     """Where candles come from."""
 
-    kind: Literal["simulator", "tastytrade"] = "simulator"
-    """Which source to use: the built-in simulator or tastytrade."""
+    kind: Literal["simulator", "tastytrade", "dxlink"] = "simulator"
+    """Which source to use: the built-in simulator, tastytrade, or any DXLink endpoint."""
     simulator: SimulatorSourceConfig = SimulatorSourceConfig()
     tastytrade: TastytradeSourceConfig = TastytradeSourceConfig()
+    dxlink: DXLinkSourceConfig = DXLinkSourceConfig()
 
 
 def _base_symbol(value: str) -> str:
+    # CandleSymbol's own messages describe a *candle* symbol (AAPL{=5m}); this list holds
+    # base symbols, so the common slips get advice in those terms.
+    if not value.strip():
+        raise ValueError("the symbol is empty; write a streamer symbol such as AAPL or SPY")
+    if value != value.strip() or any(ch.isspace() for ch in value):
+        raise ValueError(
+            f"{value!r} contains white space; write the streamer symbol alone, e.g. AAPL"
+        )
     if "{" in value or "}" in value:
         raise ValueError(
             f"{value!r} has a candle period; list base symbols here (AAPL) and put periods "
@@ -298,8 +422,13 @@ class ClientConfig(_Section):
 
     keepalive_timeout: float = Field(default=60.0, ge=1, le=3600)
     """Seconds we promise the server to never stay silent longer (SETUP, §2.6; tastytrade: 60)."""
-    dead_peer_timeout: float = Field(default=60.0, ge=1, le=3600)
-    """Seconds without any message before the server counts as dead (§2.6: at least 60)."""
+    dead_peer_timeout: float = Field(default=10.0, ge=1, le=3600)
+    """Seconds without any message before the server counts as dead; asked of the server as
+    its acceptKeepaliveTimeout (§2.6). A server advertising a longer keepaliveTimeout is given
+    that long, up to max_dead_peer_timeout."""
+    max_dead_peer_timeout: float = Field(default=60.0, ge=1, le=3600)
+    """The most silence a server's SETUP keepaliveTimeout can make us wait before we judge it
+    dead (tastytrade: 60); must be at least dead_peer_timeout."""
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
     """Seconds allowed for the TCP/TLS/WebSocket connect."""
     handshake_timeout: float = Field(default=10.0, gt=0, le=600)
@@ -324,6 +453,9 @@ class ClientConfig(_Section):
     """Candle batches buffered between the socket reader and the consumer."""
     aggregation_period: float = Field(default=0.1, ge=0, le=3600)
     """acceptAggregationPeriod in seconds asked of the server (§3.2; tastytrade web: 0.1)."""
+    max_message_size: int = Field(default=16 * 2**20, ge=65_536, le=2**30)
+    """Largest server message accepted, in bytes; a larger one is dropped with its connection
+    (close 1009), counted as a message_too_big disconnect, and the client reconnects."""
 
     @field_validator("backoff_max")
     @classmethod
@@ -331,6 +463,14 @@ class ClientConfig(_Section):
         initial = info.data.get("backoff_initial")
         if initial is not None and value < initial:
             raise ValueError(f"{value:g} is below client.backoff_initial ({initial:g})")
+        return value
+
+    @field_validator("max_dead_peer_timeout")
+    @classmethod
+    def _dead_peer_order(cls, value: float, info: ValidationInfo) -> float:
+        floor = info.data.get("dead_peer_timeout")
+        if floor is not None and value < floor:
+            raise ValueError(f"{value:g} is below client.dead_peer_timeout ({floor:g})")
         return value
 
 
@@ -347,25 +487,137 @@ class ManagerConfig(_Section):
     """A time-based candle counts as complete this long after its period ends."""
 
 
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_HOST_PORT = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+
+
+def is_object_store_url(value: str | None) -> bool:
+    """Whether a ``store.data_path`` names object storage (``s3://...``), not a folder."""
+    return value is not None and "://" in value
+
+
+class S3Config(_Section):
+    """How to reach a data path on S3 or an S3-compatible store (``store.data_path = "s3://..."``).
+
+    The keys themselves are never configured: only the names of the environment variables
+    that hold them (docs/scaling.md).
+    """
+
+    endpoint: str | None = _option(
+        None, allowed="host[:port] or http(s)://host[:port], e.g. minio.internal:9000"
+    )
+    """S3-compatible endpoint (MinIO, R2, ...); unset reads AWS_ENDPOINT_URL_S3 or
+    AWS_ENDPOINT_URL, else AWS S3 itself."""
+    region: str | None = _option(None, min_length=1, allowed="a region name, e.g. eu-west-1")
+    """The bucket's region; unset reads AWS_REGION or AWS_DEFAULT_REGION, else us-east-1."""
+    url_style: Literal["auto", "path", "vhost"] = "auto"
+    """path (endpoint/bucket/key) or vhost (bucket.endpoint/key); auto: path with a custom
+    endpoint, vhost on AWS."""
+    use_ssl: bool | None = None
+    """TLS to the endpoint; unset means on, unless the endpoint is an http:// URL."""
+    access_key_id_env: _EnvName = _option(
+        "AWS_ACCESS_KEY_ID", allowed="an environment variable name"
+    )
+    """Name of the environment variable holding the access key id."""
+    secret_access_key_env: _EnvName = _option(
+        "AWS_SECRET_ACCESS_KEY", allowed="an environment variable name"
+    )
+    """Name of the environment variable holding the secret access key."""
+    session_token_env: _EnvName = _option(
+        "AWS_SESSION_TOKEN", allowed="an environment variable name"
+    )
+    """Name of the environment variable holding a session token (temporary credentials);
+    unset or empty means none."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip()
+        if "://" in text:
+            parts = urlsplit(text)
+            if parts.username or parts.password:
+                raise ValueError("the endpoint must not carry credentials (value not shown)")
+            if parts.scheme not in ("http", "https") or parts.path.strip("/") or parts.query:
+                raise ValueError(f"{text[:60]!r} is not http(s)://host[:port] without a path")
+            text = parts.netloc
+        if not _HOST_PORT.fullmatch(text):
+            raise ValueError(f"{text[:60]!r} is not host[:port]")
+        return value.strip()
+
+    def missing_env(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Names of the key variables that are unset or empty (the session token is optional)."""
+        env = os.environ if environ is None else environ
+        names = (self.access_key_id_env, self.secret_access_key_env)
+        return [name for name in names if not env.get(name, "").strip()]
+
+
 class StoreConfig(_Section):
     """The DuckLake store: a catalog plus Parquet data files."""
 
-    path: str = _option("data", min_length=1, allowed="a directory path")
-    """Directory of the embedded lake (SQLite catalog + Parquet files), relative to the cwd."""
+    path: str = _option("data", min_length=1, allowed="a directory path", path="folder")
+    """Directory of the embedded lake (SQLite catalog + Parquet files). A relative path is
+    relative to the config file that sets it (or that leaves it at the default), else to the
+    working directory."""
     catalog: str | None = _option(
         None,
         allowed="sqlite:<path> or postgres:<conninfo> without a password (use PGPASSWORD)",
+        path="catalog",
     )
     """Catalog location; unset means a SQLite file inside ``path``."""
     data_path: str | None = _option(
         None,
         min_length=1,
-        allowed="a directory shared by every shard (a local or network folder)",
+        allowed="a directory every process reaches under the same name, or s3://bucket/prefix/",
+        path="folder",
     )
-    """Folder of the Parquet files; unset means ``<path>/data``. Shards share one."""
+    """Where the Parquet files live: a folder, or object storage (s3://bucket/prefix/, see
+    store.s3); unset means ``<path>/data``. Shards share one."""
     recycle_after: int = Field(default=500, ge=1, le=10_000_000)
     """Upserts after which the ingest writer reopens its DuckDB connection (it also does after
     every compaction): native memory DuckDB keeps per connection is returned only on close."""
+    lease_check_interval: float = Field(default=5.0, gt=0, le=3600)
+    """Seconds between checks that this ingest still holds its shard in a PostgreSQL catalog
+    (every commit checks too); after a loss it tries to claim the shard back this often."""
+    s3: S3Config = S3Config()
+
+    @field_validator("data_path")
+    @classmethod
+    def _check_data_path(cls, value: str | None) -> str | None:
+        if not is_object_store_url(value):
+            return value
+        assert value is not None
+        parts = urlsplit(value.strip())
+        if parts.scheme != "s3":
+            raise ValueError(
+                f"{parts.scheme}:// is not supported; use s3://bucket/prefix/ (S3-compatible "
+                "stores through store.s3.endpoint)"
+            )
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                "the URL must not carry credentials or a query (value not shown); put the keys "
+                "in the environment (store.s3.access_key_id_env, secret_access_key_env)"
+            )
+        if not _S3_BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
+            raise ValueError(
+                f"{parts.netloc[:70]!r} is not an S3 bucket name (3-63 lowercase letters, "
+                "digits, dots and hyphens)"
+            )
+        return value.strip()
+
+    def notes(self) -> list[str]:
+        """What ``candles config check`` should tell about this combination (not errors)."""
+        if not is_object_store_url(self.data_path):
+            return []
+        if self.catalog is None or self.catalog.startswith("sqlite:"):
+            return [
+                f"store: data on {self.data_path} with a SQLite catalog on this host: only "
+                "processes on this one host can write or read this lake; for ingest hosts "
+                "that share nothing, or readers elsewhere, set store.catalog = "
+                '"postgres:..." (docs/scaling.md)'
+            ]
+        return []
 
     @field_validator("catalog")
     @classmethod
@@ -397,6 +649,37 @@ class IngestConfig(_Section):
     def shard_spec(self) -> ShardSpec:
         """The shard as a :class:`~pipeline.sharding.ShardSpec` (``1/1`` when unset)."""
         return SINGLE if self.shard is None else ShardSpec.parse(self.shard)
+
+
+class RecordConfig(_Section):
+    """Recording every DXLink frame of every connection (docs/recording-format.md)."""
+
+    enabled: bool = False
+    """Record every WebSocket frame of every connection, both directions, secrets redacted."""
+    dir: str = _option("recordings", min_length=1, allowed="a directory path", path="folder")
+    """Directory of the recording files (created if missing). A relative path is relative to
+    the config file that sets it (or that leaves it at the default), else to the working
+    directory."""
+    rotate_size_mb: float = Field(default=64.0, gt=0, le=4096)
+    """Start a new file once the current one holds this many MiB (compressed)."""
+    rotate_after: str = _option("1h", allowed="a duration from 1s to 7d such as 15m, 1h, 1d")
+    """Start a new file once the current one is this old."""
+    queue_mb: float = Field(default=64.0, gt=0, le=4096)
+    """MiB of frames that may wait for the disk; beyond it frames are dropped from the
+    recording (counted, marked as a gap in it), never from ingest."""
+
+    @field_validator("rotate_after")
+    @classmethod
+    def _check_rotate_after(cls, value: str) -> str:
+        span = parse_duration(value)
+        if not timedelta(seconds=1) <= span <= timedelta(days=7):
+            raise ValueError(f"{value!r} is outside 1s..7d")
+        return value
+
+    @property
+    def rotate_seconds(self) -> float:
+        """``rotate_after`` in seconds."""
+        return parse_duration(self.rotate_after).total_seconds()
 
 
 class ScheduleConfig(_Section):
@@ -440,6 +723,7 @@ class Config(_Section):
     manager: ManagerConfig = ManagerConfig()
     store: StoreConfig = StoreConfig()
     ingest: IngestConfig = IngestConfig()
+    record: RecordConfig = RecordConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -16,7 +16,15 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
   coalesce, one instance, no silent misfire drops; blocking DuckDB work runs in a thread);
 * on stop (SIGINT/SIGTERM or ``duration``): pause the scheduler, stop the client, drain what
   was received, flush everything completed, close. A failed flush keeps the candles in
-  memory and is retried; nothing is lost.
+  memory and is retried; the final one again and again for ``ingest.shutdown_timeout``
+  seconds, so a store that recovers meanwhile loses nothing.
+* one writer per shard: a SQLite-catalog store is guarded by an ``flock`` in its folder, a
+  PostgreSQL-catalog lake (hosts that share no disk) by a lease in the catalog database that
+  is checked before every commit and every ``store.lease_check_interval``; a lease lost (the
+  catalog restarted or unreachable) is claimed back, meanwhile flushes fail and candles stay
+  in memory; a shard taken over by another process stops this one (docs/scaling.md);
+* with ``[record] enabled`` a :class:`~pipeline.recording.Recorder` taps the client and
+  writes every frame of every connection to ``record.dir`` (a thread; never blocks the reader);
 * the service changes no process-wide setting: the ``candles ingest`` process applies those
   (garbage collector, malloc, DuckDB's lazy imports) around it, :mod:`pipeline.ingest.tuning`.
 
@@ -38,10 +46,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -51,7 +61,18 @@ from pipeline.config import Config
 from pipeline.dxlink import Candle, CandleSymbol, ConfigurationError
 from pipeline.dxlink.client import DXLinkManager, TokenSource
 from pipeline.metrics import MetricsServer
-from pipeline.store import CandleStore, UpsertResult, WriterLock
+from pipeline.recording import Recorder, RecorderStats
+from pipeline.store import (
+    CandleStore,
+    CatalogLease,
+    LeaseLost,
+    S3Options,
+    StoreBusy,
+    StoreError,
+    UpsertResult,
+    WriterLock,
+    parse_catalog,
+)
 
 __all__ = [
     "FLUSH_BATCH_EVENTS",
@@ -66,15 +87,22 @@ logger = logging.getLogger(__name__)
 # How many stored candles per series are loaded into the manager on a warm start: enough to
 # merge a replayed snapshot against, small enough to start thousands of series quickly.
 WARM_START_CANDLES = 500
-# Events received between two flushes at most, whatever the schedule. A store write costs
-# ~0.1 s plus ~3.5 us per candle (benchmarks/bench_pipeline.py); 50,000 keeps the fixed part
-# small while a 200k candles/s backfill still hands the store a batch every ~0.25 s.
+# Events received between two flushes at most, whatever the schedule. A store write has a
+# fixed cost plus a cost per candle (bench_pipeline); 50,000 keeps the fixed part small while
+# a backfill at the target rate still hands the store a batch several times a second, so
+# storing overlaps receiving (bench_backfill).
 FLUSH_BATCH_EVENTS = 50_000
 # How far after the source's clock a candle may start, and a resume point lie: clocks of a
 # server and of this host disagree by seconds (NTP keeps both within a second or so); a
 # minute leaves room for a badly synced host while a candle dated hours or years ahead, or a
 # resume point there, is refused.
 FUTURE_TOLERANCE_MS = 60_000
+# The final flush of a stop retries a failing store after this long, doubling up to the max.
+FINAL_FLUSH_RETRY_S = 0.25
+FINAL_FLUSH_RETRY_MAX_S = 4.0
+# Seconds a stop waits for the recording's last blocks: its bounded queue is written long
+# before that on any working disk, so a disk that takes longer is hung and the stop goes on.
+RECORDER_CLOSE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -150,8 +178,19 @@ class IngestService:
         self._own_store = store is None
         self._store = store
         # A store of our own is ours alone (or our shard's): refuse to start next to another
-        # writer of the same series (pipeline.store.writer_lock).
-        self._writer_lock = WriterLock(config.store.path, self.shard) if store is None else None
+        # writer of the same series, on this machine (a SQLite catalog: pipeline.store.
+        # writer_lock) or on any machine (a PostgreSQL catalog: pipeline.store.lease).
+        self._writer_lock: WriterLock | None = None
+        self.lease: CatalogLease | None = None
+        """The shard lease in a PostgreSQL catalog, or ``None``."""
+        if store is None:
+            spec = parse_catalog(config.store.catalog, Path(config.store.path))
+            if spec.kind == "postgres":
+                self.lease = CatalogLease(spec.target, self.shard)
+            else:
+                self._writer_lock = WriterLock(config.store.path, self.shard)
+        self._lease_task: asyncio.Task[None] | None = None
+        self._fatal: BaseException | None = None
         self.manager = CandleDataManager(
             # The service knows exactly which series it captures; bounding the manager to
             # them keeps its memory bound (and the figure reported for it) meaningful.
@@ -166,6 +205,28 @@ class IngestService:
             self.manager.subscribe(symbol.normalized)
         self._future_points_logged: set[str] = set()
         self.client: DXLinkManager | None = None
+        self.recorder: Recorder | None = None
+        """Records every DXLink frame (``[record]``); started by :meth:`run`."""
+        self.recorder_close_timeout = RECORDER_CLOSE_TIMEOUT
+        """Seconds a stop waits for the recording to reach the disk (a hung disk must not
+        hold the stop: what is not written is the last block's)."""
+        if config.record.enabled:
+            record = config.record
+            self.recorder = Recorder(
+                record.dir,
+                rotate_bytes=int(record.rotate_size_mb * 2**20),
+                rotate_seconds=record.rotate_seconds,
+                max_queue_bytes=int(record.queue_mb * 2**20),
+                clock=self._client_clock,
+                meta={
+                    "source": config.source.kind,
+                    "series": [s.normalized for s in self.series],
+                    "grace_seconds": config.manager.grace_seconds,
+                    # What completed candles: the clock each record's t holds (a source
+                    # clock), or the newest candle time alone (t is then the wall clock).
+                    "completion_clock": "recorded" if source_clock_ms else "stream",
+                },
+            )
         self.metrics = MetricsServer.for_service(self)
         """Prometheus ``/metrics`` and ``/health`` (``metrics.enabled``)."""
         self.flush_batch_events = FLUSH_BATCH_EVENTS
@@ -187,6 +248,11 @@ class IngestService:
             raise RuntimeError("the service has not started")
         return self._store
 
+    @property
+    def recording(self) -> RecorderStats | None:
+        """The recorder's counters, or None when not recording."""
+        return None if self.recorder is None else self.recorder.stats
+
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler)."""
         self._stop.set()
@@ -197,10 +263,17 @@ class IngestService:
         return self._stop.is_set()
 
     def connection_state(self) -> str:
-        """The client's connection state, or ``starting`` before it exists."""
+        """The client's connection state, or ``starting`` before it exists; a stall (the
+        server silent past its dead-peer limit) is named with it, e.g. ``connected, stalled
+        42s``."""
         if self.client is None:
             return "starting"
-        return str(self.client.get_metrics()["connection"]["state"])
+        connection = self.client.get_metrics()["connection"]
+        state = str(connection["state"])
+        silence = connection.get("silence_seconds")
+        if silence is not None and silence > connection["dead_peer_timeout"]:
+            state += f", stalled {silence:.0f}s"
+        return state
 
     async def run(self, duration: float | None = None) -> None:
         """Ingest until :meth:`stop` or ``duration`` seconds, then shut down cleanly."""
@@ -210,18 +283,24 @@ class IngestService:
             if self._writer_lock is not None:
                 self._writer_lock.acquire()  # StoreBusy: nothing was started or written
             try:
+                if self.lease is not None:
+                    await asyncio.to_thread(self.lease.acquire)  # StoreBusy names the holder
                 self._store = await asyncio.to_thread(
                     CandleStore,
                     cfg.path,
                     catalog=cfg.catalog,
                     data_path=cfg.data_path,
                     recycle_after=cfg.recycle_after,
+                    s3=S3Options(**cfg.s3.model_dump()),
+                    application_name=self.lease.application_name if self.lease else None,
+                    before_commit=self.lease.check if self.lease else None,
                 )
             except BaseException:
-                if self._writer_lock is not None:
-                    self._writer_lock.release()
+                self._release_writer_guard()
                 raise
         try:
+            if self.recorder is not None:
+                await asyncio.to_thread(self._start_recorder, self.recorder)
             await self.metrics.start()
             await self._warm_start()
             self.client = self._build_client()
@@ -236,6 +315,8 @@ class IngestService:
                     symbol=symbol.normalized, from_time=from_time
                 )
             self._consumer = asyncio.create_task(self._consume(), name="candles-consumer")
+            if self.lease is not None:
+                self._lease_task = asyncio.create_task(self._watch_lease(), name="shard-lease")
             self._start_scheduler()
             waiters: list[asyncio.Future[Any]] = [
                 asyncio.ensure_future(self._stop.wait()),
@@ -252,10 +333,16 @@ class IngestService:
                 self._consumer.result()
         finally:
             await self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal
 
     async def _shutdown(self) -> None:
         if self._scheduler is not None:
             self._scheduler.pause()  # §5: no new submissions; the final flush is ours
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
         if self.client is not None:
             await self.client.aclose()
         if self._consumer is not None:
@@ -265,18 +352,102 @@ class IngestService:
         if self._batch_flush is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batch_flush  # flush() reports store failures, it does not raise
-        report = await self.flush("shutdown")
-        if report.error is not None:
-            logger.error("! final flush failed, %s", report.error)
+        if self._fatal is None:  # a shard taken over is the new owner's to store
+            report = await self._final_flush()
+            if report.error is not None:
+                logger.error("! final flush failed, %s", report.error)
+        if self.recorder is not None:
+            await self._close_recorder(self.recorder)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         await self.metrics.stop()
         if self._own_store and self._store is not None:
             await asyncio.to_thread(self._store.close)
+        self._release_writer_guard()
+
+    def _release_writer_guard(self) -> None:
         if self._writer_lock is not None:
             self._writer_lock.release()
+        if self.lease is not None:
+            self.lease.release()
+
+    async def _watch_lease(self) -> None:
+        """Run :meth:`check_lease` every ``store.lease_check_interval`` until it stops us."""
+        while not self._stop.is_set():
+            await asyncio.sleep(self.config.store.lease_check_interval)
+            await self.check_lease()
+
+    async def check_lease(self) -> None:
+        """Check the shard lease now; after a loss claim it back, or stop the service when
+        another process holds the shard (:meth:`run` then raises
+        :class:`~pipeline.store.LeaseLost` naming it). A no-op without a lease."""
+        lease = self.lease
+        if lease is None or self._fatal is not None:
+            return
+        try:
+            await asyncio.to_thread(lease.check)
+            return
+        except LeaseLost:
+            pass  # logged by the lease; flushes fail (and keep their candles) meanwhile
+        try:
+            await asyncio.to_thread(lease.acquire)
+            # Another process may have written our series while we did not own them.
+            await asyncio.to_thread(self.store.reconnect)
+            logger.warning("! shard %s claimed back; writing again", self.shard)
+        except StoreBusy as exc:
+            self._fatal = LeaseLost(f"shard {self.shard} was taken over: {exc}")
+            logger.error("! %s; stopping", self._fatal)
+            self.stop()
+        except StoreError as exc:
+            logger.warning("! cannot claim shard %s back yet: %s", self.shard, exc)
+
+    async def _final_flush(self) -> FlushReport:
+        """Flush everything completed; while the store fails, try again until it works or
+        ``ingest.shutdown_timeout`` seconds have passed (0: until it works).
+
+        A store that comes back within the timeout (a remounted volume, a freed disk) loses
+        nothing; one that does not is reported by whoever bounds the stop (the runner's
+        :class:`~pipeline.ingest.runner.ShutdownGuard`, exit 75).
+        """
+        loop = asyncio.get_running_loop()
+        limit = self.config.ingest.shutdown_timeout
+        deadline = loop.time() + limit if limit else math.inf
+        delay = FINAL_FLUSH_RETRY_S
+        report = await self.flush("shutdown")
+        while report.error is not None and loop.time() + delay < deadline:
+            left = "" if math.isinf(deadline) else f", {deadline - loop.time():.0f}s left"
+            logger.warning(
+                "! final flush failed (%s); retrying in %.1fs (ingest.shutdown_timeout%s)",
+                report.error, delay, left,
+            )  # fmt: skip
+            await asyncio.sleep(delay)  # a retry schedule, not a synchronisation
+            delay = min(delay * 2, FINAL_FLUSH_RETRY_MAX_S)
+            report = await self.flush("shutdown")
+        return report
 
     # ------------------------------------------------------------------ wiring
+
+    async def _close_recorder(self, recorder: Recorder) -> None:
+        """Close the recording, waiting at most ``recorder_close_timeout`` for the disk."""
+        limit = self.recorder_close_timeout
+        if not await asyncio.to_thread(recorder.close, limit):
+            logger.warning(
+                "! the recording did not close within %g s (a hung disk?); its last block may "
+                "be cut short", limit,
+            )  # fmt: skip
+
+    def _start_recorder(self, recorder: Recorder) -> None:
+        try:
+            recorder.start()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot record to {str(recorder.directory)!r}: {exc.strerror or exc}; "
+                "choose another record.dir (or run without recording)"
+            ) from None
+
+    def _client_clock(self) -> float:
+        """The client's wall clock, Unix seconds: the *source's* clock (see ``now_ms``)."""
+        return self.now_ms() / 1000 if self._source_clock_ms else time.time()
 
     def _build_client(self) -> DXLinkManager:
         cfg = self.config.client
@@ -284,6 +455,7 @@ class IngestService:
             self._token_source,
             keepalive_timeout=cfg.keepalive_timeout,
             dead_peer_timeout=cfg.dead_peer_timeout,
+            max_dead_peer_timeout=cfg.max_dead_peer_timeout,
             connect_timeout=cfg.connect_timeout,
             handshake_timeout=cfg.handshake_timeout,
             backoff_initial=cfg.backoff_initial,
@@ -296,10 +468,12 @@ class IngestService:
             subscribe_burst=cfg.subscribe_burst,
             queue_size=cfg.queue_size,
             aggregation_period=cfg.aggregation_period,
+            max_message_size=cfg.max_message_size,
             resume_points=self._resume_points,
             # fromTime validation and message times use the *source's* clock: the simulator
             # runs accelerated, and its resume points are in the wall clock's future.
-            wall_clock=lambda: self.now_ms() / 1000 if self._source_clock_ms else time.time(),
+            wall_clock=self._client_clock,
+            frame_tap=self.recorder,
         )
 
     def _first_from_time(self, symbol: CandleSymbol) -> int:
@@ -343,8 +517,9 @@ class IngestService:
 
     async def _warm_start(self) -> None:
         """Load each series' recent stored candles, so replayed snapshots merge with them."""
-        # One catalog query finds the series that hold anything: a per-series read costs
-        # ~0.5 s even on an empty DuckLake table (benchmarks/README.md, backfill startup).
+        # One catalog query finds the series that hold anything: a read per series pays
+        # DuckLake's fixed cost even on an empty table, once per series (bench_backfill,
+        # subscribe to first data).
         keys = [symbol.normalized for symbol in self.series]
         stored = await asyncio.to_thread(self.store.resume_points, keys)
         self.manager.advance(self._door_clock_ms())  # what "future" is judged against
@@ -365,7 +540,9 @@ class IngestService:
         scheduler.add_job(
             self._scheduled_flush, "interval", seconds=schedule.flush_interval, id="flush"
         )
-        if self.shard.runs_compaction:  # one compactor per lake: shard 1 (pipeline.sharding)
+        # One compactor per lake: with a lease, whichever shard gets the maintenance turn;
+        # without (one host), shard 1 (pipeline.sharding).
+        if self.lease is not None or self.shard.runs_compaction:
             scheduler.add_job(
                 self.compact, "interval", seconds=schedule.compaction_interval, id="compaction"
             )
@@ -475,13 +652,24 @@ class IngestService:
             )  # fmt: skip
         return report
 
+    def _compact_if_our_turn(self) -> bool:
+        """Compact when this process runs the lake's maintenance now; whether it did."""
+        if self.lease is None:
+            self.store.compact()
+            return True
+        with self.lease.maintenance_turn(self.config.schedule.compaction_interval) as ours:
+            if ours:
+                self.store.compact()
+            return ours
+
     def _write(self, batch: Batch) -> UpsertResult:
         return self.store.upsert(batch.frame, batch.deletions)
 
     async def compact(self) -> None:
         """Merge small Parquet files and expire old snapshots (scheduled)."""
         try:
-            await asyncio.to_thread(self.store.compact)
+            if not await asyncio.to_thread(self._compact_if_our_turn):
+                return
             self.stats.compactions += 1
         except Exception as exc:  # compaction is housekeeping: log, count, carry on
             self.stats.compaction_failures += 1

@@ -21,10 +21,13 @@ Definitions (the README copies them):
   successful flushes (a revised candle counts again). ``candles_stored_total``: rows the store
   inserted or rewrote (unchanged rows are not rewritten). ``candles_revised_total``: changes to
   candles that had already been handed out (late corrections, replayed snapshots, removals).
+* ``candles_recording_*`` (only with ``[record] enabled``): records and compressed bytes the
+  recorder wrote, frames it left out (its queue was full, or writing failed: each stretch is
+  marked as a gap in the recording, ingest is not affected), and 1 while writing fails.
 * ``candles_memory_bytes`` / ``candles_memory_limit_bytes``: the manager's estimate of what it
   holds, and of the most its configured bounds allow (``process_resident_memory_bytes`` is
   the real process).
-* Store check (every ``check_interval`` seconds, in a worker thread, on a read-only connection;
+* Store check (at start, then every ``check_interval`` seconds, in a worker thread, read-only;
   never on a scrape): ``candles_gaps`` / ``candles_gap_missing_periods`` are the rows of the
   store's ``candle_gaps`` view whose ``gap_end`` lies within ``gap_window`` of the source time,
   and the missing periods they span (market closures count: see ``sql/gaps.sql``).
@@ -35,7 +38,9 @@ Definitions (the README copies them):
   by one period per missing candle (also while a market is closed: the store cannot tell).
 * Health (``/health``, ``candles_health_ok``): unhealthy when the client is not connected for
   longer than ``disconnect_grace`` (measured from the service start if it never connected, else
-  from the first observation of the outage) or has stopped for good; when the last flush
+  from the first observation of the outage) or has stopped for good; when the server is
+  stalled (``candles_server_silence_seconds``, what it has not said since a handshake, across
+  the reconnects after a stall, exceeds ``candles_dead_peer_timeout_seconds``); when the last flush
   failed; or when completed candles have waited more than 3 x ``flush_interval`` since the
   later of the last successful flush and the first observation of the backlog. The backlog is
   ``max(0, unstored - series) + pending_deletions`` (each series' open candle is unstored by
@@ -65,7 +70,7 @@ from pipeline.metrics.source import (
     read_source,
 )
 from pipeline.metrics.store_check import StoreCheck, StoreCheckResult
-from pipeline.store import connect
+from pipeline.store import S3Options, connect
 
 __all__ = [
     "MetricsServer",
@@ -161,7 +166,14 @@ class MetricsServer:
                 client.backoff_max + client.connect_timeout + 3 * client.handshake_timeout
             ),
             store_check=StoreCheck(
-                functools.partial(connect, store.path, catalog=store.catalog, read_only=True)
+                functools.partial(
+                    connect,
+                    store.path,
+                    catalog=store.catalog,
+                    data_path=store.data_path,
+                    read_only=True,
+                    s3=S3Options(**store.s3.model_dump()),
+                )
             ),
         )
 
@@ -280,9 +292,11 @@ class MetricsServer:
             return result
 
     async def _check_periodically(self) -> None:
+        # The first check runs at once: `candles status` has gaps and backfill lag to show
+        # from its first second, not after a whole interval (issue 17).
         while True:
-            await asyncio.sleep(self._check_interval)  # a schedule, not a synchronisation
             await self.check_store()
+            await asyncio.sleep(self._check_interval)  # a schedule, not a synchronisation
 
     # ------------------------------------------------------------------ HTTP
 

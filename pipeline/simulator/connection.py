@@ -93,6 +93,8 @@ class ConnectionSettings:
     subscription_rate: float | None
     subscription_burst: float
     rate_items: bool
+    require_auth: bool = True
+    """False: AUTH_STATE AUTHORIZED right after SETUP, as a server that needs no token (§2.2)."""
 
 
 class Owner(Protocol):
@@ -358,9 +360,19 @@ class SimConnection:
     def _handle(self, events: list[ProtocolEvent]) -> None:
         for event in events:
             if isinstance(event, ClientSetup):
-                # §2.2: our SETUP, then the unsolicited AUTH_STATE UNAUTHORIZED.
+                # §2.6: acceptKeepaliveTimeout asks us to stay silent no longer than that. We
+                # send every min(all timeouts)/2 anyway, so we can promise it, and do, as a
+                # server honouring the hint would (assumed of dxFeed's server; unverified).
+                accept = event.accept_keepalive_timeout
+                if accept is not None and 0 < accept < self.protocol.keepalive_timeout:
+                    self.protocol.keepalive_timeout = accept
+                # §2.2: our SETUP, then the unsolicited AUTH_STATE: UNAUTHORIZED ("auth
+                # required"), or AUTHORIZED from a server that needs no token.
                 self.protocol.send_setup()
-                self.protocol.send_auth_state(False)
+                if self.settings.require_auth:
+                    self.protocol.send_auth_state(False)
+                else:
+                    self.protocol.send_auth_state(True, self.settings.user_id)
             elif isinstance(event, AuthRequested):
                 self._authenticate(event.token)
             elif isinstance(event, ChannelRequested):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -37,6 +38,21 @@ __all__ = ["Simulator"]
 
 logger = logging.getLogger("pipeline.simulator")
 
+WELL_KNOWN_TOKENS = frozenset({"sim-token", "simulator"})
+"""Tokens anyone can guess: this class's default and ``source.simulator.token``'s/``candles
+simulate``'s."""
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost`` (a name may be anything)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 # §8: tastytrade publishes no frame limit; ~2,000 symbols in one frame (~100 KB) was seen to
 # fail, and dxFeed's JS client stays under ~8 KB. 64 KiB sits between the two.
 DEFAULT_MAX_FRAME_SIZE = 65_536
@@ -52,7 +68,8 @@ class Simulator:
     Args:
         host: Interface to listen on.
         port: TCP port; 0 picks a free one (see ``url``).
-        token: The token AUTH must carry; ``rotate_token`` changes it.
+        token: The token AUTH must carry; ``rotate_token`` changes it. ``None``: no token is
+            needed (AUTHORIZED right after SETUP, like dxFeed's demo endpoint).
         seed: Seeds the market; the same seed serves the same candles, across restarts.
         clock: Simulated time; ``SimulatorClock.manual(...)`` for tests. Default: real time.
         keepalive_timeout: Seconds the server promises and expects between messages (§2.6).
@@ -77,7 +94,7 @@ class Simulator:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        token: str = "sim-token",
+        token: str | None = "sim-token",
         seed: int = 1,
         clock: SimulatorClock | None = None,
         keepalive_timeout: float = 60.0,
@@ -95,8 +112,8 @@ class Simulator:
         user_id: str = "sim-user",
         faults: Sequence[Fault] = (),
     ) -> None:
-        if not token:
-            raise ValueError("token must not be empty")
+        if token == "":
+            raise ValueError("token must not be empty (None: no token needed)")
         if not publish_interval > 0:
             raise ValueError(f"publish_interval must be > 0 seconds, got {publish_interval}")
         if max_frame_size < 1024:
@@ -136,6 +153,7 @@ class Simulator:
             subscription_rate=subscription_rate,
             subscription_burst=subscription_burst or max(1.0, subscription_rate or 1.0),
             rate_items=rate_items,
+            require_auth=token is not None,
         )
         self._token = token
         self._connections: dict[int, SimConnection] = {}
@@ -169,6 +187,17 @@ class Simulator:
         for fault in self.faults:
             self._tasks.append(asyncio.create_task(self._scheduled(fault), name=f"sim-{fault}"))
         logger.info("DXLink simulator listening at %s", self.url)
+        if not _is_loopback(self.host):
+            # Anyone who can reach the port can read the feed with the token (issue 14).
+            default = self._token in WELL_KNOWN_TOKENS
+            logger.warning(
+                "! the DXLink simulator listens on %s, reachable from other machines%s; "
+                "bind it to 127.0.0.1 unless that is what you want",
+                self.host or "every interface",
+                f", and its token is the well-known default {self._token!r}: set another"
+                if default
+                else "",
+            )
 
     async def stop(self) -> None:
         """Close every connection (1001, going away) and stop listening."""
@@ -343,7 +372,10 @@ class Simulator:
             logger.debug("= connection %d closed (code %s)", number, ws.close_code)
 
     def token_accepted(self, token: str) -> bool:
-        """True when ``token`` is the current token (constant-time comparison)."""
+        """True when ``token`` is the current token (constant-time comparison); any token
+        is accepted by a simulator that needs none."""
+        if self._token is None:
+            return True
         return hmac.compare_digest(token.encode(), self._token.encode())
 
     def sim_now_ms(self) -> int:
