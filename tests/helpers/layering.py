@@ -78,13 +78,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 """Package -> the packages its modules may import (besides its own modules)."""
 
-FACE_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("pipeline.candles.records", "pipeline.dxlink.candle_block"): (
-        "the manager packs its records a column at a time straight from a CandleBlock's integer "
-        "rows, whose numbering (candle_block.COUNT) is not in the protocol's face; the manager's "
-        "rewrite (issue 13, items 1-2) owns this module"
-    ),
-}
+FACE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 """(importing module, imported module) -> why it may reach past the imported package's face.
 A listed pair that no longer occurs fails the test, so the list stays true."""
 
