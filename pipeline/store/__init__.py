@@ -27,7 +27,14 @@ from pipeline.store.query import (
     run_query,
 )
 from pipeline.store.upsert import UpsertResult
-from pipeline.store.writer import CandleStore, CompactionResult, StoreBusyError, StoreStats
+from pipeline.store.writer import (
+    CandleStore,
+    CatalogStats,
+    CompactionResult,
+    StoreBusyError,
+    StoreMemory,
+    StoreStats,
+)
 from pipeline.store.writer_lock import StoreBusy, WriterLock
 
 __all__ = [
@@ -38,12 +45,14 @@ __all__ = [
     "TABLE",
     "CandleStore",
     "CatalogSpec",
+    "CatalogStats",
     "CompactionResult",
     "QueryError",
     "QueryRefused",
     "StoreBusy",
     "StoreBusyError",
     "StoreError",
+    "StoreMemory",
     "StoreStats",
     "UpsertResult",
     "WriterLock",

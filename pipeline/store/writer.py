@@ -28,8 +28,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -66,8 +66,10 @@ from pipeline.store.upsert import (
 
 __all__ = [
     "CandleStore",
+    "CatalogStats",
     "CompactionResult",
     "StoreBusyError",
+    "StoreMemory",
     "StoreStats",
 ]
 
@@ -87,6 +89,7 @@ _RECENT_MARGIN = 4
 _RECENT_WIDEN_FACTOR = 16
 _RECENT_WIDENINGS = 3
 _MIN_MS = -62_135_596_800_000  # 0001-01-01: a bound DuckDB's timestamps can hold
+_METADATA = f"__ducklake_metadata_{LAKE}"  # where DuckLake attaches the lake's catalog
 
 
 class StoreBusyError(StoreError):
@@ -101,6 +104,44 @@ class CompactionResult:
     files_after: int
     snapshots_expired: int
     files_removed: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreMemory:
+    """DuckDB's own accounting of the writer's connection (``duckdb_memory()``).
+
+    Taken by the store itself after every write, compaction and reopen, on the thread that
+    already holds the connection, so reading :attr:`CandleStore.memory` from another thread
+    (a soak, ``/metrics``) never waits for or interleaves with a write.
+    """
+
+    by_tag: Mapping[str, int] = field(default_factory=dict)
+    """Bytes in memory per DuckDB memory tag (``BASE_TABLE``, ``METADATA``...), non-zero only."""
+    temporary_bytes: int = 0
+    """Bytes DuckDB spilled to temporary files."""
+
+    @property
+    def total(self) -> int:
+        """Bytes in memory over every tag."""
+        return sum(self.by_tag.values())
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogStats:
+    """How big the lake's catalog and data are (:meth:`CandleStore.catalog_stats`)."""
+
+    snapshots: int
+    """Snapshots the catalog keeps (each commit makes one; expiry removes old ones)."""
+    data_files: int
+    """Parquet data files of the candles table in the current snapshot."""
+    data_bytes: int
+    """Their total size."""
+    delete_files: int
+    """Delete files (revisions and deletions not compacted yet)."""
+    inlined_tables: int
+    """DuckLake's inlined-data tables in the catalog (one per schema version that took rows)."""
+    catalog_bytes: int | None
+    """Size of a SQLite catalog with its WAL; ``None`` for a PostgreSQL catalog."""
 
 
 @dataclass(slots=True)
@@ -182,6 +223,7 @@ class CandleStore:
         self._newest: dict[tuple[str, str], int] = {}
         # The upsert's ceiling on stored times, per connection (emptied when it is recycled).
         self._newest_stored = NewestStored()
+        self._memory = StoreMemory()
         self.root.mkdir(parents=True, exist_ok=True)
         self._con = self._open_writer()
         try:
@@ -196,6 +238,7 @@ class CandleStore:
         except BaseException:
             self._con.close()
             raise
+        self._note_memory()
 
     def __repr__(self) -> str:
         return f"CandleStore(root={str(self.root)!r}, catalog={self.catalog!r})"
@@ -215,6 +258,12 @@ class CandleStore:
         """Close the connection. Idempotent."""
         with self._lock:
             self._con.close()
+
+    @property
+    def memory(self) -> StoreMemory:
+        """DuckDB's memory accounting of the writer's connection after its last operation
+        (see :class:`StoreMemory`); safe to read from any thread."""
+        return self._memory
 
     # ---------------------------------------------------------------- writes
 
@@ -259,6 +308,7 @@ class CandleStore:
         self._upserts_on_connection += 1
         if self._upserts_on_connection >= self._recycle_after:
             self._recycle()
+        self._note_memory()
         return result
 
     def compact(self, *, retain: timedelta = timedelta(hours=1)) -> CompactionResult:
@@ -295,6 +345,7 @@ class CandleStore:
         logger.info("= compacted %s", result)
         # Compaction read every merged file: drop the connection's caches of them with it.
         self._recycle()
+        self._note_memory()
         return result
 
     # ----------------------------------------------------------------- reads
@@ -405,6 +456,28 @@ class CandleStore:
         """Number of stored candles."""
         return self._run(lambda con: count(con, f"SELECT count(*) FROM {TABLE}"))
 
+    def catalog_stats(self) -> CatalogStats:
+        """Snapshots, data and delete files, inlined-data tables and the catalog's size now."""
+
+        def attempt(con: duckdb.DuckDBPyConnection) -> CatalogStats:
+            snapshots = count(con, f"SELECT count(*) FROM ducklake_snapshots('{LAKE}')")
+            files = con.execute(
+                "SELECT count(*), coalesce(sum(data_file_size_bytes), 0), count(delete_file) "
+                f"FROM ducklake_list_files('{LAKE}', 'candles')"
+            ).fetchone()
+            assert files is not None
+            inlined = count(con, f"SELECT count(*) FROM {_METADATA}.ducklake_inlined_data_tables")
+            return CatalogStats(
+                snapshots=snapshots,
+                data_files=int(files[0]),
+                data_bytes=int(files[1]),
+                delete_files=int(files[2]),
+                inlined_tables=inlined,
+                catalog_bytes=self._catalog_bytes(),
+            )
+
+        return self._run(attempt)
+
     # -------------------------------------------------------------- plumbing
 
     def _read(self, query: str, params: list[object]) -> pl.DataFrame:
@@ -442,6 +515,32 @@ class CandleStore:
             key = (symbol, period)
             if key in self._newest:
                 self._newest[key] = max(self._newest[key], time_ms)
+
+    def _catalog_bytes(self) -> int | None:
+        """The SQLite catalog's size with its WAL; ``None`` for PostgreSQL."""
+        if self.catalog.kind != "sqlite":
+            return None
+        main = Path(self.catalog.target)
+        return sum(
+            path.stat().st_size
+            for path in (main, main.with_name(main.name + "-wal"))
+            if path.exists()
+        )
+
+    def _note_memory(self) -> None:
+        """Take the :attr:`memory` snapshot (on the thread that uses the connection)."""
+        with self._lock:
+            try:
+                rows = self._con.execute(
+                    "SELECT tag, memory_usage_bytes, temporary_storage_bytes FROM duckdb_memory()"
+                ).fetchall()
+            except duckdb.Error as exc:  # an observation only: never fail a write for it
+                logger.debug("duckdb_memory() failed: %s", exc)
+                return
+        self._memory = StoreMemory(
+            by_tag={str(tag): int(size) for tag, size, _ in rows if size},
+            temporary_bytes=sum(int(spilled) for _, _, spilled in rows),
+        )
 
     def _recycle(self) -> None:
         """Replace the connection with a fresh one (see ``recycle_after``).
