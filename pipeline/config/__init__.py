@@ -12,6 +12,7 @@ from pipeline.config.errors import ConfigError, ConfigProblem
 from pipeline.config.loader import CONFIG_ENV, ENV_PREFIX, PROFILE_ENV, load_config, loads_config
 from pipeline.config.models import (
     DEFAULT_API_URL,
+    KEEP_FOREVER,
     ClientConfig,
     Config,
     IngestConfig,
@@ -26,12 +27,14 @@ from pipeline.config.models import (
     TastytradeSourceConfig,
     is_loopback_host,
     parse_duration,
+    retention_label,
 )
 
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_API_URL",
     "ENV_PREFIX",
+    "KEEP_FOREVER",
     "PROFILE_ENV",
     "ClientConfig",
     "Config",
@@ -53,4 +56,5 @@ __all__ = [
     "load_config",
     "loads_config",
     "parse_duration",
+    "retention_label",
 ]

@@ -12,8 +12,10 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
   since the last one began, so during a backfill the store's work (in its thread, where
   DuckDB releases the GIL) overlaps receiving and the last flush only writes the tail;
 * an APScheduler ``AsyncIOScheduler`` runs the flush job every ``schedule.flush_interval``
-  and the compaction job every ``schedule.compaction_interval`` (storage-and-libs.md §5:
-  coalesce, one instance, no silent misfire drops; blocking DuckDB work runs in a thread);
+  and the maintenance job every ``schedule.compaction_interval`` (storage-and-libs.md §5:
+  coalesce, one instance, no silent misfire drops; blocking DuckDB work runs in a thread):
+  retention (``store.retention``, one transaction per period, by the stream's clock), then
+  compaction;
 * on stop (SIGINT/SIGTERM or ``duration``): pause the scheduler, stop the client, drain what
   was received, flush everything completed, close. A failed flush keeps the candles in
   memory and is retried; nothing is lost.
@@ -44,7 +46,7 @@ from pipeline.config import Config
 from pipeline.dxlink import Candle, CandleBlock, CandleSymbol, ConfigurationError
 from pipeline.dxlink.client import DXLinkManager, TokenSource
 from pipeline.metrics import MetricsServer
-from pipeline.store import CandleStore, UpsertResult, WriterLock
+from pipeline.store import CandleStore, RetentionResult, UpsertResult, WriterLock
 
 __all__ = [
     "FLUSH_BATCH_EVENTS",
@@ -94,6 +96,9 @@ class ServiceStats:
     last_flush_error: str | None = None
     compactions: int = 0
     compaction_failures: int = 0
+    retention_runs: int = 0
+    retention_failures: int = 0
+    candles_pruned: int = 0
     backpressure_waits: int = 0
     stream_time_ms: int = 0
     recent_flushes: list[FlushReport] = field(default_factory=list)
@@ -286,10 +291,21 @@ class IngestService:
 
     def _first_from_time(self, symbol: CandleSymbol) -> int:
         """Where a series with nothing stored starts: from_time, or now - lookback, rounded
-        down to the series' period so the first candle asked for is a whole one."""
+        down to the series' period so the first candle asked for is a whole one.
+
+        Never before the period's retention (``store.retention``): candles older than that
+        would be stored only for the next maintenance run to delete them again.
+        """
         clock = self._source_clock_ms or (lambda: int(time.time() * 1000))
         now = datetime.fromtimestamp(clock() / 1000, UTC)
         start = int(self.config.subscriptions.start_time(now).timestamp() * 1000)
+        keep = self.config.store.retention_for(symbol.period_label)
+        if keep is not None and start < (kept := int((now - keep).timestamp() * 1000)):
+            logger.info(
+                "%s: history before %s is past store.retention (%s); asking from there",
+                symbol.normalized, f"{now - keep:%Y-%m-%d %H:%M}", keep,
+            )  # fmt: skip
+            start = kept
         if symbol.period_ms and symbol.period_unit in ("s", "m", "h", "d"):
             # Epoch-aligned units; weeks start on Monday, not on the epoch's Thursday.
             return start - start % symbol.period_ms
@@ -334,7 +350,7 @@ class IngestService:
         )
         if self.shard.runs_compaction:  # one compactor per lake: shard 1 (pipeline.sharding)
             scheduler.add_job(
-                self.compact, "interval", seconds=schedule.compaction_interval, id="compaction"
+                self.maintain, "interval", seconds=schedule.compaction_interval, id="compaction"
             )
         scheduler.start()
         self._scheduler = scheduler
@@ -436,6 +452,29 @@ class IngestService:
 
     def _write(self, batch: Batch) -> UpsertResult:
         return self.store.upsert(batch.frame, batch.deletions)
+
+    async def maintain(self) -> None:
+        """The scheduled maintenance: retention (when configured), then compaction."""
+        await self.prune()
+        await self.compact()
+
+    async def prune(self) -> RetentionResult | None:
+        """Remove candles past their period's retention (``store.retention``), counting back
+        from the stream's clock; ``None`` when nothing is configured or it failed (logged,
+        counted: the next run tries again)."""
+        policy = self.config.store.retention_policy()
+        if not policy:
+            return None
+        now = datetime.fromtimestamp(self.now_ms() / 1000, UTC)
+        try:
+            result = await asyncio.to_thread(self.store.prune, policy, now=now)
+        except Exception as exc:  # housekeeping, like compaction: log, count, carry on
+            self.stats.retention_failures += 1
+            logger.error("! retention failed: %s", exc)
+            return None
+        self.stats.retention_runs += 1
+        self.stats.candles_pruned += result.deleted
+        return result
 
     async def compact(self) -> None:
         """Merge small Parquet files and expire old snapshots (scheduled)."""

@@ -45,6 +45,9 @@ class ServiceCounters(Protocol):
     last_flush_error: str | None
     compactions: int
     compaction_failures: int
+    retention_runs: int
+    retention_failures: int
+    candles_pruned: int
     backpressure_waits: int
     stream_time_ms: int
 
@@ -155,6 +158,8 @@ class Reading:
     pinned_limit: int
     store: StoreStats
     client: ClientView
+    retention_seconds: Mapping[str, float] = field(default_factory=dict)
+    """``store.retention`` in seconds by period label; periods kept forever are absent."""
 
     @property
     def flush_backlog(self) -> int:
@@ -184,4 +189,8 @@ def read_source(source: MetricsSource, *, now: float, started_at: float) -> Read
         pinned_limit=source.manager.max_pinned_candles,
         store=store,
         client=ClientView() if client is None else ClientView.parse(client.get_metrics()),
+        retention_seconds={
+            period: keep.total_seconds()
+            for period, keep in source.config.store.retention_policy().items()
+        },
     )

@@ -1,4 +1,5 @@
-"""The periodic store check: recent gaps and the backfill lag (see :mod:`pipeline.metrics`).
+"""The periodic store check: recent gaps, the backfill lag and the oldest candle per period
+(see :mod:`pipeline.metrics`).
 
 Blocking DuckDB queries on a read-only connection, run in a worker thread every
 ``check_interval`` seconds by the metrics server, never on a scrape.
@@ -7,8 +8,8 @@ Blocking DuckDB queries on a read-only connection, run in a worker thread every
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import duckdb
 
@@ -31,6 +32,9 @@ class StoreCheckResult:
     """``None`` when no configured fixed-length series has a stored candle yet."""
     series_without_candles: int
     """Configured series with no stored candle at all."""
+    oldest_by_period: Mapping[str, float] = field(default_factory=dict)
+    """Start of the oldest stored candle per period label (Unix seconds), over every series
+    in the store: what retention (``store.retention``) has kept."""
 
 
 class StoreCheck:
@@ -73,15 +77,17 @@ class StoreCheck:
                 "WHERE epoch_ms(gap_end) >= ?",
                 [now_ms - self._gap_window_ms],
             ).fetchone()
-            newest = {
-                (str(symbol), str(period)): int(start)
-                for symbol, period, start in self._con.execute(
-                    "SELECT symbol, period, epoch_ms(max(time)) FROM candles GROUP BY ALL"
-                ).fetchall()
-            }
+            spans = self._con.execute(
+                "SELECT symbol, period, epoch_ms(min(time)), epoch_ms(max(time)) "
+                "FROM candles GROUP BY ALL"
+            ).fetchall()
         except duckdb.Error:
             self.close()
             raise
+        newest = {(str(symbol), str(period)): int(last) for symbol, period, _, last in spans}
+        oldest: dict[str, int] = {}
+        for _, period, first, _ in spans:
+            oldest[str(period)] = min(int(first), oldest.get(str(period), int(first)))
         lags: list[int] = []
         unstored = 0
         for symbol in series:
@@ -98,6 +104,7 @@ class StoreCheck:
             missing_periods=int(missing),
             backfill_lag_seconds=max(lags) / 1000 if lags else None,
             series_without_candles=unstored,
+            oldest_by_period={period: ms / 1000 for period, ms in sorted(oldest.items())},
         )
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 ``CandleStore`` (``writer``) is the ingest writer: idempotent upserts (``upsert``), resume
 points, history reads and maintenance. ``lake`` opens and attaches the lake and is the
 reader's door (:func:`connect`); ``query`` is the read-only SQL of ``candles query`` and
-``candles export``; ``writer_lock`` keeps one writer per store or shard.
+``candles export``; ``writer_lock`` keeps one writer per store or shard; ``retention`` removes
+candles past their period's retention.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipeline.store.query import (
     format_frame,
     run_query,
 )
+from pipeline.store.retention import PeriodPruned, RetentionResult, retention_cutoff
 from pipeline.store.upsert import UpsertResult
 from pipeline.store.writer import (
     CandleStore,
@@ -47,8 +49,10 @@ __all__ = [
     "CatalogSpec",
     "CatalogStats",
     "CompactionResult",
+    "PeriodPruned",
     "QueryError",
     "QueryRefused",
+    "RetentionResult",
     "StoreBusy",
     "StoreBusyError",
     "StoreError",
@@ -60,5 +64,6 @@ __all__ = [
     "export_store",
     "format_frame",
     "parse_catalog",
+    "retention_cutoff",
     "run_query",
 ]

@@ -23,6 +23,7 @@ rather than corrupting the connection. Every call blocks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -52,6 +53,12 @@ from pipeline.store.lake import (
     resolve_data_path,
     rollback,
     table_folder,
+)
+from pipeline.store.retention import (
+    PeriodPruned,
+    RetentionResult,
+    prune_period,
+    retention_cutoff,
 )
 from pipeline.store.upsert import (
     NewestStored,
@@ -151,6 +158,8 @@ class StoreStats:
     upserts: int = 0
     rows_written: int = 0
     rows_deleted: int = 0
+    rows_pruned: int = 0
+    """Candles removed by retention (:meth:`CandleStore.prune`)."""
     retries: int = 0
     busy_failures: int = 0
     compactions: int = 0
@@ -345,6 +354,47 @@ class CandleStore:
         logger.info("= compacted %s", result)
         # Compaction read every merged file: drop the connection's caches of them with it.
         self._recycle()
+        self._note_memory()
+        return result
+
+    def prune(
+        self, retention: Mapping[str, timedelta], *, now: datetime | None = None
+    ) -> RetentionResult:
+        """Remove candles older than their period's retention (see :mod:`.retention`).
+
+        One transaction per period; each series' newest candle stays. Call :meth:`compact`
+        afterwards: deleted rows leave delete files until it rewrites their data files.
+
+        Args:
+            retention: How long to keep candles, by period label without attributes (``1m``
+                also covers ``1m,tho=true``); periods not listed are kept.
+            now: The time the retention counts back from (the stream's clock); default the
+                store's clock.
+
+        Raises:
+            ValueError: A key is not a period label, or a retention is not positive.
+            StoreBusyError: Another writer kept the catalog busy through every retry.
+        """
+        when = (now or self._clock()).astimezone(UTC)
+        pruned = []
+        for period, keep in retention.items():
+            label = CandleSymbol.parse(f"X{{={period}}}").period_label
+            if label != period or "," in label:
+                raise ValueError(
+                    f"retention key {period!r} is not a period label without attributes "
+                    f"(did you mean {label.split(',', 1)[0]!r}?)"
+                )
+            cutoff = retention_cutoff(when, keep)
+            deleted = self._run(functools.partial(prune_period, period=period, cutoff=cutoff))
+            self.stats.rows_pruned += deleted
+            pruned.append(PeriodPruned(period, cutoff, deleted))
+        result = RetentionResult(tuple(pruned))
+        if result.deleted:
+            logger.info(
+                "= retention removed %s",
+                ", ".join(f"{p.deleted} {p.period} candles before {p.cutoff:%Y-%m-%d %H:%M}"
+                          for p in result.periods if p.deleted),
+            )  # fmt: skip
         self._note_memory()
         return result
 
