@@ -2,8 +2,8 @@
 
 What is measured: the durable half of ingest, i.e. the part shards contend on. Each shard is
 a separate process with its own :class:`~pipeline.store.CandleStore` on one shared lake
-(throwaway PostgreSQL catalog from ``tests/helpers/postgres.py``, one shared data folder), and writes
-only its own series (``ShardSpec.select``) in flush-sized batches: every round, the next
+(throwaway PostgreSQL catalog from ``tests/helpers/postgres.py``, one shared data folder), and
+writes only its own series (``ShardSpec.select``) in flush-sized batches: every round, the next
 ``CANDLES_PER_ROUND`` candles of each of its series, as the service's flush does after a
 minute of live data. A candle counts once its transaction committed (durable).
 

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -72,6 +72,8 @@ from pipeline.store.upsert import (
 )
 
 __all__ = [
+    "SMALL_FILE_BYTES",
+    "TARGET_FILE_BYTES",
     "CandleStore",
     "CatalogStats",
     "CompactionResult",
@@ -97,6 +99,14 @@ _RECENT_WIDEN_FACTOR = 16
 _RECENT_WIDENINGS = 3
 _MIN_MS = -62_135_596_800_000  # 0001-01-01: a bound DuckDB's timestamps can hold
 _METADATA = f"__ducklake_metadata_{LAKE}"  # where DuckLake attaches the lake's catalog
+
+
+SMALL_FILE_BYTES = 4 << 20
+"""Files under this size are merged by every compaction; larger ones once a day."""
+TARGET_FILE_BYTES = 128 << 20
+"""The largest file a merge makes (DuckLake's default is 512 MiB): bounds the daily rewrite.
+A year of 200 one-minute series is a few dozen such files; a per-series read prunes them by
+their time and symbol statistics."""
 
 
 class StoreBusyError(StoreError):
@@ -147,8 +157,13 @@ class CatalogStats:
     """Delete files (revisions and deletions not compacted yet)."""
     inlined_tables: int
     """DuckLake's inlined-data tables in the catalog (one per schema version that took rows)."""
+    awaiting_deletion: int
+    """Files merged away or expired, waiting for compaction to delete them."""
     catalog_bytes: int | None
-    """Size of a SQLite catalog with its WAL; ``None`` for a PostgreSQL catalog."""
+    """Size of a SQLite catalog file; ``None`` for a PostgreSQL catalog."""
+    catalog_wal_bytes: int | None = None
+    """Size of a SQLite catalog's write-ahead log (reused after each checkpoint, so it stays
+    near SQLite's checkpoint size, 1,000 pages); ``None`` for a PostgreSQL catalog."""
 
 
 @dataclass(slots=True)
@@ -233,6 +248,7 @@ class CandleStore:
         # The upsert's ceiling on stored times, per connection (emptied when it is recycled).
         self._newest_stored = NewestStored()
         self._memory = StoreMemory()
+        self._full_merge_day: date | None = None  # the UTC day of the last full merge
         self.root.mkdir(parents=True, exist_ok=True)
         self._con = self._open_writer()
         try:
@@ -320,17 +336,35 @@ class CandleStore:
         self._note_memory()
         return result
 
-    def compact(self, *, retain: timedelta = timedelta(hours=1)) -> CompactionResult:
+    def compact(
+        self, *, retain: timedelta = timedelta(hours=1), full: bool | None = None
+    ) -> CompactionResult:
         """Merge small files, expire old snapshots and delete files nobody can read any more.
+
+        Merging is tiered so that the disk work stays bounded however long the store runs:
+        DuckLake merges adjacent files into one until it reaches the target size, so an
+        hourly merge of everything rewrote the whole growing file every hour, and every
+        rewritten copy waited for deletion (below) until the next UTC day. A compaction
+        merges only files under :data:`SMALL_FILE_BYTES` (the flushes since the last one);
+        the first compaction of each UTC day (by the store's clock) merges everything, up to
+        :data:`TARGET_FILE_BYTES` per file.
 
         Safe while readers run: merged-away files are only scheduled for deletion, and
         deleted once they have been unreferenced for ``retain`` (longer than any query), so a
         reader on an older snapshot keeps its files. Orphan files a killed writer left behind
-        are removed by the same rule.
+        are removed by the same rule. Snapshots expire exactly ``retain`` after they were
+        taken. Files scheduled for deletion go as soon as every scheduled file is older than
+        ``retain``, else at the first compaction on a UTC day after the one in which they
+        became older than ``retain`` (see :func:`_expire_snapshots` and
+        :func:`_cleanup_old_files` for why): merged-away files stay at most a day longer.
 
         Args:
             retain: How long snapshots and unreferenced files are kept.
+            full: Merge every file (``True``) or only small ones (``False``); ``None`` merges
+                everything on the first compaction of a UTC day.
         """
+        today = self._clock().astimezone(UTC).date()
+        merge_all = full if full is not None else self._full_merge_day != today
 
         def cutoff() -> datetime:
             return self._clock() - retain
@@ -341,15 +375,18 @@ class CandleStore:
             # Revisions leave delete files; rewrite every file that has any (they are rare
             # for candles) so the merge below can fold it in with its neighbours.
             con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}', delete_threshold => 0.0)")
-            con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
+            limit = "" if merge_all else f", max_file_size => {SMALL_FILE_BYTES}"
+            con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}'{limit})")
             # Each cut-off is taken after the step before it, whose leftovers it then covers.
             # CALL, not count(*): under count(*) the cleanup reported files it did not delete.
-            expired = _called(con, "ducklake_expire_snapshots", cutoff())
-            removed = _called(con, "ducklake_cleanup_old_files", cutoff())
+            expired = _expire_snapshots(con, cutoff())
+            removed = _cleanup_old_files(con, cutoff())
             removed += _called(con, "ducklake_delete_orphaned_files", cutoff())
             return CompactionResult(before, _count_files(con), expired, removed)
 
         result = self._run(attempt)
+        if merge_all:
+            self._full_merge_day = today
         self.stats.compactions += 1
         logger.info("= compacted %s", result)
         # Compaction read every merged file: drop the connection's caches of them with it.
@@ -517,13 +554,18 @@ class CandleStore:
             ).fetchone()
             assert files is not None
             inlined = count(con, f"SELECT count(*) FROM {_METADATA}.ducklake_inlined_data_tables")
+            waiting = count(
+                con, f"SELECT count(*) FROM {_METADATA}.ducklake_files_scheduled_for_deletion"
+            )
             return CatalogStats(
                 snapshots=snapshots,
                 data_files=int(files[0]),
                 data_bytes=int(files[1]),
                 delete_files=int(files[2]),
                 inlined_tables=inlined,
-                catalog_bytes=self._catalog_bytes(),
+                awaiting_deletion=waiting,
+                catalog_bytes=self._catalog_bytes(""),
+                catalog_wal_bytes=self._catalog_bytes("-wal"),
             )
 
         return self._run(attempt)
@@ -566,16 +608,13 @@ class CandleStore:
             if key in self._newest:
                 self._newest[key] = max(self._newest[key], time_ms)
 
-    def _catalog_bytes(self) -> int | None:
-        """The SQLite catalog's size with its WAL; ``None`` for PostgreSQL."""
+    def _catalog_bytes(self, suffix: str) -> int | None:
+        """The size of the SQLite catalog's file (``""``) or its WAL (``"-wal"``); ``None``
+        for PostgreSQL."""
         if self.catalog.kind != "sqlite":
             return None
-        main = Path(self.catalog.target)
-        return sum(
-            path.stat().st_size
-            for path in (main, main.with_name(main.name + "-wal"))
-            if path.exists()
-        )
+        path = Path(self.catalog.target + suffix)
+        return path.stat().st_size if path.exists() else 0
 
     def _note_memory(self) -> None:
         """Take the :attr:`memory` snapshot (on the thread that uses the connection)."""
@@ -639,6 +678,8 @@ class CandleStore:
                 # cache of file blocks only grew here, by every file a compaction merged
                 # (22 MB over 8 compactions, measured with duckdb_memory()).
                 con.execute("SET enable_external_file_cache = false")
+                # The largest file a merge makes: what the daily merge rewrites at most.
+                con.execute(f"SET ducklake_target_file_size = '{TARGET_FILE_BYTES}B'")
                 return con
         raise AssertionError("unreachable: the loop returns or raises")
 
@@ -685,6 +726,64 @@ def _with_retries(result: UpsertResult, retries: int) -> UpsertResult:
 def _called(con: duckdb.DuckDBPyConnection, function: str, older_than: datetime) -> int:
     """CALL a DuckLake maintenance function with a cut-off; the number of rows it reports."""
     return fetch(con, f"CALL {function}('{LAKE}', older_than => ?)", [older_than]).height
+
+
+# DuckLake (1.5.5, and its main branch at 2ed0a0b) writes an ``older_than`` cut-off into the
+# catalog query as the text '2026-12-07T09:17:15+00' and compares it with stored times such as
+# '2026-12-07 10:07:15.05+00'. On a SQLite catalog that is a text comparison, where ' ' sorts
+# before 'T': every snapshot and scheduled file of the cut-off's UTC day counted as older than
+# the cut-off, even one a few seconds old, so a reader's snapshot expired and its files were
+# deleted under it. The two helpers below keep the cut-offs meaning what they say.
+_EXPIRE_CHUNK = 1_000
+
+
+def _expire_snapshots(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int:
+    """Expire the snapshots taken before ``older_than``; how many were expired.
+
+    ``ducklake_snapshots()`` returns the snapshot times as timestamps, so the selection is
+    exact; the ids go to ``ducklake_expire_snapshots`` as ``versions`` (which never expires
+    the newest snapshot).
+    """
+    ids = [
+        int(row[0])
+        for row in con.execute(
+            f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_time < ? "
+            "ORDER BY snapshot_id",
+            [older_than],
+        ).fetchall()
+    ]
+    expired = 0
+    for start in range(0, len(ids), _EXPIRE_CHUNK):
+        chunk = ids[start : start + _EXPIRE_CHUNK]
+        expired += fetch(
+            con, f"CALL ducklake_expire_snapshots('{LAKE}', versions => ?)", [chunk]
+        ).height
+    return expired
+
+
+def _cleanup_old_files(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int:
+    """Delete the files scheduled for deletion before ``older_than``; how many were deleted.
+
+    When every scheduled file is older (read exactly here), all go (``cleanup_all``). Else
+    the cut-off handed to DuckLake is the last microsecond of the UTC day before
+    ``older_than``'s: compared as text (see above) it selects exactly the files scheduled on
+    earlier days, which is the finest safe choice; the rest wait for a later day's compaction.
+    A file another writer schedules between the check and the call would go with
+    ``cleanup_all`` (only compaction schedules files, and one process compacts).
+    """
+    row = con.execute(
+        "SELECT max(schedule_start::TIMESTAMPTZ) "
+        f"FROM {_METADATA}.ducklake_files_scheduled_for_deletion"
+    ).fetchone()
+    newest = None if row is None else row[0]
+    if newest is None:
+        return 0
+    if newest < older_than:
+        return fetch(
+            con, f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)", []
+        ).height
+    day = older_than.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return _called(con, "ducklake_cleanup_old_files", day - timedelta(microseconds=1))
 
 
 def _count_files(con: duckdb.DuckDBPyConnection) -> int:
