@@ -9,6 +9,7 @@ out DXLink tokens; ``tuning`` holds the process-wide settings only that process 
 from __future__ import annotations
 
 from pipeline.ingest.runner import (
+    ABANDON_GRACE_S,
     EXIT_UNSTORED,
     IngestError,
     ShutdownGuard,
@@ -27,6 +28,7 @@ from pipeline.ingest.tastytrade import (
 from pipeline.ingest.tuning import ingest_process_tuning
 
 __all__ = [
+    "ABANDON_GRACE_S",
     "EXIT_UNSTORED",
     "FLUSH_BATCH_EVENTS",
     "FlushReport",

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline import __version__
 from pipeline.config import Config
 from pipeline.dxlink import DXLinkError
 from pipeline.dxlink.client import TokenSource
@@ -41,6 +42,7 @@ __all__ = [
     "ShutdownGuard",
     "ShutdownIncomplete",
     "run_ingest",
+    "startup_line",
     "status_line",
     "token_source_for",
     "unstored_completed",
@@ -243,6 +245,7 @@ async def _main(config: Config, duration: float | None, interactive: bool) -> No
             config, token_source=token_source_for(config, simulator_url=url),
             source_clock_ms=clock_ms,
         )  # fmt: skip
+        logger.info("%s", startup_line(config, service))
         guard = ShutdownGuard(service.stop, timeout=config.ingest.shutdown_timeout)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -355,6 +358,28 @@ async def _report_status(service: IngestService, interactive: bool) -> None:
         elif now - last_log >= LOG_STATUS_INTERVAL_S:
             last_log = now
             logger.info("%s", line)
+
+
+def startup_line(config: Config, service: IngestService) -> str:
+    """What this process runs, in one log line: enough to read a journal without the config.
+
+    Secrets never appear (the catalog's conninfo is redacted; tokens are not in the config).
+    """
+    series = [s.normalized for s in service.series]
+    shown = ", ".join(series[:4]) + (f", ... ({len(series)} in all)" if len(series) > 4 else "")
+    store = config.store
+    catalog = CandleStore.describe_catalog(store.path, store.catalog)
+    keep = ", ".join(f"{period} {age}" for period, age in store.retention.items()) or "keep all"
+    source: str = config.source.kind
+    if config.source.kind == "tastytrade":
+        source += f" ({config.source.tastytrade.api_url})"
+    return (
+        f"starting candle-pipeline {__version__} (pid {os.getpid()}): source {source}; "
+        f"series {shown}; shard {service.shard}; store {store.path} ({catalog}); "
+        f"flush every {config.schedule.flush_interval:g}s, maintenance every "
+        f"{config.schedule.compaction_interval:g}s (retention: {keep}); "
+        f"shutdown_timeout {config.ingest.shutdown_timeout:g}s"
+    )
 
 
 def status_line(service: IngestService, rate: float) -> str:

@@ -79,6 +79,8 @@ def _plain_metrics(o: Observation) -> list[tuple[str, float | None, str]]:
         ("candles_memory_bytes", m.memory_bytes, "Estimated memory held by candles."),
         ("candles_memory_limit_bytes", m.memory_limit_bytes, "Most the bounds allow (estimate)."),
         ("candles_store_check_failures_total", o.store_check_failures, "Failed store checks."),
+        ("candles_store_disk_free_bytes", r.disk_free_bytes, "Free bytes where the store is."),
+        ("candles_store_disk_size_bytes", r.disk_size_bytes, "Size of that filesystem."),
     ]
     if (check := o.store_check) is not None:
         rows += [
@@ -88,7 +90,12 @@ def _plain_metrics(o: Observation) -> list[tuple[str, float | None, str]]:
             ("candles_series_without_stored_candles", check.series_without_candles, "None yet."),
             ("candles_store_check_timestamp_seconds", check.checked_at, "Last store check."),
             ("candles_store_check_duration_seconds", check.seconds, "Its duration."),
-        ]
+            ("candles_store_snapshots", check.snapshots, "Snapshots the catalog keeps."),
+            ("candles_store_data_files", check.data_files, "Parquet files in the newest snapshot."),
+            ("candles_store_data_bytes", check.data_bytes, "Their total size."),
+            ("candles_store_files_awaiting_deletion", check.awaiting_deletion,
+             "Merged-away files compaction has yet to delete."),
+        ]  # fmt: skip
     return rows
 
 

@@ -46,6 +46,10 @@ Definitions (the README copies them):
   candle of that period over every series (from the store check, so every period in the
   store appears, retained or not), ``candles_pruned_total`` the candles the maintenance job
   removed, ``candles_retention_runs_total`` / ``candles_retention_failures_total`` its runs.
+* Store size (store check): ``candles_store_snapshots``, ``candles_store_data_files``,
+  ``candles_store_data_bytes`` and ``candles_store_files_awaiting_deletion`` show that
+  compaction keeps the lake bounded; ``candles_store_disk_free_bytes`` /
+  ``candles_store_disk_size_bytes`` (read at every scrape) are the filesystem of ``store.path``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeVar
@@ -160,6 +161,10 @@ class Reading:
     client: ClientView
     retention_seconds: Mapping[str, float] = field(default_factory=dict)
     """``store.retention`` in seconds by period label; periods kept forever are absent."""
+    disk_free_bytes: int | None = None
+    """Bytes available to the service on the store folder's filesystem (``None``: unknown)."""
+    disk_size_bytes: int | None = None
+    """That filesystem's size."""
 
     @property
     def flush_backlog(self) -> int:
@@ -193,4 +198,14 @@ def read_source(source: MetricsSource, *, now: float, started_at: float) -> Read
             period: keep.total_seconds()
             for period, keep in source.config.store.retention_policy().items()
         },
+        **_disk(source.config.store.path),
     )
+
+
+def _disk(path: str) -> dict[str, int | None]:
+    """Free and total bytes of the filesystem holding ``path`` (one statvfs call)."""
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:  # not created yet, or gone: unknown rather than zero
+        return {"disk_free_bytes": None, "disk_size_bytes": None}
+    return {"disk_free_bytes": usage.free, "disk_size_bytes": usage.total}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from pipeline.dxlink import CandleSymbol
+from pipeline.store import LAKE
 
 __all__ = ["StoreCheck", "StoreCheckResult"]
 
@@ -32,6 +33,14 @@ class StoreCheckResult:
     """``None`` when no configured fixed-length series has a stored candle yet."""
     series_without_candles: int
     """Configured series with no stored candle at all."""
+    snapshots: int | None = None
+    """Snapshots the lake's catalog keeps (``None``: could not be read)."""
+    data_files: int | None = None
+    """Parquet files of the candles table in the newest snapshot."""
+    data_bytes: int | None = None
+    """Their total size."""
+    awaiting_deletion: int | None = None
+    """Files merged away or expired that compaction has yet to delete."""
     oldest_by_period: Mapping[str, float] = field(default_factory=dict)
     """Start of the oldest stored candle per period label (Unix seconds), over every series
     in the store: what retention (``store.retention``) has kept."""
@@ -81,6 +90,7 @@ class StoreCheck:
                 "SELECT symbol, period, epoch_ms(min(time)), epoch_ms(max(time)) "
                 "FROM candles GROUP BY ALL"
             ).fetchall()
+            lake = _lake_size(self._con)
         except duckdb.Error:
             self.close()
             raise
@@ -105,6 +115,10 @@ class StoreCheck:
             backfill_lag_seconds=max(lags) / 1000 if lags else None,
             series_without_candles=unstored,
             oldest_by_period={period: ms / 1000 for period, ms in sorted(oldest.items())},
+            snapshots=lake[0],
+            data_files=lake[1],
+            data_bytes=lake[2],
+            awaiting_deletion=lake[3],
         )
 
     def close(self) -> None:
@@ -112,3 +126,17 @@ class StoreCheck:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+def _lake_size(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int, int]:
+    """(snapshots, data files, data bytes, files awaiting deletion) of the attached lake."""
+    snapshots = con.execute(f"SELECT count(*) FROM ducklake_snapshots('{LAKE}')").fetchone()
+    files = con.execute(
+        f"SELECT count(*), coalesce(sum(data_file_size_bytes), 0) "
+        f"FROM ducklake_list_files('{LAKE}', 'candles')"
+    ).fetchone()
+    waiting = con.execute(
+        f"SELECT count(*) FROM __ducklake_metadata_{LAKE}.ducklake_files_scheduled_for_deletion"
+    ).fetchone()
+    assert snapshots is not None and files is not None and waiting is not None
+    return int(snapshots[0]), int(files[0]), int(files[1]), int(waiting[0])

@@ -268,6 +268,12 @@ class CandleStore:
     def __repr__(self) -> str:
         return f"CandleStore(root={str(self.root)!r}, catalog={self.catalog!r})"
 
+    @staticmethod
+    def describe_catalog(path: str | Path, catalog: str | None) -> str:
+        """``sqlite catalog <file>`` or ``postgres catalog <conninfo>``, password redacted."""
+        spec = parse_catalog(catalog, Path(path))
+        return f"{spec.kind} catalog {redact(spec.target)}"
+
     def __enter__(self) -> Self:
         return self
 
