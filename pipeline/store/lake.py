@@ -26,6 +26,7 @@ import importlib.resources
 import logging
 import re
 import sqlite3
+import threading
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -371,20 +372,38 @@ def _load_extension(con: duckdb.DuckDBPyConnection, kind: str) -> None:
     con.execute(f"LOAD {quote(str(path))}")
 
 
+_WAL_PREPARED: set[Path] = set()
+_WAL_LOCK = threading.Lock()
+
+
 def _prepare_sqlite_catalog(path: Path, *, read_only: bool) -> None:
-    """Create the catalog file if needed and put it in WAL mode (see the module docstring)."""
+    """Create the catalog file if needed and put it in WAL mode (see the module docstring).
+
+    Once per catalog and process, before this process's DuckDB opens it: Python's ``sqlite3``
+    is a second SQLite library in the process, and closing its file descriptor releases every
+    POSIX lock the process holds on the file, those of DuckDB's own SQLite included (SQLite's
+    "how to corrupt a database", 2.2). Done again on each reopen of the writer's connection,
+    it let another process take the catalog for unused and truncate the WAL index under this
+    one: a reader process died of SIGBUS in the month-long catalog soak. WAL mode is stored in
+    the file, so the first check is the only one needed.
+    """
     if read_only:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as db:
-        mode = db.execute("PRAGMA journal_mode").fetchone()
-        if mode is None or str(mode[0]).lower() != "wal":
-            try:
-                db.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.OperationalError as exc:
-                # Another process holds the catalog; it stays in its current mode.
-                logger.warning("! could not switch %s to WAL: %s", path, exc)
-    db.close()
+    key = path.resolve()
+    with _WAL_LOCK:
+        if key in _WAL_PREPARED:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as db:
+            mode = db.execute("PRAGMA journal_mode").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                try:
+                    db.execute("PRAGMA journal_mode = WAL")
+                except sqlite3.OperationalError as exc:
+                    # Another process holds the catalog; it stays in its current mode.
+                    logger.warning("! could not switch %s to WAL: %s", path, exc)
+        db.close()
+        _WAL_PREPARED.add(key)
 
 
 # ------------------------------------------------------------- data files we write ourselves
