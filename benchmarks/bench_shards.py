@@ -84,7 +84,12 @@ def _shard(
         cpu_before = usage.ru_utime + usage.ru_stime
         start.wait()
         began = time.perf_counter()
-        written = sum(store.upsert(frame).written for frame in frames)
+        written = 0
+        latencies = []
+        for frame in frames:
+            flush_began = time.perf_counter()
+            written += store.upsert(frame).written
+            latencies.append(time.perf_counter() - flush_began)
         finished = time.perf_counter()
         retries = store.stats.retries
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -98,12 +103,19 @@ def _shard(
             "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
             "peak_rss_mb": usage.ru_maxrss / 1024,
             "retries": retries,
+            "flush_s": latencies,
         }
     )
 
 
-def run_shards(count: int, catalog: str, shared: Path, series: int, rounds: int) -> dict[str, Any]:
-    """Run ``count`` shard processes on one fresh lake; their figures and the aggregate."""
+def run_shards(
+    count: int, catalog: str, shared: Path | str, series: int, rounds: int
+) -> dict[str, Any]:
+    """Run ``count`` shard processes on one fresh lake; their figures and the aggregate.
+
+    ``shared`` is a folder or an ``s3://`` URL (the processes inherit the ``AWS_*``
+    environment that reaches it).
+    """
     names = [CandleSymbol.of(f"S{i:05d}", "1m").normalized for i in range(series)]
     context = mp.get_context("spawn")
     start = context.Barrier(count)
@@ -123,11 +135,15 @@ def run_shards(count: int, catalog: str, shared: Path, series: int, rounds: int)
             process.join()
     written = sum(s["written"] for s in shards)
     wall = max(s["finished"] for s in shards) - min(s["began"] for s in shards)
+    flushes = sorted(f for s in shards for f in s["flush_s"])
     return {
         "shards": count,
         "candles": written,
         "wall_s": round(wall, 3),
         "candles_per_s": round(written / wall),
+        "flushes": len(flushes),
+        "flush_p50_s": round(flushes[len(flushes) // 2], 3),
+        "flush_max_s": round(flushes[-1], 3),
         "per_shard": sorted(shards, key=lambda s: str(s["shard"])),
     }
 

@@ -132,13 +132,17 @@ def query(
 
     candles query "SELECT symbol, period, count(*) FROM candles GROUP BY ALL"
     """
-    from pipeline.store import QueryError, format_frame, run_query
+    from pipeline.store import QueryError, S3Options, format_frame, run_query
 
     config = load(config_path, profile)
     path = store_path or config.store.path
     try:
         frame = run_query(
-            sql, path=path, catalog=config.store.catalog, data_path=config.store.data_path
+            sql,
+            path=path,
+            catalog=config.store.catalog,
+            data_path=config.store.data_path,
+            s3=S3Options(**config.store.s3.model_dump()),
         )
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
@@ -166,7 +170,7 @@ def export(
 
     candles export --out exports/candles --where "symbol = 'AAPL'"
     """
-    from pipeline.store import QueryError, export_store
+    from pipeline.store import QueryError, S3Options, export_store
 
     config = load(config_path, profile)
     try:
@@ -177,6 +181,7 @@ def export(
             data_path=config.store.data_path,
             fmt=fmt,  # type: ignore[arg-type]
             where=where,
+            s3=S3Options(**config.store.s3.model_dump()),
         )
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
@@ -253,6 +258,15 @@ def check(config_path: Path | None, profile: str | None) -> None:
             raise click.ClickException(
                 "the tastytrade source needs these environment variables set: " + ", ".join(missing)
             )
+    if config.store.data_path is not None and "://" in config.store.data_path:
+        missing = config.store.s3.missing_env()
+        if missing:
+            raise click.ClickException(
+                f"the data path {config.store.data_path} needs these environment variables "
+                "set: " + ", ".join(missing)
+            )
+    for note in config.store.notes():
+        click.echo(f"note: {note}")
     series = config.subscriptions.candle_symbols()
     click.echo(
         f"config OK: source {config.source.kind}, {len(series)} series "

@@ -3,8 +3,8 @@
 Both sides of the store agree on this module and on nothing else: the candle manager
 (:mod:`pipeline.candles`) builds its batch frames in :data:`CANDLE_SCHEMA`, the store
 (:mod:`pipeline.store`) checks, writes and reads frames in it, and the analysis helpers read
-it back. ``sql/schema.sql`` is the same table in SQL (DuckLake's DDL); a test keeps the two
-in step.
+it back. ``sql/schema.sql`` is the same table in SQL (DuckLake's DDL);
+``tests/test_schema.py`` keeps the two in step.
 """
 
 from __future__ import annotations

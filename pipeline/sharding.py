@@ -9,9 +9,12 @@ The assignment is a pure function of the series key and ``N``: a stable 64-bit B
 (not Python's ``hash()``, which is salted per process), so every process, on every machine
 and every Python version, agrees without talking to the others.
 
-Compaction runs in exactly one place: the shard ``1/N`` (:attr:`ShardSpec.runs_compaction`).
-The rule needs no coordination and no lock; if shard 1 is down, compaction merely waits for
-it (files accumulate, nothing is lost). A lake written by one unsharded process is shard 1/1.
+On a SQLite catalog (one host) compaction runs in exactly one place: the shard ``1/N``
+(:attr:`ShardSpec.runs_compaction`). The rule needs no coordination and no lock; if shard 1 is
+down, compaction merely waits for it (files accumulate, nothing is lost). A lake written by one
+unsharded process is shard 1/1. On a PostgreSQL catalog the shard lease hands the maintenance
+turn to one shard per interval instead (:mod:`pipeline.store.lease`), so it goes on while any
+shard is up.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class ShardSpec:
 
     @property
     def runs_compaction(self) -> bool:
-        """Only shard 1 compacts the shared lake (see the module docstring)."""
+        """Only shard 1 compacts a SQLite-catalog lake (see the module docstring)."""
         return self.index == 1
 
     def owns(self, series: str | CandleSymbol) -> bool:

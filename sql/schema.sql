@@ -1,4 +1,5 @@
--- The candles table of the DuckLake store (pipeline/store.py runs this after `USE lake`).
+-- The candles table of the DuckLake store (pipeline/store/writer.py runs this after `USE lake`;
+-- pipeline/schema.py is the same table as polars types, and tests/test_schema.py keeps them equal).
 --
 -- One row per candle, keyed by (symbol, period, time, sequence): `symbol` is the streamer symbol
 -- (CandleSymbol.base, e.g. 'AAPL', '/ESZ25:XCME'), `period` the store form of the candle period
@@ -6,7 +7,7 @@
 -- period start in UTC (dxlink-protocol.md §4.1), `sequence` the low 22 bits of the event index
 -- (§4.2): 0 for time-based periods; tick, volume and price candles that start in the same
 -- millisecond differ only by it. It is the last column because stores made before it existed
--- get it by ALTER TABLE ADD COLUMN (pipeline/lake.py), which appends; one order for both.
+-- get it by ALTER TABLE ADD COLUMN (pipeline/store/lake.py), which appends; one order for both.
 -- There is no PRIMARY KEY: DuckLake has none, and
 -- uniqueness is kept by the single writer's upsert (dedupe the batch, then delete + insert in one
 -- transaction). `revision` counts how often the candle changed after it was first handed to the

@@ -1,4 +1,4 @@
-"""Tests for pipeline/config.py: sections, profiles, env overrides and error messages."""
+"""Tests for pipeline/config/: sections, profiles, env overrides and error messages."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@
   model): SQL statements through ``run_query`` against a store filled from the simulator
   market; ``./run candles ...`` lines through ``CliRunner`` in a folder laid out like the
   project (``config.toml`` plus ``data/``); Python snippets with ``exec``; output samples
-  against what the code prints; the architecture diagram's paths and classes. A block (or,
+  against what the code prints; the architecture diagram's paths and classes; the package
+  diagram's arrows against the import rules of ``tests/test_layering.py``. A block (or,
   with a quoted command prefix, some lines of a shell block) that cannot run here carries
   ``<!-- not-executed: reason -->`` or ``<!-- not-executed `prefix`: reason -->`` on the line
   right before its fence; anything else unexecuted fails.
@@ -56,6 +57,7 @@ from pipeline.metrics import MetricsServer
 from pipeline.simulator import SimulatorClock
 from pipeline.store import run_query
 from tests.helpers.fake_tastytrade import FakeClock, FakeTastytrade, IssuedTokenSimulator
+from tests.helpers.layering import ALLOWED, PACKAGE
 from tests.helpers.metrics import START, FakeService, reader
 from tests.helpers.notebook_store import FilledStore, fill_store
 from tests.helpers.timing import TIMEOUT
@@ -467,8 +469,49 @@ def check_output_sample(example: Example, ctx: Context) -> None:
         assert printed.startswith(shown) if line.endswith("...") else printed == line
 
 
+_ARROW = "──▶"
+
+
+def parse_package_diagram(code: str) -> list[tuple[str, frozenset[str]]]:
+    """The package diagram's rows, top to bottom: (package, the packages its arrow names).
+    ``everything below`` names every package on a later row; a ``(remark)`` ends a row."""
+    rows = []
+    for line in code.splitlines():
+        if _ARROW in line:
+            left, _, right = line.partition(_ARROW)
+            rows.append((left.split()[-1], right.partition("(")[0].split()))
+    names = [name for name, _ in rows]
+    parsed = []
+    for position, (name, targets) in enumerate(rows):
+        if targets == ["everything", "below"]:
+            parsed.append((name, frozenset(names[position + 1 :])))
+        else:
+            parsed.append((name, frozenset(t for t in targets if t != "nothing")))
+    return parsed
+
+
+def check_package_diagram(example: Example, ctx: Context) -> None:
+    """Each package drawn exists, each arrow points below it, and the arrows are exactly the
+    rules tests/test_layering.py holds the imports to."""
+    rows = parse_package_diagram(example.code)
+    names = [name for name, _ in rows]
+    assert len(set(names)) == len(names), f"{example.where}: a package is drawn twice"
+    for position, (name, targets) in enumerate(rows):
+        path = PACKAGE / name.replace(".", "/") if name != "pipeline" else PACKAGE
+        found = (path / "__init__.py").is_file() or path.with_suffix(".py").is_file()
+        assert found, f"{example.where}: the diagram names {name}, which is not in pipeline/"
+        above = set(targets) - set(names[position + 1 :])
+        assert above == set(), f"{example.where}: {name} points at {sorted(above)}, not below"
+    assert dict(rows) == ALLOWED, (
+        f"{example.where}: the diagram's arrows differ from tests/helpers/layering.py's ALLOWED"
+    )
+
+
 def check_diagram(example: Example, ctx: Context) -> None:
     """Every module path in the diagram exists and defines the classes named next to it."""
+    if _ARROW in example.code:
+        check_package_diagram(example, ctx)
+        return
     checked, folder = 0, ""
     for line in example.code.splitlines():
         module = None  # a bare file name is in the folder last named (continuation lines)

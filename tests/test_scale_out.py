@@ -285,8 +285,8 @@ async def test_three_shards_one_killed_equal_the_truth(
         assert report["errors"] == []
         assert report["ok"] >= 1
         logged = {k: logs[k].read_text() for k in logs}
-        assert "= compacted" in logged[1], "shard 1 owns compaction"
-        assert all("= compacted" not in logged[k] for k in (2, 3)), "only shard 1 compacts"
+        # The lease hands compaction to one shard per interval, whichever asks first.
+        assert any("= compacted" in logged[k] for k in logged), "someone compacts"
         with CandleStore(
             tmp_path / "check", catalog=catalog, data_path=shared, verify_extensions=False
         ) as store:

@@ -1,13 +1,14 @@
-"""Soak: simulated days of ingest with periodic faults while other processes read the store.
+"""Soak: simulated hours or days of ingest with faults while other processes read the store.
 
 Per step the simulator's manual clock moves ``step_minutes`` on, the service catches up and
 flushes, and the test samples RSS, flush latency, open file descriptors, asyncio tasks and
-threads. After a warm-up (the manager's history bound filled) each of them must stay flat,
-readers (``candles query`` processes and a notebook-style reader holding one connection)
-must see no error, no flush may fail, and the store must equal the simulator's truth.
+threads. Behaviour, checked in the default suite on a few simulated hours: readers
+(``candles query`` processes and a notebook-style reader holding one connection) see no
+error, no flush or compaction fails, and the store equals the simulator's truth.
 
-The default suite runs one simulated day; ``--run-soak`` runs several. The sampled curve is
-printed (``-s``) so a run can be reported.
+Trends depend on the machine, so they are opt-in (``--run-soak``): after a warm-up (the
+manager's history bound filled) RSS, flush latency, descriptors, tasks and threads must stay
+flat. The sampled curve is printed (``-s``) so a run can be reported.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,17 +207,25 @@ def _flat(values: list[float], *, slack: float, ratio: float) -> tuple[float, fl
     return first, last, last <= first + slack or last <= first * ratio
 
 
-def _check(result: SoakResult, *, warmup: int, rss_slack_mib: float, latency_slack: float) -> None:
+def _check_behaviour(result: SoakResult) -> None:
+    """Nothing lost, nothing failed, every reader served: what any machine must show."""
     text = result.curve()
     print("\n" + text)  # the curve, for the report (pytest -s)
-    steady = result.samples[warmup:]
-    assert len(steady) >= 10, text
     assert result.problems == [], result.problems
     assert result.flush_failures == 0 and result.busy_failures == 0
     for report in result.reader_reports:
         assert report["errors"] == [], report
         assert isinstance(report["queries"], int) and report["queries"] > 0
     assert result.cli.failures == [] and result.cli.runs > 0
+
+
+def _check_trends(
+    result: SoakResult, *, warmup: int, rss_slack_mib: float, latency_slack: float
+) -> None:
+    """After ``warmup`` steps RSS, flush latency, fds, tasks and threads stay flat."""
+    text = result.curve()
+    steady = result.samples[warmup:]
+    assert len(steady) >= 10, text
     first, last, ok = _flat([s.rss for s in steady], slack=rss_slack_mib * MIB, ratio=1.0)
     assert ok, f"RSS grew from {first / MIB:.1f} to {last / MIB:.1f} MiB\n{text}"
     first, last, ok = _flat([s.flush_seconds for s in steady], slack=latency_slack, ratio=2.0)
@@ -230,16 +238,27 @@ def _check(result: SoakResult, *, warmup: int, rss_slack_mib: float, latency_sla
         assert ok, f"{name} leak: median {first:g} -> {last:g}: {counts}"
 
 
-@pytest.mark.timeout(120)
-async def test_simulated_hours_stay_flat(tmp_path: Path) -> None:
-    """~5 simulated hours, a drop every 2 h, readers: flat RSS, latency, fds, tasks, threads."""
-    started = time.monotonic()
-    result = await run_soak(
+async def _simulated_hours(tmp_path: Path) -> SoakResult:
+    """~5 simulated hours of two symbols, a drop every 2 h, a compaction every 100 minutes."""
+    return await run_soak(
         tmp_path, days=0.2, step_minutes=20, symbols=("AAPL", "SPY"), fault_every=6,
         max_historical_candles=60, compact_every=5,
     )  # fmt: skip
-    _check(result, warmup=4, rss_slack_mib=24, latency_slack=0.25)
-    print(f"elapsed {time.monotonic() - started:.1f}s, cli runs {result.cli.runs}")
+
+
+@pytest.mark.timeout(120)
+async def test_simulated_hours_with_drops_and_readers_store_the_truth(tmp_path: Path) -> None:
+    """~5 simulated hours, a drop every 2 h, readers: the store equals the truth, no errors."""
+    _check_behaviour(await _simulated_hours(tmp_path))
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(300)
+async def test_simulated_hours_stay_flat(tmp_path: Path) -> None:
+    """The same hours: flat RSS, flush latency, fds, tasks and threads after the warm-up."""
+    result = await _simulated_hours(tmp_path)
+    _check_behaviour(result)
+    _check_trends(result, warmup=4, rss_slack_mib=24, latency_slack=0.25)
 
 
 @pytest.mark.soak
@@ -250,4 +269,5 @@ async def test_several_simulated_days_stay_flat(tmp_path: Path) -> None:
         tmp_path, days=4.0, step_minutes=15, symbols=("AAPL", "SPY", "QQQ", "MSFT"),
         fault_every=8, max_historical_candles=1000,
     )  # fmt: skip
-    _check(result, warmup=96, rss_slack_mib=16, latency_slack=0.1)
+    _check_behaviour(result)
+    _check_trends(result, warmup=96, rss_slack_mib=16, latency_slack=0.1)

@@ -1,4 +1,4 @@
-"""Tests for pipeline/tastytrade.py against a local fake of tastytrade's REST API."""
+"""Tests for pipeline/ingest/tastytrade.py against a local fake of tastytrade's REST API."""
 
 from __future__ import annotations
 

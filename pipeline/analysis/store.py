@@ -1,7 +1,10 @@
 """Open the store for analysis and load candles from it (see :mod:`pipeline.analysis`).
 
 Where the store is comes from one place: the ``CANDLES_STORE`` environment variable, default
-``data`` (the ingest default, ``[store] path`` in config.toml).
+``data`` (the ingest default, ``[store] path`` in config.toml). A lake elsewhere (a PostgreSQL
+catalog, data on ``s3://``, docs/scaling.md) is named by the variables that override the
+config's ``[store]`` section, ``CANDLES_STORE__CATALOG`` and ``CANDLES_STORE__DATA_PATH``; the
+S3 keys, endpoint and region come from the standard ``AWS_*`` variables.
 
 Reading is safe while ingest writes: :func:`connect` attaches the DuckLake read-only, which
 takes no lock the writer waits on (DESIGN.md "Store"), and every query sees the newest
@@ -20,13 +23,25 @@ import polars as pl
 
 from pipeline.analysis.frames import require_aware
 from pipeline.schema import CANDLE_SCHEMA
-from pipeline.store import StoreError
+from pipeline.store import S3Options, StoreError
 from pipeline.store import connect as connect_store
 
-__all__ = ["DEFAULT_STORE", "STORE_ENV", "connect", "load_candles", "store_path"]
+__all__ = [
+    "CATALOG_ENV",
+    "DATA_PATH_ENV",
+    "DEFAULT_STORE",
+    "STORE_ENV",
+    "connect",
+    "load_candles",
+    "store_path",
+]
 
 STORE_ENV = "CANDLES_STORE"
 """Environment variable naming the store folder."""
+CATALOG_ENV = "CANDLES_STORE__CATALOG"
+"""Environment variable naming the catalog (``store.catalog``), when not passed."""
+DATA_PATH_ENV = "CANDLES_STORE__DATA_PATH"
+"""Environment variable naming the data path (``store.data_path``), when not passed."""
 DEFAULT_STORE = "data"
 """The store folder when ``CANDLES_STORE`` is unset (the ingest default)."""
 
@@ -47,6 +62,7 @@ def connect(
     catalog: str | None = None,
     data_path: str | Path | None = None,
     verify_extensions: bool = True,
+    s3: S3Options | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection with the lake attached and the views created.
 
@@ -55,15 +71,22 @@ def connect(
 
     Args:
         path: The store folder; ``None`` reads :func:`store_path`.
-        catalog: A non-default catalog (see :func:`pipeline.store.parse_catalog`).
-        data_path: A non-default Parquet folder (see :class:`pipeline.store.CandleStore`).
+        catalog: A non-default catalog (see :func:`pipeline.store.parse_catalog`); ``None``
+            reads ``CANDLES_STORE__CATALOG`` if set.
+        data_path: A non-default Parquet folder or ``s3://`` URL (see
+            :class:`pipeline.store.CandleStore`); ``None`` reads ``CANDLES_STORE__DATA_PATH``
+            if set.
         verify_extensions: Check the DuckDB extension signatures (see
             :class:`pipeline.store.CandleStore`).
+        s3: How to reach an ``s3://`` data path (:class:`pipeline.store.S3Options`);
+            ``None`` takes it from the standard ``AWS_*`` environment variables.
 
     Raises:
         StoreError: There is no store at the path; the message says how to point at one.
     """
     folder = store_path() if path is None else Path(path)
+    catalog = catalog or os.environ.get(CATALOG_ENV, "").strip() or None
+    data_path = data_path or os.environ.get(DATA_PATH_ENV, "").strip() or None
     try:
         return connect_store(
             folder,
@@ -71,6 +94,7 @@ def connect(
             data_path=data_path,
             read_only=True,
             verify_extensions=verify_extensions,
+            s3=s3,
         )
     except StoreError as exc:
         hint = f"; set {STORE_ENV} to the store folder" if path is None else ""

@@ -31,6 +31,7 @@ __all__ = [
     "LoggingConfig",
     "ManagerConfig",
     "MetricsConfig",
+    "S3Config",
     "ScheduleConfig",
     "SimulatorSourceConfig",
     "SourceConfig",
@@ -405,6 +406,72 @@ def _check_retention(value: Mapping[str, str]) -> dict[str, str]:
     return checked
 
 
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_HOST_PORT = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+
+
+def is_object_store_url(value: str | None) -> bool:
+    """Whether a ``store.data_path`` names object storage (``s3://...``), not a folder."""
+    return value is not None and "://" in value
+
+
+class S3Config(_Section):
+    """How to reach a data path on S3 or an S3-compatible store (``store.data_path = "s3://..."``).
+
+    The keys themselves are never configured: only the names of the environment variables
+    that hold them (docs/scaling.md).
+    """
+
+    endpoint: str | None = _option(
+        None, allowed="host[:port] or http(s)://host[:port], e.g. minio.internal:9000"
+    )
+    """S3-compatible endpoint (MinIO, R2, ...); unset reads AWS_ENDPOINT_URL_S3 or
+    AWS_ENDPOINT_URL, else AWS S3 itself."""
+    region: str | None = _option(None, min_length=1, allowed="a region name, e.g. eu-west-1")
+    """The bucket's region; unset reads AWS_REGION or AWS_DEFAULT_REGION, else us-east-1."""
+    url_style: Literal["auto", "path", "vhost"] = "auto"
+    """path (endpoint/bucket/key) or vhost (bucket.endpoint/key); auto: path with a custom
+    endpoint, vhost on AWS."""
+    use_ssl: bool | None = None
+    """TLS to the endpoint; unset means on, unless the endpoint is an http:// URL."""
+    access_key_id_env: _EnvName = _option(
+        "AWS_ACCESS_KEY_ID", allowed="an environment variable name"
+    )
+    """Name of the environment variable holding the access key id."""
+    secret_access_key_env: _EnvName = _option(
+        "AWS_SECRET_ACCESS_KEY", allowed="an environment variable name"
+    )
+    """Name of the environment variable holding the secret access key."""
+    session_token_env: _EnvName = _option(
+        "AWS_SESSION_TOKEN", allowed="an environment variable name"
+    )
+    """Name of the environment variable holding a session token (temporary credentials);
+    unset or empty means none."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip()
+        if "://" in text:
+            parts = urlsplit(text)
+            if parts.username or parts.password:
+                raise ValueError("the endpoint must not carry credentials (value not shown)")
+            if parts.scheme not in ("http", "https") or parts.path.strip("/") or parts.query:
+                raise ValueError(f"{text[:60]!r} is not http(s)://host[:port] without a path")
+            text = parts.netloc
+        if not _HOST_PORT.fullmatch(text):
+            raise ValueError(f"{text[:60]!r} is not host[:port]")
+        return value.strip()
+
+    def missing_env(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Names of the key variables that are unset or empty (the session token is optional)."""
+        env = os.environ if environ is None else environ
+        names = (self.access_key_id_env, self.secret_access_key_env)
+        return [name for name in names if not env.get(name, "").strip()]
+
+
 class StoreConfig(_Section):
     """The DuckLake store: a catalog plus Parquet data files."""
 
@@ -418,9 +485,10 @@ class StoreConfig(_Section):
     data_path: str | None = _option(
         None,
         min_length=1,
-        allowed="a directory shared by every shard (a local or network folder)",
+        allowed="a directory every process reaches under the same name, or s3://bucket/prefix/",
     )
-    """Folder of the Parquet files; unset means ``<path>/data``. Shards share one."""
+    """Where the Parquet files live: a folder, or object storage (s3://bucket/prefix/, see
+    store.s3); unset means ``<path>/data``. Shards share one."""
     recycle_after: int = Field(default=500, ge=1, le=10_000_000)
     """Upserts after which the ingest writer reopens its DuckDB connection (it also does after
     every compaction): native memory DuckDB keeps per connection is returned only on close."""
@@ -444,6 +512,48 @@ class StoreConfig(_Section):
     def retention_for(self, period_label: str) -> timedelta | None:
         """A stored period's retention (``5m,tho=true`` counts as ``5m``); ``None``: forever."""
         return self.retention_policy().get(period_label.split(",", 1)[0])
+
+    lease_check_interval: float = Field(default=5.0, gt=0, le=3600)
+    """Seconds between checks that this ingest still holds its shard in a PostgreSQL catalog
+    (every commit checks too); after a loss it tries to claim the shard back this often."""
+    s3: S3Config = S3Config()
+
+    @field_validator("data_path")
+    @classmethod
+    def _check_data_path(cls, value: str | None) -> str | None:
+        if not is_object_store_url(value):
+            return value
+        assert value is not None
+        parts = urlsplit(value.strip())
+        if parts.scheme != "s3":
+            raise ValueError(
+                f"{parts.scheme}:// is not supported; use s3://bucket/prefix/ (S3-compatible "
+                "stores through store.s3.endpoint)"
+            )
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                "the URL must not carry credentials or a query (value not shown); put the keys "
+                "in the environment (store.s3.access_key_id_env, secret_access_key_env)"
+            )
+        if not _S3_BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
+            raise ValueError(
+                f"{parts.netloc[:70]!r} is not an S3 bucket name (3-63 lowercase letters, "
+                "digits, dots and hyphens)"
+            )
+        return value.strip()
+
+    def notes(self) -> list[str]:
+        """What ``candles config check`` should tell about this combination (not errors)."""
+        if not is_object_store_url(self.data_path):
+            return []
+        if self.catalog is None or self.catalog.startswith("sqlite:"):
+            return [
+                f"store: data on {self.data_path} with a SQLite catalog on this host: only "
+                "processes on this one host can write or read this lake; for ingest hosts "
+                "that share nothing, or readers elsewhere, set store.catalog = "
+                '"postgres:..." (docs/scaling.md)'
+            ]
+        return []
 
     @field_validator("catalog")
     @classmethod

@@ -1,13 +1,13 @@
 """CandleBlock: the Candle events of one large COMPACT frame, held as columns (issue 6).
 
 A backfill arrives as frames of hundreds of Candle events. One ``Candle`` tuple per event,
-later packed into the manager's record one by one, cost ~2 us per event on the client's
-only thread (benchmarks/bench_backfill.py). A block keeps the frame as numpy columns instead:
-each field's strided slice of the values array is converted once, at C speed, so the manager
-can pack a whole snapshot with a few numpy operations.
+later packed into the manager's record one by one, was the largest per-event cost on the
+client's only thread (``bench_backfill``, ``bench_pipeline``). A block keeps the frame as
+numpy columns instead: each field's strided slice of the values array is converted once, in
+C, so the manager can pack a whole snapshot with a few numpy operations.
 
-``array.array("q")`` (integers) and ``struct`` ``"d"`` (doubles) accept and reject exactly
-what the tuple decoder does (§3.5, §4.2): integers take ints and bools and refuse floats,
+``struct`` (integers as a native long or ``"q"``, doubles as ``"d"``) accepts and rejects
+exactly what the tuple decoder does (§3.5, §4.2): integers take ints and bools and refuse floats,
 strings and null like ``operator.index``; doubles take numbers and refuse strings and null
 like ``float``, and a column holding the strings ``"NaN"``/``"Infinity"``/``"-Infinity"`` is
 mapped through them first. Anything else makes :meth:`BlockLayout.decode` raise, and the
@@ -60,8 +60,9 @@ TIME, SEQUENCE, FLAGS, INDEX, EVENT_TIME, COUNT = range(len(INT_FIELDS))
 _NAN_BYTES = struct.pack("d", math.nan)
 _PACKERS: dict[tuple[str, int], Callable[..., bytes]] = {}  # (code, events) -> packer
 _MAX_PACKERS = 256
-# A native C long is int64 where it is 8 bytes (Linux, macOS): struct converts it ~2x faster
-# than "q" (CPython's long long path is generic); values and checks are the same.
+# A native C long is int64 where it is 8 bytes (Linux, macOS), and struct converts it by a
+# shorter path than "q" (CPython's long long path is generic; bench_decode); values and
+# checks are the same.
 _INT64 = "l" if struct.calcsize("l") == 8 else "q"
 
 IntColumns = npt.NDArray[np.int64]
@@ -109,8 +110,9 @@ class BlockLayout:
     def decode(self, values: list[Any]) -> CandleBlock:
         """Decode back-to-back event values (length a multiple of :attr:`width`).
 
-        Each kind of column goes into one buffer and becomes one 2-D array without a copy:
-        a frame's fixed cost is ~30 us less than filling array rows one by one.
+        Each kind of column goes into one buffer and becomes one 2-D array without a copy,
+        which leaves a frame less fixed cost than filling array rows one by one
+        (``bench_decode``).
 
         Raises:
             TypeError, ValueError, OverflowError: a value is not what its field must be (§3.5).
@@ -119,8 +121,9 @@ class BlockLayout:
         count = len(values) // width
         symbols = values[self.symbol :: width]
         "".join(symbols)  # TypeError unless every symbol is a str
-        # struct packs a column ~2x faster than array("q", list) (and ~5x array.extend or
-        # numpy's row assignment); joining the packed columns costs one memcpy.
+        # struct packs a column in one C call, the least work of array("q", list),
+        # array.extend and numpy's row assignment (bench_decode); joining the packed columns
+        # costs one memcpy.
         zeros, pack_ints = bytes(8 * count), _packer(_INT64, count)
         try:
             int_parts = [zeros if o is None else pack_ints(*values[o::width]) for o in self.ints]
@@ -153,8 +156,8 @@ def _double_column(
     if offset is None:
         return _NAN_BYTES * (len(values) // width)
     column = values[offset::width]
-    if column and column[0].__class__ is not str:  # struct: ~3x faster than array("d"), same checks
-        try:  # (a bare try costs nothing in 3.11; a suppress() block ~0.3 us per column)
+    if column and column[0].__class__ is not str:  # struct: less work than array("d"), same checks
+        try:  # (a bare try is free in 3.11; a suppress() block is not, and this runs per column)
             return pack(*column)
         except struct.error:
             pass

@@ -3,7 +3,7 @@
 This is the record that flows from the protocol decoder (``protocol.py``) through the client
 to the ``CandleDataManager``. It is a ``NamedTuple`` on purpose: the decoder builds one per
 event on the hot path, and a tuple is the cheapest Python object that still has names
-(storage-and-libs.md §13: pydantic per event costs ~5x).
+(storage-and-libs.md §13 measured a pydantic model per event against tuples).
 
 No I/O, no clock. References are to ``dxlink-protocol.md``.
 """

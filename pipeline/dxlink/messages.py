@@ -1,7 +1,7 @@
 """The DXLink envelope codec (dxlink-protocol.md §2.1, §2.3), and the message models.
 
 The models (one small frozen dataclass per message type, and the enums) live in
-``message_models.py`` and are re-exported here; attribute names are snake_case, the wire keys
+``message_models.py``; attribute names are snake_case, the wire keys
 camelCase (``keepaliveTimeout``, ``acceptEventFields``, ``fromTime``). A single table,
 ``_SPECS``, lists every message's wire keys, their types and whether they are required;
 :func:`parse` and :func:`encode` both walk it, so the two directions cannot drift apart.

@@ -1,7 +1,8 @@
 """Events that ``ClientProtocol`` and ``ServerProtocol`` hand to their drivers.
 
 Each is a small frozen dataclass; the driver collects them with ``events_received()``.
-``protocol.py`` re-exports all of them, so import from there. Tokens never appear in a repr.
+The package's face (:mod:`pipeline.dxlink`) exports all of them, so import from there.
+Tokens never appear in a repr.
 
 Client role: ServerSetup, Authorized, AuthRejected, ChannelOpened, ChannelClosed,
 FeedConfigured, CandlesReceived, EventsReceived.

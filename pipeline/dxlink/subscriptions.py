@@ -18,8 +18,8 @@ coalesces pending adds and removes per item, cuts them into FEED_SUBSCRIPTION ba
 by item count and by encoded size (the server closes with 1009 on a large frame, §8), and lets
 them out through a token bucket (the server answers a burst with BAD_ACTION).
 
-Only ``client.py`` imports this module. No I/O, no clock: every method that needs the time
-takes ``now`` (seconds).
+Only the client (:mod:`pipeline.dxlink.client`) uses this module. No I/O, no clock: every
+method that needs the time takes ``now`` (seconds).
 """
 
 from __future__ import annotations

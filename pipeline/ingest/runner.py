@@ -34,7 +34,7 @@ from pipeline.ingest.service import IngestService
 from pipeline.ingest.sources import SimulatorTokenSource
 from pipeline.ingest.tastytrade import TastytradeTokenSource
 from pipeline.ingest.tuning import ingest_process_tuning
-from pipeline.store import CandleStore, StoreError
+from pipeline.store import CandleStore, S3Options, StoreError
 
 __all__ = [
     "EXIT_UNSTORED",
@@ -334,7 +334,10 @@ def _simulated_start_ms(config: Config) -> int:
     """
     now = int(time.time() * 1000)
     store = CandleStore(
-        config.store.path, catalog=config.store.catalog, data_path=config.store.data_path
+        config.store.path,
+        catalog=config.store.catalog,
+        data_path=config.store.data_path,
+        s3=S3Options(**config.store.s3.model_dump()),
     )
     try:
         newest = max(store.resume_points().values(), default=None)

@@ -19,6 +19,11 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
 * on stop (SIGINT/SIGTERM or ``duration``): pause the scheduler, stop the client, drain what
   was received, flush everything completed, close. A failed flush keeps the candles in
   memory and is retried; nothing is lost.
+* one writer per shard: a SQLite-catalog store is guarded by an ``flock`` in its folder, a
+  PostgreSQL-catalog lake (hosts that share no disk) by a lease in the catalog database that
+  is checked before every commit and every ``store.lease_check_interval``; a lease lost (the
+  catalog restarted or unreachable) is claimed back, meanwhile flushes fail and candles stay
+  in memory; a shard taken over by another process stops this one (docs/scaling.md);
 * the service changes no process-wide setting: the ``candles ingest`` process applies those
   (garbage collector, malloc, DuckDB's lazy imports) around it, :mod:`pipeline.ingest.tuning`.
 
@@ -37,6 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -46,7 +52,18 @@ from pipeline.config import Config
 from pipeline.dxlink import Candle, CandleBlock, CandleSymbol, ConfigurationError
 from pipeline.dxlink.client import DXLinkManager, TokenSource
 from pipeline.metrics import MetricsServer
-from pipeline.store import CandleStore, RetentionResult, UpsertResult, WriterLock
+from pipeline.store import (
+    CandleStore,
+    CatalogLease,
+    LeaseLost,
+    RetentionResult,
+    S3Options,
+    StoreBusy,
+    StoreError,
+    UpsertResult,
+    WriterLock,
+    parse_catalog,
+)
 
 __all__ = [
     "FLUSH_BATCH_EVENTS",
@@ -63,9 +80,10 @@ _event_time_of = operator.attrgetter("event_time")
 # How many stored candles per series are loaded into the manager on a warm start: enough to
 # merge a replayed snapshot against, small enough to start thousands of series quickly.
 WARM_START_CANDLES = 500
-# Events received between two flushes at most, whatever the schedule. A store write costs
-# ~0.1 s plus ~3.5 us per candle (benchmarks/bench_pipeline.py); 50,000 keeps the fixed part
-# small while a 200k candles/s backfill still hands the store a batch every ~0.25 s.
+# Events received between two flushes at most, whatever the schedule. A store write has a
+# fixed cost plus a cost per candle (bench_pipeline); 50,000 keeps the fixed part small while
+# a backfill at the target rate still hands the store a batch several times a second, so
+# storing overlaps receiving (bench_backfill).
 FLUSH_BATCH_EVENTS = 50_000
 
 
@@ -78,6 +96,14 @@ class FlushReport:
     deleted: int = 0
     seconds: float = 0.0
     error: str | None = None
+
+
+@dataclass(slots=True)
+class _Maintenance:
+    """What one maintenance run did (or the error of each step)."""
+
+    pruned: RetentionResult | Exception | None = None
+    compaction: Exception | None = None
 
 
 @dataclass(slots=True)
@@ -145,8 +171,19 @@ class IngestService:
         self._own_store = store is None
         self._store = store
         # A store of our own is ours alone (or our shard's): refuse to start next to another
-        # writer of the same series (pipeline.store.writer_lock).
-        self._writer_lock = WriterLock(config.store.path, self.shard) if store is None else None
+        # writer of the same series, on this machine (a SQLite catalog: pipeline.store.
+        # writer_lock) or on any machine (a PostgreSQL catalog: pipeline.store.lease).
+        self._writer_lock: WriterLock | None = None
+        self.lease: CatalogLease | None = None
+        """The shard lease in a PostgreSQL catalog, or ``None``."""
+        if store is None:
+            spec = parse_catalog(config.store.catalog, Path(config.store.path))
+            if spec.kind == "postgres":
+                self.lease = CatalogLease(spec.target, self.shard)
+            else:
+                self._writer_lock = WriterLock(config.store.path, self.shard)
+        self._lease_task: asyncio.Task[None] | None = None
+        self._fatal: BaseException | None = None
         self.manager = CandleDataManager(
             # The service knows exactly which series it captures; bounding the manager to
             # them keeps its memory bound (and the figure reported for it) meaningful.
@@ -200,16 +237,20 @@ class IngestService:
             if self._writer_lock is not None:
                 self._writer_lock.acquire()  # StoreBusy: nothing was started or written
             try:
+                if self.lease is not None:
+                    await asyncio.to_thread(self.lease.acquire)  # StoreBusy names the holder
                 self._store = await asyncio.to_thread(
                     CandleStore,
                     cfg.path,
                     catalog=cfg.catalog,
                     data_path=cfg.data_path,
                     recycle_after=cfg.recycle_after,
+                    s3=S3Options(**cfg.s3.model_dump()),
+                    application_name=self.lease.application_name if self.lease else None,
+                    before_commit=self.lease.check if self.lease else None,
                 )
             except BaseException:
-                if self._writer_lock is not None:
-                    self._writer_lock.release()
+                self._release_writer_guard()
                 raise
         try:
             await self.metrics.start()
@@ -223,6 +264,8 @@ class IngestService:
                     from_time=resume.get(symbol.normalized) or self._first_from_time(symbol),
                 )
             self._consumer = asyncio.create_task(self._consume(), name="candles-consumer")
+            if self.lease is not None:
+                self._lease_task = asyncio.create_task(self._watch_lease(), name="shard-lease")
             self._start_scheduler()
             waiters: list[asyncio.Future[Any]] = [
                 asyncio.ensure_future(self._stop.wait()),
@@ -239,10 +282,16 @@ class IngestService:
                 self._consumer.result()
         finally:
             await self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal
 
     async def _shutdown(self) -> None:
         if self._scheduler is not None:
             self._scheduler.pause()  # §5: no new submissions; the final flush is ours
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
         if self.client is not None:
             await self.client.aclose()
         if self._consumer is not None:
@@ -252,16 +301,52 @@ class IngestService:
         if self._batch_flush is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batch_flush  # flush() reports store failures, it does not raise
-        report = await self.flush("shutdown")
-        if report.error is not None:
-            logger.error("! final flush failed, %s", report.error)
+        if self._fatal is None:  # a shard taken over is the new owner's to store
+            report = await self.flush("shutdown")
+            if report.error is not None:
+                logger.error("! final flush failed, %s", report.error)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         await self.metrics.stop()
         if self._own_store and self._store is not None:
             await asyncio.to_thread(self._store.close)
+        self._release_writer_guard()
+
+    def _release_writer_guard(self) -> None:
         if self._writer_lock is not None:
             self._writer_lock.release()
+        if self.lease is not None:
+            self.lease.release()
+
+    async def _watch_lease(self) -> None:
+        """Run :meth:`check_lease` every ``store.lease_check_interval`` until it stops us."""
+        while not self._stop.is_set():
+            await asyncio.sleep(self.config.store.lease_check_interval)
+            await self.check_lease()
+
+    async def check_lease(self) -> None:
+        """Check the shard lease now; after a loss claim it back, or stop the service when
+        another process holds the shard (:meth:`run` then raises
+        :class:`~pipeline.store.LeaseLost` naming it). A no-op without a lease."""
+        lease = self.lease
+        if lease is None or self._fatal is not None:
+            return
+        try:
+            await asyncio.to_thread(lease.check)
+            return
+        except LeaseLost:
+            pass  # logged by the lease; flushes fail (and keep their candles) meanwhile
+        try:
+            await asyncio.to_thread(lease.acquire)
+            # Another process may have written our series while we did not own them.
+            await asyncio.to_thread(self.store.reconnect)
+            logger.warning("! shard %s claimed back; writing again", self.shard)
+        except StoreBusy as exc:
+            self._fatal = LeaseLost(f"shard {self.shard} was taken over: {exc}")
+            logger.error("! %s; stopping", self._fatal)
+            self.stop()
+        except StoreError as exc:
+            logger.warning("! cannot claim shard %s back yet: %s", self.shard, exc)
 
     # ------------------------------------------------------------------ wiring
 
@@ -327,8 +412,9 @@ class IngestService:
 
     async def _warm_start(self) -> None:
         """Load each series' recent stored candles, so replayed snapshots merge with them."""
-        # One catalog query finds the series that hold anything: a per-series read costs
-        # ~0.5 s even on an empty DuckLake table (benchmarks/README.md, backfill startup).
+        # One catalog query finds the series that hold anything: a read per series pays
+        # DuckLake's fixed cost even on an empty table, once per series (bench_backfill,
+        # subscribe to first data).
         keys = [symbol.normalized for symbol in self.series]
         stored = await asyncio.to_thread(self.store.resume_points, keys)
         for symbol in self.series:
@@ -348,7 +434,9 @@ class IngestService:
         scheduler.add_job(
             self._scheduled_flush, "interval", seconds=schedule.flush_interval, id="flush"
         )
-        if self.shard.runs_compaction:  # one compactor per lake: shard 1 (pipeline.sharding)
+        # One compactor per lake: with a lease, whichever shard gets the maintenance turn;
+        # without (one host), shard 1 (pipeline.sharding).
+        if self.lease is not None or self.shard.runs_compaction:
             scheduler.add_job(
                 self.maintain, "interval", seconds=schedule.compaction_interval, id="compaction"
             )
@@ -373,7 +461,7 @@ class IngestService:
         self.stats.candles_received += len(batch)
         if isinstance(batch, CandleBlock):
             newest = batch.newest_time()
-        else:  # Two C-level passes: ~80 ns per event, a generator with max() ~250 ns.
+        else:  # Two C-level passes: no bytecode per event, unlike a generator in max().
             newest = max(max(map(_time_of, batch)), max(map(_event_time_of, batch))) if batch else 0
         if newest > self.stats.stream_time_ms:
             self.stats.stream_time_ms = newest
@@ -450,36 +538,70 @@ class IngestService:
             )  # fmt: skip
         return report
 
+    def _compact_if_our_turn(self) -> bool:
+        """Compact when this process runs the lake's maintenance now; whether it did."""
+        if self.lease is None:
+            self.store.compact()
+            return True
+        with self.lease.maintenance_turn(self.config.schedule.compaction_interval) as ours:
+            if ours:
+                self.store.compact()
+            return ours
+
     def _write(self, batch: Batch) -> UpsertResult:
         return self.store.upsert(batch.frame, batch.deletions)
 
     async def maintain(self) -> None:
-        """The scheduled maintenance: retention (when configured), then compaction."""
-        await self.prune()
-        await self.compact()
-
-    async def prune(self) -> RetentionResult | None:
-        """Remove candles past their period's retention (``store.retention``), counting back
-        from the stream's clock; ``None`` when nothing is configured or it failed (logged,
-        counted: the next run tries again)."""
-        policy = self.config.store.retention_policy()
-        if not policy:
-            return None
+        """The scheduled maintenance, in this process's turn (one process per lake): retention
+        (``store.retention``, counting back from the stream's clock), then compaction. Either
+        failing is logged and counted; the next run tries again."""
         now = datetime.fromtimestamp(self.now_ms() / 1000, UTC)
         try:
-            result = await asyncio.to_thread(self.store.prune, policy, now=now)
-        except Exception as exc:  # housekeeping, like compaction: log, count, carry on
+            done = await asyncio.to_thread(self._maintain_if_our_turn, now)
+        except Exception as exc:  # the turn itself failed (a lost lease): as compaction
+            self.stats.compaction_failures += 1
+            logger.error("! maintenance failed: %s", exc)
+            return
+        if done is None:
+            return
+        if isinstance(done.pruned, Exception):
             self.stats.retention_failures += 1
-            logger.error("! retention failed: %s", exc)
-            return None
-        self.stats.retention_runs += 1
-        self.stats.candles_pruned += result.deleted
-        return result
+            logger.error("! retention failed: %s", done.pruned)
+        elif done.pruned is not None:
+            self.stats.retention_runs += 1
+            self.stats.candles_pruned += done.pruned.deleted
+        if done.compaction is not None:
+            self.stats.compaction_failures += 1
+            logger.error("! compaction failed: %s", done.compaction)
+        else:
+            self.stats.compactions += 1
+
+    def _maintain_if_our_turn(self, now: datetime) -> _Maintenance | None:
+        """Retention then compaction when this process runs the lake's maintenance now."""
+        if self.lease is None:
+            return self._maintenance(now)
+        with self.lease.maintenance_turn(self.config.schedule.compaction_interval) as ours:
+            return self._maintenance(now) if ours else None
+
+    def _maintenance(self, now: datetime) -> _Maintenance:
+        done = _Maintenance()
+        policy = self.config.store.retention_policy()
+        if policy:
+            try:
+                done.pruned = self.store.prune(policy, now=now)
+            except Exception as exc:  # housekeeping: reported by maintain()
+                done.pruned = exc
+        try:
+            self.store.compact()
+        except Exception as exc:
+            done.compaction = exc
+        return done
 
     async def compact(self) -> None:
         """Merge small Parquet files and expire old snapshots (scheduled)."""
         try:
-            await asyncio.to_thread(self.store.compact)
+            if not await asyncio.to_thread(self._compact_if_our_turn):
+                return
             self.stats.compactions += 1
         except Exception as exc:  # compaction is housekeeping: log, count, carry on
             self.stats.compaction_failures += 1

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from pipeline.config import is_loopback_host
-from pipeline.dxlink.errors import ConfigurationError
+from pipeline.dxlink import ConfigurationError
 
 __all__ = [
     "QUOTE_TOKEN_LIFETIME",

@@ -75,7 +75,7 @@ from pipeline.metrics.source import (
     read_source,
 )
 from pipeline.metrics.store_check import StoreCheck, StoreCheckResult
-from pipeline.store import connect
+from pipeline.store import S3Options, connect
 
 __all__ = [
     "MetricsServer",
@@ -171,7 +171,14 @@ class MetricsServer:
                 client.backoff_max + client.connect_timeout + 3 * client.handshake_timeout
             ),
             store_check=StoreCheck(
-                functools.partial(connect, store.path, catalog=store.catalog, read_only=True)
+                functools.partial(
+                    connect,
+                    store.path,
+                    catalog=store.catalog,
+                    data_path=store.data_path,
+                    read_only=True,
+                    s3=S3Options(**store.s3.model_dump()),
+                )
             ),
         )
 

@@ -1,11 +1,13 @@
 """COMPACT FEED_DATA built column by column: the simulator's fast path for sending candles.
 
-Encoding a snapshot one event and one field at a time (``feed_codec.encode_candles``, the
-general encoder) costs several microseconds per candle, more than the client needs to decode
-it. Here the ``data`` array is built a column at a time: one list per wire field, written into
-the flat COMPACT array with one strided slice assignment each (§3.3: values of event 1, then
-event 2...). Snapshots go further: they are kept as bar rows (``CandleColumns``), so no
-``Candle`` tuple exists per served event; the prices come out of numpy in one ``tolist``.
+The simulator must send faster than the client decodes, or a backfill benchmark measures the
+simulator (``bench_backfill``'s raw receive is its ceiling). Encoding a snapshot one event and
+one field at a time (``feed_codec.encode_candles``, the general encoder) costs more per candle
+than the client's decode, so here the ``data`` array is built a column at a time: one list
+per wire field, written into the flat COMPACT array with one strided slice assignment each
+(§3.3: values of event 1, then event 2...). Snapshots go further: they are kept as bar rows
+(``CandleColumns``), so no ``Candle`` tuple exists per served event; the prices come out of
+numpy in one ``tolist``.
 
 The result is value for value what ``encode_candles`` writes for the same candles (tests compare
 them frame for frame): the same ints and floats, NaN/±Infinity as strings (§3.5 JSONDouble).

@@ -2,9 +2,11 @@
 
 ``CandleStore`` (``writer``) is the ingest writer: idempotent upserts (``upsert``), resume
 points, history reads and maintenance. ``lake`` opens and attaches the lake and is the
-reader's door (:func:`connect`); ``query`` is the read-only SQL of ``candles query`` and
-``candles export``; ``writer_lock`` keeps one writer per store or shard; ``retention`` removes
-candles past their period's retention.
+reader's door (:func:`connect`); ``object_store`` says how to reach an ``s3://`` data path
+(keys from the environment only); ``query`` is the read-only SQL of ``candles query`` and
+``candles export``; ``writer_lock`` keeps one writer per store or shard on one machine (a SQLite
+catalog), ``lease`` across machines (a PostgreSQL catalog, docs/scaling.md); ``retention``
+removes candles past their period's retention.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from pipeline.store.lake import (
     StoreError,
     connect,
     parse_catalog,
+    redact,
+    with_application_name,
 )
+from pipeline.store.lease import CatalogLease, LeaseHolder, LeaseLost
+from pipeline.store.object_store import S3Access, S3Options, is_object_store, parse_s3_url
 from pipeline.store.query import (
     OUTPUT_FORMATS,
     QueryError,
@@ -46,13 +52,18 @@ __all__ = [
     "OUTPUT_FORMATS",
     "TABLE",
     "CandleStore",
+    "CatalogLease",
     "CatalogSpec",
     "CatalogStats",
     "CompactionResult",
+    "LeaseHolder",
+    "LeaseLost",
     "PeriodPruned",
     "QueryError",
     "QueryRefused",
     "RetentionResult",
+    "S3Access",
+    "S3Options",
     "StoreBusy",
     "StoreBusyError",
     "StoreError",
@@ -63,7 +74,11 @@ __all__ = [
     "connect",
     "export_store",
     "format_frame",
+    "is_object_store",
     "parse_catalog",
+    "parse_s3_url",
+    "redact",
     "retention_cutoff",
     "run_query",
+    "with_application_name",
 ]

@@ -10,13 +10,18 @@ holds the catalog open blocks the writer's commit for SQLite's busy timeout and 
 ("database is locked"); in WAL mode readers and the writer never wait on each other.
 
 Extensions load offline from the PyPI packages ``duckdb-extension-ducklake``,
-``duckdb-extension-sqlite-scanner`` and ``duckdb-extension-postgres-scanner`` (DESIGN.md
-"Store"); auto-install and auto-load are switched off so nothing is ever downloaded.
+``duckdb-extension-sqlite-scanner``, ``duckdb-extension-postgres-scanner`` and, for a data path
+on object storage, ``duckdb-extension-httpfs`` (DESIGN.md "Store"); auto-install and auto-load
+are switched off so nothing is ever downloaded.
+
+A data path on object storage (``s3://bucket/prefix/``) gets a temporary DuckDB secret made
+from the environment, scoped to that path (:mod:`pipeline.store.object_store`); the data files
+DuckLake writes there are its own (``INSERT``), :func:`table_folder` is ``None``.
 
 Every connection caches Parquet footers (``parquet_metadata_cache``): DuckLake never changes a
 data file after writing it (new data gets a new file name), so a cached footer cannot go
 stale, and a per-series read then skips re-parsing the footer of a large compacted file on
-every query (a third of "last 1,000 candles" on a 500 MB file, benchmarks/bench_store).
+every query (``bench_store``, last 1,000 candles).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from typing import Literal
 import duckdb
 import polars as pl
 import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no stubs
+
+from pipeline.store.object_store import S3Options, is_object_store, parse_s3_url, scrub
 
 __all__ = [
     "CATALOG_FILE",
@@ -60,6 +67,7 @@ __all__ = [
     "resolve_data_path",
     "rollback",
     "table_folder",
+    "with_application_name",
     "write_data_file",
 ]
 
@@ -73,7 +81,7 @@ LAKE = "lake"
 """The name the lake is attached under; reader connections ``USE`` it (``FROM candles``)."""
 TABLE = f"{LAKE}.main.candles"
 """The candles table, qualified: the writer's connection stays on its in-memory database,
-where registering a frame costs ~1 ms instead of ~45 ms with the lake as default."""
+where registering a frame does not go through the lake's catalog (``bench_store``)."""
 SQL_FILES = importlib.resources.files("pipeline") / "sql"
 """``schema.sql`` and the view files: the repository's top-level ``sql/`` folder, which the
 package links to (``pipeline/sql``) and the wheel ships inside the package."""
@@ -89,6 +97,8 @@ _EXTENSIONS = {
     "httpfs": ("duckdb_extension_httpfs", "httpfs"),
 }
 _SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+_S3_SECRET = "candles_lake_s3"
+_USERINFO = re.compile(r"://[^/@]*@")  # credentials pasted into a URL are never shown
 
 
 class StoreError(Exception):
@@ -141,6 +151,7 @@ def connect(
     data_path: str | Path | None = None,
     read_only: bool = True,
     verify_extensions: bool = True,
+    s3: S3Options | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB connection with the lake attached and the views created.
 
@@ -159,6 +170,8 @@ def connect(
         data_path: See :class:`pipeline.store.CandleStore`.
         read_only: Attach read-only (the default for readers).
         verify_extensions: See :class:`pipeline.store.CandleStore`.
+        s3: How to reach an ``s3://`` data path (:class:`S3Options`); ``None`` takes
+            everything from the standard ``AWS_*`` environment variables.
 
     Raises:
         StoreError: There is no lake at ``path`` yet, or the extensions cannot load.
@@ -170,7 +183,9 @@ def connect(
             f"no candle store at {root}: {spec.target} does not exist; run ingest first "
             "or pass the folder that holds catalog.sqlite"
         )
-    con = open_lake(root, spec, data_path, read_only=read_only, verify_extensions=verify_extensions)
+    con = open_lake(
+        root, spec, data_path, read_only=read_only, verify_extensions=verify_extensions, s3=s3
+    )
     try:
         if not has_candles_table(con):
             raise StoreError(f"the lake at {root} has no candles table yet; run ingest first")
@@ -204,6 +219,8 @@ def open_lake(
     *,
     read_only: bool,
     verify_extensions: bool,
+    s3: S3Options | None = None,
+    application_name: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A connection with the extensions loaded, the lake attached and UTC times.
 
@@ -213,9 +230,13 @@ def open_lake(
         data_path: A folder or object-storage URL for the Parquet files, or ``None``.
         read_only: Attach read-only.
         verify_extensions: Check the extension binaries' signatures.
+        s3: How to reach an ``s3://`` data path; ``None``: the ``AWS_*`` environment.
+        application_name: How the connection names itself to a PostgreSQL catalog
+            (``pg_stat_activity``); the shard lease finds a lost writer's sessions by it.
 
     Raises:
-        StoreError: The extensions or the lake cannot be opened (passwords redacted).
+        StoreError: The extensions or the lake cannot be opened (passwords and keys
+            redacted).
     """
     con = duckdb.connect(
         config={
@@ -235,19 +256,49 @@ def open_lake(
         _load_extension(con, spec.kind)
         if spec.kind == "sqlite":
             _prepare_sqlite_catalog(Path(spec.target), read_only=read_only)
+        data = resolve_data_path(root, data_path)
         if _is_url(data_path):
             _load_extension(con, "httpfs")
-        options = f"DATA_PATH {quote(resolve_data_path(root, data_path))}"
+            _create_s3_secret(con, data, s3 or S3Options())
+        options = f"DATA_PATH {quote(data)}"
         if spec.kind == "sqlite":
             # The folder is self-contained: a copied or moved store keeps working.
             options += ", OVERRIDE_DATA_PATH true"
         if read_only:
             options += ", READ_ONLY"
-        con.execute(f"ATTACH {quote('ducklake:' + spec.attach_target)} AS {LAKE} ({options})")
-    except duckdb.Error as exc:
+        target = spec.attach_target
+        if application_name is not None and spec.kind == "postgres":
+            target = f"postgres:{with_application_name(spec.target, application_name)}"
+        con.execute(f"ATTACH {quote('ducklake:' + target)} AS {LAKE} ({options})")
+    except (duckdb.Error, ValueError) as exc:
         con.close()
-        raise StoreError(f"cannot open the lake at {root}: {redact(str(exc))}") from exc
+        where = _USERINFO.sub("://", str(data_path)) if _is_url(data_path) else root
+        raise StoreError(f"cannot open the lake at {where}: {redact(str(exc))}") from exc
     return con
+
+
+def with_application_name(conninfo: str, name: str) -> str:
+    """A libpq connection string (``key=value`` or ``postgresql://`` URI) that names itself
+    ``name`` in ``pg_stat_activity``; a later setting wins over one already there."""
+    if conninfo.startswith(("postgres://", "postgresql://")):
+        return f"{conninfo}{'&' if '?' in conninfo else '?'}application_name={name}"
+    return f"{conninfo} application_name={name}"
+
+
+def _create_s3_secret(con: duckdb.DuckDBPyConnection, data: str, s3: S3Options) -> None:
+    """A temporary S3 secret scoped to the data path (see :mod:`.object_store`).
+
+    Raises:
+        ValueError: The data path or the endpoint is malformed (the message says how).
+    """
+    parse_s3_url(data)
+    access = s3.resolve()
+    if not access.has_keys:
+        logger.warning(
+            "! no S3 credentials in %s / %s: the bucket is read unsigned, which only works for "
+            "a public bucket", s3.access_key_id_env, s3.secret_access_key_env,
+        )  # fmt: skip
+    con.execute(access.secret_sql(_S3_SECRET, data))
 
 
 def resolve_data_path(root: Path, data_path: str | Path | None) -> str:
@@ -268,7 +319,7 @@ def resolve_data_path(root: Path, data_path: str | Path | None) -> str:
 
 def has_candles_table(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether the attached lake has the candles table yet."""
-    # Probing the table is ~100x faster than listing duckdb_tables(), which scans the catalog.
+    # Probing the table reads one table's entry; duckdb_tables() would scan the catalog.
     try:
         con.execute(f"SELECT 1 FROM {TABLE} LIMIT 0")
     except duckdb.CatalogException:
@@ -343,13 +394,14 @@ def quote(text: str) -> str:
 
 
 def redact(text: str) -> str:
-    """Hide passwords of libpq strings in messages (secrets never reach logs)."""
-    return _SECRET.sub(r"\1***", text)
+    """Hide passwords of libpq strings and object-storage keys in messages (secrets never
+    reach logs)."""
+    return scrub(_SECRET.sub(r"\1***", text))
 
 
 def _is_url(data_path: str | Path | None) -> bool:
     """An object-storage location such as ``s3://bucket/lake/`` rather than a folder."""
-    return isinstance(data_path, str) and "://" in data_path
+    return is_object_store(data_path)
 
 
 def _load_extension(con: duckdb.DuckDBPyConnection, kind: str) -> None:
@@ -441,9 +493,9 @@ def table_folder(con: duckdb.DuckDBPyConnection, data_path: str) -> Path | None:
 def write_data_file(folder: Path, frame: pl.DataFrame) -> Path:
     """Write ``frame`` as one Parquet file in ``folder``, as DuckDB would, and return its path.
 
-    polars writes 100,000 candles in ~17 ms and pyarrow (dictionaries on strings only) in
-    ~27 ms, where DuckDB's ``COPY`` (and so a DuckLake ``INSERT``) takes 60-100 ms
-    (benchmarks/bench_store, write floor). A float column that mixes NaN with numbers must
+    polars and pyarrow (dictionaries on strings only) write a batch of candles in a fraction
+    of the time DuckDB's ``COPY`` (and so a DuckLake ``INSERT``) takes (``bench_store``,
+    the write floor in its details). A float column that mixes NaN with numbers must
     get no min/max statistics: Parquet writers leave NaN out of min/max, but DuckDB orders
     NaN above every number and would skip the file for ``close > x`` although its NaN rows
     match (DuckDB's own writer omits those statistics). polars cannot omit statistics per
@@ -469,7 +521,7 @@ def write_data_file(folder: Path, frame: pl.DataFrame) -> Path:
         path,
         compression="snappy",
         row_group_size=_DATA_FILE_ROW_GROUP,
-        # A dictionary tried on every double column made pyarrow slower than DuckDB (~75 ms).
+        # A dictionary tried on every double column made pyarrow slower than DuckDB's COPY.
         use_dictionary=[name for name, dtype in frame.schema.items() if dtype == pl.String],
         write_statistics=[name for name in frame.columns if name not in mixed],
     )

@@ -22,6 +22,7 @@ import duckdb
 import polars as pl
 
 from pipeline.store.lake import StoreError, connect
+from pipeline.store.object_store import S3Options
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -100,6 +101,7 @@ def run_query(
     catalog: str | None = None,
     data_path: str | Path | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    s3: S3Options | None = None,
 ) -> pl.DataFrame:
     """Run read-only SQL against the store and return the last statement's result.
 
@@ -111,7 +113,7 @@ def run_query(
     statements = duckdb.extract_statements(sql)
     for attempt in range(_RETRIES + 1):
         try:
-            con = connect(path, catalog=catalog, data_path=data_path, read_only=True)
+            con = connect(path, catalog=catalog, data_path=data_path, read_only=True, s3=s3)
         except StoreError as exc:
             raise QueryError(str(exc)) from exc
         try:
@@ -159,6 +161,7 @@ def export_store(
     data_path: str | Path | None = None,
     fmt: Literal["parquet", "csv"] = "parquet",
     where: str | None = None,
+    s3: S3Options | None = None,
 ) -> int:
     """Export the candles to ``out``, hive-partitioned by ``period=/date=``.
 
@@ -180,7 +183,7 @@ def export_store(
         _check_read_only(f"SELECT 1 FROM candles WHERE {where}")
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        con = connect(path, catalog=catalog, data_path=data_path, read_only=True)
+        con = connect(path, catalog=catalog, data_path=data_path, read_only=True, s3=s3)
     except StoreError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise QueryError(str(exc)) from exc

@@ -6,26 +6,25 @@ values are dropped, and the rest is written as delete + insert in one transactio
 
 The stored versions are looked up by *ranges*, one per series and UTC day of the batch,
 rather than by joining the batch's keys: the join's build side is then tens of rows instead
-of the whole batch (100,000 keys took 180-370 ms to probe a 10.5 M-row lake where 70
-ranges took 23-45 ms, benchmarks/bench_store), and DuckLake still skips every file whose
+of the whole batch (``bench_store``, revised upsert), and DuckLake still skips every file whose
 min/max statistics miss the ranges. A range can return stored rows the batch does not hold;
 :func:`_classify` joins on the exact keys, so those are ignored.
 
 Most rows need no lookup at all: a backfill and live ingest write candles newer than anything
 stored for their series. :class:`NewestStored` keeps, per writer connection, a *ceiling* on
-each series' newest stored time; rows above it are new by construction and skip the lookup
-(for a backfill flush that was a fifth of the upsert: 23-45 ms per 100,000 rows).
+each series' newest stored time; rows above it are new by construction and skip the lookup,
+a large share of a backfill flush (``bench_store``, next 100,000 of a stored series).
 
 The rows to write go into one Parquet file that the writer writes itself
-(:func:`pipeline.store.lake.write_data_file`, ~25 ms per 100,000 rows) and registers in the same
-transaction (``ducklake_add_data_files``, ~10 ms), instead of a DuckLake ``INSERT`` (~150 ms,
-two thirds of it DuckDB's Parquet writer). Small batches keep the ``INSERT``, which DuckLake
-may inline into the catalog instead of writing a file.
+(:func:`pipeline.store.lake.write_data_file`) and registers in the same transaction
+(``ducklake_add_data_files``), instead of a DuckLake ``INSERT``, most of whose time is DuckDB's
+Parquet writer (``bench_store``, upsert against a plain append). Small batches keep the
+``INSERT``, which DuckLake may inline into the catalog instead of writing a file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -162,7 +161,7 @@ class NewestStored:
         for start in range(0, len(symbols), _NEWEST_QUERY_CHUNK):
             chunk = symbols[start : start + _NEWEST_QUERY_CHUNK]
             # An IN list of literals lets DuckLake skip every file whose symbol range misses
-            # it (10 ms on a 10.5 M-row lake when none is stored; a join took 400 ms).
+            # it; a join would read them all (bench_store, first upsert of a new series).
             rows = con.execute(
                 f"SELECT symbol, period, epoch_us(max(time)) FROM {TABLE} "
                 f"WHERE symbol IN ({', '.join(['?'] * len(chunk))}) GROUP BY ALL",
@@ -201,7 +200,7 @@ def prepare_batch(frame: pl.DataFrame, now: datetime) -> pl.DataFrame:
     # Sorted by key as DuckLake sorts its own files (SET SORTED BY, schema.sql), so that the
     # data file's statistics prune by series and time. Repeats of a key then sit together,
     # ordered by revision and, stably, by position: spotting them is one comparison with the
-    # previous row (1 ms per 100,000 rows where counting distinct keys took 9 ms).
+    # previous row, less work than counting distinct keys.
     batch = batch.sort([*KEY_COLUMNS, "revision"], maintain_order=True)
     repeated = pl.all_horizontal(pl.col(c) == pl.col(c).shift(1) for c in KEY_COLUMNS).any()
     if batch.select(repeated).item():
@@ -228,6 +227,7 @@ def upsert_once(
     *,
     newest: NewestStored,
     data_folder: Path | None,
+    before_commit: Callable[[], None] | None = None,
 ) -> UpsertResult:
     """One attempt: deletions, classification, delete + write, commit (or nothing to do).
 
@@ -238,6 +238,8 @@ def upsert_once(
         newest: The connection's :class:`NewestStored`.
         data_folder: Where the table's Parquet files live (:func:`~.lake.table_folder`);
             ``None`` (object storage) writes through DuckLake's ``INSERT``.
+        before_commit: Runs right before ``COMMIT``; raising rolls the transaction back
+            (the shard lease's last check, :class:`~pipeline.store.CatalogLease`).
     """
     written: Path | None = None
     committing = False
@@ -274,6 +276,8 @@ def upsert_once(
                 add_data_file(con, written)
             elif changed.height:
                 _insert(con, changed)
+            if before_commit is not None:
+                before_commit()
             newest.raise_to(spans)  # before COMMIT: see NewestStored
             committing = True
             con.execute("COMMIT")
@@ -352,8 +356,8 @@ def to_frame_schema(frame: pl.DataFrame) -> pl.DataFrame:
 def fetch(con: duckdb.DuckDBPyConnection, query: str, params: list[object]) -> pl.DataFrame:
     """Run a query into a polars frame.
 
-    Through Arrow from ``execute``: ``con.sql(query, params=...).pl()`` took 2.3 s where
-    this takes 40 ms (100k candles, duckdb 1.5.5).
+    Through Arrow from ``execute``: ``con.sql(query, params=...).pl()`` builds its result a
+    far slower way for the same rows (duckdb 1.5.5; ``bench_store``, revised upsert).
     """
     frame = pl.from_arrow(con.execute(query, params).to_arrow_table())
     assert isinstance(frame, pl.DataFrame)
@@ -382,8 +386,8 @@ def _stored_versions(con: duckdb.DuckDBPyConnection, batch: pl.DataFrame) -> pl.
 
 def _insert(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
     """INSERT through DuckLake (small batches, object storage)."""
-    # As Arrow: DuckDB scans a polars frame through a conversion of its own that cost ~25 ms
-    # more CPU per 100,000 rows inserted than polars' to_arrow (~2 ms).
+    # As Arrow: DuckDB scans a polars frame through a conversion of its own that costs more
+    # CPU per row inserted than polars' to_arrow (figures: benchmarks/README.md).
     with _registered(con, changed_rows=rows.to_arrow()):
         con.execute(f"INSERT INTO {TABLE} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM changed_rows")
 
@@ -414,7 +418,8 @@ def _join_key(*frames: pl.DataFrame) -> list[str]:
     """The key columns to match ``frames`` on: without ``sequence`` when it is 0 throughout.
 
     Time-based candles (nearly every batch) all have sequence 0, and hashing a fourth key
-    column made the classification join ~40% slower (47 -> 66 ms per 100,000 rows).
+    column makes the classification join slower for nothing (``bench_store``, revised
+    upsert).
     """
     if all(frame[_SEQUENCE].max() in (0, None) for frame in frames):
         return [c for c in KEY_COLUMNS if c != _SEQUENCE]

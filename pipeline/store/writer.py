@@ -54,6 +54,7 @@ from pipeline.store.lake import (
     rollback,
     table_folder,
 )
+from pipeline.store.object_store import S3Options
 from pipeline.store.retention import (
     PeriodPruned,
     RetentionResult,
@@ -198,12 +199,20 @@ class CandleStore:
         clock: Current UTC time, for ``ingested_at`` and compaction cut-offs.
         rng: Jitter source for the retry waits.
         verify_extensions: Let DuckDB check the signatures of the bundled extension binaries
-            (about 0.6 s per extension per connection, spent hashing ~35 MB files). ``False``
-            skips the check; only for a trusted, pinned install such as the test suite.
+            (each connection hashes every extension binary, tens of MB, before loading it).
+            ``False`` skips the check; only for a trusted, pinned install such as the test
+            suite.
         recycle_after: Reopen the DuckDB connection after this many upserts (and after
             every compaction). A connection keeps native memory that grows with every commit
-            (~3.5 MiB per 100 small upserts, measured; tracemalloc and ``duckdb_memory()`` do
-            not see it) and is only returned when the connection closes (issue 7).
+            (neither tracemalloc nor ``duckdb_memory()`` sees it) and is only returned when
+            the connection closes (issue 7; ``bench_memory``, RSS).
+        s3: How to reach an ``s3://`` data path (:class:`~pipeline.store.S3Options`);
+            ``None`` takes everything from the standard ``AWS_*`` environment variables.
+        application_name: How the writer's connections name themselves to a PostgreSQL
+            catalog (the shard lease ends a lost writer's sessions by it, docs/scaling.md).
+        before_commit: Called right before every commit (upserts and compaction); raising
+            aborts the transaction. The shard lease checks here that this process still
+            owns its shard (:class:`~pipeline.store.CatalogLease`).
     """
 
     def __init__(
@@ -220,6 +229,9 @@ class CandleStore:
         rng: random.Random | None = None,
         verify_extensions: bool = True,
         recycle_after: int = 500,
+        s3: S3Options | None = None,
+        application_name: str | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -239,6 +251,9 @@ class CandleStore:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._data_path = data_path
+        self._s3 = s3
+        self._application_name = application_name
+        self._before_commit = before_commit
         self._verify_extensions = verify_extensions
         self._recycle_after = recycle_after
         self._upserts_on_connection = 0
@@ -325,7 +340,12 @@ class CandleStore:
 
         def attempt(con: duckdb.DuckDBPyConnection) -> UpsertResult:
             return upsert_once(
-                con, batch, keys, newest=self._newest_stored, data_folder=self._data_folder
+                con,
+                batch,
+                keys,
+                newest=self._newest_stored,
+                data_folder=self._data_folder,
+                before_commit=self._before_commit,
             )
 
         result, retries = self._run_counted(attempt)
@@ -389,6 +409,9 @@ class CandleStore:
             removed = _cleanup_old_files(con, cutoff())
             removed += _called(con, "ducklake_delete_orphaned_files", cutoff())
             return CompactionResult(before, _count_files(con), expired, removed)
+
+        if self._before_commit is not None:
+            self._before_commit()  # a writer that lost its shard leaves the lake alone
 
         result = self._run(attempt)
         if merge_all:
@@ -637,6 +660,25 @@ class CandleStore:
             temporary_bytes=sum(int(spilled) for _, _, spilled in rows),
         )
 
+    def reconnect(self) -> None:
+        """Reopen the connection and forget what it knew about stored times.
+
+        For a writer that lost its shard lease and got it back: another process may have
+        written its series meanwhile, so the upsert's ceilings (:class:`NewestStored`) are
+        read again from the lake.
+
+        Raises:
+            StoreError: The lake cannot be opened now (the old connection is kept).
+        """
+        with self._lock:
+            fresh = self._open_writer()
+            self._con.close()
+            self._con = fresh
+            self._newest_stored = NewestStored()
+            self._newest.clear()
+            self._upserts_on_connection = 0
+            self.stats.connections_recycled += 1
+
     def _recycle(self) -> None:
         """Replace the connection with a fresh one (see ``recycle_after``).
 
@@ -671,6 +713,8 @@ class CandleStore:
                     self._data_path,
                     read_only=False,
                     verify_extensions=self._verify_extensions,
+                    s3=self._s3,
+                    application_name=self._application_name,
                 )
             except StoreError as exc:
                 if retry == self._max_retries or not _INIT_RACE.search(str(exc)):
@@ -682,7 +726,7 @@ class CandleStore:
             else:
                 # The writer reads little back (its upsert lookups, resume points); DuckDB's
                 # cache of file blocks only grew here, by every file a compaction merged
-                # (22 MB over 8 compactions, measured with duckdb_memory()).
+                # (duckdb_memory(); bench_memory, RSS).
                 con.execute("SET enable_external_file_cache = false")
                 # The largest file a merge makes: what the daily merge rewrites at most.
                 con.execute(f"SET ducklake_target_file_size = '{TARGET_FILE_BYTES}B'")

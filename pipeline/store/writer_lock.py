@@ -13,9 +13,10 @@ written:
 
 Locks are ``flock`` locks: the kernel drops them when the process ends, however it ends, so a
 killed writer never leaves a stale lock behind. The lock files hold the holder's pid and shard
-for the message of whoever is refused. Processes on other machines (a shared PostgreSQL
-catalog) and shards with different counts are not detected: docs/scaling.md says how to run
-those.
+for the message of whoever is refused. This lock guards a store with a SQLite catalog (one
+host); a PostgreSQL-catalog lake, written from any number of hosts, is guarded by the lease in
+its catalog database instead (:mod:`pipeline.store.lease`), which also refuses shards of
+different counts.
 """
 
 from __future__ import annotations

@@ -31,17 +31,16 @@ from pipeline.dxlink import (
 )
 from pipeline.dxlink.candle_block import BLOCK_MIN_EVENTS, BlockLayout
 from pipeline.dxlink.feed_codec import _positions, candle_decoder
-
-from .test_codec import (
+from tests.dxlink.drivers import configured_client
+from tests.dxlink.vectors import (
+    JUNK,
     T4_FIELDS,
     T7_FIELDS,
     TASTYWARE_FIELDS,
-    _junk,
     comparable,
     outcome,
     sample,
 )
-from .test_protocol import configured_client
 
 EVENTS = BLOCK_MIN_EVENTS + 6
 NO_SEQUENCE = tuple(name for name in T4_FIELDS if name != "sequence")
@@ -92,7 +91,7 @@ def test_frames_mixing_series_stay_tuples() -> None:
 @settings(max_examples=150, deadline=None)
 @given(
     st.sampled_from(LAYOUTS),
-    st.lists(st.tuples(st.integers(0, 10**6), _junk), max_size=3),
+    st.lists(st.tuples(st.integers(0, 10**6), JUNK), max_size=3),
 )
 def test_blocks_accept_and_reject_what_the_tuple_decoder_does(
     fields: tuple[str, ...], edits: list[tuple[int, Any]]

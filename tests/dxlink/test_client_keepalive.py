@@ -9,7 +9,6 @@ second (an accelerated clock for 60 s ones); waits are on explicit events, never
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -91,10 +90,10 @@ async def test_stalled_consumer_keeps_sending_keepalives_and_stays_connected(
     assert stalled_for > 3 * SERVER_TIMEOUT
     assert lifecycle.of(Disconnected) == []
     assert len(server.sessions) == 1
+    # The server's own timer (run here) is the judge: it drops a client silent for
+    # CLIENT_TIMEOUT. (The wall-clock gaps between frames are a figure of the machine's
+    # scheduling, not of the client: the sans-I/O tests pin the cadence on a manual clock.)
     assert server.events(PeerTimedOut) == []  # the server never gave up on us
-    arrivals = server.sessions[0].arrivals
-    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-    assert max(gaps) < CLIENT_TIMEOUT
     assert {c.symbol for c in received} == {f"{s}{{=m}}" for s in SYMBOLS}
     assert len(received) == len(SYMBOLS) * server.snapshot_size
 

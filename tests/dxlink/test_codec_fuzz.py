@@ -28,9 +28,8 @@ from pipeline.dxlink import (
     parse,
 )
 from pipeline.dxlink.feed_codec import OtherEvents
-
-from .pair import ProtocolPair
-from .test_codec import FULL_EXAMPLE, T6, T7, T8, VECTORS
+from tests.dxlink.pair import ProtocolPair
+from tests.dxlink.vectors import FULL_EXAMPLE, T6, T7, T8, VECTORS
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = [wire for _, wire, _ in VECTORS] + [T6, *T7, T8, FULL_EXAMPLE]

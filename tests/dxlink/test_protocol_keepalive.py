@@ -8,9 +8,8 @@ depend on receiving, and the peer may only be judged dead on silence measured wh
 from __future__ import annotations
 
 from pipeline.dxlink import ClientProtocol, PeerTimedOut, ServerProtocol
-
-from .pair import ProtocolPair
-from .test_protocol import authorized_client, sent
+from tests.dxlink.drivers import authorized_client, sent
+from tests.dxlink.pair import ProtocolPair
 
 KEEPALIVE = {"type": "KEEPALIVE", "channel": 0}
 

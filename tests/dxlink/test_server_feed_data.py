@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from pipeline.dxlink import Candle, DataFormat, ServerProtocol, UsageError, encode_candles
-
-from .test_codec import T4_FIELDS, T6, VECTORS, candles_of
-from .test_protocol import authorized_server, sent
+from tests.dxlink.drivers import authorized_server, sent
+from tests.dxlink.vectors import T4_FIELDS, T6, VECTORS, candles_of
 
 
 def configured_server(data_format: DataFormat = DataFormat.COMPACT) -> ServerProtocol:

@@ -106,7 +106,7 @@ def classify(exc: BaseException) -> Action:
         return Action.RETRY
     if isinstance(exc, AuthenticationError):
         # The token source's own failures: a rejected login is fatal, but a network error or
-        # HTTP 5xx/429 on the REST call says so with ``transient`` (pipeline/tastytrade.py).
+        # HTTP 5xx/429 on the REST call says so with ``transient`` (pipeline/ingest/tastytrade.py).
         return Action.RETRY if getattr(exc, "transient", False) else Action.FATAL
     if isinstance(exc, ConnectionClosed):
         code = _close_code(exc)
