@@ -3,6 +3,13 @@
 
 Blocking DuckDB queries on a read-only connection, run in a worker thread every
 ``check_interval`` seconds by the metrics server, never on a scrape.
+
+The connection lives in the ingest process for as long as it runs, so it must not grow: a
+DuckDB connection keeps, for every Parquet file it ever read, the file's footer
+(``parquet_metadata_cache``) and its blocks (the external file cache), also after compaction
+deleted the file: ~60 KB per flush file, measured with ``duckdb_memory()`` (benchmarks/README.md,
+"Real-time soak"). The check reads every file once a minute, so both caches are off on its
+connection, and it is reopened every ``reopen_every`` checks to return what remains.
 """
 
 from __future__ import annotations
@@ -46,6 +53,16 @@ class StoreCheckResult:
     in the store: what retention (``store.retention``) has kept."""
 
 
+_UNCACHED = (
+    "SET enable_external_file_cache = false",
+    "SET parquet_metadata_cache = false",
+    # A background check: one thread, and a small share of memory (DuckDB's default is 80%
+    # of the machine's, per connection).
+    "SET threads = 1",
+    "SET memory_limit = '256MB'",
+)
+
+
 class StoreCheck:
     """The periodic, blocking store queries behind gaps and backfill lag (run in a thread).
 
@@ -54,6 +71,7 @@ class StoreCheck:
             lazily, and again after a failure (the store may not exist yet at start).
         gap_window: Seconds of source time back from now in which gaps are counted.
         clock: Wall clock for ``checked_at``.
+        reopen_every: Checks after which the connection is reopened (see the module doc).
     """
 
     def __init__(
@@ -62,12 +80,17 @@ class StoreCheck:
         *,
         gap_window: float = 86_400.0,
         clock: Callable[[], float] = time.time,
+        reopen_every: int = 60,
     ) -> None:
         if gap_window <= 0:
             raise ValueError(f"gap_window must be > 0 seconds, got {gap_window}")
+        if reopen_every < 1:
+            raise ValueError(f"reopen_every must be >= 1 check, got {reopen_every}")
         self._connect = connect
         self._gap_window_ms = int(gap_window * 1000)
         self._clock = clock
+        self._reopen_every = reopen_every
+        self._checks_on_connection = 0
         self._con: duckdb.DuckDBPyConnection | None = None
 
     def run(self, series: Sequence[CandleSymbol], now_ms: int, grace_ms: int) -> StoreCheckResult:
@@ -78,8 +101,14 @@ class StoreCheck:
             duckdb.Error: A query failed; the connection is reopened next time.
         """
         started = time.perf_counter()
+        if self._con is not None and self._checks_on_connection >= self._reopen_every:
+            self.close()
         if self._con is None:
             self._con = self._connect()
+            self._checks_on_connection = 0
+            for setting in _UNCACHED:
+                self._con.execute(setting)
+        self._checks_on_connection += 1
         try:
             gap_row = self._con.execute(
                 "SELECT count(*), coalesce(sum(missing_periods), 0) FROM candle_gaps "
