@@ -313,7 +313,9 @@ def tastytrade_stand_in() -> Iterator[tuple[FakeTastytrade, dict[str, str]]]:
 async def metrics_server(store: Path) -> AsyncIterator[MetricsServer]:
     """A real MetricsServer over a connected service, with a store check of ``store``."""
     clock = FakeClock(START)
-    service = FakeService(clock)
+    # Retention configured and the store's folder real, so their metrics are served too.
+    config = loads_config(f'[store]\npath = "{store}"\n[store.retention]\n1m = "30d"\n', environ={})
+    service = FakeService(clock, config)
     service.connect().receive(messages=1, events=1)
     async with MetricsServer(service, port=0, clock=clock, store_check=reader(store, clock)) as srv:
         assert await srv.check_store() is not None
@@ -527,8 +529,14 @@ def check_diagram(example: Example, ctx: Context) -> None:
     assert checked > 5
 
 
+def run_toml(example: Example, ctx: Context) -> None:
+    """A TOML block is a valid config fragment (loaded on top of the defaults)."""
+    loads_config(example.code, source=example.where, environ={})
+
+
 RUNNERS: dict[str, Callable[[Example, Context], None]] = {
     "sql": run_sql,
+    "toml": run_toml,
     "sh": run_shell_line,
     "python": run_python,
     "text": check_output_sample,
