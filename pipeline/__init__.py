@@ -1,7 +1,8 @@
 """candle-pipeline: capture tastytrade DXLink candles into a DuckLake store.
 
-``pipeline.connect(path)`` opens the store read-only for analysis (see
-:func:`pipeline.analysis.connect`); it is loaded lazily so that ``import pipeline`` stays cheap.
+``pipeline.connect()`` opens the store read-only for analysis: with no argument the one
+``candles`` would use (``$CANDLES_STORE``, else the store of the nearest ``config.toml``), see
+:func:`pipeline.analysis.connect`; it is loaded lazily so that ``import pipeline`` stays cheap.
 """
 
 from __future__ import annotations

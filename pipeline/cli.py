@@ -2,25 +2,41 @@
 
 Each command loads what it needs, calls one library function and turns library errors into a
 clean message with exit code 1 (sqlite-utils' ``cli.py`` is the model).
+
+The config file is ``--config``, else ``$CANDLES_CONFIG``, else the nearest ``config.toml`` in
+the working directory or a folder above it (:func:`pipeline.config.find_config_file`); paths
+in it are relative to its folder, so every command means the same store wherever it is run
+from. A value given by a flag is named by that flag in errors (``--symbol: ...``) and in
+``candles config check --show``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from pipeline import __version__
-from pipeline.config import Config, ConfigError, load_config, parse_duration
+from pipeline.config import (
+    Config,
+    ConfigError,
+    ResolvedConfig,
+    describe_options,
+    find_config_file,
+    parse_duration,
+    resolve_config,
+)
 from pipeline.simulator import FAULT_HELP
 
 __all__ = ["cli", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_CONFIG = Path("config.toml")
 
 
 def config_options(func: F) -> F:
@@ -28,26 +44,56 @@ def config_options(func: F) -> F:
     func = click.option(
         "--profile",
         envvar="CANDLES_PROFILE",
-        help="Profile from config.toml to apply, e.g. simulator or production.",
+        help="Profile from the config file to apply, e.g. simulator or production "
+        "[default: $CANDLES_PROFILE, else none].",
     )(func)
     func = click.option(
         "--config",
         "config_path",
         type=click.Path(dir_okay=False, path_type=Path),
         envvar="CANDLES_CONFIG",
-        help="Config file [default: ./config.toml if present, else built-in defaults].",
+        help="Config file [default: $CANDLES_CONFIG, else the nearest config.toml in this "
+        "folder or above, else built-in defaults].",
     )(func)
     return func
 
 
-def load(config_path: Path | None, profile: str | None, **overrides: Any) -> Config:
-    """Load the config, or exit 1 with every problem listed."""
-    if config_path is None and DEFAULT_CONFIG.is_file():
-        config_path = DEFAULT_CONFIG
+def load(
+    config_path: Path | None,
+    profile: str | None,
+    flags: Mapping[str, tuple[str, Any]] | None = None,
+) -> ResolvedConfig:
+    """Load the config, or exit 1 with every problem listed.
+
+    Args:
+        config_path: ``--config`` (or ``$CANDLES_CONFIG``); ``None`` searches for one.
+        profile: ``--profile``.
+        flags: option key → (flag, value) for the flags given; ``None`` values are unset.
+    """
+    path = config_path if config_path is not None else find_config_file()
+    given = {key: (flag, value) for key, (flag, value) in (flags or {}).items()}
+    given = {k: v for k, v in given.items() if v[1] is not None and v[1] != []}
     try:
-        return load_config(config_path, profile, {k: v for k, v in overrides.items() if v})
+        return resolve_config(
+            path,
+            profile,
+            {key: value for key, (_, value) in given.items()},
+            flags={key: flag for key, (flag, _) in given.items()},
+        )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _duration(text: str | None, flag: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{text!r} is not a positive duration", param_hint=flag)
+    return seconds
 
 
 @click.group()
@@ -58,8 +104,22 @@ def cli() -> None:
 
 @cli.command()
 @config_options
-@click.option("--symbol", "symbols", multiple=True, help="Symbol to capture (repeatable).")
-@click.option("--interval", "intervals", multiple=True, help="Candle period, e.g. 5m (repeatable).")
+@click.option(
+    "--symbol",
+    "symbols",
+    multiple=True,
+    help="Symbol to capture (repeatable) [default: subscriptions.symbols].",
+)
+@click.option(
+    "--interval",
+    "intervals",
+    multiple=True,
+    help="Candle period, e.g. 5m (repeatable) [default: subscriptions.intervals].",
+)
+@click.option(
+    "--lookback",
+    help="History to request on first start, e.g. 3d [default: subscriptions.lookback].",
+)
 @click.option("--duration", help="Stop after this long, e.g. 90s, 10m, 2h [default: run forever].")
 @click.option("--store", "store_path", help="Store folder [default: store.path].")
 @click.option("--shard", help="Capture only shard K of N of the series, e.g. 2/3 [default: all].")
@@ -68,6 +128,7 @@ def ingest(
     profile: str | None,
     symbols: tuple[str, ...],
     intervals: tuple[str, ...],
+    lookback: str | None,
     duration: str | None,
     store_path: str | None,
     shard: str | None,
@@ -84,31 +145,28 @@ def ingest(
     Exit status:
       0   stopped with every completed candle stored
       1   could not start or had to stop; the message says what to fix
-      75  stopped with completed candles not stored (the final flush failed, the store
-          stayed unwritable for ingest.shutdown_timeout seconds, or a second signal came
-          while stopping); the log says how many; the next start fetches them again
+      69  stopped without ever connecting to the source (every attempt failed)
+      75  stopped with completed candles not stored (the store stayed unwritable for
+          ingest.shutdown_timeout seconds, or a second signal came while stopping);
+          the log says how many; the next start fetches them again
     """
-    from pipeline.ingest import IngestError, ShutdownIncomplete, run_ingest
+    from pipeline.ingest import IngestError, NeverConnected, ShutdownIncomplete, run_ingest
 
-    config = load(
+    resolved = load(
         config_path,
         profile,
-        **{
-            "subscriptions.symbols": list(symbols),
-            "subscriptions.intervals": list(intervals),
-            "store.path": store_path,
-            "ingest.shard": shard,
+        {
+            "subscriptions.symbols": ("--symbol", list(symbols)),
+            "subscriptions.intervals": ("--interval", list(intervals)),
+            "subscriptions.lookback": ("--lookback", lookback),
+            "store.path": ("--store", store_path),
+            "ingest.shard": ("--shard", shard),
         },
     )
-    seconds = None
-    if duration is not None:
-        try:
-            seconds = parse_duration(duration).total_seconds()
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--duration") from None
+    seconds = _duration(duration, "--duration")
     try:
-        run_ingest(config, duration=seconds, interactive=sys.stderr.isatty())
-    except ShutdownIncomplete as exc:
+        run_ingest(resolved.config, duration=seconds, interactive=sys.stderr.isatty())
+    except (ShutdownIncomplete, NeverConnected) as exc:
         sys.exit(exc.exit_code)  # the explanation is in the log already
     except IngestError as exc:
         raise click.ClickException(str(exc)) from None
@@ -124,6 +182,7 @@ def ingest(
     type=click.Choice(["table", "csv", "json", "parquet"]),
     default="table",
     show_default=True,
+    help="Output format; NaN is written as null (an empty CSV field) in every format.",
 )
 def query(
     sql: str, config_path: Path | None, profile: str | None, store_path: str | None, fmt: str
@@ -134,15 +193,14 @@ def query(
     """
     from pipeline.store import QueryError, S3Options, format_frame, run_query
 
-    config = load(config_path, profile)
-    path = store_path or config.store.path
+    store = load(config_path, profile, {"store.path": ("--store", store_path)}).config.store
     try:
         frame = run_query(
             sql,
-            path=path,
-            catalog=config.store.catalog,
-            data_path=config.store.data_path,
-            s3=S3Options(**config.store.s3.model_dump()),
+            path=store.path,
+            catalog=store.catalog,
+            data_path=store.data_path,
+            s3=S3Options(**store.s3.model_dump()),
         )
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
@@ -155,8 +213,15 @@ def query(
 @cli.command()
 @config_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Target folder.")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet")
-@click.option("--where", help="SQL filter, e.g. \"symbol = 'AAPL'\".")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "csv"]),
+    default="parquet",
+    show_default=True,
+    help="File format; NaN is written as null (an empty CSV field).",
+)
+@click.option("--where", help="SQL filter, e.g. \"symbol = 'AAPL'\" [default: every candle].")
 @click.option("--store", "store_path", help="Store folder [default: store.path].")
 def export(
     config_path: Path | None,
@@ -172,16 +237,16 @@ def export(
     """
     from pipeline.store import QueryError, S3Options, export_store
 
-    config = load(config_path, profile)
+    store = load(config_path, profile, {"store.path": ("--store", store_path)}).config.store
     try:
         count = export_store(
             out,
-            path=store_path or config.store.path,
-            catalog=config.store.catalog,
-            data_path=config.store.data_path,
+            path=store.path,
+            catalog=store.catalog,
+            data_path=store.data_path,
             fmt=fmt,  # type: ignore[arg-type]
             where=where,
-            s3=S3Options(**config.store.s3.model_dump()),
+            s3=S3Options(**store.s3.model_dump()),
         )
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
@@ -198,7 +263,7 @@ def status(config_path: Path | None, profile: str | None, url: str | None) -> No
     """
     from pipeline.metrics import StatusError, fetch_status, render_status, url_for
 
-    config = load(config_path, profile)
+    config = load(config_path, profile).config
     try:
         summary = fetch_status(url or url_for(config.metrics.host, config.metrics.port))
     except StatusError as exc:
@@ -209,32 +274,153 @@ def status(config_path: Path | None, profile: str | None, url: str | None) -> No
 
 
 @cli.command()
+@config_options
+@click.option(
+    "--source",
+    "source_kind",
+    type=click.Choice(["simulator", "tastytrade", "dxlink"]),
+    help="Source to check [default: source.kind].",
+)
+@click.option("--symbol", help="Symbol to subscribe [default: the first of subscriptions.symbols].")
+@click.option("--interval", help="Candle period [default: the first of subscriptions.intervals].")
+@click.option("--since", default="1h", show_default=True, help="fromTime of the subscription.")
+@click.option("--timeout", default="30s", show_default=True, help="Longest wait for the candles.")
+def doctor(
+    config_path: Path | None,
+    profile: str | None,
+    source_kind: str | None,
+    symbol: str | None,
+    interval: str | None,
+    since: str,
+    timeout: str,
+) -> None:
+    """Check, step by step, that the source delivers candles (first contact).
+
+    Secrets in the environment, the OAuth access token, the quote token and DXLink URL
+    (tastytrade), the WebSocket connect, SETUP and AUTH_STATE, a channel and its
+    FEED_CONFIG, one Candle subscription and the first candles: each step timed, its
+    findings shown with every secret masked. Exit status 0 only if every step passes.
+
+        candles doctor --profile production
+    """
+    from pipeline.dxlink import CandleSymbol
+    from pipeline.ingest import Outcome, StepResult, run_doctor
+
+    resolved = load(
+        config_path,
+        profile,
+        {
+            "source.kind": ("--source", source_kind),
+            "subscriptions.symbols": ("--symbol", [symbol] if symbol is not None else None),
+            "subscriptions.intervals": ("--interval", [interval] if interval is not None else None),
+        },
+    )
+    config = resolved.config
+    wait = _duration(timeout, "--timeout") or 30.0
+    back = timedelta(seconds=_duration(since, "--since") or 3600.0)
+    subs = config.subscriptions
+    series = CandleSymbol.of(
+        subs.symbols[0], subs.intervals[0], **({} if subs.extended_hours else {"tho": "true"})
+    )
+    click.echo(f"candles doctor: source {config.source.kind}, {series.normalized}")
+
+    def show(result: StepResult) -> None:
+        took = "" if result.outcome is Outcome.NOT_RUN else f"{result.seconds:7.3f}s"
+        text = f"{result.step}: {result.detail}" if result.detail else str(result.step)
+        click.echo(f"  {result.outcome!s:<8} {took:>8}  {text}")
+        if result.advice:
+            click.echo(f"  {'':<8} {'':>8}  what to do: {result.advice}")
+
+    report = asyncio.run(run_doctor(config, series=series, since=back, wait=wait, on_step=show))
+    if report.ok:
+        click.echo("doctor: every step passed; `candles ingest` can run with this config")
+        return
+    failed = report.failed
+    click.echo(f"doctor: failed at {failed.step if failed else 'an unknown step'}", err=True)
+    sys.exit(1)
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8765, show_default=True, help="TCP port; 0 picks a free one.")
 @click.option("--token", default="simulator", show_default=True, help="Token AUTH must carry.")
-@click.option("--speed", default=60.0, show_default=True, help="Simulated seconds per second.")
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Need no token: AUTHORIZED right after SETUP, like dxFeed's demo endpoint "
+    "[default: a token is needed].",
+)
+@click.option(
+    "--speed",
+    default=60.0,
+    show_default=True,
+    help="Simulated seconds per second while the market clock is behind the wall clock.",
+)
+@click.option(
+    "--start-behind",
+    default="1h",
+    show_default=True,
+    help="How far behind the wall clock the market clock starts (0s: at it); it never "
+    "runs ahead of the wall clock.",
+)
 @click.option("--seed", default=1, show_default=True, help="Market seed: same seed, same candles.")
-@click.option("--fault", "faults", multiple=True, help=f"Inject a fault (repeatable): {FAULT_HELP}")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    help=f"Inject a fault (repeatable) [default: none]: {FAULT_HELP}",
+)
 def simulate(
-    host: str, port: int, token: str, speed: float, seed: int, faults: tuple[str, ...]
+    host: str,
+    port: int,
+    token: str,
+    no_auth: bool,
+    speed: float,
+    start_behind: str,
+    seed: int,
+    faults: tuple[str, ...],
 ) -> None:
     """Run the built-in DXLink simulator until interrupted (SIGINT/SIGTERM).
 
     candles simulate --port 8765 --token TOKEN --speed 60 --seed 1 --fault drop@30
     """
-    import asyncio
+    import time
 
     from pipeline.simulator import Simulator, SimulatorClock, parse_fault
 
     try:
-        clock = SimulatorClock.accelerated(speed)
+        behind = parse_duration(start_behind)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--start-behind") from None
+    try:
+        now_ms = int(time.time() * 1000)
+        clock = SimulatorClock.catching_up(speed, now_ms - int(behind.total_seconds() * 1000))
         scheduled = [parse_fault(spec) for spec in faults]
-        sim = Simulator(host=host, port=port, token=token, seed=seed, clock=clock, faults=scheduled)
+        sim = Simulator(
+            host=host,
+            port=port,
+            token=None if no_auth else token,
+            seed=seed,
+            clock=clock,
+            faults=scheduled,
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    catch_up = clock.real_seconds_to_catch_up()
+    if catch_up == 0:
+        pace = "runs in real time"
+    elif catch_up is None:
+        pace = f"runs {speed:g}x, slower than the wall clock"
+    else:
+        pace = f"runs {speed:g}x until it reaches the wall clock in about {catch_up:.0f}s"
 
     def ready(url: str) -> None:
-        click.echo(f"DXLink simulator serving {url} (speed {speed:g}x, seed {seed}); Ctrl-C stops")
+        auth = "no token needed" if no_auth else "token required"
+        click.echo(
+            f"DXLink simulator serving {url} (seed {seed}, {auth}): market clock starts "
+            f"{start_behind} behind the wall clock and {pace}, then in real time, never "
+            "ahead of it; Ctrl-C stops"
+        )
 
     asyncio.run(sim.serve_until_signalled(ready))
 
@@ -246,33 +432,106 @@ def config_group() -> None:
 
 @config_group.command()
 @config_options
-def check(config_path: Path | None, profile: str | None) -> None:
-    """Validate the config file (no network); exit 1 listing every problem.
+@click.option(
+    "--show",
+    is_flag=True,
+    help="List every effective value and where it came from [default: only check].",
+)
+def check(config_path: Path | None, profile: str | None, show: bool) -> None:
+    """Validate the config (no network); exit 1 listing every problem.
 
-    candles config check --config config.toml --profile production
+    candles config check --config config.toml --profile production --show
     """
-    config = load(config_path, profile)
-    if config.source.kind == "tastytrade":
-        missing = config.source.tastytrade.missing_env()
+    resolved = load(config_path, profile)
+    config = resolved.config
+    problem = _credentials_problem(config)
+    if problem is None:
+        for note in config.store.notes():
+            click.echo(f"note: {note}")
+        series = config.subscriptions.candle_symbols()
+        listed = ", ".join(s.normalized for s in series[:4]) + (", ..." if len(series) > 4 else "")
+        file = str(resolved.file) if resolved.file else "none (built-in defaults)"
+        profile_note = f", profile {resolved.profile}" if resolved.profile else ""
+        click.echo(
+            f"config OK: source {config.source.kind}, {len(series)} series ({listed}), "
+            f"store {config.store.path}; config file {file}{profile_note}"
+        )
+    if show:
+        click.echo(render_effective(resolved))
+    if problem is not None:
+        raise click.ClickException(problem)
+
+
+def _credentials_problem(config: Config) -> str | None:
+    """What the selected source needs from the environment and does not find there."""
+    source = config.source
+    if source.kind == "tastytrade":
+        missing = source.tastytrade.missing_env()
         if missing:
-            raise click.ClickException(
-                "the tastytrade source needs these environment variables set: " + ", ".join(missing)
+            return "the tastytrade source needs these environment variables set: " + ", ".join(
+                missing
             )
-    if config.store.data_path is not None and "://" in config.store.data_path:
-        missing = config.store.s3.missing_env()
+    if source.kind == "dxlink" and (problem := source.dxlink.token_problem()) is not None:
+        return problem
+    store = config.store
+    if store.data_path is not None and "://" in store.data_path:
+        missing = store.s3.missing_env()
         if missing:
-            raise click.ClickException(
-                f"the data path {config.store.data_path} needs these environment variables "
-                "set: " + ", ".join(missing)
+            return (
+                f"the data path {store.data_path} needs these environment variables set: "
+                + ", ".join(missing)
             )
-    for note in config.store.notes():
-        click.echo(f"note: {note}")
-    series = config.subscriptions.candle_symbols()
-    click.echo(
-        f"config OK: source {config.source.kind}, {len(series)} series "
-        f"({', '.join(s.normalized for s in series[:4])}{', ...' if len(series) > 4 else ''}), "
-        f"store {config.store.path}"
-    )
+    return None
+
+
+def render_effective(resolved: ResolvedConfig, environ: Mapping[str, str] | None = None) -> str:
+    """Every option's effective value and where it came from, one line each.
+
+    Secrets never appear: options that name an environment variable (``*_env``) show the
+    name and whether it is set; a ``token`` option (the simulator's) is not shown at all; URLs
+    are shown without user info or query.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    config_data = resolved.config.model_dump(mode="json")
+    rows: list[tuple[str, str, str]] = []
+    for option in describe_options():
+        value: Any = config_data
+        for part in option.key.split("."):
+            value = value[part]
+        source = resolved.sources[option.key]
+        origin = "file" if source.kind == "file" else str(source)  # the file is named above
+        if source.kind == "default" and value is not None and option.key in _PATHS:
+            where = resolved.file.parent if resolved.file is not None else "the working directory"
+            origin += f" (relative to {where})"
+        rows.append((option.key, _shown(option.key, value, env), origin))
+    width = max(len(key) for key, _, _ in rows)
+    value_width = min(48, max(len(text) for _, text, _ in rows))
+    head = f"{'option':<{width}}  {'value':<{value_width}}  from"
+    lines = [head] + [f"{k:<{width}}  {v:<{value_width}}  {o}" for k, v, o in rows]
+    return "\n".join(lines)
+
+
+_PATHS = frozenset({"store.path", "store.data_path", "store.catalog"})
+
+
+def _shown(key: str, value: Any, env: Mapping[str, str]) -> str:
+    name = key.rsplit(".", 1)[-1]
+    if name.endswith("_env"):
+        if value is None:
+            return "(unset)"
+        state = "set" if env.get(str(value), "").strip() else "not set"
+        return f"{value} ({state})"
+    if name == "token":
+        return "(not shown)"
+    if value is None:
+        return "(unset)"
+    if name.endswith("url") and isinstance(value, str):
+        from pipeline.dxlink.client import loggable_url
+
+        value = loggable_url(value)  # user info or a query could carry a credential
+    return json.dumps(value, ensure_ascii=False)
 
 
 def main() -> None:

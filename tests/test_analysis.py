@@ -128,11 +128,19 @@ def returns_frame(values: dict[str, list[tuple[datetime, float]]]) -> pl.DataFra
 # ------------------------------------------------------------------ locations
 
 
-def test_store_path_reads_candles_store_else_data() -> None:
-    """The store folder is $CANDLES_STORE, else 'data' (also for a blank value)."""
-    assert analysis.store_path({}) == Path("data")
-    assert analysis.store_path({"CANDLES_STORE": "  "}) == Path("data")
-    assert analysis.store_path({"CANDLES_STORE": "/srv/candles"}) == Path("/srv/candles")
+def test_store_location_is_candles_store_else_the_config_file_else_data(tmp_path: Path) -> None:
+    """$CANDLES_STORE wins; else the found config file's store.path; else 'data' (also when
+    CANDLES_STORE is blank)."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert analysis.store_location({}, cwd=bare).path == Path("data")
+    assert analysis.store_location({"CANDLES_STORE": "  "}, cwd=bare).path == Path("data")
+    named = analysis.store_location({"CANDLES_STORE": "/srv/candles"}, cwd=bare)
+    assert (named.path, named.found_by) == (Path("/srv/candles"), "$CANDLES_STORE")
+    (tmp_path / "config.toml").write_text('[store]\npath = "lake"\n')
+    found = analysis.store_location({}, cwd=bare)
+    assert found.path == tmp_path / "lake"
+    assert found.found_by == f"store.path in {tmp_path / 'config.toml'}"
 
 
 def test_figures_dir_only_when_set() -> None:
@@ -158,9 +166,9 @@ def test_connect_reads_the_store_named_by_the_environment(
 def test_connect_without_a_store_says_how_to_point_at_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A missing store names the folder and, for the default lookup, CANDLES_STORE."""
+    """A missing store names the folder and, for the default lookup, how it was found."""
     monkeypatch.setenv("CANDLES_STORE", str(tmp_path / "nowhere"))
-    with pytest.raises(StoreError, match=r"nowhere.*set CANDLES_STORE to the store folder"):
+    with pytest.raises(StoreError, match=r"nowhere.*found by \$CANDLES_STORE; set CANDLES_STORE"):
         analysis.connect(verify_extensions=False)
     with pytest.raises(StoreError, match="nowhere") as raised:
         analysis.connect(tmp_path / "nowhere", verify_extensions=False)

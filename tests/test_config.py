@@ -74,8 +74,11 @@ def test_repository_config_toml_loads_with_every_profile() -> None:
 
 
 def test_repository_config_toml_base_equals_the_defaults() -> None:
-    """Running with the shipped config.toml or with no file at all behaves the same."""
-    assert load_config(REPO_CONFIG, environ={}, now=NOW) == Config()
+    """The shipped config.toml sets the defaults; its store is data/ beside it, not in the cwd."""
+    loaded = load_config(REPO_CONFIG, environ={}, now=NOW)
+    assert loaded.store.path == str(REPO_CONFIG.parent / "data")
+    unpathed = {"store": {"path"}}
+    assert loaded.model_dump(exclude=unpathed) == Config().model_dump(exclude=unpathed)
 
 
 def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
@@ -244,7 +247,7 @@ def test_tastytrade_missing_env_lists_unset_variables() -> None:
     [
         ('symbols = ["AAPL{=5m}"]', "subscriptions.symbols[0]", "put periods in"),
         ('symbols = ["AAPL", "MS FT"]', "subscriptions.symbols[1]", "MS FT"),
-        ('symbols = [""]', "subscriptions.symbols[0]", "no base symbol"),
+        ('symbols = [""]', "subscriptions.symbols[0]", "empty; write a streamer symbol"),
         ("symbols = []", "subscriptions.symbols", "list at least one"),
         ('symbols = ["SPY", "SPY"]', "subscriptions.symbols", "listed twice"),
         ('intervals = ["7x"]', "subscriptions.intervals[0]", "not a candle period"),
@@ -259,6 +262,7 @@ def test_tastytrade_missing_env_lists_unset_variables() -> None:
 def test_subscription_values_are_validated(toml: str, key: str, fragment: str) -> None:
     """Bad symbols, intervals and lookbacks name their key and say what is wrong."""
     line = one_problem(f"[subscriptions]\n{toml}\n")
+    assert "{=" not in line.partition("; allowed:")[0].replace("AAPL{=5m}", "")
     assert f": {key}: " in line
     assert fragment in line
 

@@ -26,6 +26,7 @@ from pipeline.metrics import MetricsServer, StoreCheck, StoreCheckResult
 from pipeline.store import CandleStore, connect
 from tests.helpers.fake_tastytrade import FakeClock
 from tests.helpers.metrics import MINUTE_MS, START, FakeService, reader
+from tests.helpers.service import eventually
 from tests.helpers.store import MINUTE, T0, T0_MS, candle_frame, open_store
 from tests.helpers.timing import TIMEOUT
 
@@ -445,10 +446,13 @@ def test_store_check_sees_new_commits(lake: CandleStore, tmp_path: Path) -> None
 async def test_store_check_failures_are_counted_then_recover(
     service: FakeService, clock: FakeClock, tmp_path: Path
 ) -> None:
-    """No lake yet: the check fails and is counted; once the lake exists the next one works."""
+    """No lake yet: the check at start fails and is counted; once the lake exists the next
+    one works."""
     check = reader(tmp_path / "data", clock)
     async with MetricsServer(service, port=0, clock=clock, store_check=check) as server:
-        assert await server.check_store() is None
+        await eventually(
+            lambda: server.observe().store_check_failures == 1, within=TIMEOUT, what="1 failure"
+        )
         metrics = await scrape(server)
         assert metrics[("candles_store_check_failures_total", ())] == 1
         assert ("candles_gaps", ()) not in metrics
@@ -522,3 +526,22 @@ def test_the_store_check_keeps_no_file_caches_and_reopens_its_connection(tmp_pat
     assert len(connections) == 3  # checks 1-2, 3-4, 5
     assert settings == (False, False)
     assert cached == (0,)
+
+
+async def test_store_check_runs_at_start_not_after_a_whole_interval(
+    service: FakeService, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The first store check runs when the server starts, so gaps and backfill lag are there
+    from the first second even with the default one-minute interval."""
+    store = open_store(tmp_path / "data")
+    store.upsert(candle_frame(n=3))
+    store.close()
+    service.stream_ms = T0_MS + 10 * MINUTE_MS
+    check = reader(tmp_path / "data", clock)
+    async with MetricsServer(service, port=0, clock=clock, store_check=check) as server:
+        await eventually(
+            lambda: server.observe().store_check is not None, within=TIMEOUT, what="a check"
+        )
+        metrics = await scrape(server)
+    assert metrics[("candles_gaps", ())] == 0
+    assert ("candles_backfill_lag_seconds", ()) in metrics

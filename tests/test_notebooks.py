@@ -5,11 +5,19 @@ interpreter) against a store that :func:`tests.helpers.notebook_store.fill_store
 simulator's market. The kernel gets ``CANDLES_STORE`` and ``CANDLES_FIGURES`` through its
 environment, as a user would set them, and the Agg backend (no display). The PNG files the
 notebooks save are then checked for what a reader should see in them.
+
+And as shipped (issue 17): in a copy of the project, ``candles ingest`` runs as a process from
+the project's root, then both notebooks run from ``notebooks/`` (where Jupyter starts their
+kernels) with no ``CANDLES_STORE`` or ``CANDLES_CONFIG``: they must find that store through
+the project's ``config.toml``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,8 +32,10 @@ from nbformat import NotebookNode
 
 from pipeline import analysis
 from tests.helpers.notebook_store import FilledStore, fill_store
+from tests.helpers.timing import TIMEOUT
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
 EXPLORE = "01_explore_candles.ipynb"
 QUALITY = "02_data_quality.ipynb"
 CELL_TIMEOUT_S = 60  # per cell; a cell takes well under 2 s, this only stops a hung kernel
@@ -43,21 +53,30 @@ def read_notebook(name: str) -> NotebookNode:
     return reader(NOTEBOOKS / name, as_version=4)
 
 
-def run_notebook(name: str, store: Path, figures: Path, scratch: Path) -> NotebookNode:
-    """Execute a notebook in a fresh kernel; a failing cell raises CellExecutionError."""
+def run_notebook(
+    name: str,
+    store: Path | None,
+    figures: Path,
+    scratch: Path,
+    *,
+    folder: Path = NOTEBOOKS,
+) -> NotebookNode:
+    """Execute a notebook in a fresh kernel started in ``folder``; a failing cell raises
+    CellExecutionError. ``store`` None: no CANDLES_STORE (nor CANDLES_CONFIG), as shipped."""
     notebook = read_notebook(name)
-    env = {
-        **os.environ,
-        "CANDLES_STORE": str(store),
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANDLES_")}
+    env |= {
         "CANDLES_FIGURES": str(figures),
         "MPLBACKEND": "Agg",
         "IPYTHONDIR": str(scratch / "ipython"),  # no history database in the user's home
     }
+    if store is not None:
+        env["CANDLES_STORE"] = str(store)
     client = NotebookClient(
         notebook,
         timeout=CELL_TIMEOUT_S,
         kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
+        resources={"metadata": {"path": str(folder)}},
     )
     client.execute(env=env)
     return notebook
@@ -216,3 +235,45 @@ def test_quality_notebook_runs_and_shows_the_gap(filled: FilledStore, tmp_path: 
     shown = text_outputs(notebook)
     assert filled.quiet[0].strftime("%Y-%m-%d %H:%M:%S") in shown
     assert "candles stored before their period ended: 0" in shown
+
+
+# ----------------------------------------------------------------- as shipped
+
+
+@pytest.fixture(scope="module")
+def ingested_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project (config.toml, notebooks/) after `candles ingest` ran from its
+    root as a process, as the README's quick start has it."""
+    project = tmp_path_factory.mktemp("project")
+    shutil.copy(ROOT / "config.toml", project / "config.toml")
+    shutil.copytree(NOTEBOOKS, project / "notebooks")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANDLES_")}
+    env["CANDLES_METRICS__ENABLED"] = "false"  # port 9464 may be taken on a shared machine
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "ingest", "--duration", "5s"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        timeout=12 * TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert (project / "data" / "catalog.sqlite").is_file()
+    return project
+
+
+@pytest.mark.parametrize("name", [EXPLORE, QUALITY])
+def test_notebook_runs_from_its_folder_against_the_ingested_store(
+    name: str, ingested_project: Path, tmp_path: Path
+) -> None:
+    """From notebooks/ with no CANDLES_STORE: the notebook finds ../config.toml, reads the
+    store `candles ingest` filled, runs top to bottom and draws its figures."""
+    figures = tmp_path / "figures"
+    notebook = run_notebook(name, None, figures, tmp_path, folder=ingested_project / "notebooks")
+    shown = text_outputs(notebook)
+    config = ingested_project / "config.toml"
+    assert f"store: {ingested_project / 'data'} - found by store.path in {config}" in shown
+    pictures = sorted(figures.glob("*.png"))
+    assert len(pictures) == 2, [p.name for p in pictures]
+    for picture in pictures:
+        check_png(picture)

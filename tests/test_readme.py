@@ -54,7 +54,7 @@ from pipeline.cli import cli
 from pipeline.config import Config, ConfigError, describe_options, load_config, loads_config
 from pipeline.dxlink import SNAPSHOT_BEGIN, Candle, CandleSymbol
 from pipeline.metrics import MetricsServer
-from pipeline.simulator import SimulatorClock
+from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import run_query
 from tests.helpers.fake_tastytrade import FakeClock, FakeTastytrade, IssuedTokenSimulator
 from tests.helpers.layering import ALLOWED, PACKAGE
@@ -260,9 +260,10 @@ def context(project: FilledStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 class SimulatorThread:
-    """A simulator on its own thread and event loop (``candles ingest`` runs asyncio.run)."""
+    """A simulator on its own thread and event loop (``candles ingest`` runs asyncio.run):
+    one accepting the quote tokens ``rest`` issued, or (no ``rest``) one needing no token."""
 
-    def __init__(self, rest: FakeTastytrade) -> None:
+    def __init__(self, rest: FakeTastytrade | None) -> None:
         self._rest = rest
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -274,7 +275,12 @@ class SimulatorThread:
         try:
             clock = SimulatorClock.manual(int(time.time() * 1000))
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            async with IssuedTokenSimulator(self._rest, clock=clock) as sim:
+            sim = (
+                Simulator(token=None, clock=clock)
+                if self._rest is None
+                else IssuedTokenSimulator(self._rest, clock=clock)
+            )
+            async with sim:
                 self.url = sim.url
                 self._ready.set()
                 await self._stop.wait()
@@ -307,6 +313,28 @@ def tastytrade_stand_in() -> Iterator[tuple[FakeTastytrade, dict[str, str]]]:
                 "CANDLES_SOURCE__TASTYTRADE__API_URL": rest.url,
             },
         )
+
+
+@contextlib.contextmanager
+def dxlink_stand_in() -> Iterator[dict[str, str]]:
+    """dxFeed's demo endpoint (no network here): a simulator needing no token; yields the env
+    that points ``source.dxlink.url`` there."""
+    with SimulatorThread(None) as url:
+        yield {"CANDLES_SOURCE__DXLINK__URL": url}
+
+
+@contextlib.contextmanager
+def stand_in_for(kind: str) -> Iterator[tuple[FakeTastytrade | None, dict[str, str]]]:
+    """The local stand-in for a source kind and the env pointing there (none for the
+    built-in simulator)."""
+    if kind == "tastytrade":
+        with tastytrade_stand_in() as (rest, env):
+            yield rest, env
+    elif kind == "dxlink":
+        with dxlink_stand_in() as env:
+            yield None, env
+    else:
+        yield None, {}
 
 
 @contextlib.asynccontextmanager
@@ -360,6 +388,8 @@ def run_candles(argv: list[str], ctx: Context) -> None:
         asyncio.run(_status(argv, ctx))
     elif argv[0] == "ingest":
         _ingest(argv, config, ctx)
+    elif argv[0] == "doctor":
+        _doctor(argv, config)
     else:
         raise AssertionError(f"no runner for `candles {argv[0]}`: add one or mark the block")
 
@@ -371,22 +401,40 @@ async def _status(argv: list[str], ctx: Context) -> None:
     assert result.stdout.splitlines()[0] == f"candles ingest at {url}: OK"
 
 
+def _doctor(argv: list[str], config: Config) -> None:
+    """``candles doctor``: every step passes against the source's local stand-in."""
+    kind = argv[argv.index("--source") + 1] if "--source" in argv else config.source.kind
+    with stand_in_for(kind) as (rest, env):
+        result = invoke(argv, env)
+    assert result.stdout.splitlines()[0].startswith(f"candles doctor: source {kind}, ")
+    assert "doctor: every step passed" in result.stdout
+    if rest is not None:
+        assert rest.count("/oauth/token") == 1 and rest.count("/api-quote-tokens") == 1
+
+
 def _ingest(argv: list[str], config: Config, ctx: Context) -> None:
     store = ctx.tmp_path / "ingested"
     argv = [*argv, "--duration", INGEST_DURATION, "--store", str(store)]
     env = {"CANDLES_METRICS__PORT": "0"}
-    if config.source.kind == "tastytrade":
-        with tastytrade_stand_in() as (rest, rest_env):
-            invoke(argv, env | rest_env)
+    with stand_in_for(config.source.kind) as (rest, rest_env):
+        invoke(argv, env | rest_env)
+    if rest is not None:
         assert rest.count("/oauth/token") >= 1 and rest.count("/api-quote-tokens") >= 1
-    else:
-        invoke(argv, env)
     stored = run_query("SELECT DISTINCT symbol, period FROM candles", path=store)
     wanted = {(s.base, s.period_label) for s in config.subscriptions.candle_symbols()}
     # A run bounded by wall time cannot promise every series on a loaded machine; that every
     # series is captured exactly is proven by tests/test_service.py. Here: it ran, it stored,
     # and only what the config asked for.
     assert stored.height > 0 and set(stored.iter_rows()) <= wanted
+    if "--lookback" in argv:  # the history asked for is there: a month of daily candles
+        days = run_query(
+            "SELECT count(*) AS n, count(ret) AS returns FROM (SELECT close / lag(close) "
+            "OVER (PARTITION BY symbol ORDER BY time) - 1 AS ret FROM candles "
+            "WHERE period = '1d')",
+            path=store,
+        )
+        assert days["n"][0] >= 20 * len(config.subscriptions.symbols), days
+        assert days["returns"][0] >= 19 * len(config.subscriptions.symbols), days
 
 
 def run_shell_line(example: Example, ctx: Context) -> None:
@@ -529,14 +577,17 @@ def check_diagram(example: Example, ctx: Context) -> None:
     assert checked > 5
 
 
-def run_toml(example: Example, ctx: Context) -> None:
-    """A TOML block is a valid config fragment (loaded on top of the defaults)."""
-    loads_config(example.code, source=example.where, environ={})
+def check_toml(example: Example, ctx: Context) -> None:
+    """A config excerpt loads as shown; a dxlink one names its token by a variable."""
+    config = loads_config(example.code, source=example.where, environ={})
+    if config.source.kind == "dxlink":
+        assert config.source.dxlink.url.startswith("wss://")
+        assert config.source.dxlink.token_env, "a token belongs in an environment variable"
 
 
 RUNNERS: dict[str, Callable[[Example, Context], None]] = {
+    "toml": check_toml,
     "sql": run_sql,
-    "toml": run_toml,
     "sh": run_shell_line,
     "python": run_python,
     "text": check_output_sample,

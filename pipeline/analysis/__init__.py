@@ -3,8 +3,10 @@
 The notebooks in ``notebooks/`` stay short by calling these; everything here is plain typed
 Python, tested without a kernel (``tests/test_analysis.py``).
 
-Where the store is comes from one place: the ``CANDLES_STORE`` environment variable, default
-``data`` (the ingest default, ``[store] path`` in config.toml). Figures are shown inline and,
+Where the store is comes from one place, :func:`store_location`: ``$CANDLES_STORE``, else
+``[store]`` of the config file ``candles`` would use (found from the working directory
+upward, its paths relative to it), else ``data``: the notebooks find the store
+``candles ingest`` filled when run from ``notebooks/``. Figures are shown inline and,
 when ``CANDLES_FIGURES`` names a folder, also written there as PNG files (:func:`save_figure`),
 so a CI run or a cron job leaves static pictures behind.
 
@@ -35,7 +37,15 @@ from pipeline.analysis.plots import (
 )
 from pipeline.analysis.quality import coverage, gaps, ingestion_lag, lag_summary, revisions
 from pipeline.analysis.returns import log_returns, realized_volatility, volatility_summary
-from pipeline.analysis.store import DEFAULT_STORE, STORE_ENV, connect, load_candles, store_path
+from pipeline.analysis.store import (
+    DEFAULT_STORE,
+    STORE_ENV,
+    StoreLocation,
+    connect,
+    load_candles,
+    store_location,
+    store_path,
+)
 
 __all__ = [
     "DEFAULT_STORE",
@@ -43,6 +53,7 @@ __all__ = [
     "FIGURES_ENV",
     "STORE_ENV",
     "UP_COLOR",
+    "StoreLocation",
     "connect",
     "coverage",
     "figures_dir",
@@ -58,6 +69,7 @@ __all__ = [
     "realized_volatility",
     "revisions",
     "save_figure",
+    "store_location",
     "store_path",
     "volatility_summary",
 ]

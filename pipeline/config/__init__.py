@@ -9,12 +9,25 @@ from __future__ import annotations
 
 from pipeline.config.describe import OptionDoc, describe_options
 from pipeline.config.errors import ConfigError, ConfigProblem
-from pipeline.config.loader import CONFIG_ENV, ENV_PREFIX, PROFILE_ENV, load_config, loads_config
+from pipeline.config.loader import (
+    CONFIG_ENV,
+    CONFIG_FILE,
+    ENV_PREFIX,
+    PROFILE_ENV,
+    ResolvedConfig,
+    Source,
+    find_config_file,
+    load_config,
+    loads_config,
+    resolve_config,
+)
 from pipeline.config.models import (
     DEFAULT_API_URL,
+    DXFEED_DEMO_URL,
     KEEP_FOREVER,
     ClientConfig,
     Config,
+    DXLinkSourceConfig,
     IngestConfig,
     LoggingConfig,
     ManagerConfig,
@@ -26,6 +39,7 @@ from pipeline.config.models import (
     StoreConfig,
     SubscriptionsConfig,
     TastytradeSourceConfig,
+    insecure_ws_problem,
     is_loopback_host,
     parse_duration,
     retention_label,
@@ -33,7 +47,9 @@ from pipeline.config.models import (
 
 __all__ = [
     "CONFIG_ENV",
+    "CONFIG_FILE",
     "DEFAULT_API_URL",
+    "DXFEED_DEMO_URL",
     "ENV_PREFIX",
     "KEEP_FOREVER",
     "PROFILE_ENV",
@@ -41,22 +57,28 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "DXLinkSourceConfig",
     "IngestConfig",
     "LoggingConfig",
     "ManagerConfig",
     "MetricsConfig",
     "OptionDoc",
+    "ResolvedConfig",
     "S3Config",
     "ScheduleConfig",
     "SimulatorSourceConfig",
+    "Source",
     "SourceConfig",
     "StoreConfig",
     "SubscriptionsConfig",
     "TastytradeSourceConfig",
     "describe_options",
+    "find_config_file",
+    "insecure_ws_problem",
     "is_loopback_host",
     "load_config",
     "loads_config",
     "parse_duration",
+    "resolve_config",
     "retention_label",
 ]

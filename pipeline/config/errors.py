@@ -12,7 +12,8 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "Layer",
+    "LayerKind",
     "locate",
     "path_text",
     "problems_in",
@@ -133,13 +135,23 @@ def _problem_text(error: Mapping[str, Any]) -> str:
     return problem
 
 
+LayerKind = Literal["default", "file", "profile", "environment", "flag", "overrides"]
+"""Where a layer of settings comes from (``candles config check --show`` names it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Layer:
     """One source of settings and where its keys are shown as coming from."""
 
     label: str
+    """How error lines name it: the file, ``environment variable CANDLES_...``, ``--store``."""
     prefix: tuple[str, ...]
+    """Where its data sits in the file (a profile's ``("profiles", name)``), for error lines."""
     data: Mapping[str, Any]
+    kind: LayerKind = "overrides"
+    folder: Path | None = None
+    """The folder its relative paths are relative to (its config file's); ``None``: the
+    working directory."""
 
     def depth(self, loc: Sequence[object]) -> int:
         """How many leading parts of ``loc`` this layer sets."""

@@ -18,19 +18,23 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
 
 from pipeline.dxlink import CandleSymbol, parse_interval
 from pipeline.sharding import SINGLE, ShardSpec
 
 __all__ = [
     "DEFAULT_API_URL",
+    "DXFEED_DEMO_URL",
     "KEEP_FOREVER",
     "ClientConfig",
     "Config",
+    "DXLinkSourceConfig",
     "IngestConfig",
     "LoggingConfig",
     "ManagerConfig",
     "MetricsConfig",
+    "PathKind",
     "S3Config",
     "ScheduleConfig",
     "SimulatorSourceConfig",
@@ -38,8 +42,10 @@ __all__ = [
     "StoreConfig",
     "SubscriptionsConfig",
     "TastytradeSourceConfig",
+    "insecure_ws_problem",
     "is_loopback_host",
     "parse_duration",
+    "path_kind",
     "retention_label",
 ]
 
@@ -50,10 +56,30 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
 _DURATION_UNITS = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
 
 
-def _option(default: Any, *, allowed: str | None = None, **constraints: Any) -> Any:
-    """A ``Field`` whose ``allowed`` text (for error messages and docs) is spelled out."""
-    extra: dict[str, Any] | None = {"allowed": allowed} if allowed else None
-    return Field(default, json_schema_extra=extra, **constraints)
+PathKind = Literal["folder", "catalog"]
+"""How an option holds a filesystem path: the whole value (``folder``) or the part after
+``sqlite:`` (``catalog``). The loader resolves a relative one against the folder of the config
+file that set it (:mod:`pipeline.config.loader`, "Paths")."""
+
+
+def _option(
+    default: Any, *, allowed: str | None = None, path: PathKind | None = None, **constraints: Any
+) -> Any:
+    """A ``Field`` whose ``allowed`` text (for error messages and docs) is spelled out, and
+    which is marked as a filesystem path when ``path`` says how."""
+    extra: dict[str, Any] = {}
+    if allowed:
+        extra["allowed"] = allowed
+    if path:
+        extra["path"] = path
+    return Field(default, json_schema_extra=extra or None, **constraints)
+
+
+def path_kind(field: FieldInfo) -> PathKind | None:
+    """How ``field`` holds a filesystem path (see :data:`PathKind`), or ``None``."""
+    extra = field.json_schema_extra
+    kind = extra.get("path") if isinstance(extra, dict) else None
+    return "folder" if kind == "folder" else "catalog" if kind == "catalog" else None
 
 
 def is_loopback_host(host: str) -> bool:
@@ -108,11 +134,16 @@ class SimulatorSourceConfig(_Section):
     port: int = Field(default=0, ge=0, le=65535)
     """TCP port of the simulator; 0 picks a free port."""
     speed: float = Field(default=60.0, gt=0, le=1_000_000)
-    """Simulated seconds per real second (60: one simulated minute per second)."""
+    """Simulated seconds per real second while the simulated clock is behind the wall clock
+    (60: one simulated minute per second); it never runs ahead of the wall clock."""
     seed: int = Field(default=1, ge=0, le=2**63 - 1)
     """Seed of the simulated market; the same seed gives the same candles."""
     history_days: int = Field(default=30, ge=0, le=3650)
     """Days of candle history the simulator can serve before its start time."""
+    start_behind: str = _option("1h", allowed="a duration from 0s to 30d such as 0s, 90m, 1d")
+    """How far behind the wall clock the simulated clock starts (later when the store already
+    holds newer candles); it runs at ``speed`` until it reaches the wall clock, then in real
+    time. 0s starts at the wall clock."""
     token: str = Field(default="simulator", min_length=1, max_length=1024)
     """Token the local simulator expects in AUTH; not a secret, it only guards the simulator."""
     url: str | None = _option(
@@ -126,6 +157,13 @@ class SimulatorSourceConfig(_Section):
     def _check_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("ws://", "wss://")):
             raise ValueError(f"{value[:40]!r} is not a ws:// or wss:// URL")
+        return value
+
+    @field_validator("start_behind")
+    @classmethod
+    def _check_start_behind(cls, value: str) -> str:
+        if parse_duration(value) > timedelta(days=30):
+            raise ValueError(f"{value!r} is more than 30d")
         return value
 
 
@@ -170,16 +208,100 @@ class TastytradeSourceConfig(_Section):
         return [name for name in names if not env.get(name, "").strip()]
 
 
+DXFEED_DEMO_URL = "wss://demo.dxfeed.com/dxlink-ws"
+"""dxFeed's public DXLink demo endpoint (delayed data, no token)."""
+
+
+def insecure_ws_problem(url: str, *, allow_insecure: bool, option: str) -> str | None:
+    """Why ``url`` is not an acceptable DXLink URL, or ``None`` when it is.
+
+    Accepted: ``wss://`` with a host; ``ws://`` only to a loopback host, unless ``option``
+    (the setting that allows it, named in the message) is true. The URL is never echoed
+    whole: user info or a query could hold a credential.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        host, _ = parts.hostname, parts.port  # port: ValueError when it is not a number
+    except ValueError:
+        return "the value is not a WebSocket URL (value not shown); write wss://<host>/<path>"
+    if parts.scheme not in ("ws", "wss") or not host:
+        return "the value is not a ws:// or wss:// URL with a host (value not shown)"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return (
+            f"{parts.scheme}://{host}... must not carry credentials, a query or a fragment; "
+            "a token belongs in the environment variable named by token_env"
+        )
+    if parts.scheme == "ws" and not allow_insecure and not is_loopback_host(host):
+        return (
+            f"ws://{host} is unencrypted; use wss://, or set {option} = true to accept "
+            "plain ws:// to a non-loopback host"
+        )
+    return None
+
+
+class DXLinkSourceConfig(_Section):
+    """Any DXLink endpoint (``source.kind = "dxlink"``): dxFeed's demo, another broker's feed.
+
+    The URL is connected to as given, with the token (if any) from the environment variable
+    named by ``token_env``; nothing in this section is a secret.
+    """
+
+    # Before url: url's check reads it (pydantic validates fields in this order).
+    allow_insecure_ws: bool = False
+    """Accept a plain ws:// url for a non-loopback host (otherwise wss:// is required)."""
+    url: str = _option(
+        DXFEED_DEMO_URL,
+        allowed="a wss:// URL (ws:// only to a loopback host unless allow_insecure_ws), "
+        "no credentials or query",
+    )
+    """WebSocket URL of the DXLink endpoint; the default is dxFeed's public demo."""
+    token_env: _EnvName | None = _option(
+        None, allowed="an environment variable name, or unset for an endpoint without a token"
+    )
+    """Name of the environment variable holding the DXLink token sent in AUTH; unset sends
+    none (dxFeed's demo endpoint needs none)."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        allow = bool(info.data.get("allow_insecure_ws", False))
+        problem = insecure_ws_problem(
+            value, allow_insecure=allow, option="source.dxlink.allow_insecure_ws"
+        )
+        if problem is not None:
+            raise ValueError(problem)
+        return value.strip()
+
+    def token_problem(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """Why the token cannot be read (the variable named is unset or empty), else None."""
+        env = os.environ if environ is None else environ
+        if self.token_env is not None and not env.get(self.token_env, "").strip():
+            return (
+                f"source.dxlink.token_env names {self.token_env}, which is not set; export it "
+                "with the DXLink token, or unset token_env for an endpoint without a token"
+            )
+        return None
+
+
 class SourceConfig(_Section):
     """Where candles come from."""
 
-    kind: Literal["simulator", "tastytrade"] = "simulator"
-    """Which source to use: the built-in simulator or tastytrade."""
+    kind: Literal["simulator", "tastytrade", "dxlink"] = "simulator"
+    """Which source to use: the built-in simulator, tastytrade, or any DXLink endpoint."""
     simulator: SimulatorSourceConfig = SimulatorSourceConfig()
     tastytrade: TastytradeSourceConfig = TastytradeSourceConfig()
+    dxlink: DXLinkSourceConfig = DXLinkSourceConfig()
 
 
 def _base_symbol(value: str) -> str:
+    # CandleSymbol's own messages describe a *candle* symbol (AAPL{=5m}); this list holds
+    # base symbols, so the common slips get advice in those terms.
+    if not value.strip():
+        raise ValueError("the symbol is empty; write a streamer symbol such as AAPL or SPY")
+    if value != value.strip() or any(ch.isspace() for ch in value):
+        raise ValueError(
+            f"{value!r} contains white space; write the streamer symbol alone, e.g. AAPL"
+        )
     if "{" in value or "}" in value:
         raise ValueError(
             f"{value!r} has a candle period; list base symbols here (AAPL) and put periods "
@@ -475,17 +597,21 @@ class S3Config(_Section):
 class StoreConfig(_Section):
     """The DuckLake store: a catalog plus Parquet data files."""
 
-    path: str = _option("data", min_length=1, allowed="a directory path")
-    """Directory of the embedded lake (SQLite catalog + Parquet files), relative to the cwd."""
+    path: str = _option("data", min_length=1, allowed="a directory path", path="folder")
+    """Directory of the embedded lake (SQLite catalog + Parquet files). A relative path is
+    relative to the config file that sets it (or that leaves it at the default), else to the
+    working directory."""
     catalog: str | None = _option(
         None,
         allowed="sqlite:<path> or postgres:<conninfo> without a password (use PGPASSWORD)",
+        path="catalog",
     )
     """Catalog location; unset means a SQLite file inside ``path``."""
     data_path: str | None = _option(
         None,
         min_length=1,
         allowed="a directory every process reaches under the same name, or s3://bucket/prefix/",
+        path="folder",
     )
     """Where the Parquet files live: a folder, or object storage (s3://bucket/prefix/, see
     store.s3); unset means ``<path>/data``. Shards share one."""

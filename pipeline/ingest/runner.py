@@ -5,6 +5,16 @@ around it: start the built-in simulator when the config asks for it, install SIG
 handlers that stop the service gracefully, configure logging, and draw a one-line live status
 on a terminal (plain periodic log lines otherwise).
 
+Exit status (what a supervisor such as systemd sees): 0 when every completed candle was stored;
+1 (:class:`IngestError`) when ingest could not start or had to stop; :data:`EXIT_UNAVAILABLE`
+when the run ended without ever connecting to its source (every attempt failed: a wrong URL, a
+server that is down); :data:`EXIT_UNSTORED` when completed candles were not stored.
+
+The built-in simulator's market clock starts ``source.simulator.start_behind`` behind the wall
+clock (later when the store already holds newer candles), runs ``speed`` times faster until it
+reaches the wall clock, then in real time: stored candles never lie in the future, however
+often ingest restarts (issue 17).
+
 A stop is bounded (issue 7): a store that never becomes writable again would keep the final
 flush retrying forever. :class:`ShutdownGuard` gives the shutdown ``ingest.shutdown_timeout``
 seconds (a second signal: none), then cancels it. Whatever completed candles are still unstored
@@ -22,26 +32,32 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
-from pipeline.config import Config
-from pipeline.dxlink import DXLinkError
+from pipeline.config import Config, parse_duration
+from pipeline.dxlink import AuthenticationError, ConfigurationError, DXLinkError
 from pipeline.dxlink.client import TokenSource
 from pipeline.ingest.service import IngestService
-from pipeline.ingest.sources import SimulatorTokenSource
+from pipeline.ingest.sources import DXLinkTokenSource, SimulatorTokenSource, url_for_messages
 from pipeline.ingest.tastytrade import TastytradeTokenSource
 from pipeline.ingest.tuning import ingest_process_tuning
-from pipeline.store import CandleStore, S3Options, StoreError
+from pipeline.store import CandleStore, S3Options, StoreError, connect
+
+if TYPE_CHECKING:
+    from pipeline.simulator import SimulatorClock
 
 __all__ = [
+    "EXIT_UNAVAILABLE",
     "EXIT_UNSTORED",
     "IngestError",
+    "NeverConnected",
     "ShutdownGuard",
     "ShutdownIncomplete",
     "run_ingest",
+    "simulator_start_ms",
     "startup_line",
     "status_line",
     "token_source_for",
@@ -57,6 +73,9 @@ LOG_STATUS_INTERVAL_S = 30.0
 EXIT_UNSTORED = 75
 """Exit status when ingest stopped with completed candles not stored (sysexits' EX_TEMPFAIL:
 a temporary failure; the next start fetches those candles from the server again)."""
+EXIT_UNAVAILABLE = 69
+"""Exit status when the run ended without ever connecting to its source (sysexits'
+EX_UNAVAILABLE): every attempt failed, nothing was received."""
 ABANDON_GRACE_S = 5.0
 """Seconds a cancelled shutdown may take to unwind before the process exits regardless."""
 RECANCEL_S = 1.0
@@ -66,6 +85,12 @@ a cancelled shutdown is cancelled again this often until it ends."""
 
 class IngestError(Exception):
     """Ingest could not start or had to stop; the message says what to fix."""
+
+
+class NeverConnected(IngestError):
+    """The run ended (``--duration``, a signal) without one successful connection."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 class ShutdownIncomplete(IngestError):
@@ -235,12 +260,15 @@ def run_ingest(config: Config, *, duration: float | None = None, interactive: bo
             asyncio.run(_main(config, duration, interactive))
     except (DXLinkError, ConnectionError, StoreError, OSError) as exc:
         # Fatal by classification (bad credentials, unsupported protocol, attempts exhausted,
-        # an unusable store or port): the message says what to fix; no traceback.
-        raise IngestError(f"{type(exc).__name__}: {exc}") from None
+        # an unusable store or port): the message says what to fix; no traceback. Our own
+        # errors already read as a sentence; the class name helps only for the others.
+        plain = isinstance(exc, StoreError | ConfigurationError | AuthenticationError)
+        raise IngestError(str(exc) if plain else f"{type(exc).__name__}: {exc}") from None
 
 
 async def _main(config: Config, duration: float | None, interactive: bool) -> None:
-    async with _source(config) as (url, clock_ms):
+    started = time.monotonic()
+    async with open_source(config) as (url, clock_ms):
         service = IngestService(
             config, token_source=token_source_for(config, simulator_url=url),
             source_clock_ms=clock_ms,
@@ -271,6 +299,39 @@ async def _main(config: Config, duration: float | None, interactive: bool) -> No
                 service.stats.candles_stored, service.stats.flushes, service.stats.flush_failures,
             )  # fmt: skip
         _report_unstored(service, guard.abandoned_because if abandoned else None, run)
+        _report_never_connected(service, config, url, time.monotonic() - started)
+
+
+def _report_never_connected(
+    service: IngestService, config: Config, url: str | None, seconds: float
+) -> None:
+    """Raise :class:`NeverConnected` when every connection attempt of the run failed.
+
+    A run stopped before its first attempt finished (no failure seen) is not reported: it
+    learned nothing about the source.
+    """
+    if service.client is None:
+        return
+    connection = service.client.get_metrics()["connection"]
+    if connection["connect_count"] or not connection["last_error"]:
+        return
+    where = _describe_source(config, url)
+    message = (
+        f"never connected to {where} in {seconds:.0f}s, nothing was ingested; the last "
+        f"attempt failed with {connection['last_error']}. `candles doctor` checks each step"
+    )
+    logger.error("! %s", message)
+    raise NeverConnected(message)
+
+
+def _describe_source(config: Config, url: str | None) -> str:
+    """The source as messages name it (URLs without credentials or query)."""
+    kind = config.source.kind
+    if kind == "tastytrade":
+        return f"tastytrade ({config.source.tastytrade.api_url})"
+    if kind == "dxlink":
+        return f"the DXLink endpoint {url_for_messages(config.source.dxlink.url)}"
+    return f"the simulator at {url_for_messages(url)}" if url else "the simulator"
 
 
 def _report_unstored(service: IngestService, abandoned: str | None, run: asyncio.Task[Any]) -> None:
@@ -298,10 +359,11 @@ def _report_unstored(service: IngestService, abandoned: str | None, run: asyncio
 
 
 @contextlib.asynccontextmanager
-async def _source(
+async def open_source(
     config: Config,
 ) -> AsyncIterator[tuple[str | None, Callable[[], int] | None]]:
-    """Yield (simulator URL or None, source clock) for the configured source."""
+    """Yield (simulator URL or None, source clock) for the configured source, starting the
+    built-in simulator in-process when the config asks for it (``candles doctor`` too)."""
     sim_cfg = config.source.simulator
     if config.source.kind != "simulator":
         yield None, lambda: int(time.time() * 1000)
@@ -309,41 +371,98 @@ async def _source(
     if sim_cfg.url is not None:
         yield sim_cfg.url, None
         return
-    from pipeline.simulator import Simulator, SimulatorClock
+    from pipeline.simulator import Simulator
 
-    start_ms = await asyncio.to_thread(_simulated_start_ms, config)
+    clock, started_how = await asyncio.to_thread(simulator_start, config)
     simulator = Simulator(
         host=sim_cfg.host,
         port=sim_cfg.port,
         token=sim_cfg.token,
         seed=sim_cfg.seed,
         history_days=sim_cfg.history_days,
-        clock=SimulatorClock.accelerated(speed=sim_cfg.speed, start_ms=start_ms),
+        clock=clock,
     )
     async with simulator:
-        logger.info("built-in DXLink simulator at %s (speed %gx)", simulator.url, sim_cfg.speed)
+        logger.info("built-in DXLink simulator at %s: %s", simulator.url, started_how)
         yield simulator.url, lambda: simulator.now_ms
 
 
-def _simulated_start_ms(config: Config) -> int:
-    """Where the in-process simulator's clock starts: now, or after the newest stored candle.
+def simulator_start_ms(
+    start_behind: str, newest_stored_ms: int | None, now_ms: int
+) -> tuple[int, str]:
+    """Where the in-process simulator's market clock starts, and why, in words.
 
-    The simulator's clock runs ahead of the wall clock (speed x). Starting a restarted
-    simulator *after* what the store already holds keeps the simulated time monotonic across
-    restarts, so resuming from the store never asks for the future.
+    ``start_behind`` before ``now_ms``, or just after the newest stored candle when that is
+    later (so a restart resumes every series from the store without asking for the
+    future), but never after ``now_ms``. A store written by an older version, whose
+    simulator ran ahead of the wall clock, is the one exception: starting before its candles
+    would ask for the future, so the clock starts after them and runs in real time.
+
+    Returns:
+        (start in ms since the epoch, why: "1h behind the wall clock", ...).
     """
-    now = int(time.time() * 1000)
-    store = CandleStore(
-        config.store.path,
-        catalog=config.store.catalog,
-        data_path=config.store.data_path,
-        s3=S3Options(**config.store.s3.model_dump()),
-    )
+    behind = int(parse_duration(start_behind).total_seconds() * 1000)
+    start, why = now_ms - behind, f"{start_behind} behind the wall clock"
+    if newest_stored_ms is not None and newest_stored_ms + 60_000 > start:
+        start, why = newest_stored_ms + 60_000, "just after the newest stored candle"
+    if start > now_ms and (newest_stored_ms is None or newest_stored_ms < now_ms):
+        start, why = now_ms, "at the wall clock"
+    return start, why
+
+
+def simulator_start(
+    config: Config, *, wall: Callable[[], float] = time.time
+) -> tuple[SimulatorClock, str]:
+    """The in-process simulator's clock and the first log line's account of it.
+
+    Returns:
+        (a :class:`~pipeline.simulator.SimulatorClock`, a sentence for the log).
+    """
+    from pipeline.simulator import SimulatorClock
+
+    sim = config.source.simulator
+    now_ms = int(wall() * 1000)
+    start, why = simulator_start_ms(sim.start_behind, _newest_stored_ms(config), now_ms)
+    at = datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if start > now_ms:
+        logger.warning(
+            "! the store holds candles up to %s, ahead of the wall clock (an older version's "
+            "simulator ran ahead); the simulator continues after them in real time. Delete "
+            "the store folder %s for a clean start",
+            at, config.store.path,
+        )  # fmt: skip
+        return SimulatorClock.accelerated(1.0, start), f"market clock at {at} (ahead), real time"
+    clock = SimulatorClock.catching_up(sim.speed, start, wall=wall)
+    catch_up = clock.real_seconds_to_catch_up()
+    if catch_up == 0:
+        pace = "it runs in real time"
+    elif catch_up is None:
+        pace = f"it runs {sim.speed:g}x, slower than the wall clock"
+    else:
+        pace = (
+            f"it runs {sim.speed:g}x until it reaches the wall clock (in about {catch_up:.0f}s), "
+            "then in real time"
+        )
+    return clock, f"market clock starts {why} ({at}); {pace}, never ahead of the wall clock"
+
+
+def _newest_stored_ms(config: Config) -> int | None:
+    """The newest candle time in the store, read without writing; None when there is none."""
+    store = config.store
     try:
-        newest = max(store.resume_points().values(), default=None)
+        con = connect(
+            store.path,
+            catalog=store.catalog,
+            data_path=store.data_path,
+            s3=S3Options(**store.s3.model_dump()),
+        )
+    except StoreError:
+        return None  # no store yet, or an unusable one: opening it for writing says why
+    try:
+        row = con.execute("SELECT epoch_ms(max(time)) FROM candles").fetchone()
     finally:
-        store.close()
-    return max(now, newest + 60_000) if newest is not None else now
+        con.close()
+    return int(row[0]) if row is not None and row[0] is not None else None
 
 
 async def _report_status(service: IngestService, interactive: bool) -> None:
@@ -376,6 +495,8 @@ def startup_line(config: Config, service: IngestService) -> str:
     source: str = config.source.kind
     if config.source.kind == "tastytrade":
         source += f" ({config.source.tastytrade.api_url})"
+    elif config.source.kind == "dxlink":
+        source += f" ({url_for_messages(config.source.dxlink.url)})"
     return (
         f"starting candle-pipeline {__version__} (pid {os.getpid()}): source {source}; "
         f"series {shown}; shard {service.shard}; store {store.path} ({catalog}); "
@@ -402,10 +523,18 @@ def status_line(service: IngestService, rate: float) -> str:
     )
 
 
-def token_source_for(config: Config, *, simulator_url: str | None = None) -> TokenSource:
-    """The token source the config asks for (the simulator's needs its URL)."""
+def token_source_for(
+    config: Config,
+    *,
+    simulator_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> TokenSource:
+    """The token source the config asks for (the simulator's needs its URL); secrets come
+    from ``environ`` (default ``os.environ``)."""
     if config.source.kind == "tastytrade":
-        return TastytradeTokenSource.from_config(config.source.tastytrade)
+        return TastytradeTokenSource.from_config(config.source.tastytrade, environ=environ)
+    if config.source.kind == "dxlink":
+        return DXLinkTokenSource.from_config(config.source.dxlink, environ=environ)
     if simulator_url is None:
         raise ValueError("the simulator source needs the URL of a running simulator")
     return SimulatorTokenSource(simulator_url, config.source.simulator.token)

@@ -18,7 +18,8 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
   compaction;
 * on stop (SIGINT/SIGTERM or ``duration``): pause the scheduler, stop the client, drain what
   was received, flush everything completed, close. A failed flush keeps the candles in
-  memory and is retried; nothing is lost.
+  memory and is retried; the final one again and again for ``ingest.shutdown_timeout``
+  seconds, so a store that recovers meanwhile loses nothing.
 * one writer per shard: a SQLite-catalog store is guarded by an ``flock`` in its folder, a
   PostgreSQL-catalog lake (hosts that share no disk) by a lease in the catalog database that
   is checked before every commit and every ``store.lease_check_interval``; a lease lost (the
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -85,6 +87,9 @@ WARM_START_CANDLES = 500
 # a backfill at the target rate still hands the store a batch several times a second, so
 # storing overlaps receiving (bench_backfill).
 FLUSH_BATCH_EVENTS = 50_000
+# The final flush of a stop retries a failing store after this long, doubling up to the max.
+FINAL_FLUSH_RETRY_S = 0.25
+FINAL_FLUSH_RETRY_MAX_S = 4.0
 
 
 @dataclass(slots=True)
@@ -302,7 +307,7 @@ class IngestService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batch_flush  # flush() reports store failures, it does not raise
         if self._fatal is None:  # a shard taken over is the new owner's to store
-            report = await self.flush("shutdown")
+            report = await self._final_flush()
             if report.error is not None:
                 logger.error("! final flush failed, %s", report.error)
         if self._scheduler is not None:
@@ -347,6 +352,30 @@ class IngestService:
             self.stop()
         except StoreError as exc:
             logger.warning("! cannot claim shard %s back yet: %s", self.shard, exc)
+
+    async def _final_flush(self) -> FlushReport:
+        """Flush everything completed; while the store fails, try again until it works or
+        ``ingest.shutdown_timeout`` seconds have passed (0: until it works).
+
+        A store that comes back within the timeout (a remounted volume, a freed disk) loses
+        nothing; one that does not is reported by whoever bounds the stop (the runner's
+        :class:`~pipeline.ingest.runner.ShutdownGuard`, exit 75).
+        """
+        loop = asyncio.get_running_loop()
+        limit = self.config.ingest.shutdown_timeout
+        deadline = loop.time() + limit if limit else math.inf
+        delay = FINAL_FLUSH_RETRY_S
+        report = await self.flush("shutdown")
+        while report.error is not None and loop.time() + delay < deadline:
+            left = "" if math.isinf(deadline) else f", {deadline - loop.time():.0f}s left"
+            logger.warning(
+                "! final flush failed (%s); retrying in %.1fs (ingest.shutdown_timeout%s)",
+                report.error, delay, left,
+            )  # fmt: skip
+            await asyncio.sleep(delay)  # a retry schedule, not a synchronisation
+            delay = min(delay * 2, FINAL_FLUSH_RETRY_MAX_S)
+            report = await self.flush("shutdown")
+        return report
 
     # ------------------------------------------------------------------ wiring
 

@@ -270,6 +270,18 @@ class TastytradeTokenSource:
             f"refresh_token_env={self.refresh_token_env!r})"
         )
 
+    async def login(self) -> None:
+        """Exchange the refresh token for an access token now; ``get()`` then reuses it.
+
+        ``candles doctor`` checks this step on its own, before the quote token.
+
+        Raises:
+            TastytradeAuthError: the credentials were rejected (the message names the variable).
+            TastytradeAPIError: the request failed; see its ``transient`` flag.
+        """
+        async with self._lock:
+            await self._refresh_access_token()
+
     async def get(self, force_refresh: bool = False) -> QuoteToken:
         """Return a valid quote token, fetching one only when needed.
 

@@ -25,7 +25,7 @@ Definitions (the README copies them):
 * ``candles_memory_bytes`` / ``candles_memory_limit_bytes``: the manager's estimate of what it
   holds, and of the most its configured bounds allow (``process_resident_memory_bytes`` is
   the real process).
-* Store check (every ``check_interval`` seconds, in a worker thread, on a read-only connection;
+* Store check (at start, then every ``check_interval`` seconds, in a worker thread, read-only;
   never on a scrape): ``candles_gaps`` / ``candles_gap_missing_periods`` are the rows of the
   store's ``candle_gaps`` view whose ``gap_end`` lies within ``gap_window`` of the source time,
   and the missing periods they span (market closures count: see ``sql/gaps.sql``).
@@ -297,9 +297,11 @@ class MetricsServer:
             return result
 
     async def _check_periodically(self) -> None:
+        # The first check runs at once: `candles status` has gaps and backfill lag to show
+        # from its first second, not after a whole interval (issue 17).
         while True:
-            await asyncio.sleep(self._check_interval)  # a schedule, not a synchronisation
             await self.check_store()
+            await asyncio.sleep(self._check_interval)  # a schedule, not a synchronisation
 
     # ------------------------------------------------------------------ HTTP
 

@@ -24,6 +24,10 @@ class SimulatorClock:
       ``Simulator.advance``). No wall-clock dependence at all.
     * ``accelerated(speed, start_ms)``: ``speed`` simulated seconds pass per real second.
     * ``realtime(start_ms)``: ``accelerated(1.0)``; with no ``start_ms`` it follows the wall clock.
+    * ``catching_up(speed, start_ms)``: starts behind the wall clock, runs ``speed`` times
+      faster until it reaches it, then follows it: never ahead of the wall clock, so the
+      candles it serves never lie in the future (what ``candles ingest`` and
+      ``candles simulate`` use).
     """
 
     def __init__(
@@ -32,6 +36,7 @@ class SimulatorClock:
         start_ms: int,
         speed: float | None,
         time_source: Callable[[], float] = time.monotonic,
+        capped: bool = False,
     ) -> None:
         if not isinstance(start_ms, int) or isinstance(start_ms, bool) or start_ms < 0:
             raise ValueError(
@@ -46,6 +51,8 @@ class SimulatorClock:
         self._speed = speed
         self._time_source = time_source
         self._real_start = time_source()
+        self._capped = capped
+        self._last_ms = start_ms
 
     @classmethod
     def manual(cls, start_ms: int) -> SimulatorClock:
@@ -78,6 +85,21 @@ class SimulatorClock:
         """A clock running at the speed of ``time_source``; starts at the wall time if no start."""
         return cls.accelerated(1.0, start_ms, time_source=time_source)
 
+    @classmethod
+    def catching_up(
+        cls, speed: float, start_ms: int, *, wall: Callable[[], float] = time.time
+    ) -> SimulatorClock:
+        """A clock that runs ``speed`` times faster than ``wall`` from ``start_ms`` until it
+        reaches ``wall``'s time, then runs with it; it never gets ahead of ``wall``.
+
+        Args:
+            speed: Simulated seconds per real second while behind.
+            start_ms: Simulated time at creation, at or before ``wall``'s time (a later start
+                is held back to it).
+            wall: The wall clock in seconds since the epoch; injected by tests.
+        """
+        return cls(start_ms=start_ms, speed=float(speed), time_source=wall, capped=True)
+
     @property
     def is_manual(self) -> bool:
         """True when time moves only through ``advance_ms()``."""
@@ -97,8 +119,32 @@ class SimulatorClock:
         """The current simulated time in ms since the epoch."""
         if self._speed is None:
             return self._manual_ms
-        elapsed = self._time_source() - self._real_start
-        return self._start_ms + int(elapsed * self._speed * 1000.0)
+        real = self._time_source()
+        now = self._start_ms + int((real - self._real_start) * self._speed * 1000.0)
+        if self._capped:
+            # Never ahead of the wall clock, and never back when the wall clock steps back.
+            now = max(min(now, int(real * 1000.0)), self._last_ms)
+            self._last_ms = now
+        return now
+
+    def behind_ms(self) -> int:
+        """How far the simulated time is behind the wall clock now (0 once caught up, and
+        for clocks that do not follow the wall clock)."""
+        if not self._capped:
+            return 0
+        return max(0, int(self._time_source() * 1000.0) - self.now_ms())
+
+    def real_seconds_to_catch_up(self) -> float | None:
+        """Real seconds until a catching-up clock reaches the wall clock (0 when it has);
+        ``None`` when it never will (speed 1 or less) or does not follow the wall clock."""
+        if not self._capped or self._speed is None:
+            return None
+        behind = self.behind_ms()
+        if behind == 0:
+            return 0.0
+        if self._speed <= 1.0:
+            return None
+        return behind / 1000.0 / (self._speed - 1.0)
 
     def advance_ms(self, ms: int) -> int:
         """Move a manual clock forward by ``ms`` and return the new time.
@@ -120,9 +166,16 @@ class SimulatorClock:
         """Real seconds until simulated time reaches ``sim_ms`` (0 if past); None when manual."""
         if self._speed is None:
             return None
-        remaining = sim_ms - self.now_ms()
-        return max(0.0, remaining / 1000.0 / self._speed)
+        now = self.now_ms()
+        remaining = max(0, sim_ms - now) / 1000.0
+        catch_up = self.real_seconds_to_catch_up()
+        if catch_up is None:
+            return remaining / self._speed
+        # Fast until the wall clock is reached, then one simulated second per real second.
+        fast = catch_up * self._speed
+        return remaining / self._speed if remaining <= fast else catch_up + remaining - fast
 
     def __repr__(self) -> str:
         kind = "manual" if self._speed is None else f"speed={self._speed:g}"
+        kind += ", never ahead of the wall clock" if self._capped else ""
         return f"SimulatorClock({kind}, now_ms={self.now_ms()})"

@@ -93,6 +93,8 @@ class ConnectionSettings:
     subscription_rate: float | None
     subscription_burst: float
     rate_items: bool
+    require_auth: bool = True
+    """False: AUTH_STATE AUTHORIZED right after SETUP, as a server that needs no token (§2.2)."""
 
 
 class Owner(Protocol):
@@ -351,9 +353,13 @@ class SimConnection:
     def _handle(self, events: list[ProtocolEvent]) -> None:
         for event in events:
             if isinstance(event, ClientSetup):
-                # §2.2: our SETUP, then the unsolicited AUTH_STATE UNAUTHORIZED.
+                # §2.2: our SETUP, then the unsolicited AUTH_STATE: UNAUTHORIZED ("auth
+                # required"), or AUTHORIZED from a server that needs no token.
                 self.protocol.send_setup()
-                self.protocol.send_auth_state(False)
+                if self.settings.require_auth:
+                    self.protocol.send_auth_state(False)
+                else:
+                    self.protocol.send_auth_state(True, self.settings.user_id)
             elif isinstance(event, AuthRequested):
                 self._authenticate(event.token)
             elif isinstance(event, ChannelRequested):

@@ -52,7 +52,8 @@ class Simulator:
     Args:
         host: Interface to listen on.
         port: TCP port; 0 picks a free one (see ``url``).
-        token: The token AUTH must carry; ``rotate_token`` changes it.
+        token: The token AUTH must carry; ``rotate_token`` changes it. ``None``: no token is
+            needed (AUTHORIZED right after SETUP, like dxFeed's demo endpoint).
         seed: Seeds the market; the same seed serves the same candles, across restarts.
         clock: Simulated time; ``SimulatorClock.manual(...)`` for tests. Default: real time.
         keepalive_timeout: Seconds the server promises and expects between messages (§2.6).
@@ -77,7 +78,7 @@ class Simulator:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        token: str = "sim-token",
+        token: str | None = "sim-token",
         seed: int = 1,
         clock: SimulatorClock | None = None,
         keepalive_timeout: float = 60.0,
@@ -95,8 +96,8 @@ class Simulator:
         user_id: str = "sim-user",
         faults: Sequence[Fault] = (),
     ) -> None:
-        if not token:
-            raise ValueError("token must not be empty")
+        if token == "":
+            raise ValueError("token must not be empty (None: no token needed)")
         if not publish_interval > 0:
             raise ValueError(f"publish_interval must be > 0 seconds, got {publish_interval}")
         if max_frame_size < 1024:
@@ -136,6 +137,7 @@ class Simulator:
             subscription_rate=subscription_rate,
             subscription_burst=subscription_burst or max(1.0, subscription_rate or 1.0),
             rate_items=rate_items,
+            require_auth=token is not None,
         )
         self._token = token
         self._connections: dict[int, SimConnection] = {}
@@ -343,7 +345,10 @@ class Simulator:
             logger.debug("= connection %d closed (code %s)", number, ws.close_code)
 
     def token_accepted(self, token: str) -> bool:
-        """True when ``token`` is the current token (constant-time comparison)."""
+        """True when ``token`` is the current token (constant-time comparison); any token
+        is accepted by a simulator that needs none."""
+        if self._token is None:
+            return True
         return hmac.compare_digest(token.encode(), self._token.encode())
 
     def sim_now_ms(self) -> int:

@@ -5,12 +5,14 @@ points, history reads and maintenance. ``lake`` opens and attaches the lake and 
 reader's door (:func:`connect`); ``object_store`` says how to reach an ``s3://`` data path
 (keys from the environment only); ``query`` is the read-only SQL of ``candles query`` and
 ``candles export``; ``writer_lock`` keeps one writer per store or shard on one machine (a SQLite
-catalog), ``lease`` across machines (a PostgreSQL catalog, docs/scaling.md); ``retention``
-removes candles past their period's retention.
+catalog), ``lease`` across machines (a PostgreSQL catalog, docs/scaling.md); ``folder``
+readies the store's folder or says in one line why it cannot work; ``retention`` removes
+candles past their period's retention.
 """
 
 from __future__ import annotations
 
+from pipeline.store.folder import prepare_folder
 from pipeline.store.lake import (
     CATALOG_FILE,
     DATA_DIR,
@@ -27,6 +29,8 @@ from pipeline.store.lease import CatalogLease, LeaseHolder, LeaseLost
 from pipeline.store.object_store import S3Access, S3Options, is_object_store, parse_s3_url
 from pipeline.store.query import (
     OUTPUT_FORMATS,
+    TABLE_MAX_ROWS,
+    TABLE_SHOWN_ROWS,
     QueryError,
     QueryRefused,
     export_store,
@@ -51,6 +55,8 @@ __all__ = [
     "LAKE",
     "OUTPUT_FORMATS",
     "TABLE",
+    "TABLE_MAX_ROWS",
+    "TABLE_SHOWN_ROWS",
     "CandleStore",
     "CatalogLease",
     "CatalogSpec",
@@ -77,6 +83,7 @@ __all__ = [
     "is_object_store",
     "parse_catalog",
     "parse_s3_url",
+    "prepare_folder",
     "redact",
     "retention_cutoff",
     "run_query",

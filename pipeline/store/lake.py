@@ -445,16 +445,22 @@ def _prepare_sqlite_catalog(path: Path, *, read_only: bool) -> None:
     with _WAL_LOCK:
         if key in _WAL_PREPARED:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path) as db:
-            mode = db.execute("PRAGMA journal_mode").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                try:
-                    db.execute("PRAGMA journal_mode = WAL")
-                except sqlite3.OperationalError as exc:
-                    # Another process holds the catalog; it stays in its current mode.
-                    logger.warning("! could not switch %s to WAL: %s", path, exc)
-        db.close()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path)
+            try:
+                mode = db.execute("PRAGMA journal_mode").fetchone()
+                if mode is None or str(mode[0]).lower() != "wal":
+                    try:
+                        db.execute("PRAGMA journal_mode = WAL")
+                    except sqlite3.OperationalError as exc:
+                        # Another process holds the catalog; it stays in its current mode.
+                        logger.warning("! could not switch %s to WAL: %s", path, exc)
+            finally:
+                db.close()
+        except (OSError, sqlite3.Error) as exc:
+            # One line naming the file, not sqlite3's traceback (issue 17).
+            raise StoreError(f"cannot open the catalog {path}: {exc}") from None
         _WAL_PREPARED.add(key)
 
 

@@ -26,6 +26,8 @@ from pipeline.store.object_store import S3Options
 
 __all__ = [
     "OUTPUT_FORMATS",
+    "TABLE_MAX_ROWS",
+    "TABLE_SHOWN_ROWS",
     "QueryError",
     "QueryRefused",
     "export_store",
@@ -131,17 +133,35 @@ def run_query(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+TABLE_MAX_ROWS = 1000
+"""A table with more rows shows its first and last :data:`TABLE_SHOWN_ROWS` / 2 and says so."""
+TABLE_SHOWN_ROWS = 40
+
+
 def format_frame(frame: pl.DataFrame, fmt: OutputFormat) -> bytes:
-    """Render a result for the terminal or a pipe."""
+    """Render a result for the terminal or a pipe.
+
+    One NaN convention in every format (issue 17): a NaN (a field the feed did not send,
+    or 0/0 in SQL) is written as null: JSON ``null``, an empty CSV field, a Parquet null,
+    ``null`` in the table. JSON has no NaN, so null is the one spelling all formats share.
+    """
+    frame = frame.fill_nan(None)
     if fmt == "table":
+        cut = frame.height > TABLE_MAX_ROWS
         with pl.Config(
-            tbl_rows=-1 if frame.height <= 1000 else 40,
+            tbl_rows=TABLE_SHOWN_ROWS if cut else -1,
             tbl_cols=-1,
             tbl_width_chars=200,
             fmt_str_lengths=60,
             tbl_hide_dataframe_shape=False,
         ):
-            return (str(frame) + "\n").encode()
+            text = str(frame) + "\n"
+        if cut:
+            text += (
+                f"showing {TABLE_SHOWN_ROWS} of {frame.height:,} rows (the first and last "
+                f"{TABLE_SHOWN_ROWS // 2}); --format csv, json or parquet writes them all\n"
+            )
+        return text.encode()
     if fmt == "csv":
         return frame.write_csv().encode()
     if fmt == "json":
@@ -191,8 +211,9 @@ def export_store(
         rows = con.sql(f"SELECT count(*) FROM candles {filter_sql}").fetchone()
         count = int(rows[0]) if rows else 0
         options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv"
+        columns = _nan_as_null(con)
         con.execute(
-            f"COPY (SELECT *, CAST(time AS DATE) AS date FROM candles {filter_sql} "
+            f"COPY (SELECT {columns}, CAST(time AS DATE) AS date FROM candles {filter_sql} "
             f"ORDER BY symbol, time) TO '{_sql_text(str(staging))}' "
             f"({options}, PARTITION_BY (period, date), OVERWRITE_OR_IGNORE)"
         )
@@ -205,6 +226,18 @@ def export_store(
         target.rmdir()
     os.replace(staging, target)
     return count
+
+
+def _nan_as_null(con: duckdb.DuckDBPyConnection) -> str:
+    """The select list of ``candles`` with every NaN as NULL (see :func:`format_frame`)."""
+    described = con.execute("DESCRIBE candles").fetchall()
+    floats = [str(name) for name, kind, *_ in described if str(kind) in ("DOUBLE", "FLOAT")]
+    if not floats:
+        return "*"
+    replaced = ", ".join(
+        f'CASE WHEN isnan("{c}") THEN NULL ELSE "{c}" END AS "{c}"' for c in floats
+    )
+    return f"* REPLACE ({replaced})"
 
 
 def _sql_text(text: str) -> str:

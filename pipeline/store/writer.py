@@ -40,6 +40,7 @@ import duckdb
 import polars as pl
 
 from pipeline.dxlink import CandleSymbol
+from pipeline.store.folder import prepare_folder
 from pipeline.store.lake import (
     LAKE,
     TABLE,
@@ -264,7 +265,7 @@ class CandleStore:
         self._newest_stored = NewestStored()
         self._memory = StoreMemory()
         self._full_merge_day: date | None = None  # the UTC day of the last full merge
-        self.root.mkdir(parents=True, exist_ok=True)
+        prepare_folder(self.root)  # StoreError naming the path when it cannot work
         self._con = self._open_writer()
         try:
             try:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.sharding import ShardSpec
+from pipeline.store.folder import prepare_folder
 from pipeline.store.lake import StoreError
 
 if sys.platform != "win32":
@@ -74,7 +75,7 @@ class WriterLock:
         if sys.platform == "win32":
             logger.warning("! no flock here: two ingest processes on one store are not detected")
             return
-        self.store.mkdir(parents=True, exist_ok=True)
+        prepare_folder(self.store)  # StoreError naming the path when it cannot work
         sharded = self.shard.count > 1
         try:
             self._take(_STORE_LOCK, exclusive=not sharded)

@@ -63,7 +63,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # The store knows the table and the symbols, never the manager or the service.
     "store": frozenset({"dxlink", "schema", "sharding"}),
     "config": frozenset({"dxlink", "sharding"}),
-    "analysis": frozenset({"store", "schema", "dxlink"}),
+    # The notebooks' door finds the store as the CLI does: through the config file (issue 17).
+    "analysis": frozenset({"config", "store", "schema", "dxlink"}),
     "metrics": frozenset({"config", "candles", "store", "dxlink", "dxlink.client"}),
     # The root face: ``pipeline.connect`` is analysis' connect, imported when first used.
     "pipeline": frozenset({"analysis"}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -71,3 +72,36 @@ def test_simulate_help_lists_the_fault_syntax() -> None:
     result = CliRunner().invoke(cli, ["simulate", "--help"])
     assert result.exit_code == 0
     assert "expire-token" in result.output and "--speed" in result.output
+
+
+async def test_simulate_says_where_its_clock_starts_and_serves_nothing_from_the_future() -> None:
+    """The first line says the clock starts behind and never runs ahead of the wall clock;
+    at 600x, a snapshot of an hour of candles ends before the wall clock."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline", "simulate", "--port", "0", "--token", "t",
+        "--speed", "600", "--start-behind", "5m",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            line = (await process.stdout.readline()).decode()
+        assert "market clock starts 5m behind the wall clock" in line
+        assert "never ahead of it" in line
+        client = await TestClient.authorized(line.split("serving ", 1)[1].split()[0], token="t")
+        channel = await client.candle_channel()
+        await client.subscribe(channel, "AAPL{=1m}", int(time.time() * 1000) - 3_600_000)
+        candles = await client.snapshot()
+        await client.close()
+        wall_ms = int(time.time() * 1000)
+        assert candles and max(c.time for c in candles) <= wall_ms
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(TIMEOUT):
+            await process.wait()
+
+
+def test_simulate_rejects_a_bad_start_behind() -> None:
+    """--start-behind must be a duration; the flag is named."""
+    result = CliRunner().invoke(cli, ["simulate", "--start-behind", "a while"])
+    assert result.exit_code == 2 and "--start-behind" in result.output

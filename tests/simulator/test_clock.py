@@ -74,3 +74,44 @@ def test_start_must_be_a_non_negative_int() -> None:
         SimulatorClock.manual(-1)
     with pytest.raises(ValueError, match="start_ms"):
         SimulatorClock.manual(1.5)  # type: ignore[arg-type]
+
+
+def test_catching_up_clock_runs_fast_until_the_wall_clock_then_with_it() -> None:
+    """60x from an hour behind: one real second is a simulated minute until it reaches the
+    wall clock (after ~61 s), then one real second is one simulated second."""
+    wall = FakeTime()
+    wall.now = START / 1000
+    clock = SimulatorClock.catching_up(60, START - 3_600_000, wall=wall)
+    assert clock.behind_ms() == 3_600_000
+    assert clock.real_seconds_to_catch_up() == pytest.approx(3600 / 59)
+    wall.now += 1.0
+    assert clock.now_ms() == START - 3_600_000 + 60_000
+    wall.now += 61.0  # 3,720 simulated seconds since the start: past the wall clock
+    assert clock.now_ms() == int(wall.now * 1000)  # caught up: never ahead
+    assert clock.behind_ms() == 0 and clock.real_seconds_to_catch_up() == 0.0
+    wall.now += 10.0
+    assert clock.now_ms() == int(wall.now * 1000)
+    assert clock.real_seconds_until(clock.now_ms() + 5_000) == pytest.approx(5.0)
+
+
+def test_catching_up_clock_never_goes_back_when_the_wall_clock_does() -> None:
+    """A wall clock stepped back (NTP) holds simulated time still instead of reversing it."""
+    wall = FakeTime()
+    wall.now = START / 1000
+    clock = SimulatorClock.catching_up(60, START, wall=wall)
+    wall.now += 5.0
+    seen = clock.now_ms()
+    wall.now -= 3.0
+    assert clock.now_ms() == seen
+
+
+def test_catching_up_clock_started_ahead_is_held_to_the_wall_clock() -> None:
+    """A start after the wall time is not served until the wall clock gets there."""
+    wall = FakeTime()
+    wall.now = START / 1000
+    clock = SimulatorClock.catching_up(60, START + 60_000, wall=wall)
+    assert clock.now_ms() == START + 60_000  # never moves backwards from its start
+    wall.now += 30.0
+    assert clock.now_ms() == START + 60_000
+    wall.now += 40.0
+    assert clock.now_ms() == START + 70_000

@@ -31,7 +31,7 @@ from pipeline.dxlink.client.retry import (
     disconnect_reason,
 )
 from pipeline.dxlink.client.state import EventBatch, QuoteToken, ResumePoints, TokenSource
-from pipeline.dxlink.client.transport import DEFAULT_MAX_MESSAGE_SIZE, loggable_url
+from pipeline.dxlink.client.transport import DEFAULT_MAX_MESSAGE_SIZE, loggable_url, open_websocket
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -57,4 +57,5 @@ __all__ = [
     "classify",
     "disconnect_reason",
     "loggable_url",
+    "open_websocket",
 ]

@@ -82,7 +82,7 @@ class Supervisor:
                 uptime = 0.0
                 if connection is not None and connection.ready_at is not None:
                     uptime = loop_time() - connection.ready_at
-                self._disconnected(exc, started)
+                self._disconnected(exc)
                 if action is Action.FATAL:
                     fatal = fatal_error(exc, state.pacer.max_bytes, settings.max_message_size)
                     if fatal is exc:
@@ -101,17 +101,18 @@ class Supervisor:
                     ) from exc
                 metrics.state = ConnectionState.BACKING_OFF
                 state.notify(Disconnected(disconnect_reason(exc), describe(exc), delay))
-                logger.info("x reconnecting in %.3f s after %s", delay, describe(exc))
+                # One line per failed attempt: what ended it and when the next one starts.
+                logger.warning(
+                    "! connection ended after %.3f s: %s; reconnecting in %.3f s",
+                    loop_time() - started, describe(exc), delay,
+                )  # fmt: skip
                 await self.sleep(delay)
                 metrics.reconnect_attempts += 1
 
-    def _disconnected(self, exc: BaseException, started: float) -> None:
+    def _disconnected(self, exc: BaseException) -> None:
         state = self.state
         metrics = state.connection_metrics
         metrics.record_disconnect(disconnect_reason(exc), loop_time())
         metrics.last_error = describe(exc)
         state.registry.on_disconnect()
         state.pacer.clear()
-        logger.warning(
-            "! connection ended after %.3f s: %s", loop_time() - started, metrics.last_error
-        )
