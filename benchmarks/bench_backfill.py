@@ -28,12 +28,13 @@ CPU) / cores)``. A target above this bound needs less CPU per candle, not less w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,19 +131,23 @@ async def measure_service(
     store_path: Path,
     expected_events: int,
     simulator_pid: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the ingest service until ``expected_events`` arrived and one flush stored them.
+
+    ``overrides`` are further config settings (``bench_recording`` turns recording on).
 
     Returns:
         Timings (perf_counter seconds) and counts: ``startup``, ``received``, ``durable``
         (both from the client's start), ``stored`` rows, ``events`` received, ``flushes``,
         ``backpressure_waits`` (the reader held until a flush made room), each flush's
-        seconds and rows, and where the time went (see the module docstring).
+        seconds and rows, where the time went (see the module docstring), and with recording
+        on the recorder's counters (``recording``).
     """
     from_ms = START_MS - candles * MINUTE_MS
     # The product's flush schedule (5 s): flushes overlap the receiving, as they would.
-    flushes = {"schedule.flush_interval": 5.0}
-    config = bench_config(store_path, bases=bases, from_ms=from_ms, overrides=flushes)
+    settings: dict[str, Any] = {"schedule.flush_interval": 5.0, **(overrides or {})}
+    config = bench_config(store_path, bases=bases, from_ms=from_ms, overrides=settings)
     store = await asyncio.to_thread(CandleStore, store_path)
     service = IngestService(
         config,
@@ -170,6 +175,8 @@ async def measure_service(
         service.stop()
         await runner
         await asyncio.to_thread(store.close)
+    if service.recorder is not None:
+        spent["recording"] = dataclasses.asdict(service.recorder.stats)
     return {
         "startup_s": subscribed - began,
         "received_s": received - subscribed,

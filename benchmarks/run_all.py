@@ -3,7 +3,8 @@
 ``./run python -m benchmarks.run_all`` (about 5 minutes; ``--quick``: about 1.5 minutes,
 small sizes, for a smoke run). Runs decode (``bench_decode``, item 1), the in-process
 pipeline (``bench_pipeline``: frames to durable candles with no socket, the service's own
-ceiling for item 2), backfill, live, recovery, memory and store (items 2-6), each in its
+ceiling for item 2), backfill, live, recovery, memory and store (items 2-6) and recording
+(issue 18: backfill with recording on vs off, bytes per candle, rebuild), each in its
 own temporary folder, one after another (never side by side: they would take each other's
 CPU). Prints each benchmark's own table, then one
 combined table of every figure against its baseline and target, and the same as Markdown
@@ -28,6 +29,7 @@ from benchmarks import (
     bench_live,
     bench_memory,
     bench_pipeline,
+    bench_recording,
     bench_recovery,
     bench_store,
 )
@@ -43,6 +45,7 @@ BENCHMARKS: dict[str, Callable[[bool, Path], BenchResult]] = {
     "recovery": bench_recovery.run,
     "memory": bench_memory.run,
     "store": bench_store.run,
+    "recording": bench_recording.run,
 }
 """The end-to-end benchmarks, by name, in the order they run."""
 

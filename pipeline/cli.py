@@ -123,6 +123,12 @@ def cli() -> None:
 @click.option("--duration", help="Stop after this long, e.g. 90s, 10m, 2h [default: run forever].")
 @click.option("--store", "store_path", help="Store folder [default: store.path].")
 @click.option("--shard", help="Capture only shard K of N of the series, e.g. 2/3 [default: all].")
+@click.option(
+    "--record",
+    "record_dir",
+    metavar="DIR",
+    help="Record every DXLink frame into DIR (secrets redacted) [default: [record] section].",
+)
 def ingest(
     config_path: Path | None,
     profile: str | None,
@@ -132,6 +138,7 @@ def ingest(
     duration: str | None,
     store_path: str | None,
     shard: str | None,
+    record_dir: str | None,
 ) -> None:
     """Stream candles into the store until interrupted.
 
@@ -161,6 +168,8 @@ def ingest(
             "subscriptions.lookback": ("--lookback", lookback),
             "store.path": ("--store", store_path),
             "ingest.shard": ("--shard", shard),
+            "record.enabled": ("--record", True if record_dir is not None else None),
+            "record.dir": ("--record", record_dir),
         },
     )
     seconds = _duration(duration, "--duration")
@@ -423,6 +432,127 @@ def simulate(
         )
 
     asyncio.run(sim.serve_until_signalled(ready))
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--speed",
+    type=float,
+    help="Replay the recorded timing X times faster [default: as fast as the client reads].",
+)
+@click.option("--port", default=8765, show_default=True, help="TCP port; 0 picks a free one.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--wait",
+    "wait_for_client",
+    default=10.0,
+    show_default=True,
+    help="Seconds a recorded frame waits for the client step it answers before it is left out.",
+)
+def replay(
+    files: tuple[Path, ...], speed: float | None, port: int, host: str, wait_for_client: float
+) -> None:
+    """Serve recorded DXLink sessions over DXLink until interrupted (SIGINT/SIGTERM).
+
+    FILES are recording files or folders of them (candles ingest --record). Point any DXLink
+    client at the URL it prints, e.g. ingest:
+
+    \b
+      candles replay recordings/ --port 8765
+      CANDLES_SOURCE__SIMULATOR__URL=ws://127.0.0.1:8765/ candles ingest --store replayed
+    """
+    import asyncio
+    import logging
+
+    from pipeline.recording import Recording, RecordingError, ReplayServer, recording_files
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        server = ReplayServer(
+            Recording(recording_files(files)),
+            host=host,
+            port=port,
+            speed=speed,
+            wait_for_client=wait_for_client,
+        )
+    except RecordingError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    for problem in server.problems:
+        click.echo(f"! {problem}", err=True)
+    pace = "as fast as the client reads" if speed is None else f"{speed:g}x the recorded pace"
+    summary = server.describe()
+
+    def ready(url: str) -> None:
+        click.echo(f"replaying {summary} at {url} ({pace}); Ctrl-C stops")
+
+    try:
+        asyncio.run(server.serve_until_signalled(ready))
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+
+
+@cli.command()
+@config_options
+@click.option(
+    "--from-recording",
+    "recordings",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="FILES",
+    help="Recording files or folders of them (more may follow as arguments).",
+)
+@click.argument("more", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--store", "store_path", help="Store folder [default: store.path].")
+def rebuild(
+    config_path: Path | None,
+    profile: str | None,
+    recordings: tuple[Path, ...],
+    more: tuple[Path, ...],
+    store_path: str | None,
+) -> None:
+    """Rebuild or repair a store from recorded DXLink sessions, without a network.
+
+    The recorded server frames go through the same protocol, candle manager and store as
+    ingest does; candles already stored with the same values are left as they are.
+
+    \b
+      candles rebuild --from-recording recordings/*.jsonl.zst --store rebuilt
+
+    \b
+    Exit status:
+      0   every recorded frame was used
+      1   part of the recording was damaged or unusable (each part is named above the
+          summary, with its file and byte offset; nothing from it reached the store), or the
+          rebuild could not run
+    """
+    from pipeline.ingest import ingest_process_tuning
+    from pipeline.ingest import rebuild as run_rebuild
+    from pipeline.recording import Recording, RecordingError, recording_files
+    from pipeline.store import StoreError
+
+    config = load(config_path, profile, {"store.path": ("--store", store_path)}).config
+    try:
+        recording = Recording(recording_files((*recordings, *more)))
+        with ingest_process_tuning():  # the ingest hot path: the same process settings
+            report = run_rebuild(
+                recording, config, on_problem=lambda text: click.echo(f"! {text}", err=True)
+            )
+    except (RecordingError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.summary())
+    if report.problems:
+        click.echo(
+            f"{len(report.problems)} parts of the recording were left out (listed above)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @cli.group(name="config")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# A fatal signal (SIGBUS, SIGSEGV) leaves its traceback in build/crash/ (issue 14).
+pytest_plugins = ["tests.helpers.crash_trace"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

@@ -20,6 +20,7 @@ from benchmarks import (
     bench_live,
     bench_memory,
     bench_pipeline,
+    bench_recording,
     bench_recovery,
     bench_store,
 )
@@ -90,9 +91,26 @@ def test_store_upserts_and_queries(tmp_path: Path) -> None:
     assert (tmp_path / folder / "READY").exists()
 
 
+def test_recording_compares_on_with_off_and_rebuilds(tmp_path: Path) -> None:
+    """The recording benchmark backfills with recording off and on and rebuilds the store."""
+    result = asyncio.run(bench_recording.measure(2, 40, tmp_path, 1))
+    _check(result, "recording", 4)
+    assert result.details["rebuild"]["stored"] == 2 * 40
+    assert result.details["recording_files_bytes"] > 0
+    assert result.figures[0].target is not None and result.figures[0].baseline
+
+
 def test_run_all_knows_every_benchmark_and_reads_decode() -> None:
     """run_all runs items 2-6 and turns bench_decode's JSON into figures against the floor."""
-    assert list(BENCHMARKS) == ["pipeline", "backfill", "live", "recovery", "memory", "store"]
+    assert list(BENCHMARKS) == [
+        "pipeline",
+        "backfill",
+        "live",
+        "recovery",
+        "memory",
+        "store",
+        "recording",
+    ]
     case = {"events_per_second": 2.0, "target_met": False}
     decoded = {
         "target_fraction_of_json_floor": 0.5,

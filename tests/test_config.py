@@ -74,10 +74,12 @@ def test_repository_config_toml_loads_with_every_profile() -> None:
 
 
 def test_repository_config_toml_base_equals_the_defaults() -> None:
-    """The shipped config.toml sets the defaults; its store is data/ beside it, not in the cwd."""
+    """The shipped config.toml sets the defaults; its store is data/ beside it, not in the cwd
+    (and its recordings/, when recording is on)."""
     loaded = load_config(REPO_CONFIG, environ={}, now=NOW)
     assert loaded.store.path == str(REPO_CONFIG.parent / "data")
-    unpathed = {"store": {"path"}}
+    assert loaded.record.dir == str(REPO_CONFIG.parent / "recordings")
+    unpathed = {"store": {"path"}, "record": {"dir"}}
     assert loaded.model_dump(exclude=unpathed) == Config().model_dump(exclude=unpathed)
 
 
@@ -330,6 +332,19 @@ def test_from_time_rejects_future_naive_and_epoch_numbers(value: str, fragments:
         assert fragment in line
 
 
+def test_client_max_message_size_and_the_dead_peer_cap_are_options() -> None:
+    """client.max_message_size and client.max_dead_peer_timeout load (issue 14: the former
+    was refused as an unknown key); the dead-peer default is 10 s, the cap 60 s."""
+    config = loads_config("[client]\nmax_message_size = 1048576\nmax_dead_peer_timeout = 120\n")
+    assert config.client.max_message_size == 1_048_576
+    assert config.client.max_dead_peer_timeout == 120
+    defaults = loads_config("")
+    assert (defaults.client.dead_peer_timeout, defaults.client.max_dead_peer_timeout) == (10, 60)
+    assert defaults.client.max_message_size == 16 * 2**20
+    line = one_problem("[client]\ndead_peer_timeout = 30\nmax_dead_peer_timeout = 20\n")
+    assert ": client.max_dead_peer_timeout: 20 is below client.dead_peer_timeout (30)" in line
+
+
 def test_client_backoff_max_must_not_be_below_initial() -> None:
     """client.backoff_max below backoff_initial is reported on backoff_max."""
     line = one_problem("[client]\nbackoff_initial = 30\nbackoff_max = 5\n")
@@ -345,6 +360,8 @@ def test_client_backoff_max_must_not_be_below_initial() -> None:
         "subscribe_burst = 0",
         "max_attempts = -1",
         "keepalive_timeout = 0.5",
+        "max_message_size = 1000",
+        "max_dead_peer_timeout = 0",
         "aggregation_period = -0.1",
         'connect_timeout = "fast"',
     ],

@@ -163,12 +163,12 @@ def test_the_unit_is_hardened_and_can_write_only_the_store() -> None:
         for value in service.get("Environment", [])
     )
     assert service["ExecStart"][0].split() == [INSTALLED_CANDLES, "ingest"]
-    working = PurePosixPath(service["WorkingDirectory"][0])
     environment = dict(v.split("=", 1) for v in service["Environment"])
-    config = load_config(ROOT / "config.toml", environment["CANDLES_PROFILE"], environ={})
-    store = working / config.store.path
+    config = load_config(ROOT / "config.toml", environment["CANDLES_PROFILE"], environ=environment)
     writable = [PurePosixPath(p) for v in service["ReadWritePaths"] for p in v.split()]
-    assert any(store == path or path in store.parents for path in writable), (store, writable)
+    for folder in (config.store.path, config.record.dir):
+        where = PurePosixPath(folder)
+        assert any(where == path or path in where.parents for path in writable), (where, writable)
 
 
 # ---------------------------------------------------------------------------- the alerts
@@ -200,12 +200,14 @@ def test_each_alert_fires_on_the_series_it_should() -> None:
 
 async def test_every_metric_an_alert_names_is_exported(tmp_path: Path) -> None:
     """The names in deploy/alerts.yml are those a running service's /metrics serves (after
-    its store check, with a retention configured)."""
+    its store check, with a retention configured and recording on)."""
     named = set(re.findall(r"\b((?:candles|process)_[a-z_]+)\b", ALERTS.read_text()))
     overrides: dict[str, Any] = {
         "metrics.enabled": True,
         "metrics.port": 0,
         "store.retention": {"1m": "2d"},
+        "record.enabled": True,  # the recording's metrics appear only while it records
+        "record.dir": str(tmp_path / "recordings"),
     }
     config = service_config(tmp_path / "data", symbols=("AAPL",), **overrides)
     async with Simulator(token=TOKEN, seed=5, clock=SimulatorClock.manual(START_MS)) as sim:

@@ -310,6 +310,45 @@ async def test_health_turns_503_after_the_disconnect_grace_and_back(
     assert (await health(server))[0] == 200
 
 
+async def test_health_reports_a_stall_across_reconnects_until_the_server_talks(
+    server: MetricsServer, service: FakeService, clock: FakeClock
+) -> None:
+    """Connected but silent past the dead-peer limit is a stall: 503, also while the client
+    reconnects after the peer timeout, until a frame arrives (issue 14)."""
+    client = service.connect()
+    client.connection.dead_peer_timeout = 10.0
+    clock.advance(10.0)
+    assert (await health(server))[0] == 200
+    clock.advance(1.0)
+    status, body = await health(server)
+    assert status == 503
+    assert body["reasons"] == ["stalled: no message from the server for 11s (dead-peer limit 10s)"]
+    metrics = await scrape(server)
+    assert metrics[("candles_server_silence_seconds", ())] == 11.0
+    assert metrics[("candles_dead_peer_timeout_seconds", ())] == 10.0
+    client.drop(DisconnectReason.PEER_TIMEOUT)
+    clock.advance(1.0)
+    assert (await health(server))[1]["reasons"][0].startswith("stalled: no message from the")
+    client.connect()
+    assert (await health(server))[0] == 503  # a handshake is not the server talking
+    client.hear()
+    assert (await health(server))[0] == 200
+
+
+async def test_an_ordinary_reconnect_is_not_a_stall(
+    server: MetricsServer, service: FakeService, clock: FakeClock
+) -> None:
+    """Backing off after a clean close is judged by the disconnect grace, not as a stall."""
+    client = service.connect()
+    client.connection.dead_peer_timeout = 10.0
+    client.hear()
+    client.drop(DisconnectReason.SERVER_CLOSED)
+    clock.advance(20.0)
+    assert (await health(server))[0] == 200
+    client.connect()
+    assert (await health(server))[0] == 200
+
+
 async def test_health_counts_a_never_connected_client_from_the_start(
     server: MetricsServer, service: FakeService, clock: FakeClock
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli import cli
 from pipeline.schema import CANDLE_SCHEMA
 from pipeline.store import (
     CandleStore,
@@ -115,6 +118,24 @@ def test_formats(store_path: Path) -> None:
     assert len(json.loads(format_frame(frame, "json"))) == 33
     assert pl.read_parquet(io.BytesIO(format_frame(frame, "parquet"))).equals(frame)
     assert "AAPL" in format_frame(frame, "table").decode()
+
+
+def test_csv_encodes_nested_columns_as_json(store_path: Path) -> None:
+    """`--format csv` writes nested values (maps, lists, structs) as JSON text in their cell."""
+    result = CliRunner().invoke(
+        cli,
+        ["query", "--store", str(store_path), "--format", "csv",
+         "SELECT snapshot_id, changes, [1, 2] AS numbers, {'a': 1, 'b': [true]} AS thing, "
+         "NULL::INT[] AS nothing FROM ducklake_snapshots('lake') ORDER BY snapshot_id"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert len(rows) >= 2
+    assert [json.loads(row["numbers"]) for row in rows] == [[1, 2]] * len(rows)
+    assert json.loads(rows[0]["thing"]) == {"a": 1, "b": [True]}
+    assert {row["nothing"] for row in rows} == {""}
+    changes = [json.loads(row["changes"]) for row in rows]  # a map: a JSON object
+    assert any("tables_inserted_into" in c for c in changes), changes
 
 
 def test_export_is_hive_partitioned(store_path: Path, tmp_path: Path) -> None:

@@ -32,6 +32,9 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -45,6 +48,7 @@ from typing import Any
 import click
 import duckdb
 import pytest
+import zstandard
 from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -54,12 +58,14 @@ from pipeline.cli import cli
 from pipeline.config import Config, ConfigError, describe_options, load_config, loads_config
 from pipeline.dxlink import SNAPSHOT_BEGIN, Candle, CandleSymbol
 from pipeline.metrics import MetricsServer
+from pipeline.recording import Record, Recording, recording_files
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import run_query
 from tests.helpers.fake_tastytrade import FakeClock, FakeTastytrade, IssuedTokenSimulator
 from tests.helpers.layering import ALLOWED, PACKAGE
 from tests.helpers.metrics import START, FakeService, reader
 from tests.helpers.notebook_store import FilledStore, fill_store
+from tests.helpers.recording import FIXTURE
 from tests.helpers.timing import TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -373,8 +379,11 @@ def _profile_config(argv: list[str], ctx: Context) -> Config:
     return load_config(ctx.filled.path.parent / "config.toml", profile, environ={})
 
 
-def run_candles(argv: list[str], ctx: Context) -> None:
+def run_candles(
+    argv: list[str], ctx: Context, env: dict[str, str] | None = None, *, background: bool = False
+) -> None:
     """One ``./run candles ...`` line, as the README shows it."""
+    assert not background or argv[0] == "replay", f"no background runner for {argv[0]}"
     config = _profile_config(argv, ctx)
     secrets = {"TASTYTRADE_CLIENT_SECRET": "dummy", "TASTYTRADE_REFRESH_TOKEN": "dummy"}
     if argv[:2] == ["config", "check"]:
@@ -387,9 +396,18 @@ def run_candles(argv: list[str], ctx: Context) -> None:
     elif argv[0] == "status":
         asyncio.run(_status(argv, ctx))
     elif argv[0] == "ingest":
-        _ingest(argv, config, ctx)
+        _ingest(argv, config, ctx, env or {})
     elif argv[0] == "doctor":
         _doctor(argv, config)
+    elif argv[0] == "replay":
+        assert background, "candles replay serves until stopped: the README runs it with &"
+        REPLAYS.start(argv, ctx)
+    elif argv[0] == "rebuild":
+        _recordings(ctx)
+        store = ctx.tmp_path / "rebuilt"
+        result = invoke([*argv, "--store", str(store)])
+        assert result.stdout.startswith("rebuilt from "), result.stdout
+        assert run_query("SELECT count(*) AS n FROM candles", path=store)["n"][0] > 0
     else:
         raise AssertionError(f"no runner for `candles {argv[0]}`: add one or mark the block")
 
@@ -412,14 +430,23 @@ def _doctor(argv: list[str], config: Config) -> None:
         assert rest.count("/oauth/token") == 1 and rest.count("/api-quote-tokens") == 1
 
 
-def _ingest(argv: list[str], config: Config, ctx: Context) -> None:
+def _ingest(argv: list[str], config: Config, ctx: Context, line_env: dict[str, str]) -> None:
     store = ctx.tmp_path / "ingested"
     argv = [*argv, "--duration", INGEST_DURATION, "--store", str(store)]
-    env = {"CANDLES_METRICS__PORT": "0"}
-    with stand_in_for(config.source.kind) as (rest, rest_env):
-        invoke(argv, env | rest_env)
-    if rest is not None:
-        assert rest.count("/oauth/token") >= 1 and rest.count("/api-quote-tokens") >= 1
+    env = {"CANDLES_METRICS__PORT": "0", **line_env}
+    replayed = env.get(REPLAY_URL_ENV)
+    if replayed is not None:  # ingest against `candles replay` started by an earlier line
+        env[REPLAY_URL_ENV] = REPLAYS.url_for(replayed, ctx)
+        invoke(argv, env)
+        assert REPLAYS.stop(replayed) == 0
+    else:
+        with stand_in_for(config.source.kind) as (rest, rest_env):
+            invoke(argv, env | rest_env)
+        if rest is not None:
+            assert rest.count("/oauth/token") >= 1 and rest.count("/api-quote-tokens") >= 1
+            if "--record" in argv:
+                secrets = [CLIENT_SECRET, REFRESH_TOKEN, *rest.quote_tokens, *rest.access_tokens]
+                _check_recording(Path(argv[argv.index("--record") + 1]), secrets)
     stored = run_query("SELECT DISTINCT symbol, period FROM candles", path=store)
     wanted = {(s.base, s.period_label) for s in config.subscriptions.candle_symbols()}
     # A run bounded by wall time cannot promise every series on a loaded machine; that every
@@ -437,11 +464,96 @@ def _ingest(argv: list[str], config: Config, ctx: Context) -> None:
         assert days["returns"][0] >= 19 * len(config.subscriptions.symbols), days
 
 
+REPLAY_URL_ENV = "CANDLES_SOURCE__SIMULATOR__URL"
+
+
+def _recordings(ctx: Context) -> Path:
+    """The project's ``recordings/``: what an earlier README line recorded, else the fixture
+    recording (when a test runs alone)."""
+    folder = Path("recordings")
+    if not any(folder.glob("*.jsonl.zst")):
+        folder.mkdir(exist_ok=True)
+        for path in FIXTURE.glob("*.jsonl.zst"):
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def _check_recording(folder: Path, secrets: list[str]) -> None:
+    """The recording is readable, holds the session, and none of ``secrets``."""
+    recording = Recording(recording_files([folder]))
+    assert recording.unusable == []
+    sent = [r.f for e in recording.entries() if isinstance(r := e.item, Record) and r.d == ">"]
+    assert '{"type":"AUTH","channel":0,"token":"<redacted>"}' in sent
+    for path in recording_files([folder]):
+        content = (
+            zstandard.ZstdDecompressor()
+            .stream_reader(path.read_bytes(), read_across_frames=True)
+            .read()
+        )
+        leaked = [s for s in secrets if s.encode() in content or s.encode() in path.read_bytes()]
+        assert leaked == [], f"{path} holds a secret"
+
+
+class BackgroundReplays:
+    """``candles replay ... &`` lines: the processes they started, by the README's URL."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, tuple[subprocess.Popen[str], str]] = {}
+
+    def start(self, argv: list[str], ctx: Context) -> str:
+        """Start ``candles replay`` (on a free port); return the URL the README names."""
+        _recordings(ctx)
+        port = argv[argv.index("--port") + 1] if "--port" in argv else "8765"
+        readme_url = f"ws://127.0.0.1:{port}/"
+        command = [a if a != port else "0" for a in argv]  # a free port, not the README's
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"at (ws://[^ ]+/) ", line)
+        assert found, f"candles replay printed {line!r}"
+        self.running[readme_url] = (process, found[1])
+        return readme_url
+
+    def url_for(self, readme_url: str, ctx: Context) -> str:
+        """Where the replay the README calls ``readme_url`` really listens (started if the
+        line that starts it did not run in this session)."""
+        if readme_url not in self.running:
+            port = readme_url.rstrip("/").rsplit(":", 1)[1]
+            self.start(["replay", "recordings", "--port", port], ctx)
+        return self.running[readme_url][1]
+
+    def stop(self, readme_url: str) -> int:
+        """SIGTERM the replay; its exit status."""
+        process, _ = self.running.pop(readme_url)
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+REPLAYS = BackgroundReplays()
+
+
 def run_shell_line(example: Example, ctx: Context) -> None:
-    """``./run candles ...`` runs; ``export NAME=...`` names a variable the source reads."""
+    """``[NAME=value ...] ./run candles ... [&]`` runs (``&``: in the background, stopped by a
+    later line that uses it); ``export NAME=...`` names a variable the source reads."""
     argv = shlex.split(example.code, comments=True)
+    env: dict[str, str] = {}
+    while argv and re.fullmatch(r"[A-Z][A-Z0-9_]*=\S*", argv[0]):
+        name, _, value = argv.pop(0).partition("=")
+        env[name] = value
+    background = argv[-1:] == ["&"]
+    if background:
+        argv = argv[:-1]
     if argv[:2] == ["./run", "candles"]:
-        run_candles(argv[2:], ctx)
+        run_candles(argv[2:], ctx, env, background=background)
     elif argv[0] == "export":
         defaults = Config().source.tastytrade
         name = argv[1].partition("=")[0]

@@ -251,6 +251,18 @@ def _state(store: Path) -> tuple[int, list[tuple[object, ...]], dict[str, bytes]
         "EXPLAIN ANALYZE DELETE FROM candles",
         "EXPLAIN ANALYZE INSERT INTO candles SELECT * FROM candles",
         "WITH doomed AS (DELETE FROM candles RETURNING *) SELECT * FROM doomed",
+        # Quoting, comments, case, schemas and wrappers cannot hide a name (issue 14, item 5).
+        "SELECT * FROM \"ducklake_merge_adjacent_files\"('lake')",
+        "SELECT * FROM ducklake_merge_adjacent_files/**/('lake')",
+        "SELECT * FROM \"DuckLake_Merge_Adjacent_Files\"('lake')",
+        "SELECT * FROM system.main.ducklake_merge_adjacent_files('lake')",
+        "SELECT * FROM (SELECT 'lake' AS l) t, LATERAL ducklake_merge_adjacent_files(t.l)",
+        "SUMMARIZE SELECT * FROM ducklake_rewrite_data_files('lake', 'candles')",
+        "/* hi */ EXPLAIN ANALYZE SELECT * FROM ducklake_merge_adjacent_files('lake')",
+        "EXPLAIN (FORMAT json) ANALYZE SELECT * FROM ducklake_merge_adjacent_files('lake')",
+        "SELECT * FROM ducklake_flush_inlined_data('lake')",
+        "SELECT * FROM \"query\"('SELECT * FROM ducklake_merge_adjacent_files(''lake'')')",
+        "SELECT 1; SELECT * FROM ducklake_merge_adjacent_files('lake')",
     ],
 )
 def test_query_cannot_modify_the_store_through_select_or_explain(
@@ -286,3 +298,61 @@ def test_query_names_a_refused_maintenance_function_and_keeps_reading_ones(
         f"SELECT count(*) AS n FROM ducklake_snapshots('{LAKE}')", path=filled_store
     )
     assert snapshots["n"][0] >= 4
+
+
+_MERGE = "ducklake_merge_adjacent_files"
+
+
+@pytest.mark.parametrize(
+    ("sql", "name"),
+    [
+        ('SELECT * FROM "ducklake_merge_adjacent_files"(\'lake\')', _MERGE),
+        ("SELECT * FROM ducklake_merge_adjacent_files/**/('lake')", _MERGE),
+        ('SELECT * FROM "query"(\'SELECT 1\')', "query"),
+        ('SELECT * FROM "query_table"(\'candles\')', "query_table"),
+        ("FROM Query_Table('candles')", "query_table"),
+        ("SELECT * FROM ducklake_set_option('lake', 'parquet_compression', 'gzip')",
+         "ducklake_set_option"),
+        ("SELECT * FROM ducklake_add_data_files('lake', 'candles', 'x.parquet')",
+         "ducklake_add_data_files"),
+        ("SELECT (SELECT count(*) FROM ducklake_cleanup_old_files('lake', cleanup_all => true))",
+         "ducklake_cleanup_old_files"),
+        ("EXPLAIN SELECT * FROM ducklake_expire_snapshots('lake', older_than => now())",
+         "ducklake_expire_snapshots"),
+    ],
+)  # fmt: skip
+def test_query_guard_reads_the_parsed_statement(filled_store: Path, sql: str, name: str) -> None:
+    """The guard finds a refused function however it is written, and names it."""
+    with pytest.raises(QueryRefused, match=rf"{name}\(\) is not allowed"):
+        run_query(sql, path=filled_store)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(*) AS n FROM ducklake_snapshots('lake')",
+        "SELECT count(*) AS n FROM ducklake_table_info('lake')",
+        "SELECT count(*) AS n FROM ducklake_list_files('lake', 'candles')",
+        "SELECT count(*) AS n FROM ducklake_table_insertions('lake', 'main', 'candles', 0, 3)",
+        "SELECT count(*) AS n FROM candles WHERE symbol = 'query' OR symbol = 'ducklake_merge'",
+        "WITH query AS (SELECT 1 AS n) SELECT n FROM query",
+        "EXPLAIN SELECT count(*) AS n FROM candles",
+        "DESCRIBE candles",
+    ],
+)
+def test_query_guard_lets_reading_sql_through(filled_store: Path, sql: str) -> None:
+    """DuckLake's reading functions, names in strings and CTEs named like a function still run."""
+    assert run_query(sql, path=filled_store).height >= 1
+
+
+@pytest.mark.parametrize(
+    ("sql", "word"),
+    [("INSTALL httpfs", "INSTALL"), ("FORCE INSTALL httpfs", "INSTALL"), ("LOAD httpfs", "LOAD")],
+)
+def test_query_names_install_and_load(filled_store: Path, sql: str, word: str) -> None:
+    """INSTALL is refused as INSTALL, not as LOAD, with what to do instead."""
+    with pytest.raises(QueryRefused) as refused:
+        run_query(sql, path=filled_store)
+    message = str(refused.value)
+    assert message.startswith(f"{word} statements are not allowed"), message
+    assert "\n" not in message and "read-only" in message

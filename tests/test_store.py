@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 
 from pipeline.schema import CANDLE_COLUMNS, CANDLE_SCHEMA
-from pipeline.store import CandleStore, StoreBusyError, StoreError, connect, parse_catalog
+from pipeline.store import LAKE, CandleStore, StoreBusyError, StoreError, connect, parse_catalog
 from tests.helpers.store import INGESTED, MINUTE, T0, T0_MS, candle_frame, keys, open_store
 
 
@@ -346,6 +347,91 @@ def test_compaction_keeps_files_a_reader_snapshot_still_needs(tmp_path: Path) ->
         finally:
             reader.close()
         assert row is not None and row[0] == 60
+
+
+def test_compaction_keeps_snapshots_and_files_younger_than_the_retention(tmp_path: Path) -> None:
+    """compact(retain=1h) with the real clock expires no snapshot and deletes no file of the
+    last hour, so a reader on any of them (time travel included) still reads (issue 14)."""
+    path = tmp_path / "data"
+    with open_store(path, clock=lambda: datetime.now(UTC)) as store:
+        versions: list[int] = []
+        for batch in range(3):
+            store.upsert(candle_frame(n=20, start=T0 + batch * 20 * MINUTE))
+            reader = connect(path, verify_extensions=False)
+            try:
+                versions.append(_current_snapshot(reader))
+            finally:
+                reader.close()
+        files = sorted((path / "data").rglob("*.parquet"))
+        result = store.compact(retain=timedelta(hours=1))
+        assert result.files_after < result.files_before, "nothing was merged: no test"
+        assert result.snapshots_expired == 0
+        assert result.files_removed == 0
+        assert [f for f in files if not f.exists()] == []
+        reader = connect(path, verify_extensions=False)
+        try:
+            counts = [
+                _count(reader, f"SELECT count(*) FROM candles AT (VERSION => {version})")
+                for version in versions
+            ]
+        finally:
+            reader.close()
+        assert counts == [20, 40, 60]
+
+
+def _current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
+    row = con.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{LAKE}')").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_reopening_the_writer_leaves_other_catalog_connections_of_the_process_alone(
+    tmp_path: Path,
+) -> None:
+    """A writer reopening its connection (every recycle_after upserts, after compaction) never
+    opens the catalog with a second SQLite library: in one process that drops the locks of the
+    SQLite inside DuckDB, so it took the catalog for unused, checkpointed and deleted the WAL
+    and its shared-memory index under a reader's feet ("database disk image is malformed",
+    'disk I/O error'; a mapped -shm truncated that way is a SIGBUS, issue 14)."""
+    path = tmp_path / "data"
+    with open_store(path, recycle_after=100_000) as store:
+        store.upsert(candle_frame(n=2))
+        reader = connect(path, verify_extensions=False)
+        try:
+            reader.execute("BEGIN")
+            assert _count(reader, "SELECT count(*) FROM candles") == 2
+            for batch in range(1, 40):
+                store.upsert(candle_frame(n=2, start=T0 + batch * 2 * MINUTE))
+            shm = path / "catalog.sqlite-shm"
+            inode = shm.stat().st_ino
+            store._recycle()
+            assert shm.exists() and shm.stat().st_ino == inode, "the WAL index was replaced"
+            assert _count(reader, f"SELECT count(*) FROM ducklake_snapshots('{LAKE}')") >= 2
+            reader.execute("COMMIT")
+            assert _count(reader, "SELECT count(*) FROM candles") == 80
+        finally:
+            reader.close()
+
+
+def test_a_catalog_in_rollback_journal_mode_is_switched_to_wal(tmp_path: Path) -> None:
+    """An existing catalog not in WAL mode (an older store) is switched on the writer's open."""
+    path = tmp_path / "data"
+    with open_store(path) as store:
+        store.upsert(candle_frame(n=3))
+    with sqlite3.connect(path / "catalog.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
+    db.close()
+    with open_store(path) as store:
+        assert store.count() == 3
+    with sqlite3.connect(path / "catalog.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
 
 
 # Transient collisions with another writer.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pipeline.store.writer
-from pipeline.store import CandleStore, StoreError
+from pipeline.store import LAKE, CandleStore, StoreError
 from tests.helpers.store import MINUTE, T0, candle_frame, open_store
 
 
@@ -118,3 +118,33 @@ def test_reopening_the_writer_never_opens_the_catalog_with_a_second_sqlite(
     with open_store(tmp_path / "data") as again:
         assert again.count() == 30
     assert opened == [str(tmp_path / "data" / "catalog.sqlite")]
+
+
+def test_ducklake_still_compares_cut_offs_as_text_on_a_sqlite_catalog(tmp_path: Path) -> None:
+    """Canary: DuckLake 1.5.5's older_than counts every snapshot of the cut-off's day as older.
+
+    CandleStore.compact works around it (pipeline/store/writer.py, _expire_snapshots). When
+    this fails after a DuckDB/DuckLake upgrade, the bug is fixed: drop the workaround.
+    """
+    path = tmp_path / "data"
+    with open_store(path, clock=lambda: datetime.now(UTC)) as store:
+        store.upsert(candle_frame(n=20))
+        store.upsert(candle_frame(n=20, start=T0 + 20 * MINUTE))
+        con = store._con
+        newest = con.execute(f"SELECT max(snapshot_time) FROM ducklake_snapshots('{LAKE}')")
+        row = newest.fetchone()
+        assert row is not None
+        # One microsecond after midnight of the snapshots' own day: typed, nothing is older.
+        cut_off = row[0].replace(hour=0, minute=0, second=0, microsecond=1)
+        young = con.execute(
+            f"SELECT count(*) FROM ducklake_snapshots('{LAKE}') WHERE snapshot_time >= ?",
+            [cut_off],
+        ).fetchone()
+        listed = con.execute(
+            f"SELECT count(*) FROM ducklake_expire_snapshots('{LAKE}', dry_run => true, "
+            "older_than => ?)",
+            [cut_off],
+        ).fetchone()
+    assert young is not None and listed is not None
+    assert young[0] >= 3
+    assert listed[0] == young[0] - 1, "DuckLake compares cut-offs correctly now: see docstring"

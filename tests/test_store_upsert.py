@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,7 @@ from pipeline.schema import CANDLE_COLUMNS, KEY_COLUMNS
 from pipeline.store import CandleStore, StoreError, connect
 from pipeline.store.lake import table_folder, write_data_file
 from pipeline.store.upsert import prepare_batch
-from tests.helpers.store import INGESTED, MINUTE, T0, candle_frame, keys, open_store
+from tests.helpers.store import INGESTED, MINUTE, REPO, T0, candle_frame, keys, open_store
 
 NAN = float("nan")
 _METADATA = "__ducklake_metadata_lake"
@@ -264,6 +266,46 @@ def test_a_moved_store_still_finds_its_registered_files(tmp_path: Path) -> None:
 
 
 # Failures between writing the file and the commit.
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+import polars as pl
+from datetime import UTC, datetime
+from pipeline.store.lake import write_data_file
+from pipeline.store.upsert import prepare_batch
+from tests.helpers.store import candle_frame
+folder, mixed = Path(sys.argv[1]), sys.argv[2] == "mixed"
+frame = candle_frame(n=2_000)
+if mixed:  # a float column mixing NaN and numbers takes the pyarrow writer
+    frame = frame.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(float("nan"))
+                               .otherwise(pl.col("vwap")).alias("vwap"))
+batch = prepare_batch(frame, datetime(2026, 1, 2, tzinfo=UTC))
+# The disk takes 4 KiB more, then the write fails (EFBIG, as ENOSPC would: no space left).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+try:
+    write_data_file(folder, batch)
+except Exception as exc:  # polars words it ComputeError, pyarrow OSError
+    print("failed", type(exc).__name__)
+else:
+    print("written")
+"""
+
+
+@pytest.mark.parametrize("writer", ["polars", "mixed"])
+def test_a_data_file_the_disk_cannot_take_leaves_no_file_behind(
+    tmp_path: Path, writer: str
+) -> None:
+    """A write that runs out of space raises and deletes its partial file (no zero-byte or
+    torn orphan Parquet file in the table folder, issue 14)."""
+    folder = tmp_path / "table"
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(folder), writer],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.stdout.split()[:1] == ["failed"], result.stdout + result.stderr[-2000:]
+    assert sorted(folder.iterdir()) == []
 
 
 def test_a_failed_registration_removes_its_file_and_stores_nothing(

@@ -35,6 +35,7 @@ __all__ = [
     "ManagerConfig",
     "MetricsConfig",
     "PathKind",
+    "RecordConfig",
     "S3Config",
     "ScheduleConfig",
     "SimulatorSourceConfig",
@@ -423,8 +424,13 @@ class ClientConfig(_Section):
 
     keepalive_timeout: float = Field(default=60.0, ge=1, le=3600)
     """Seconds we promise the server to never stay silent longer (SETUP, §2.6; tastytrade: 60)."""
-    dead_peer_timeout: float = Field(default=60.0, ge=1, le=3600)
-    """Seconds without any message before the server counts as dead (§2.6: at least 60)."""
+    dead_peer_timeout: float = Field(default=10.0, ge=1, le=3600)
+    """Seconds without any message before the server counts as dead; asked of the server as
+    its acceptKeepaliveTimeout (§2.6). A server advertising a longer keepaliveTimeout is given
+    that long, up to max_dead_peer_timeout."""
+    max_dead_peer_timeout: float = Field(default=60.0, ge=1, le=3600)
+    """The most silence a server's SETUP keepaliveTimeout can make us wait before we judge it
+    dead (tastytrade: 60); must be at least dead_peer_timeout."""
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
     """Seconds allowed for the TCP/TLS/WebSocket connect."""
     handshake_timeout: float = Field(default=10.0, gt=0, le=600)
@@ -449,6 +455,9 @@ class ClientConfig(_Section):
     """Candle batches buffered between the socket reader and the consumer."""
     aggregation_period: float = Field(default=0.1, ge=0, le=3600)
     """acceptAggregationPeriod in seconds asked of the server (§3.2; tastytrade web: 0.1)."""
+    max_message_size: int = Field(default=16 * 2**20, ge=65_536, le=2**30)
+    """Largest server message accepted, in bytes; a larger one is dropped with its connection
+    (close 1009), counted as a message_too_big disconnect, and the client reconnects."""
 
     @field_validator("backoff_max")
     @classmethod
@@ -456,6 +465,14 @@ class ClientConfig(_Section):
         initial = info.data.get("backoff_initial")
         if initial is not None and value < initial:
             raise ValueError(f"{value:g} is below client.backoff_initial ({initial:g})")
+        return value
+
+    @field_validator("max_dead_peer_timeout")
+    @classmethod
+    def _dead_peer_order(cls, value: float, info: ValidationInfo) -> float:
+        floor = info.data.get("dead_peer_timeout")
+        if floor is not None and value < floor:
+            raise ValueError(f"{value:g} is below client.dead_peer_timeout ({floor:g})")
         return value
 
 
@@ -713,6 +730,37 @@ class IngestConfig(_Section):
         return SINGLE if self.shard is None else ShardSpec.parse(self.shard)
 
 
+class RecordConfig(_Section):
+    """Recording every DXLink frame of every connection (docs/recording-format.md)."""
+
+    enabled: bool = False
+    """Record every WebSocket frame of every connection, both directions, secrets redacted."""
+    dir: str = _option("recordings", min_length=1, allowed="a directory path", path="folder")
+    """Directory of the recording files (created if missing). A relative path is relative to
+    the config file that sets it (or that leaves it at the default), else to the working
+    directory."""
+    rotate_size_mb: float = Field(default=64.0, gt=0, le=4096)
+    """Start a new file once the current one holds this many MiB (compressed)."""
+    rotate_after: str = _option("1h", allowed="a duration from 1s to 7d such as 15m, 1h, 1d")
+    """Start a new file once the current one is this old."""
+    queue_mb: float = Field(default=64.0, gt=0, le=4096)
+    """MiB of frames that may wait for the disk; beyond it frames are dropped from the
+    recording (counted, marked as a gap in it), never from ingest."""
+
+    @field_validator("rotate_after")
+    @classmethod
+    def _check_rotate_after(cls, value: str) -> str:
+        span = parse_duration(value)
+        if not timedelta(seconds=1) <= span <= timedelta(days=7):
+            raise ValueError(f"{value!r} is outside 1s..7d")
+        return value
+
+    @property
+    def rotate_seconds(self) -> float:
+        """``rotate_after`` in seconds."""
+        return parse_duration(self.rotate_after).total_seconds()
+
+
 class ScheduleConfig(_Section):
     """Periodic jobs of the ingest service."""
 
@@ -754,6 +802,7 @@ class Config(_Section):
     manager: ManagerConfig = ManagerConfig()
     store: StoreConfig = StoreConfig()
     ingest: IngestConfig = IngestConfig()
+    record: RecordConfig = RecordConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -97,6 +97,7 @@ from pipeline.dxlink.protocol_events import (
 __all__ = [
     "DEFAULT_CLIENT_VERSION",
     "DEFAULT_DEAD_PEER_TIMEOUT",
+    "DEFAULT_MAX_DEAD_PEER_TIMEOUT",
     "ClientProtocol",
 ]
 
@@ -110,6 +111,11 @@ _set_event_candles = getattr(CandlesReceived, "candles").__set__  # noqa: B009
 DEFAULT_CLIENT_VERSION: Final = "0.1-DXF-JS/0.3.0"  # §2.5: what tastytrade's own clients send
 # §2.6: the dead-peer floor; tastytrade advertises 60 s everywhere.
 DEFAULT_DEAD_PEER_TIMEOUT: Final = 60.0
+# The most silence a server's SETUP can make us tolerate: without a cap a server advertising
+# keepaliveTimeout 1e9 and then saying nothing would switch dead-peer detection off (issue 14).
+# 60 s is what tastytrade advertises, so a server that ignores a shorter
+# acceptKeepaliveTimeout of ours is still never dropped while it keeps its own promise.
+DEFAULT_MAX_DEAD_PEER_TIMEOUT: Final = 60.0
 
 
 class ClientProtocol(ProtocolCore):
@@ -125,6 +131,7 @@ class ClientProtocol(ProtocolCore):
         keepalive_timeout: float = 60,
         accept_keepalive_timeout: float = 60,
         dead_peer_timeout: float = DEFAULT_DEAD_PEER_TIMEOUT,
+        max_dead_peer_timeout: float = DEFAULT_MAX_DEAD_PEER_TIMEOUT,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         """Create the protocol for one connection.
@@ -134,8 +141,10 @@ class ClientProtocol(ProtocolCore):
             version: our SETUP version string (§2.5).
             keepalive_timeout: seconds we promise to never stay silent longer than.
             accept_keepalive_timeout: seconds we ask the server to advertise.
-            dead_peer_timeout: floor of the dead-server timeout; the effective value is
-                max(server keepaliveTimeout, this) (§2.6).
+            dead_peer_timeout: floor of the dead-server timeout (§2.6).
+            max_dead_peer_timeout: cap of the dead-server timeout, whatever the server
+                advertises; the effective value is the server's keepaliveTimeout clamped to
+                [dead_peer_timeout, max(dead_peer_timeout, this)].
             logger: where to log; defaults to ``pipeline.dxlink.protocol``.
         """
         super().__init__(
@@ -145,9 +154,14 @@ class ClientProtocol(ProtocolCore):
         )
         if not dead_peer_timeout > 0:
             raise UsageError(f"dead_peer_timeout must be > 0 seconds, not {dead_peer_timeout}")
+        if not max_dead_peer_timeout > 0:
+            raise UsageError(
+                f"max_dead_peer_timeout must be > 0 seconds, not {max_dead_peer_timeout}"
+            )
         self.version = version
         self._token = token
         self._dead_peer_floor = dead_peer_timeout
+        self._dead_peer_cap = max(max_dead_peer_timeout, dead_peer_timeout)
         self._next_channel = 1  # §2.4: odd numbers 1, 3, 5, ... never reused
         self.server_version: str | None = None
         """The server's SETUP version, for logging (§2.5)."""
@@ -159,8 +173,10 @@ class ClientProtocol(ProtocolCore):
 
     @property
     def dead_peer_timeout(self) -> float:
-        """max(server keepaliveTimeout, dead_peer_timeout) (§2.6)."""
-        return max(self.peer_keepalive_timeout or 0.0, self._dead_peer_floor)
+        """The server's keepaliveTimeout clamped to [dead_peer_timeout, max_dead_peer_timeout]
+        (§2.6): a server can lengthen our patience up to the cap, never switch it off."""
+        advertised = self.peer_keepalive_timeout or 0.0
+        return min(max(advertised, self._dead_peer_floor), self._dead_peer_cap)
 
     # -- actions -------------------------------------------------------------------------
 
@@ -183,18 +199,33 @@ class ClientProtocol(ProtocolCore):
         contract: Contract | str = Contract.HISTORY,
         service: str = "FEED",
         *,
+        number: int | None = None,
         now: float | None = None,
     ) -> int:
         """Queue CHANNEL_REQUEST and return the new channel number (§2.4, §3.1).
 
+        Args:
+            contract: The FEED contract.
+            service: The service (``FEED``).
+            number: The channel number to use (§2.4: odd; tastyware uses a fixed map, a
+                rebuild the numbers a recording holds); default: the next of 1, 3, 5...
+            now: See the module docstring.
+
         Raises:
-            UsageError: not AUTHORIZED yet, or ``contract`` is not a FEED contract.
+            UsageError: not AUTHORIZED yet, ``contract`` is not a FEED contract, or
+                ``number`` is not positive or names a channel that is still open.
         """
         self._require({AUTHORIZED}, "open a channel")  # §2.2: channels only once AUTHORIZED
         if contract not in Contract.__members__:
             raise UsageError(f"contract {contract!r} is not one of {', '.join(Contract)}")
-        number = self._next_channel
-        self._next_channel += 2
+        if number is None:
+            number = self._next_channel
+        else:
+            known = self._channels.get(number)
+            if number < 1 or (known is not None and known.state is not CHANNEL_CLOSED):
+                raise UsageError(f"channel {number} is not a free service channel number (>= 1)")
+        # Never hand out a number at or below one already used (§2.4: not reused).
+        self._next_channel = max(self._next_channel, number + 1 + number % 2)
         parameters: JsonObject = {"contract": str(contract)}
         self._channels[number] = ChannelRecord(number, service, parameters)
         self._send(ChannelRequest(number, service, parameters), now)

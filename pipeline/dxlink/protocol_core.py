@@ -52,6 +52,7 @@ __all__ = [
     "CLOSED",
     "CONFIGURED",
     "CONNECTING",
+    "MIN_KEEPALIVE_INTERVAL",
     "OPENED",
     "REQUESTED",
     "SERVER_CHANNEL_MESSAGES",
@@ -62,6 +63,10 @@ __all__ = [
     "ProtocolCore",
     "Role",
 ]
+
+
+MIN_KEEPALIVE_INTERVAL = 0.1
+"""Seconds between our KEEPALIVEs at least, however short a timeout the peer advertises."""
 
 
 class Role(Enum):
@@ -298,7 +303,8 @@ class ProtocolCore(ABC):
             for t in (self._peer_keepalive_timeout, self._peer_accept_keepalive_timeout)
             if t and t > 0
         ]
-        self._keepalive_interval = min(advertised) / 2
+        # A peer advertising 1e-9 s must not make us send KEEPALIVEs in a tight loop.
+        self._keepalive_interval = max(min(advertised) / 2, MIN_KEEPALIVE_INTERVAL)
 
     @property
     @abstractmethod

@@ -4,12 +4,14 @@
 with the scheduled flush and maintenance jobs; ``runner`` runs it as the ``candles ingest``
 process (source, signals, bounded shutdown, status line); ``sources`` and ``tastytrade`` hand
 out DXLink tokens; ``tuning`` holds the process-wide settings only that process applies;
-``doctor`` checks a source step by step (``candles doctor``).
+``doctor`` checks a source step by step (``candles doctor``); ``from_recording``
+(``rebuild``) feeds a recording's server frames through the same protocol, manager and store.
 """
 
 from __future__ import annotations
 
 from pipeline.ingest.doctor import DoctorReport, Outcome, Step, StepResult, run_doctor
+from pipeline.ingest.from_recording import RebuildReport, rebuild
 from pipeline.ingest.runner import (
     ABANDON_GRACE_S,
     EXIT_UNAVAILABLE,
@@ -49,6 +51,7 @@ __all__ = [
     "NeverConnected",
     "Outcome",
     "QuoteToken",
+    "RebuildReport",
     "ServiceStats",
     "ShutdownGuard",
     "ShutdownIncomplete",
@@ -60,6 +63,7 @@ __all__ = [
     "TastytradeError",
     "TastytradeTokenSource",
     "ingest_process_tuning",
+    "rebuild",
     "run_doctor",
     "run_ingest",
     "token_source_for",

@@ -59,10 +59,14 @@ from pipeline.dxlink import (
     ServerSetup,
     SubscriptionItem,
 )
-from pipeline.dxlink.client import DEFAULT_MAX_MESSAGE_SIZE, QuoteToken, open_websocket
+from pipeline.dxlink.client import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    QuoteToken,
+    loggable_url,
+    open_websocket,
+)
 from pipeline.ingest.runner import open_source, token_source_for
 from pipeline.ingest.sources import QuoteToken as IssuedToken
-from pipeline.ingest.sources import url_for_messages
 from pipeline.ingest.tastytrade import TastytradeError, TastytradeTokenSource
 
 __all__ = ["DoctorReport", "Outcome", "Step", "StepResult", "run_doctor"]
@@ -335,7 +339,7 @@ async def _quote_step(tokens: Any, kind: str) -> tuple[QuoteToken, str]:
         raise _Failed(str(exc), _tastytrade_advice(exc, "GET /api-quote-tokens")) from None
     except Exception as exc:  # a dxlink-url we refuse (ConfigurationError)
         raise _Failed(str(exc), "see the message; the URL must be wss:// off loopback") from None
-    url = url_for_messages(quote.dxlink_url)
+    url = loggable_url(quote.dxlink_url)
     if kind == "tastytrade" and isinstance(quote, IssuedToken):
         expiry = quote.expires_at.strftime("%Y-%m-%d %H:%M UTC")
         return quote, f"{url} (level {quote.level!r}, quote token valid until {expiry})"
@@ -372,7 +376,7 @@ async def _connected(
     run: _Run, config: Config, quote: QuoteToken
 ) -> AsyncIterator[ClientConnection]:
     """Step 4: the WebSocket, open for the steps after it."""
-    url = url_for_messages(quote.dxlink_url)
+    url = loggable_url(quote.dxlink_url)
     holder: list[Any] = []
 
     async def connect() -> str:
@@ -432,7 +436,7 @@ class _Session:
     ) -> None:
         self.ws = ws
         self.now_ms = now_ms
-        self.url = url_for_messages(quote.dxlink_url)
+        self.url = loggable_url(quote.dxlink_url)
         self.token = _token_text(quote)
         self.kind = config.source.kind
         self.token_env = config.source.dxlink.token_env
@@ -658,6 +662,6 @@ def _describe(config: Config) -> str:
     if source.kind == "tastytrade":
         return f"tastytrade ({source.tastytrade.api_url})"
     if source.kind == "dxlink":
-        return f"dxlink ({url_for_messages(source.dxlink.url)})"
+        return f"dxlink ({loggable_url(source.dxlink.url)})"
     where = source.simulator.url or "built in, started here"
-    return f"simulator ({url_for_messages(where) if source.simulator.url else where})"
+    return f"simulator ({loggable_url(where) if source.simulator.url else where})"

@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any
 from pipeline import __version__
 from pipeline.config import Config, parse_duration
 from pipeline.dxlink import AuthenticationError, ConfigurationError, DXLinkError
-from pipeline.dxlink.client import TokenSource
+from pipeline.dxlink.client import TokenSource, loggable_url
 from pipeline.ingest.service import IngestService
-from pipeline.ingest.sources import DXLinkTokenSource, SimulatorTokenSource, url_for_messages
+from pipeline.ingest.sources import DXLinkTokenSource, SimulatorTokenSource
 from pipeline.ingest.tastytrade import TastytradeTokenSource
 from pipeline.ingest.tuning import ingest_process_tuning
 from pipeline.store import CandleStore, S3Options, StoreError, connect
@@ -330,8 +330,8 @@ def _describe_source(config: Config, url: str | None) -> str:
     if kind == "tastytrade":
         return f"tastytrade ({config.source.tastytrade.api_url})"
     if kind == "dxlink":
-        return f"the DXLink endpoint {url_for_messages(config.source.dxlink.url)}"
-    return f"the simulator at {url_for_messages(url)}" if url else "the simulator"
+        return f"the DXLink endpoint {loggable_url(config.source.dxlink.url)}"
+    return f"the simulator at {loggable_url(url)}" if url else "the simulator"
 
 
 def _report_unstored(service: IngestService, abandoned: str | None, run: asyncio.Task[Any]) -> None:
@@ -492,13 +492,9 @@ def startup_line(config: Config, service: IngestService) -> str:
     store = config.store
     catalog = CandleStore.describe_catalog(store.path, store.catalog)
     keep = ", ".join(f"{period} {age}" for period, age in store.retention.items()) or "keep all"
-    source: str = config.source.kind
-    if config.source.kind == "tastytrade":
-        source += f" ({config.source.tastytrade.api_url})"
-    elif config.source.kind == "dxlink":
-        source += f" ({url_for_messages(config.source.dxlink.url)})"
     return (
-        f"starting candle-pipeline {__version__} (pid {os.getpid()}): source {source}; "
+        f"starting candle-pipeline {__version__} (pid {os.getpid()}): source "
+        f"{_describe_source(config, None)}; "
         f"series {shown}; shard {service.shard}; store {store.path} ({catalog}); "
         f"flush every {config.schedule.flush_interval:g}s, maintenance every "
         f"{config.schedule.compaction_interval:g}s (retention: {keep}); "

@@ -25,6 +25,8 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
   is checked before every commit and every ``store.lease_check_interval``; a lease lost (the
   catalog restarted or unreachable) is claimed back, meanwhile flushes fail and candles stay
   in memory; a shard taken over by another process stops this one (docs/scaling.md);
+* with ``[record] enabled`` a :class:`~pipeline.recording.Recorder` taps the client and
+  writes every frame of every connection to ``record.dir`` (a thread; never blocks the reader);
 * the service changes no process-wide setting: the ``candles ingest`` process applies those
   (garbage collector, malloc, DuckDB's lazy imports) around it, :mod:`pipeline.ingest.tuning`.
 
@@ -54,6 +56,7 @@ from pipeline.config import Config
 from pipeline.dxlink import Candle, CandleBlock, CandleSymbol, ConfigurationError
 from pipeline.dxlink.client import DXLinkManager, TokenSource
 from pipeline.metrics import MetricsServer
+from pipeline.recording import Recorder, RecorderStats
 from pipeline.store import (
     CandleStore,
     CatalogLease,
@@ -90,6 +93,9 @@ FLUSH_BATCH_EVENTS = 50_000
 # The final flush of a stop retries a failing store after this long, doubling up to the max.
 FINAL_FLUSH_RETRY_S = 0.25
 FINAL_FLUSH_RETRY_MAX_S = 4.0
+# Seconds a stop waits for the recording's last blocks: its bounded queue is written long
+# before that on any working disk, so a disk that takes longer is hung and the stop goes on.
+RECORDER_CLOSE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -198,6 +204,28 @@ class IngestService:
             grace_ms=int(config.manager.grace_seconds * 1000),
         )
         self.client: DXLinkManager | None = None
+        self.recorder: Recorder | None = None
+        """Records every DXLink frame (``[record]``); started by :meth:`run`."""
+        self.recorder_close_timeout = RECORDER_CLOSE_TIMEOUT
+        """Seconds a stop waits for the recording to reach the disk (a hung disk must not
+        hold the stop: what is not written is the last block's)."""
+        if config.record.enabled:
+            record = config.record
+            self.recorder = Recorder(
+                record.dir,
+                rotate_bytes=int(record.rotate_size_mb * 2**20),
+                rotate_seconds=record.rotate_seconds,
+                max_queue_bytes=int(record.queue_mb * 2**20),
+                clock=self._client_clock,
+                meta={
+                    "source": config.source.kind,
+                    "series": [s.normalized for s in self.series],
+                    "grace_seconds": config.manager.grace_seconds,
+                    # What completed candles: the clock each record's t holds (a source
+                    # clock), or the newest candle time alone (t is then the wall clock).
+                    "completion_clock": "recorded" if source_clock_ms else "stream",
+                },
+            )
         self.metrics = MetricsServer.for_service(self)
         """Prometheus ``/metrics`` and ``/health`` (``metrics.enabled``)."""
         self.flush_batch_events = FLUSH_BATCH_EVENTS
@@ -219,6 +247,11 @@ class IngestService:
             raise RuntimeError("the service has not started")
         return self._store
 
+    @property
+    def recording(self) -> RecorderStats | None:
+        """The recorder's counters, or None when not recording."""
+        return None if self.recorder is None else self.recorder.stats
+
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler)."""
         self._stop.set()
@@ -229,10 +262,17 @@ class IngestService:
         return self._stop.is_set()
 
     def connection_state(self) -> str:
-        """The client's connection state, or ``starting`` before it exists."""
+        """The client's connection state, or ``starting`` before it exists; a stall (the
+        server silent past its dead-peer limit) is named with it, e.g. ``connected, stalled
+        42s``."""
         if self.client is None:
             return "starting"
-        return str(self.client.get_metrics()["connection"]["state"])
+        connection = self.client.get_metrics()["connection"]
+        state = str(connection["state"])
+        silence = connection.get("silence_seconds")
+        if silence is not None and silence > connection["dead_peer_timeout"]:
+            state += f", stalled {silence:.0f}s"
+        return state
 
     async def run(self, duration: float | None = None) -> None:
         """Ingest until :meth:`stop` or ``duration`` seconds, then shut down cleanly."""
@@ -258,6 +298,8 @@ class IngestService:
                 self._release_writer_guard()
                 raise
         try:
+            if self.recorder is not None:
+                await asyncio.to_thread(self._start_recorder, self.recorder)
             await self.metrics.start()
             await self._warm_start()
             self.client = self._build_client()
@@ -310,6 +352,8 @@ class IngestService:
             report = await self._final_flush()
             if report.error is not None:
                 logger.error("! final flush failed, %s", report.error)
+        if self.recorder is not None:
+            await self._close_recorder(self.recorder)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         await self.metrics.stop()
@@ -379,12 +423,35 @@ class IngestService:
 
     # ------------------------------------------------------------------ wiring
 
+    async def _close_recorder(self, recorder: Recorder) -> None:
+        """Close the recording, waiting at most ``recorder_close_timeout`` for the disk."""
+        limit = self.recorder_close_timeout
+        if not await asyncio.to_thread(recorder.close, limit):
+            logger.warning(
+                "! the recording did not close within %g s (a hung disk?); its last block may "
+                "be cut short", limit,
+            )  # fmt: skip
+
+    def _start_recorder(self, recorder: Recorder) -> None:
+        try:
+            recorder.start()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot record to {str(recorder.directory)!r}: {exc.strerror or exc}; "
+                "choose another record.dir (or run without recording)"
+            ) from None
+
+    def _client_clock(self) -> float:
+        """The client's wall clock, Unix seconds: the *source's* clock (see ``now_ms``)."""
+        return self.now_ms() / 1000 if self._source_clock_ms else time.time()
+
     def _build_client(self) -> DXLinkManager:
         cfg = self.config.client
         return DXLinkManager(
             self._token_source,
             keepalive_timeout=cfg.keepalive_timeout,
             dead_peer_timeout=cfg.dead_peer_timeout,
+            max_dead_peer_timeout=cfg.max_dead_peer_timeout,
             connect_timeout=cfg.connect_timeout,
             handshake_timeout=cfg.handshake_timeout,
             backoff_initial=cfg.backoff_initial,
@@ -397,10 +464,12 @@ class IngestService:
             subscribe_burst=cfg.subscribe_burst,
             queue_size=cfg.queue_size,
             aggregation_period=cfg.aggregation_period,
+            max_message_size=cfg.max_message_size,
             resume_points=self._resume_points,
             # fromTime validation and message times use the *source's* clock: the simulator
             # runs accelerated, and its resume points are in the wall clock's future.
-            wall_clock=lambda: self.now_ms() / 1000 if self._source_clock_ms else time.time(),
+            wall_clock=self._client_clock,
+            frame_tap=self.recorder,
         )
 
     def _first_from_time(self, symbol: CandleSymbol) -> int:

@@ -22,13 +22,13 @@ from pydantic import SecretStr
 
 from pipeline.config import DXLinkSourceConfig, is_loopback_host
 from pipeline.dxlink import AuthenticationError, ConfigurationError
+from pipeline.dxlink.client import loggable_url
 
 __all__ = [
     "QUOTE_TOKEN_LIFETIME",
     "DXLinkTokenSource",
     "QuoteToken",
     "SimulatorTokenSource",
-    "url_for_messages",
     "validate_dxlink_url",
 ]
 
@@ -49,15 +49,12 @@ class QuoteToken:
     expires_at: datetime
     """When the token stops working (UTC)."""
 
-
-def url_for_messages(url: str) -> str:
-    """A URL with any credentials, query and fragment dropped."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-    except ValueError:
-        return "(malformed URL)"
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    def __repr__(self) -> str:
+        # The URL may carry credentials too (user info, a token in the query).
+        return (
+            f"QuoteToken(token={self.token!r}, dxlink_url={loggable_url(self.dxlink_url)!r}, "
+            f"level={self.level!r}, expires_at={self.expires_at!r})"
+        )
 
 
 def validate_dxlink_url(
@@ -83,12 +80,11 @@ def validate_dxlink_url(
         scheme, host = "", None
     if scheme not in ("ws", "wss") or not host:
         raise ConfigurationError(
-            f"dxlink-url {url_for_messages(url)!r} is not a WebSocket URL; "
-            "allowed: wss://<host>/<path>"
+            f"dxlink-url {loggable_url(url)!r} is not a WebSocket URL; allowed: wss://<host>/<path>"
         )
     if scheme == "ws" and not allow_insecure and not is_loopback_host(host):
         raise ConfigurationError(
-            f"dxlink-url {url_for_messages(url)!r} is unencrypted; allowed: wss:// for "
+            f"dxlink-url {loggable_url(url)!r} is unencrypted; allowed: wss:// for "
             f"remote hosts, ws:// only to 127.0.0.1, ::1 or localhost, unless {option} = true"
         )
     return url
@@ -118,7 +114,7 @@ class SimulatorTokenSource:
         self._token = SecretStr(token)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={self.url!r})"
+        return f"{type(self).__name__}(url={loggable_url(self.url)!r})"
 
     async def get(self, force_refresh: bool = False) -> QuoteToken:
         """Return the simulator's token; it never expires while the simulator runs."""
@@ -191,7 +187,7 @@ class DXLinkTokenSource:
         return self._token is not None
 
     def __repr__(self) -> str:
-        url = url_for_messages(self.url)
+        url = loggable_url(self.url)
         return f"{type(self).__name__}(url={url!r}, token_env={self.token_env!r})"
 
     async def get(self, force_refresh: bool = False) -> QuoteToken:
@@ -202,7 +198,7 @@ class DXLinkTokenSource:
                 one and none is configured; the message says which variable to fix.
         """
         self.fetches += 1
-        where = url_for_messages(self.url)
+        where = loggable_url(self.url)
         if force_refresh:
             if self._token is None:
                 raise AuthenticationError(

@@ -40,6 +40,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http.client import HTTPException
@@ -51,12 +52,8 @@ from pydantic import SecretStr
 from pipeline import __version__
 from pipeline.config import DEFAULT_API_URL, is_loopback_host
 from pipeline.dxlink import AuthenticationError, ConfigurationError
-from pipeline.ingest.sources import (
-    QUOTE_TOKEN_LIFETIME,
-    QuoteToken,
-    url_for_messages,
-    validate_dxlink_url,
-)
+from pipeline.dxlink.client import loggable_url
+from pipeline.ingest.sources import QUOTE_TOKEN_LIFETIME, QuoteToken, validate_dxlink_url
 
 if TYPE_CHECKING:
     from pipeline.config import TastytradeSourceConfig
@@ -78,6 +75,13 @@ DEFAULT_ACCESS_LIFETIME = 900.0
 """``expires_in`` assumed when the OAuth reply omits it (tastyware's default: 15 min)."""
 MAX_BODY = 1 << 20
 """Bytes read from any response; tastytrade's replies are a few hundred."""
+MAX_ERROR_TEXT = 1 << 16
+"""Bytes of a non-JSON error body scrubbed for secrets; then shortened to SHOWN_ERROR_TEXT."""
+SHOWN_ERROR_TEXT = 500
+"""Characters of a server's error text kept in our errors and logs."""
+SECRET_PIECE = 6
+"""A run this long of any secret counts as the secret: masked wherever it appears."""
+_MASK = "**********"
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
 
@@ -127,11 +131,12 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _error_details(body: bytes) -> tuple[str, str]:
-    """(code, message) from any of the error shapes tastytrade uses."""
+    """(code, message) from any of the error shapes tastytrade uses, uncut: the caller
+    scrubs secrets out first and shortens after (a cut first could split a secret)."""
     try:
         payload = json.loads(body)
     except ValueError:
-        text = body[:200].decode("utf-8", "replace").strip()
+        text = body[:MAX_ERROR_TEXT].decode("utf-8", "replace").strip()
         return "", "non-JSON body" if text.startswith("<") else text
     if not isinstance(payload, dict):
         return "", ""
@@ -189,7 +194,7 @@ class TastytradeTokenSource:
             parts.scheme == "http" and is_loopback_host(parts.hostname or "")
         ):
             raise ConfigurationError(
-                f"api_url {url_for_messages(api_url)!r} must be https:// "
+                f"api_url {loggable_url(api_url)!r} must be https:// "
                 "(plain http:// only to a loopback host): it carries the OAuth credentials"
             )
         self.api_url = api_url.rstrip("/")
@@ -202,6 +207,8 @@ class TastytradeTokenSource:
         self._quote_margin = quote_token_margin
         self._access_margin = access_token_margin
         self._access: SecretStr | None = None
+        self._issued: deque[SecretStr] = deque(maxlen=8)
+        """The latest access and quote tokens tastytrade issued us, for ``_scrub``."""
         self._access_refresh_at = 0.0
         self._quote: QuoteToken | None = None
         self._quote_refresh_at = 0.0
@@ -335,7 +342,10 @@ class TastytradeTokenSource:
             datetime.fromtimestamp(self._clock(), UTC) + QUOTE_TOKEN_LIFETIME
         )
         level = str(data.get("level") or "")
-        logger.info("= quote token for %s (level %r) valid until %s", url, level, expires_at)
+        self._issued.append(SecretStr(token))
+        logger.info(
+            "= quote token for %s (level %r) valid until %s", loggable_url(url), level, expires_at
+        )
         return QuoteToken(SecretStr(token), url, level, expires_at)
 
     async def _refresh_access_token(self) -> None:
@@ -351,7 +361,7 @@ class TastytradeTokenSource:
         )
         if status in (400, 401, 403):
             code, message = _error_details(body)
-            raise self._auth_error(code, self._scrub(message))
+            raise self._auth_error(self._scrub(code), self._scrub(message))
         payload = self._json_or_raise(request, status, body)
         access = payload.get("access_token")
         expires_in = payload.get("expires_in", DEFAULT_ACCESS_LIFETIME)
@@ -360,6 +370,7 @@ class TastytradeTokenSource:
         if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
             expires_in = DEFAULT_ACCESS_LIFETIME
         self._access = SecretStr(access)
+        self._issued.append(self._access)
         margin = min(self._access_margin, expires_in / 2)
         self._access_refresh_at = self._clock() + expires_in - margin
         if self.debug:
@@ -385,7 +396,7 @@ class TastytradeTokenSource:
         if not 200 <= status < 300:
             code, message = _error_details(body)
             raise TastytradeAPIError(
-                request, status=status, code=code, message=self._scrub(message)
+                request, status=status, code=self._scrub(code), message=self._scrub(message)
             )
         try:
             payload = json.loads(body)
@@ -402,12 +413,31 @@ class TastytradeTokenSource:
         )
 
     def _scrub(self, text: str) -> str:
-        """Remove any credential that a server error message might echo back."""
-        for secret in (self._client_secret, self._refresh_token, self._access):
-            value = secret.get_secret_value() if secret is not None else ""
-            if value:
-                text = text.replace(value, "**********")
-        return text[:500]
+        """Mask every credential a server's error text echoes back, whole or in part (any run
+        of ``SECRET_PIECE`` characters of one), then shorten it: never the other way round."""
+        pieces: set[str] = set()
+        for value in self._secret_values():
+            pieces.update(value[i : i + SECRET_PIECE] for i in range(len(value) - SECRET_PIECE + 1))
+        masked = bytearray(len(text))
+        if pieces:
+            for start in range(len(text) - SECRET_PIECE + 1):
+                if text[start : start + SECRET_PIECE] in pieces:
+                    masked[start : start + SECRET_PIECE] = b"\x01" * SECRET_PIECE
+        if any(masked):
+            runs: list[str] = []
+            for start, char in enumerate(text):
+                if not masked[start]:
+                    runs.append(char)
+                elif start == 0 or not masked[start - 1]:
+                    runs.append(_MASK)
+            text = "".join(runs)
+        return text[:SHOWN_ERROR_TEXT]
+
+    def _secret_values(self) -> list[str]:
+        """The credentials and every token handed to us that a server could echo."""
+        values = [self._client_secret.get_secret_value(), self._refresh_token.get_secret_value()]
+        values += [secret.get_secret_value() for secret in self._issued]
+        return [value for value in values if len(value) >= SECRET_PIECE]
 
     async def _call(
         self, method: str, path: str, body: Mapping[str, str] | None = None
@@ -446,5 +476,5 @@ class TastytradeTokenSource:
                 f"{method} {path}",
                 status=None,
                 code="network",
-                message=f"{url_for_messages(self.api_url)}: {reason}",
+                message=f"{loggable_url(self.api_url)}: {reason}",
             ) from exc

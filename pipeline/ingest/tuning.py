@@ -3,7 +3,8 @@
 Three settings change the whole process, so no library import applies them (a notebook that
 imports :mod:`pipeline.store` keeps its collector and its malloc as they were); the
 ``candles ingest`` entry point (:func:`pipeline.ingest.runner.run_ingest`) applies all three
-through :func:`ingest_process_tuning`, and so do the benchmarks that measure it. Why each
+through :func:`ingest_process_tuning`, and so do ``candles rebuild`` (the same hot path, fed
+from a recording) and the benchmarks that measure them. Why each
 exists, and the benchmark that justifies it (figures in ``benchmarks/README.md``, "Process
 tuning"):
 

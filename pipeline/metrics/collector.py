@@ -43,6 +43,8 @@ def _plain_metrics(o: Observation) -> list[tuple[str, float | None, str]]:
         ("candles_reconnect_attempts_total", c.reconnect_attempts, "Attempts after the first."),
         ("candles_connected_seconds_total", c.connected_seconds, "Seconds connected in total."),
         ("candles_token_refreshes_total", c.token_refreshes, "Tokens refetched after rejection."),
+        ("candles_server_silence_seconds", c.silence_seconds, "Server silent since (stall clock)."),
+        ("candles_dead_peer_timeout_seconds", c.dead_peer_timeout, "Silence judged a dead peer."),
         ("candles_malformed_messages_total", c.malformed_messages, "Invalid frames skipped."),
         ("candles_protocol_violations_total", c.protocol_violations, "Illegal messages."),
         ("candles_delivery_blocked_total", c.delivery.blocked_count, "Reader waits on full queue."),
@@ -82,6 +84,14 @@ def _plain_metrics(o: Observation) -> list[tuple[str, float | None, str]]:
         ("candles_store_disk_free_bytes", r.disk_free_bytes, "Free bytes where the store is."),
         ("candles_store_disk_size_bytes", r.disk_size_bytes, "Size of that filesystem."),
     ]
+    if (recording := r.recording) is not None:
+        rows += [
+            ("candles_recording_records_total", recording.records, "Records written."),
+            ("candles_recording_bytes_total", recording.bytes_written, "Compressed bytes written."),
+            ("candles_recording_dropped_frames_total", recording.dropped_frames,
+             "Frames left out of the recording (queue full, write failed)."),
+            ("candles_recording_failing", recording.failing, "1 while writing fails."),
+        ]  # fmt: skip
     if (check := o.store_check) is not None:
         rows += [
             ("candles_gaps", check.gaps, "Gaps within the gap window, at the last check."),

@@ -81,6 +81,11 @@ class HealthMonitor:
                     f"not connected for {down:.0f}s (state {client.state}; "
                     f"grace {self.disconnect_grace:g}s)"
                 )
+        if client.stalled and client.state != ConnectionState.CLOSED:
+            reasons.append(
+                f"stalled: no message from the server for {client.silence_seconds:.0f}s "
+                f"(dead-peer limit {client.dead_peer_timeout:g}s)"
+            )
         if service.last_flush_error is not None:
             # The exception type only: the message is for the log, not for probes.
             kind = service.last_flush_error.partition(":")[0]

@@ -22,6 +22,9 @@ Definitions (the README copies them):
   successful flushes (a revised candle counts again). ``candles_stored_total``: rows the store
   inserted or rewrote (unchanged rows are not rewritten). ``candles_revised_total``: changes to
   candles that had already been handed out (late corrections, replayed snapshots, removals).
+* ``candles_recording_*`` (only with ``[record] enabled``): records and compressed bytes the
+  recorder wrote, frames it left out (its queue was full, or writing failed: each stretch is
+  marked as a gap in the recording, ingest is not affected), and 1 while writing fails.
 * ``candles_memory_bytes`` / ``candles_memory_limit_bytes``: the manager's estimate of what it
   holds, and of the most its configured bounds allow (``process_resident_memory_bytes`` is
   the real process).
@@ -36,7 +39,9 @@ Definitions (the README copies them):
   by one period per missing candle (also while a market is closed: the store cannot tell).
 * Health (``/health``, ``candles_health_ok``): unhealthy when the client is not connected for
   longer than ``disconnect_grace`` (measured from the service start if it never connected, else
-  from the first observation of the outage) or has stopped for good; when the last flush
+  from the first observation of the outage) or has stopped for good; when the server is
+  stalled (``candles_server_silence_seconds``, what it has not said since a handshake, across
+  the reconnects after a stall, exceeds ``candles_dead_peer_timeout_seconds``); when the last flush
   failed; or when completed candles have waited more than 3 x ``flush_interval`` since the
   later of the last successful flush and the first observation of the backlog. The backlog is
   ``max(0, unstored - series) + pending_deletions`` (each series' open candle is unstored by

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, TypeVar
 
 from pipeline.candles import CandleDataManager, ManagerStats
 from pipeline.config import Config
 from pipeline.dxlink import CandleSymbol
 from pipeline.dxlink.client import ChannelMetrics, ConnectionState, DeliveryMetrics
+from pipeline.recording import RecorderStats
 from pipeline.store import StoreStats
 
 __all__ = [
@@ -88,6 +89,8 @@ class MetricsSource(Protocol):
     def store(self) -> MetricsStore: ...
     @property
     def series(self) -> Sequence[CandleSymbol]: ...
+    @property
+    def recording(self) -> RecorderStats | None: ...
     def now_ms(self) -> int: ...
 
 
@@ -114,6 +117,17 @@ class ClientView:
     delivery: DeliveryMetrics = field(default_factory=DeliveryMetrics)
     series_by_state: Mapping[str, int] = field(default_factory=dict)
     """Candle subscriptions by state (pending/snapshot/live) on the current connection."""
+    silence_seconds: float | None = None
+    """Seconds the server has said nothing since a handshake (see the client's metrics)."""
+    dead_peer_timeout: float = 0.0
+    """The silence after which the server counts as dead, as in force."""
+
+    @property
+    def stalled(self) -> bool:
+        """The server has been silent longer than it may be: a stall (issue 14). A client
+        that reports no dead-peer timeout (0) is never judged."""
+        silence, limit = self.silence_seconds, self.dead_peer_timeout
+        return silence is not None and limit > 0 and silence > limit
 
     @classmethod
     def parse(cls, metrics: Mapping[str, Any]) -> ClientView:
@@ -144,7 +158,13 @@ class ClientView:
             series_by_state={
                 str(k): int(v) for k, v in subscriptions.get("candles_by_state", {}).items()
             },
+            silence_seconds=_optional_float(connection.get("silence_seconds")),
+            dead_peer_timeout=float(connection.get("dead_peer_timeout", 0.0)),
         )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +185,8 @@ class Reading:
     """Bytes available to the service on the store folder's filesystem (``None``: unknown)."""
     disk_size_bytes: int | None = None
     """That filesystem's size."""
+    recording: RecorderStats | None = None
+    """The recorder's counters (a copy), or None when not recording."""
 
     @property
     def flush_backlog(self) -> int:
@@ -199,6 +221,7 @@ def read_source(source: MetricsSource, *, now: float, started_at: float) -> Read
             for period, keep in source.config.store.retention_policy().items()
         },
         **_disk(source.config.store.path),
+        recording=None if source.recording is None else replace(source.recording),
     )
 
 

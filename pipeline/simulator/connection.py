@@ -353,6 +353,12 @@ class SimConnection:
     def _handle(self, events: list[ProtocolEvent]) -> None:
         for event in events:
             if isinstance(event, ClientSetup):
+                # §2.6: acceptKeepaliveTimeout asks us to stay silent no longer than that. We
+                # send every min(all timeouts)/2 anyway, so we can promise it, and do, as a
+                # server honouring the hint would (assumed of dxFeed's server; unverified).
+                accept = event.accept_keepalive_timeout
+                if accept is not None and 0 < accept < self.protocol.keepalive_timeout:
+                    self.protocol.keepalive_timeout = accept
                 # §2.2: our SETUP, then the unsolicited AUTH_STATE: UNAUTHORIZED ("auth
                 # required"), or AUTHORIZED from a server that needs no token.
                 self.protocol.send_setup()

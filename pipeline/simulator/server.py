@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -36,6 +37,21 @@ from pipeline.simulator.session import Series
 __all__ = ["Simulator"]
 
 logger = logging.getLogger("pipeline.simulator")
+
+WELL_KNOWN_TOKENS = frozenset({"sim-token", "simulator"})
+"""Tokens anyone can guess: this class's default and ``source.simulator.token``'s/``candles
+simulate``'s."""
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost`` (a name may be anything)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 # §8: tastytrade publishes no frame limit; ~2,000 symbols in one frame (~100 KB) was seen to
 # fail, and dxFeed's JS client stays under ~8 KB. 64 KiB sits between the two.
@@ -171,6 +187,17 @@ class Simulator:
         for fault in self.faults:
             self._tasks.append(asyncio.create_task(self._scheduled(fault), name=f"sim-{fault}"))
         logger.info("DXLink simulator listening at %s", self.url)
+        if not _is_loopback(self.host):
+            # Anyone who can reach the port can read the feed with the token (issue 14).
+            default = self._token in WELL_KNOWN_TOKENS
+            logger.warning(
+                "! the DXLink simulator listens on %s, reachable from other machines%s; "
+                "bind it to 127.0.0.1 unless that is what you want",
+                self.host or "every interface",
+                f", and its token is the well-known default {self._token!r}: set another"
+                if default
+                else "",
+            )
 
     async def stop(self) -> None:
         """Close every connection (1001, going away) and stop listening."""

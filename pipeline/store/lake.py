@@ -31,7 +31,8 @@ import importlib.resources
 import logging
 import re
 import sqlite3
-import threading
+import subprocess
+import sys
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -424,44 +425,84 @@ def _load_extension(con: duckdb.DuckDBPyConnection, kind: str) -> None:
     con.execute(f"LOAD {quote(str(path))}")
 
 
-_WAL_PREPARED: set[Path] = set()
-_WAL_LOCK = threading.Lock()
-
-
 def _prepare_sqlite_catalog(path: Path, *, read_only: bool) -> None:
     """Create the catalog file if needed and put it in WAL mode (see the module docstring).
 
-    Once per catalog and process, before this process's DuckDB opens it: Python's ``sqlite3``
-    is a second SQLite library in the process, and closing its file descriptor releases every
-    POSIX lock the process holds on the file, those of DuckDB's own SQLite included (SQLite's
-    "how to corrupt a database", 2.2). Done again on each reopen of the writer's connection,
-    it let another process take the catalog for unused and truncate the WAL index under this
-    one: a reader process died of SIGBUS in the month-long catalog soak. WAL mode is stored in
-    the file, so the first check is the only one needed.
+    Never with this process's own SQLite once the catalog exists: Python's ``sqlite3`` is a
+    second copy of SQLite beside the one inside DuckDB's sqlite_scanner, and two copies in one
+    process break SQLite's locking (POSIX locks are per process, and closing one copy's file
+    descriptor drops the other's locks: sqlite.org/howtocorrupt.html, 2.2). Opening the
+    catalog that way while a DuckDB connection of this process used it (the writer reopens
+    every ``recycle_after`` upserts and after each compaction; readers may be open) took the
+    catalog for unused: it truncated the shared-memory WAL index another connection had mapped
+    (a SIGBUS on touching it), checkpointed and deleted the WAL, and left readers failing with
+    "database disk image is malformed" or "disk I/O error" (issue 14). So: a catalog already
+    in WAL mode (read from the file header, no SQLite involved) is left alone; a new one is
+    created here, where no connection can have it open yet; an existing one in another
+    journal mode is switched in a child process, whose locks SQLite sees.
     """
-    if read_only:
+    if read_only or _in_wal_mode(path):
         return
-    key = path.resolve()
-    with _WAL_LOCK:
-        if key in _WAL_PREPARED:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
             db = sqlite3.connect(path)
             try:
-                mode = db.execute("PRAGMA journal_mode").fetchone()
-                if mode is None or str(mode[0]).lower() != "wal":
-                    try:
-                        db.execute("PRAGMA journal_mode = WAL")
-                    except sqlite3.OperationalError as exc:
-                        # Another process holds the catalog; it stays in its current mode.
-                        logger.warning("! could not switch %s to WAL: %s", path, exc)
+                _switch_to_wal(db, path)
             finally:
                 db.close()
-        except (OSError, sqlite3.Error) as exc:
-            # One line naming the file, not sqlite3's traceback (issue 17).
-            raise StoreError(f"cannot open the catalog {path}: {exc}") from None
-        _WAL_PREPARED.add(key)
+            return
+    except (OSError, sqlite3.Error) as exc:
+        # One line naming the file, not sqlite3's traceback (issue 17).
+        raise StoreError(f"cannot open the catalog {path}: {exc}") from None
+    result = subprocess.run(
+        [sys.executable, "-c", _SWITCH_TO_WAL, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    reason = (result.stderr.strip().splitlines() or ["no reason given"])[-1][:300]
+    if result.returncode == _CANNOT_OPEN:
+        raise StoreError(f"cannot open the catalog {path}: {reason}")
+    if result.returncode != 0:
+        # Another process holds the catalog; it stays in its current mode.
+        logger.warning("! could not switch %s to WAL: %s", path, reason)
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the catalog's header says WAL (file format write and read versions 2: bytes
+    18 and 19 of the SQLite header, sqlite.org/fileformat2.html)."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False
+    return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
+
+
+def _switch_to_wal(db: sqlite3.Connection, path: Path) -> None:
+    mode = db.execute("PRAGMA journal_mode").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            # Another process holds the catalog; it stays in its current mode.
+            logger.warning("! could not switch %s to WAL: %s", path, exc)
+
+
+_CANNOT_OPEN = 3
+_SWITCH_TO_WAL = """
+import sqlite3, sys
+try:
+    db = sqlite3.connect(sys.argv[1])
+    db.execute("PRAGMA journal_mode").fetchone()
+except (OSError, sqlite3.Error) as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3)
+db.execute("PRAGMA journal_mode = WAL")
+db.close()
+"""
 
 
 # ------------------------------------------------------------- data files we write ourselves
@@ -518,20 +559,25 @@ def write_data_file(folder: Path, frame: pl.DataFrame) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     # DuckLake's own naming, so its orphan cleanup treats a file left by a crash like its own.
     path = folder / f"ducklake-{uuid.uuid4()}.parquet"
-    # snappy: DuckLake's default codec (compaction rewrites the file with the lake's own).
-    if not mixed:
-        frame.write_parquet(path, compression="snappy", row_group_size=_DATA_FILE_ROW_GROUP)
+    try:
+        # snappy: DuckLake's default codec (compaction rewrites the file with the lake's own).
+        if not mixed:
+            frame.write_parquet(path, compression="snappy", row_group_size=_DATA_FILE_ROW_GROUP)
+            return path
+        pq.write_table(
+            frame.to_arrow(),
+            path,
+            compression="snappy",
+            row_group_size=_DATA_FILE_ROW_GROUP,
+            # A dictionary tried on every double column made pyarrow slower than DuckDB's COPY.
+            use_dictionary=[name for name, dtype in frame.schema.items() if dtype == pl.String],
+            write_statistics=[name for name in frame.columns if name not in mixed],
+        )
         return path
-    pq.write_table(
-        frame.to_arrow(),
-        path,
-        compression="snappy",
-        row_group_size=_DATA_FILE_ROW_GROUP,
-        # A dictionary tried on every double column made pyarrow slower than DuckDB's COPY.
-        use_dictionary=[name for name, dtype in frame.schema.items() if dtype == pl.String],
-        write_statistics=[name for name in frame.columns if name not in mixed],
-    )
-    return path
+    except BaseException:
+        # A full disk (or any failure) must not leave a torn or empty file behind (issue 14).
+        path.unlink(missing_ok=True)
+        raise
 
 
 def add_data_file(con: duckdb.DuckDBPyConnection, path: Path) -> None:

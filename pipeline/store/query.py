@@ -2,15 +2,16 @@
 
 ``candles query`` and ``candles export`` call these. Both open the lake through
 :func:`pipeline.store.connect` (read-only attach: no lock that could stall ingest) and refuse
-anything that could change it, twice over: the statement types are checked before anything
-runs, and the lake itself is attached read-only.
+anything that could change it, twice over: DuckDB's own parser checks every statement before
+anything runs (its type, and each function a SELECT calls, so quoting, comments or case cannot
+hide a name), and the lake itself is attached read-only.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -38,25 +39,34 @@ __all__ = [
 OutputFormat = Literal["table", "csv", "json", "parquet"]
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "csv", "json", "parquet")
 
-# Statement kinds that only read. Everything else (INSERT, UPDATE, DELETE, CREATE, DROP,
-# COPY, ATTACH, SET, CALL, ...) is refused: `candles query` must never modify the store.
-_READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-
 # A reader may race compaction, which deletes files an older snapshot still lists; a fresh
 # attempt sees the new snapshot (storage-and-libs.md §1: one retry fixed every case).
 _RETRIES = 2
 # DuckLake's maintenance functions are table functions, so a SELECT can call them. On the
 # read-only attach they fail when they commit, but merge and rewrite write their new Parquet
-# files first and leave them behind: refused by name, like query()/query_table(), which could
-# build such a name at run time. (Reading ones, e.g. ducklake_snapshots, stay allowed.)
-_WRITING_FUNCTIONS = re.compile(
-    r"\b(ducklake_(?:merge_adjacent_files|rewrite_data_files|expire_snapshots|cleanup_old_files"
-    r"|delete_orphaned_files|add_data_files|flush_inlined_data|set_option|set_commit_message)"
-    r"|query|query_table)\s*\(",
-    re.IGNORECASE,
+# files first and leave them behind. So every ``ducklake_*`` function is refused except the
+# ones that only read (a maintenance function DuckLake adds later is refused too), and so
+# are query()/query_table(), which run SQL or name a table given as text, and checkpoints.
+_READING_DUCKLAKE_FUNCTIONS = frozenset(
+    {
+        "ducklake_current_snapshot",
+        "ducklake_last_committed_snapshot",
+        "ducklake_list_files",
+        "ducklake_options",
+        "ducklake_scan",
+        "ducklake_settings",
+        "ducklake_snapshots",
+        "ducklake_table_changes",
+        "ducklake_table_deletions",
+        "ducklake_table_info",
+        "ducklake_table_insertions",
+    }
 )
-# `EXPLAIN [(options)] [ANALYZE|ANALYSE]` in front of the statement it explains.
-_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
+_REFUSED_FUNCTIONS = frozenset({"query", "query_table", "checkpoint", "force_checkpoint"})
+_READ_ONLY_HINT = (
+    "`candles query` is read-only and only runs SELECT (including WITH, DESCRIBE, SHOW, "
+    "SUMMARIZE) and EXPLAIN [ANALYZE] SELECT"
+)
 
 
 class QueryError(Exception):
@@ -68,32 +78,113 @@ class QueryRefused(QueryError):
 
 
 def _check_read_only(sql: str) -> None:
+    """Refuse ``sql`` unless every statement only reads, judged on DuckDB's own parse.
+
+    DuckDB's parser splits the statements and types them; each SELECT is serialised to its
+    parse tree (``json_serialize_sql``), in which every function call, table function or
+    scalar, appears by name whatever quoting, comments, case or schema the text used.
+    """
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from exc
     if not statements:
         raise QueryError("no SQL statement given; try: SELECT * FROM candles LIMIT 10")
-    for statement in statements:
-        kind = statement.type
-        if kind == duckdb.StatementType.EXPLAIN:
-            # EXPLAIN ANALYZE *runs* what it explains: judge the explained statement itself.
-            inner = _EXPLAIN_PREFIX.sub("", statement.query, count=1)
-            if inner == statement.query:
-                raise QueryRefused("this EXPLAIN form is not supported; use EXPLAIN SELECT ...")
-            _check_read_only(inner)
-        elif kind not in _READ_ONLY:
+    with duckdb.connect() as parser:
+        for statement in statements:
+            _check_statement(parser, statement.type, statement.query)
+
+
+def _check_statement(
+    parser: duckdb.DuckDBPyConnection, kind: duckdb.StatementType, text: str
+) -> None:
+    if kind == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE *runs* what it explains: judge the explained statement itself.
+        inner = _explained(text)
+        try:
+            (statement,) = duckdb.extract_statements(inner)
+        except (duckdb.Error, ValueError):
+            raise QueryRefused(f"this EXPLAIN form is not supported; {_READ_ONLY_HINT}") from None
+        if statement.type == duckdb.StatementType.EXPLAIN:
+            raise QueryRefused(f"EXPLAIN of an EXPLAIN is not supported; {_READ_ONLY_HINT}")
+        _check_statement(parser, statement.type, statement.query)
+    elif kind == duckdb.StatementType.LOAD:
+        # DuckDB types INSTALL and LOAD alike; name the one that was written.
+        word = "INSTALL" if "INSTALL" in _leading_keywords(text) else "LOAD"
+        raise QueryRefused(
+            f"{word} statements are not allowed: `candles query` is read-only and installs or "
+            "loads no extension (the store's own are loaded already); run DuckDB itself "
+            "for other extensions"
+        )
+    elif kind != duckdb.StatementType.SELECT:
+        raise QueryRefused(f"{kind.name} statements are not allowed: {_READ_ONLY_HINT}")
+    else:
+        refused = sorted(name for name in _functions_called(parser, text) if _is_refused(name))
+        if refused:
             raise QueryRefused(
-                f"{kind.name} statements are not allowed: `candles query` is read-only and only "
-                "runs SELECT (including WITH, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN [ANALYZE] "
-                "SELECT"
-            )
-        elif found := _WRITING_FUNCTIONS.search(statement.query):
-            raise QueryRefused(
-                f"{found.group(1)}() is not allowed: `candles query` is read-only; store "
+                f"{refused[0]}() is not allowed: `candles query` is read-only; store "
                 "maintenance runs inside `candles ingest` (compaction), and query()/"
                 "query_table() are refused because they run SQL given as text"
             )
+
+
+def _is_refused(name: str) -> bool:
+    name = name.lower()
+    if name.startswith("ducklake_"):
+        return name not in _READING_DUCKLAKE_FUNCTIONS
+    return name in _REFUSED_FUNCTIONS
+
+
+def _functions_called(parser: duckdb.DuckDBPyConnection, select: str) -> set[str]:
+    """Every function name in one SELECT's parse tree (table functions and scalars alike)."""
+    row = parser.execute("SELECT json_serialize_sql(?)", [select]).fetchone()
+    tree = json.loads(row[0]) if row else {"error": True}
+    if not isinstance(tree, dict) or tree.get("error") is not False:
+        message = tree.get("error_message") if isinstance(tree, dict) else None
+        raise QueryRefused(
+            f"this statement could not be checked ({message or 'no parse tree'}); {_READ_ONLY_HINT}"
+        )
+    names: set[str] = set()
+    stack: list[object] = [tree]
+    while stack:  # iterative: a deeply nested query must not exhaust Python's stack
+        node = stack.pop()
+        if isinstance(node, dict):
+            name = node.get("function_name")
+            if isinstance(name, str):
+                names.add(name)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
+
+
+def _leading_keywords(text: str) -> list[str]:
+    """The statement's words up to its first non-keyword token, upper-cased."""
+    words: list[str] = []
+    tokens = duckdb.tokenize(text)
+    for (start, kind), following in zip(tokens, [*tokens[1:], (len(text), None)], strict=True):
+        if kind != duckdb.token_type.keyword:
+            break
+        words.append(text[start : following[0]].strip().upper())
+    return words
+
+
+def _explained(text: str) -> str:
+    """The statement an ``EXPLAIN [(options)] [ANALYZE]`` statement explains, by tokens.
+
+    DuckDB's tokenizer skips comments, so a comment anywhere cannot hide the keywords.
+    """
+    tokens = duckdb.tokenize(text)
+    ends = [start for start, _ in tokens[1:]] + [len(text)]
+    words = [text[start:end].strip().upper() for (start, _), end in zip(tokens, ends, strict=True)]
+    at = 1 if words[:1] == ["EXPLAIN"] else len(words)
+    if at < len(words) and words[at] == "(":
+        while at < len(words) and words[at] != ")":
+            at += 1
+        at += 1
+    if at < len(words) and words[at] in ("ANALYZE", "ANALYSE"):
+        at += 1
+    return text[tokens[at][0] :] if at < len(tokens) else ""
 
 
 def run_query(
@@ -163,7 +254,7 @@ def format_frame(frame: pl.DataFrame, fmt: OutputFormat) -> bytes:
             )
         return text.encode()
     if fmt == "csv":
-        return frame.write_csv().encode()
+        return _flat(frame).write_csv().encode()
     if fmt == "json":
         return frame.write_json().encode() + b"\n"
     if fmt == "parquet":
@@ -171,6 +262,21 @@ def format_frame(frame: pl.DataFrame, fmt: OutputFormat) -> bytes:
         frame.write_parquet(buffer)
         return buffer.getvalue()
     raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+
+
+def _flat(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with each nested column (list, array, struct; DuckDB maps arrive as lists of
+    key/value structs) as JSON text, which CSV can hold; a null stays an empty cell."""
+    nested = [name for name, dtype in frame.schema.items() if dtype.is_nested()]
+    return frame.with_columns(
+        pl.when(pl.col(name).is_null())
+        .then(None)
+        # json_encode works on structs: wrap the value as {"v": ...} and cut the wrapper off.
+        .otherwise(pl.struct(pl.col(name).alias("v")).struct.json_encode().str.slice(5))
+        .str.strip_suffix("}")
+        .alias(name)
+        for name in nested
+    )
 
 
 def export_store(

@@ -94,13 +94,14 @@ _TRANSIENT = re.compile(r"database is (locked|busy)|conflict", re.IGNORECASE)
 # Two processes creating DuckLake's metadata tables in one new catalog at once.
 _INIT_RACE = re.compile(r"already exists|duplicate key|conflict", re.IGNORECASE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The catalog DuckLake attaches for its metadata tables (DuckLake names it after the lake).
+METADATA = f"__ducklake_metadata_{LAKE}"
 # recent(): the first lower bound lies n periods times this before the newest candle (room for
 # nights and weekends of a market's 1m series); each retry widens it by the factor.
 _RECENT_MARGIN = 4
 _RECENT_WIDEN_FACTOR = 16
 _RECENT_WIDENINGS = 3
 _MIN_MS = -62_135_596_800_000  # 0001-01-01: a bound DuckDB's timestamps can hold
-_METADATA = f"__ducklake_metadata_{LAKE}"  # where DuckLake attaches the lake's catalog
 
 
 SMALL_FILE_BYTES = 4 << 20
@@ -583,9 +584,9 @@ class CandleStore:
                 f"FROM ducklake_list_files('{LAKE}', 'candles')"
             ).fetchone()
             assert files is not None
-            inlined = count(con, f"SELECT count(*) FROM {_METADATA}.ducklake_inlined_data_tables")
+            inlined = count(con, f"SELECT count(*) FROM {METADATA}.ducklake_inlined_data_tables")
             waiting = count(
-                con, f"SELECT count(*) FROM {_METADATA}.ducklake_files_scheduled_for_deletion"
+                con, f"SELECT count(*) FROM {METADATA}.ducklake_files_scheduled_for_deletion"
             )
             return CatalogStats(
                 snapshots=snapshots,
@@ -774,67 +775,60 @@ def _with_retries(result: UpsertResult, retries: int) -> UpsertResult:
     return UpsertResult(result.inserted, result.updated, result.unchanged, result.deleted, retries)
 
 
-def _called(con: duckdb.DuckDBPyConnection, function: str, older_than: datetime) -> int:
-    """CALL a DuckLake maintenance function with a cut-off; the number of rows it reports."""
-    return fetch(con, f"CALL {function}('{LAKE}', older_than => ?)", [older_than]).height
-
-
-# DuckLake (1.5.5, and its main branch at 2ed0a0b) writes an ``older_than`` cut-off into the
-# catalog query as the text '2026-12-07T09:17:15+00' and compares it with stored times such as
-# '2026-12-07 10:07:15.05+00'. On a SQLite catalog that is a text comparison, where ' ' sorts
-# before 'T': every snapshot and scheduled file of the cut-off's UTC day counted as older than
-# the cut-off, even one a few seconds old, so a reader's snapshot expired and its files were
-# deleted under it. The two helpers below keep the cut-offs meaning what they say.
-_EXPIRE_CHUNK = 1_000
+# DuckLake 1.5.5 turns ``older_than => T`` of expire_snapshots and cleanup_old_files into the
+# filter ``snapshot_time < '<date>T<time>+00'`` (resp. ``schedule_start``). A SQLite catalog
+# keeps those times as text, '<date> <time>+00', and compares them as text: on the cut-off's
+# own day ' ' < 'T' holds for every value, so every snapshot and every file scheduled for
+# deletion that day counted as older than the cut-off, whatever its time. Compaction retaining
+# an hour expired snapshots seconds old and deleted files merged away seconds before, which a
+# reader on an older snapshot still needed (issue 14). DuckLake's main branch casts in the
+# filter (7ad5b0e); until the pin moves there, neither function gets that cut-off:
+# tests/test_store_upkeep.py checks the bug is still there.
 
 
 def _expire_snapshots(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int:
-    """Expire the snapshots taken before ``older_than``; how many were expired.
+    """Expire the snapshots older than ``older_than``, except the newest; return how many.
 
-    ``ducklake_snapshots()`` returns the snapshot times as timestamps, so the selection is
-    exact; the ids go to ``ducklake_expire_snapshots`` as ``versions`` (which never expires
-    the newest snapshot).
+    They are chosen here, where ``ducklake_snapshots`` compares typed timestamps, and passed
+    to ``ducklake_expire_snapshots`` by id (see above).
     """
-    ids = [
-        int(row[0])
-        for row in con.execute(
-            f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_time < ? "
-            "ORDER BY snapshot_id",
-            [older_than],
-        ).fetchall()
-    ]
-    expired = 0
-    for start in range(0, len(ids), _EXPIRE_CHUNK):
-        chunk = ids[start : start + _EXPIRE_CHUNK]
-        expired += fetch(
-            con, f"CALL ducklake_expire_snapshots('{LAKE}', versions => ?)", [chunk]
-        ).height
-    return expired
+    rows = con.execute(
+        f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_time < ? "
+        f"AND snapshot_id < (SELECT max(snapshot_id) FROM ducklake_snapshots('{LAKE}'))",
+        [older_than],
+    ).fetchall()
+    if not rows:
+        return 0
+    ids = [int(row[0]) for row in rows]
+    return fetch(
+        con, f"CALL ducklake_expire_snapshots('{LAKE}', versions => ?::UBIGINT[])", [ids]
+    ).height
 
 
 def _cleanup_old_files(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int:
-    """Delete the files scheduled for deletion before ``older_than``; how many were deleted.
+    """Delete the files scheduled for deletion before ``older_than``; return how many.
 
-    When every scheduled file is older (read exactly here), all go (``cleanup_all``). Else
-    the cut-off handed to DuckLake is the last microsecond of the UTC day before
-    ``older_than``'s: compared as text (see above) it selects exactly the files scheduled on
-    earlier days, which is the finest safe choice; the rest wait for a later day's compaction.
-    A file another writer schedules between the check and the call would go with
-    ``cleanup_all`` (only compaction schedules files, and one process compacts).
+    When every scheduled file is older (read typed from the catalog), ``cleanup_all`` deletes
+    exactly them. Otherwise the cut-off handed to DuckLake is the end of the day before
+    ``older_than``'s: on a date that is not the one of any younger value the text comparison
+    is right, so this deletes only files due anyway; the rest wait for a later compaction.
     """
-    row = con.execute(
-        "SELECT max(schedule_start::TIMESTAMPTZ) "
-        f"FROM {_METADATA}.ducklake_files_scheduled_for_deletion"
-    ).fetchone()
-    newest = None if row is None else row[0]
-    if newest is None:
+    scheduled = con.execute(
+        f"SELECT schedule_start::TIMESTAMPTZ FROM {METADATA}.ducklake_files_scheduled_for_deletion"
+    ).fetchall()
+    if not scheduled:
         return 0
-    if newest < older_than:
+    if all(row[0] < older_than for row in scheduled):
         return fetch(
             con, f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)", []
         ).height
     day = older_than.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return _called(con, "ducklake_cleanup_old_files", day - timedelta(microseconds=1))
+
+
+def _called(con: duckdb.DuckDBPyConnection, function: str, older_than: datetime) -> int:
+    """CALL a DuckLake maintenance function with a cut-off; the number of rows it reports."""
+    return fetch(con, f"CALL {function}('{LAKE}', older_than => ?)", [older_than]).height
 
 
 def _count_files(con: duckdb.DuckDBPyConnection) -> int:

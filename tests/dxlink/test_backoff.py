@@ -158,7 +158,7 @@ RETRY, REFRESH, FATAL = Action.RETRY, Action.REFRESH_TOKEN, Action.FATAL
         (closed(None), RETRY, DisconnectReason.CONNECTION_LOST),
         (closed(1011), RETRY, DisconnectReason.CONNECTION_LOST),
         (closed(1009), FATAL, DisconnectReason.FATAL),
-        (closed(1009, by_server=False), FATAL, DisconnectReason.FATAL),
+        (closed(1009, by_server=False), RETRY, DisconnectReason.MESSAGE_TOO_BIG),
         (server_error("TIMEOUT", "late"), RETRY, DisconnectReason.SERVER_ERROR),
         (server_error("UNKNOWN", "?"), RETRY, DisconnectReason.SERVER_ERROR),
         (server_error("INVALID_MESSAGE", "json"), RETRY, DisconnectReason.SERVER_ERROR),
@@ -193,7 +193,7 @@ def test_classify_sorts_every_failure_kind(
     ("exc", "advice"),
     [
         (closed(1009), "lower max_batch_bytes (now 6000)"),
-        (closed(1009, by_server=False), "raise max_message_size"),
+        (closed(1009, by_server=False), "raise client.max_message_size"),
         (server_error("UNSUPPORTED_PROTOCOL", "0.1 unknown"), "protocol version: 0.1 unknown"),
         (http_status(404), "HTTP 404; check the dxlink URL"),
         (KeyError("x"), "a bug"),

@@ -52,6 +52,7 @@ from pipeline.dxlink import (
 from pipeline.dxlink import ChannelClosed as ChannelClosedEvent
 from pipeline.dxlink import ChannelOpened as ChannelOpenedEvent
 from pipeline.dxlink.message_models import FeedConfig
+from pipeline.dxlink.protocol_core import MIN_KEEPALIVE_INTERVAL
 from tests.dxlink.drivers import (
     AUTHORIZED,
     SERVER_SETUP,
@@ -175,6 +176,22 @@ class TestClientChannels:
         assert client.open_channel() == 5
         assert [m["channel"] for m in sent(client)] == [1, 3, 1, 5]
         assert client.channel_state(1) is ChannelState.CLOSED
+
+    def test_a_channel_number_may_be_chosen(self) -> None:
+        """open_channel(number=N) uses N (tastyware's fixed map, a rebuild's recorded numbers);
+        later numbers follow it; an open number or one below 1 is refused."""
+        client = authorized_client()
+        assert client.open_channel("AUTO", number=7) == 7
+        assert client.open_channel() == 9
+        assert client.open_channel(number=2) == 2
+        assert client.open_channel() == 11
+        assert [m["channel"] for m in sent(client)] == [7, 9, 2, 11]
+        with pytest.raises(UsageError, match="channel 7 is not a free service channel number"):
+            client.open_channel(number=7)
+        with pytest.raises(UsageError, match="channel 0 is not a free"):
+            client.open_channel(number=0)
+        client.cancel_channel(7)
+        assert client.open_channel(number=7) == 7
 
     def test_open_channel_needs_authorized_and_a_contract(self) -> None:
         """Opening a channel before AUTHORIZED or with a bad contract is a UsageError."""
@@ -429,18 +446,52 @@ class TestClientTimers:
         assert client.events_received()[-1] == PeerTimedOut(60.0)
 
     @pytest.mark.parametrize(
-        ("server_timeout", "floor", "expected"), [(60, 60, 60), (120, 60, 120), (10, 90, 90)]
+        ("server_timeout", "floor", "cap", "expected"),
+        [
+            (60, 60, 60, 60),
+            (120, 60, 300, 120),
+            (10, 90, 60, 90),  # a cap below the floor does not undercut it
+            (120, 60, 60, 60),
+            ("1e9", 10, 60, 60),  # issue 14: an absurd advertisement cannot switch it off
+            ("1e300", 10, 60, 60),
+            (5, 10, 60, 10),
+            ("1e-9", 10, 60, 10),
+            (-5, 10, 60, 10),
+            (0, 10, 60, 10),
+        ],
     )
-    def test_dead_peer_timeout_is_max_of_server_and_floor(
-        self, server_timeout: int, floor: float, expected: float
+    def test_dead_peer_timeout_is_the_server_value_clamped(
+        self, server_timeout: int | str, floor: float, cap: float, expected: float
     ) -> None:
-        """The dead-server timeout is max(server keepaliveTimeout, dead_peer_timeout)."""
-        client = ClientProtocol(token="t", dead_peer_timeout=floor)
+        """The dead-server timeout is the server's keepaliveTimeout clamped to [floor, cap]."""
+        client = ClientProtocol(token="t", dead_peer_timeout=floor, max_dead_peer_timeout=cap)
         client.start(0)
         client.receive_message(
             SERVER_SETUP.replace('"keepaliveTimeout":60', f'"keepaliveTimeout":{server_timeout}'), 0
         )
         assert client.dead_peer_timeout == expected
+
+    def test_a_server_advertising_forever_and_saying_nothing_is_dropped_at_the_cap(self) -> None:
+        """SETUP keepaliveTimeout 1e9, then silence: PeerTimedOut after the 60 s cap."""
+        client = ClientProtocol(token="t", dead_peer_timeout=10, max_dead_peer_timeout=60)
+        client.start(0.0)
+        client.receive_message(
+            SERVER_SETUP.replace('"keepaliveTimeout":60', '"keepaliveTimeout":1e9'), 0.0
+        )
+        client.handle_timer(59.9)
+        assert not any(isinstance(e, PeerTimedOut) for e in client.events_received())
+        client.handle_timer(60.0)
+        assert client.events_received()[-1] == PeerTimedOut(60.0)
+
+    @pytest.mark.parametrize("field", ["keepaliveTimeout", "acceptKeepaliveTimeout"])
+    def test_a_tiny_advertised_timeout_cannot_make_the_client_spin(self, field: str) -> None:
+        """A server advertising 1e-9 s gets a KEEPALIVE at most every MIN_KEEPALIVE_INTERVAL."""
+        client = ClientProtocol(token="t")
+        client.start(0.0)
+        client.receive_message(SERVER_SETUP.replace(f'"{field}":60', f'"{field}":1e-9'), 0.0)
+        assert client.keepalive_interval == MIN_KEEPALIVE_INTERVAL
+        deadline = client.next_deadline()
+        assert deadline is not None and deadline >= MIN_KEEPALIVE_INTERVAL
 
     def test_bad_timeouts_are_rejected(self) -> None:
         """Non-positive timeouts are a UsageError naming the setting."""
@@ -448,6 +499,8 @@ class TestClientTimers:
             ClientProtocol(token="t", keepalive_timeout=0)
         with pytest.raises(UsageError, match="dead_peer_timeout"):
             ClientProtocol(token="t", dead_peer_timeout=-1)
+        with pytest.raises(UsageError, match="max_dead_peer_timeout"):
+            ClientProtocol(token="t", max_dead_peer_timeout=0)
 
 
 # --------------------------------------------------------------------------------------------

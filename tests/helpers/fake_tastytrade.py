@@ -21,6 +21,8 @@ Tests script failures with :meth:`FakeTastytrade.fail_next` and hold a request o
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import threading
 from collections import defaultdict, deque
@@ -43,6 +45,12 @@ CUSTOMER_NOT_FOUND = {
 }
 HOLD_LIMIT = 30.0
 """Seconds a held request waits at most, so a forgotten release cannot hang the suite."""
+
+
+def _opaque(kind: str, serial: int) -> str:
+    """A token as opaque as tastytrade's (deterministic: the same kind and serial, the same)."""
+    digest = hashlib.sha256(f"{kind} {serial}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:32]
 
 
 class FakeClock:
@@ -92,6 +100,7 @@ class FakeTastytrade:
         quote_lifetime: timedelta = timedelta(hours=24),
         send_expires_at: bool = True,
         customer: bool = True,
+        mint: Callable[[str, int], str] | None = None,
     ) -> None:
         self.client_secret = client_secret
         self.refresh_token = refresh_token
@@ -101,6 +110,8 @@ class FakeTastytrade:
         self.quote_lifetime = quote_lifetime
         self.send_expires_at = send_expires_at
         self.customer = customer
+        self.mint = mint or _opaque
+        """Makes each issued token from its kind (``access``/``quote``) and a serial number."""
         self.requests: list[RecordedRequest] = []
         self.access_tokens: dict[str, float] = {}
         """Issued access token -> expiry (clock seconds)."""
@@ -190,7 +201,7 @@ class FakeTastytrade:
             }
         if body.get("refresh_token") != self.refresh_token:
             return 400, {"error_code": "invalid_grant", "error_description": "Invalid JWT"}
-        token = f"access-{self._next_serial()}-opaque"
+        token = self.mint("access", self._next_serial())
         with self._lock:
             self.access_tokens[token] = self.clock() + self.access_lifetime
         reply = {"access_token": token, "token_type": "Bearer", "expires_in": self.access_lifetime}
@@ -206,7 +217,7 @@ class FakeTastytrade:
             }
         if not self.customer:
             return 403, CUSTOMER_NOT_FOUND
-        quote = f"quote-{self._next_serial()}-opaque"
+        quote = self.mint("quote", self._next_serial())
         self.quote_tokens.append(quote)
         issued = datetime.fromtimestamp(self.clock(), UTC)
         data: dict[str, Any] = {

@@ -38,6 +38,7 @@ BELOW_INGEST = frozenset(
         "schema",
         "sharding",
         "simulator",
+        "recording",
         "candles",
         "store",
         "config",
@@ -58,6 +59,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sharding": frozenset({"dxlink"}),
     # A DXLink server built on the protocol's public face only.
     "simulator": frozenset({"dxlink"}),
+    # Recordings: the client's frame tap writes them (through an interface the client
+    # defines), a replay serves them on the protocol's face; rebuilding is ingest's.
+    "recording": frozenset({"dxlink"}),
     # The pure manager: events in, frames in the table's schema out.
     "candles": frozenset({"dxlink", "schema"}),
     # The store knows the table and the symbols, never the manager or the service.
@@ -65,7 +69,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset({"dxlink", "sharding"}),
     # The notebooks' door finds the store as the CLI does: through the config file (issue 17).
     "analysis": frozenset({"config", "store", "schema", "dxlink"}),
-    "metrics": frozenset({"config", "candles", "store", "dxlink", "dxlink.client"}),
+    "metrics": frozenset({"config", "candles", "store", "recording", "dxlink", "dxlink.client"}),
     # The root face: ``pipeline.connect`` is analysis' connect, imported when first used.
     "pipeline": frozenset({"analysis"}),
     "ingest": BELOW_INGEST,

@@ -21,6 +21,7 @@ from pipeline.dxlink.client import (
 from pipeline.dxlink.client.metrics import snapshot
 from pipeline.ingest import ServiceStats
 from pipeline.metrics import StoreCheck
+from pipeline.recording import RecorderStats
 from pipeline.store import StoreStats, connect
 from tests.helpers.fake_tastytrade import FakeClock
 from tests.helpers.store import T0_MS
@@ -50,6 +51,11 @@ class FakeClient:
         self.connection.connect_count += 1
         self.connection.connected_since = self.clock()
         self.connection.last_connect_time = self.clock()
+        self.connection.heard_at = self.clock()  # the stall clock starts at the handshake
+
+    def hear(self) -> None:
+        """A frame from the server arrives now, on the current (handshaken) connection."""
+        self.connection.heard(self.clock())
 
     def drop(self, reason: DisconnectReason) -> None:
         """Lose the connection now and start backing off."""
@@ -89,6 +95,7 @@ class FakeService:
         self.opened_store: FakeStore | None = FakeStore()
         self.series: Sequence[CandleSymbol] = (CandleSymbol.parse(SERIES),)
         self.stream_ms = T0_MS
+        self.recording: RecorderStats | None = RecorderStats(records=3, bytes_written=512)
 
     @property
     def store(self) -> FakeStore:

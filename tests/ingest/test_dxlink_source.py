@@ -119,6 +119,22 @@ async def test_a_rejected_token_stops_ingest_naming_the_variable(tmp_path: Path)
     assert wrong not in log
 
 
+async def test_a_server_that_needs_a_token_stops_a_tokenless_source_at_once(
+    tmp_path: Path,
+) -> None:
+    """No token_env, but the server asks for one (AUTH_STATE UNAUTHORIZED): exit 1 naming
+    source.dxlink.token_env at the first AUTH_STATE, not after the handshake timeout."""
+    async with simulate("--token", TOKEN) as url:
+        config = write_config(tmp_path, url, token_env=None)
+        # A handshake limit the test could not outwait: the refusal must not need it.
+        text = config.read_text().replace("[client]\n", "[client]\nhandshake_timeout = 600\n")
+        config.write_text(text)
+        code, log = await ingest(config, {}, duration="600s")
+    assert code == 1, log[-3000:]
+    assert "wants a token and none is configured" in log
+    assert "source.dxlink.token_env" in log
+
+
 async def test_an_unset_token_variable_stops_ingest_at_once(tmp_path: Path) -> None:
     """token_env names a variable that is not set: exit 1 before connecting, naming it."""
     config = write_config(tmp_path, "ws://127.0.0.1:9/", token_env=TOKEN_ENV)

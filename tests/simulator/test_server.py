@@ -8,6 +8,7 @@ updates). Clients are raw ``websockets`` connections driving a ``ClientProtocol`
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -66,6 +67,17 @@ async def test_handshake_setup_then_unsolicited_unauthorized_then_authorized(
     states = [f for f in client.frames if '"AUTH_STATE"' in f]
     assert '"UNAUTHORIZED"' in states[0] and '"AUTHORIZED"' in states[1]
     assert client.frames[0].startswith('{"type":"SETUP"')
+
+
+@pytest.mark.parametrize(("accept", "advertised"), [(10, 10), (0.5, 0.5), (120, 60)])
+async def test_setup_reply_honours_a_shorter_accept_keepalive_timeout(
+    sim: Simulator, accept: float, advertised: float
+) -> None:
+    """§2.6: a client asking acceptKeepaliveTimeout below the server's 60 s gets it promised."""
+    client = await TestClient.raw(sim.url)
+    await client.send_message(Setup("0.1-DXF-JS/0.3.0", 60, accept))
+    reply = json.loads(await client.frame_containing('"SETUP"'))
+    assert reply["keepaliveTimeout"] == advertised
 
 
 async def test_auth_sent_before_auth_state_is_tolerated(sim: Simulator) -> None:
@@ -329,3 +341,28 @@ async def test_accelerated_clock_publishes_on_its_own() -> None:
 async def _until(sim: Simulator, ready: Callable[[], bool]) -> None:
     async with asyncio.timeout(TIMEOUT):
         await sim.wait_for(ready)
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warned"),
+    [
+        ("0.0.0.0", "simulator", "reachable from other machines, and its token is the well-known"),
+        ("0.0.0.0", "a-long-private-token", "reachable from other machines; bind it"),
+        ("127.0.0.1", "simulator", None),
+        ("localhost", "sim-token", None),
+    ],
+)
+async def test_listening_beyond_loopback_is_warned_about(
+    caplog: pytest.LogCaptureFixture, host: str, token: str, warned: str | None
+) -> None:
+    """A simulator reachable from other machines says so at WARNING, louder with a default
+    token; on loopback it says nothing (issue 14)."""
+    caplog.set_level(logging.INFO, logger="pipeline.simulator")
+    async with Simulator(host=host, token=token, clock=SimulatorClock.manual(NOW)):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warned in warnings[0], warnings
+        assert "a-long-private-token" not in warnings[0]

@@ -4,7 +4,8 @@ The asyncio driver of the sans-I/O protocol in :mod:`pipeline.dxlink`: ``manager
 (``DXLinkManager``: settings, subscriptions, the candle stream, ``get_metrics``), the only
 retry loop (``supervisor``), one connection's reader pump and ticker (``connection``), how
 the WebSocket is opened (``transport``), what they share (``state``), what a failure means
-(``retry``) and the counters and lifecycle events (``metrics``).
+(``retry``), the counters and lifecycle events (``metrics``) and the frame tap a recorder
+plugs into (``tap``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pipeline.dxlink.client.retry import (
     disconnect_reason,
 )
 from pipeline.dxlink.client.state import EventBatch, QuoteToken, ResumePoints, TokenSource
+from pipeline.dxlink.client.tap import ConnectionTap, FrameTap
 from pipeline.dxlink.client.transport import DEFAULT_MAX_MESSAGE_SIZE, loggable_url, open_websocket
 
 __all__ = [
@@ -41,11 +43,13 @@ __all__ = [
     "Connected",
     "ConnectionMetrics",
     "ConnectionState",
+    "ConnectionTap",
     "DXLinkManager",
     "DeliveryMetrics",
     "DisconnectReason",
     "Disconnected",
     "EventBatch",
+    "FrameTap",
     "HandshakeTimeout",
     "LifecycleEvent",
     "PeerTimeout",

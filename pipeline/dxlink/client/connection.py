@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from pipeline.dxlink.candle_block import CandleBlock
 from pipeline.dxlink.client.metrics import (
@@ -39,7 +40,7 @@ from pipeline.dxlink.client.metrics import (
     ConnectionState,
     SnapshotComplete,
 )
-from pipeline.dxlink.client.retry import HandshakeTimeout, PeerTimeout
+from pipeline.dxlink.client.retry import HandshakeTimeout, PeerTimeout, describe
 from pipeline.dxlink.client.state import (
     CANDLE_SETUP,
     CONTRACTS,
@@ -50,11 +51,13 @@ from pipeline.dxlink.client.state import (
     loop_time,
     token_text,
 )
+from pipeline.dxlink.client.tap import ConnectionTap
 from pipeline.dxlink.client.transport import loggable_url, open_websocket
 from pipeline.dxlink.errors import BadAction, ServerError, Unauthorized, UnsupportedProtocol
 from pipeline.dxlink.events import SNAPSHOT_BEGIN, SNAPSHOT_END, SNAPSHOT_SNIP
 from pipeline.dxlink.message_models import Contract, DataFormat
 from pipeline.dxlink.protocol import ClientProtocol
+from pipeline.dxlink.protocol_core import AWAIT_AUTH
 from pipeline.dxlink.protocol_events import (
     Authorized,
     AuthRejected,
@@ -100,13 +103,33 @@ async def run_connection(
         protocol = ClientProtocol(
             token=token,
             keepalive_timeout=settings.keepalive_timeout,
+            # §2.6: ask the server to be silent no longer than we are willing to wait.
+            accept_keepalive_timeout=settings.dead_peer_timeout,
             dead_peer_timeout=settings.dead_peer_timeout,
+            max_dead_peer_timeout=settings.max_dead_peer_timeout,
         )
-        driver = ConnectionDriver(
-            state, settings, ws, protocol, loggable_url(quote.dxlink_url), attempt=attempt
-        )
+        url = loggable_url(quote.dxlink_url)
+        tap = None
+        if state.frame_tap is not None:
+            tap = state.frame_tap.connection(url, attempt=attempt, secrets=(token,))
+        driver = ConnectionDriver(state, settings, ws, protocol, url, attempt=attempt, tap=tap)
+        driver.token = token
         state.connection = driver
-        await driver.run()
+        try:
+            await driver.run()
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if tap is not None:
+                tap.closed("closed by the client" if cancelled else describe(exc))
+            if cancelled:
+                # Our own clean stop (aclose): a normal closure, 1000, not websockets' default
+                # 1011 for leaving the connection through an exception.
+                await ws.close()
+            elif isinstance(exc, PeerTimeout | HandshakeTimeout):
+                # The server is not answering: waiting close_timeout for its close frame would
+                # only delay the reconnect. Drop the socket at once.
+                ws.transport.abort()
+            raise
     raise AssertionError("unreachable: ConnectionDriver.run() always raises")
 
 
@@ -122,6 +145,7 @@ class ConnectionDriver:
         url: str,
         *,
         attempt: int,
+        tap: ConnectionTap | None = None,
     ) -> None:
         """Wrap an open WebSocket and a fresh protocol; nothing is sent before ``run()``.
 
@@ -132,6 +156,7 @@ class ConnectionDriver:
             protocol: a new ``ClientProtocol`` for this connection.
             url: the server's URL without credentials, for logs and ``Connected``.
             attempt: consecutive failed attempts before this one.
+            tap: sees every frame received and sent, and the end (``tap.py``).
         """
         self.state = state
         self.settings = settings
@@ -148,9 +173,12 @@ class ConnectionDriver:
         """Roles whose channel got FEED_CONFIG."""
         self.ready_at: float | None = None
         """When every channel was configured and resubscribing began; None before."""
+        self.token = ""
+        """This connection's token, only to mask it in what the server's frames make us log."""
         self.waiting_for = "SETUP"
         self.step_deadline = loop_time() + settings.handshake_timeout
         self._send_lock = asyncio.Lock()
+        self._tap = tap
 
     async def run(self) -> NoReturn:
         """Start the protocol, then run the reader and the ticker until one fails."""
@@ -173,10 +201,20 @@ class ConnectionDriver:
 
     async def _read(self) -> None:
         """The pump: recv → protocol → events → flush. Raises when the connection ends."""
-        ws, protocol = self.ws, self.protocol
+        ws, protocol, tap = self.ws, self.protocol, self._tap
+        metrics = self.state.connection_metrics
         while True:
             frame = await ws.recv(decode=False)  # orjson reads bytes; skip a UTF-8 decode
-            protocol.receive_message(frame, loop_time())
+            if tap is not None:
+                tap.received(frame)
+            now = loop_time()
+            protocol.receive_message(frame, now)
+            if self.ready_at is not None:
+                metrics.heard(now)  # the stall clock: what the server said after a handshake
+            elif protocol.state is AWAIT_AUTH and not self.token:
+                # §2.2: the server asks for a token and we have none to send: say so now,
+                # rather than wait out the handshake step as if the server were silent.
+                raise Unauthorized("the server requires a token (AUTH_STATE UNAUTHORIZED)")
             await self._handle(protocol.events_received())
             await self.flush()
 
@@ -209,10 +247,28 @@ class ConnectionDriver:
             await self.flush()
 
     async def flush(self) -> None:
-        """Send what the protocol queued, in order; the only caller of ``ws.send``."""
+        """Send what the protocol queued, in order; the only caller of ``ws.send``.
+
+        Raises:
+            PeerTimeout: a send waited ``dead_peer_timeout`` for the socket to drain: the
+                server stopped reading (a half-open connection), so the ticker, waiting here
+                too, could never judge it dead.
+        """
         async with self._send_lock:
-            for text in self.protocol.messages_to_send():
-                await self.ws.send(text)
+            texts = self.protocol.messages_to_send()
+            if not texts:
+                return
+            limit = self.protocol.dead_peer_timeout
+            try:
+                async with asyncio.timeout(limit):
+                    for text in texts:
+                        await self.ws.send(text)
+                        if self._tap is not None:
+                            self._tap.sent(text)
+            except TimeoutError:
+                raise PeerTimeout(
+                    f"could not send for {limit:.1f} s: the server stopped reading"
+                ) from None
 
     # ------------------------------------------------------------------ events
 
@@ -229,6 +285,7 @@ class ConnectionDriver:
                 batch = EventBatch(event.event_type, event.events)
                 await self._deliver(self.state.event_queue, batch, "events")
             elif isinstance(event, ServerSetup):
+                self.state.connection_metrics.dead_peer_timeout = self.protocol.dead_peer_timeout
                 self._step("AUTH_STATE")
             elif isinstance(event, Authorized):
                 for role, contract in CONTRACTS.items():
@@ -248,7 +305,8 @@ class ConnectionDriver:
             elif isinstance(event, ErrorReceived):
                 self._on_error(event.error)
             elif isinstance(event, ChannelClosed):
-                # The server closed a channel on its own: open a new one for that role.
+                # The server closed a channel on its own: open a new one for that role; its
+                # subscriptions start over there, resumed from the store (_on_configured).
                 role = self.roles[event.channel]
                 logger.warning("! server closed the %s channel %d", role, event.channel)
                 self.configured.discard(role)
@@ -256,12 +314,35 @@ class ConnectionDriver:
             elif isinstance(event, AuthRejected):
                 raise Unauthorized("the server rejected the token (AUTH_STATE UNAUTHORIZED)")
             elif isinstance(event, PeerTimedOut):
-                await self.flush()  # the protocol queued ERROR TIMEOUT for the server
+                # The protocol queued ERROR TIMEOUT for the server: a courtesy, sent if the
+                # socket takes it at once (a dead peer's may not), never waited for.
+                with contextlib.suppress(TimeoutError, ConnectionClosed, PeerTimeout):
+                    async with asyncio.timeout(0):
+                        await self.flush()
                 raise PeerTimeout(f"nothing received for {event.silence_seconds:.1f} s")
             elif isinstance(event, InvalidMessageReceived):
-                self.state.connection_metrics.malformed_messages += 1  # logged by the protocol
+                metrics = self.state.connection_metrics
+                metrics.malformed_messages += 1
+                self._noisy("malformed", event.error, metrics.malformed_messages)
             elif isinstance(event, ViolationReceived):
-                self.state.connection_metrics.protocol_violations += 1  # logged by the protocol
+                metrics = self.state.connection_metrics
+                metrics.protocol_violations += 1
+                self._noisy("illegal", event.error, metrics.protocol_violations)
+
+    def _noisy(self, kind: str, error: Exception, total: int) -> None:
+        """A WARNING for a bad frame the server sent (counted, skipped), at most one a minute
+        per kind: its reason, never the frame itself, shortened, our token masked."""
+        reason = str(getattr(error, "reason", error))[:200]
+        if self.token:
+            reason = reason.replace(self.token, "<token>")
+        self.state.log_throttle.warning(
+            kind,
+            loop_time(),
+            "! skipped a %s frame from the server (%d so far): %s",
+            "malformed" if kind == "malformed" else "protocol-breaking",
+            total,
+            reason,
+        )
 
     def _open(self, role: str, contract: Contract) -> None:
         channel = self.protocol.open_channel(contract)
@@ -274,8 +355,15 @@ class ConnectionDriver:
         state = self.state
         self.configured.add(role)
         if self.ready_at is not None:  # a channel the server had closed is back
-            candles = state.registry.candles.items()
-            state.queue_all(role, {k: s.sent_from or s.from_time for k, s in candles})
+            # Resubscribe as after a reconnect: each series from where the store stands, not
+            # from its original fromTime (that would download the whole history again).
+            candles = state.registry.candles
+            # Without the store's word, each series resumes where this connection last asked.
+            resume: dict[str, int | None] = {k: s.sent_from for k, s in candles.items()}
+            if state.resume_points is not None and role == "candles" and candles:
+                async with self._reading_paused():
+                    resume.update(await self._ask_resume_points(list(candles)))
+            state.queue_all(role, state.registry.resume_from(resume))
             state.wakeup.set()
             return
         if self.configured != set(CONTRACTS):
@@ -291,6 +379,7 @@ class ConnectionDriver:
             state.queue_all(role_, from_times)
         self.ready_at = loop_time()
         metrics = state.connection_metrics
+        metrics.heard_at = self.ready_at  # a stall that ended the last connection stays
         metrics.state = ConnectionState.CONNECTED
         metrics.connect_count += 1
         metrics.connected_since = self.ready_at
@@ -389,10 +478,17 @@ class ConnectionDriver:
     async def _reading_paused(self) -> AsyncIterator[None]:
         """The reader stops reading for a while: tell the protocol, so only its dead-peer
         timer pauses while keepalives keep going out (§2.6), and re-arm the ticker."""
-        self.protocol.pause_reading(loop_time())
+        metrics = self.state.connection_metrics
+        paused_at = loop_time()
+        self.protocol.pause_reading(paused_at)
+        metrics.deaf_since = paused_at
         self.state.wakeup.set()
         try:
             yield
         finally:
-            self.protocol.resume_reading(loop_time())
+            resumed_at = loop_time()
+            self.protocol.resume_reading(resumed_at)
+            if metrics.heard_at is not None:  # a pause is our silence, not the server's
+                metrics.heard_at = min(resumed_at, metrics.heard_at + resumed_at - paused_at)
+            metrics.deaf_since = None
             self.state.wakeup.set()

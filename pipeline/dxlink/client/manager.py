@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.dxlink.client.metrics import (
+    ConnectionMetrics,
     ConnectionState,
     Disconnected,
     DisconnectReason,
@@ -52,11 +53,13 @@ from pipeline.dxlink.client.state import (
     loop_time,
 )
 from pipeline.dxlink.client.supervisor import Supervisor
+from pipeline.dxlink.client.tap import FrameTap
 from pipeline.dxlink.client.transport import DEFAULT_MAX_MESSAGE_SIZE
 from pipeline.dxlink.errors import UsageError
 from pipeline.dxlink.events import Candle
 from pipeline.dxlink.message_models import SubscriptionItem
 from pipeline.dxlink.pacing import DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, Backoff, backoff
+from pipeline.dxlink.protocol import DEFAULT_MAX_DEAD_PEER_TIMEOUT
 from pipeline.dxlink.subscriptions import (
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_BATCH_ITEMS,
@@ -77,6 +80,10 @@ __all__ = [
 
 logger = logging.getLogger("pipeline.dxlink.client")  # one logger for the whole client
 
+DEFAULT_DEAD_PEER_TIMEOUT = 10.0
+"""Seconds of silence before a server is judged dead, asked of it as acceptKeepaliveTimeout:
+a stall is detected within about 10 s by any server that keeps to it (issue 14)."""
+
 
 class DXLinkManager:
     """A reconnecting DXLink client delivering candle batches through a bounded queue.
@@ -91,7 +98,8 @@ class DXLinkManager:
         token_source: TokenSource,
         *,
         keepalive_timeout: float = 60.0,
-        dead_peer_timeout: float = 60.0,
+        dead_peer_timeout: float = DEFAULT_DEAD_PEER_TIMEOUT,
+        max_dead_peer_timeout: float = DEFAULT_MAX_DEAD_PEER_TIMEOUT,
         connect_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
         close_timeout: float = 2.0,
@@ -108,6 +116,7 @@ class DXLinkManager:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         resume_points: ResumePoints | None = None,
         on_event: Callable[[LifecycleEvent], None] | None = None,
+        frame_tap: FrameTap | None = None,
         reconnect_delays: Callable[[], Iterator[float]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
@@ -118,8 +127,12 @@ class DXLinkManager:
             token_source: ``await token_source.get(force_refresh=...)`` gives ``.token`` (str
                 or a secret with ``get_secret_value()``) and ``.dxlink_url``.
             keepalive_timeout: seconds we promise never to stay silent (our SETUP, §2.6).
-            dead_peer_timeout: seconds of receiving nothing before the server counts as dead;
-                the effective value is max(server keepaliveTimeout, this) (§2.6).
+            dead_peer_timeout: seconds of receiving nothing before the server counts as
+                dead, and what we ask the server to keep within (our SETUP's
+                acceptKeepaliveTimeout, §2.6). A server advertising a longer keepaliveTimeout
+                is given that long, up to ``max_dead_peer_timeout``.
+            max_dead_peer_timeout: the most silence any server's SETUP can make us accept
+                (no server can switch dead-peer detection off).
             connect_timeout: limit for fetching the token and opening the WebSocket.
             handshake_timeout: limit for each handshake reply (SETUP, AUTH_STATE,
                 CHANNEL_OPENED, FEED_CONFIG; dxFeed's ``actionTimeout`` is 10 s).
@@ -135,11 +148,14 @@ class DXLinkManager:
             subscribe_burst: messages that may go back to back.
             queue_size: candle (and event) batches buffered for the consumer.
             aggregation_period: acceptAggregationPeriod in seconds (§3.2).
-            max_message_size: largest server message accepted, in bytes.
+            max_message_size: largest server message accepted, in bytes; a larger one is a
+                fault: the connection is closed with 1009 and re-established.
             resume_points: called once per reconnect with every candle series key; returns
                 (or awaits to) ``{key: fromTime ms}``. Series without a point resume from
                 the fromTime they were subscribed with.
             on_event: called with each :data:`LifecycleEvent` (must not block).
+            frame_tap: sees every WebSocket frame in and out of every connection, e.g. a
+                :class:`pipeline.recording.Recorder` (``tap.py``; must not block).
             reconnect_delays: factory of delay iterators replacing the default backoff.
             sleep: awaited with each reconnect delay (tests record the delays).
             wall_clock: Unix seconds, for fromTime validation and ``last_message_time``.
@@ -150,19 +166,28 @@ class DXLinkManager:
         for name, value in (
             ("keepalive_timeout", keepalive_timeout),
             ("dead_peer_timeout", dead_peer_timeout),
+            ("max_dead_peer_timeout", max_dead_peer_timeout),
             ("connect_timeout", connect_timeout),
             ("handshake_timeout", handshake_timeout),
             ("close_timeout", close_timeout),
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        if max_dead_peer_timeout < dead_peer_timeout:
+            raise ValueError(
+                f"max_dead_peer_timeout ({max_dead_peer_timeout!r}) must be >= "
+                f"dead_peer_timeout ({dead_peer_timeout!r})"
+            )
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1 batch, got {queue_size!r}")
+        if max_message_size < 1:
+            raise ValueError(f"max_message_size must be >= 1 byte, got {max_message_size!r}")
         if max_attempts is not None and max_attempts < 0:
             raise ValueError(f"max_attempts must be >= 0 (0 or None: forever), got {max_attempts}")
         self._settings = ClientSettings(
             keepalive_timeout=keepalive_timeout,
             dead_peer_timeout=dead_peer_timeout,
+            max_dead_peer_timeout=max_dead_peer_timeout,
             connect_timeout=connect_timeout,
             handshake_timeout=handshake_timeout,
             close_timeout=close_timeout,
@@ -183,6 +208,7 @@ class DXLinkManager:
             burst=subscribe_burst,
         )
         self._state = ClientState(
+            connection_metrics=ConnectionMetrics(dead_peer_timeout=dead_peer_timeout),
             registry=SubscriptionRegistry(),
             pacer=pacer,
             candle_queue=asyncio.Queue(queue_size),
@@ -190,6 +216,7 @@ class DXLinkManager:
             resume_points=resume_points,
             on_event=on_event,
             wall_clock=wall_clock,
+            frame_tap=frame_tap,
         )
         self._registry = self._state.registry
         self._supervisor = Supervisor(

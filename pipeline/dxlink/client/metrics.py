@@ -66,6 +66,8 @@ class DisconnectReason(StrEnum):
     """The token was rejected; a fresh one is fetched before reconnecting."""
     PROTOCOL_VIOLATION = "protocol_violation"
     """The server sent a message that is illegal in the current state."""
+    MESSAGE_TOO_BIG = "message_too_big"
+    """The server sent a message larger than ``max_message_size``; we closed with 1009."""
     FATAL = "fatal"
     """An error that retrying cannot fix; the manager stopped."""
     CLIENT_CLOSED = "client_closed"
@@ -132,6 +134,33 @@ class ConnectionMetrics:
     """Tokens fetched again after an auth rejection."""
     last_error: str | None = None
     """A short, secret-free description of the last failure."""
+    dead_peer_timeout: float = 0.0
+    """Seconds of silence after which the server counts as dead, as in force on the current
+    (or last) connection: its advertised keepaliveTimeout clamped to our floor and cap."""
+    heard_at: float | None = None
+    """Monotonic time of the last frame received after a handshake (the handshake's end
+    before the first), moved on by the time reading was paused; None before any."""
+    deaf_since: float | None = None
+    """Monotonic time the reader stopped reading (a slow consumer), or None while reading."""
+    stalled_since: float | None = None
+    """Monotonic time a silence began that ended a connection by peer timeout; cleared by
+    the next frame received after a handshake. A stall outlives reconnects this way."""
+
+    def heard(self, now: float) -> None:
+        """A frame arrived on a connection past its handshake."""
+        self.heard_at = now
+        self.stalled_since = None
+
+    def silence(self, now: float) -> float | None:
+        """Seconds the server has said nothing since a handshake (reading time only): on the
+        current connection, or since a stall that ended one by peer timeout, across the
+        reconnects after it; None otherwise (e.g. backing off after an ordinary close)."""
+        if self.stalled_since is not None:
+            return max(0.0, now - self.stalled_since)
+        if self.heard_at is None or self.connected_since is None:
+            return None
+        until = now if self.deaf_since is None else self.deaf_since
+        return max(0.0, until - self.heard_at)
 
     def record_disconnect(self, reason: DisconnectReason, now: float) -> None:
         """Count one ended connection (or failed attempt) and close its uptime.
@@ -141,6 +170,9 @@ class ConnectionMetrics:
             now: the current monotonic time.
         """
         self.disconnect_count[reason] = self.disconnect_count.get(reason, 0) + 1
+        if reason is DisconnectReason.PEER_TIMEOUT and self.stalled_since is None:
+            self.stalled_since = self.heard_at
+        self.deaf_since = None
         if self.connected_since is not None:
             self.uptime_closed += max(0.0, now - self.connected_since)
             self.connected_since = None
@@ -215,7 +247,9 @@ def snapshot(
     conn["state"] = str(connection.state)
     conn["disconnect_count"] = {str(k): v for k, v in connection.disconnect_count.items()}
     conn["total_uptime"] = connection.total_uptime(now)
+    conn["silence_seconds"] = connection.silence(now)
     del conn["uptime_closed"], conn["connected_since"]
+    del conn["heard_at"], conn["deaf_since"], conn["stalled_since"]
     return {
         "connection": conn,
         "channels": {name: asdict(metrics) for name, metrics in channels.items()},

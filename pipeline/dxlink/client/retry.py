@@ -26,6 +26,7 @@ from websockets.exceptions import (
 from websockets.frames import CloseCode
 
 from pipeline.dxlink.client.metrics import DisconnectReason
+from pipeline.dxlink.client.transport import loggable_url
 from pipeline.dxlink.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -46,6 +47,7 @@ __all__ = [
     "disconnect_reason",
     "explain_fatal",
     "fatal_error",
+    "message_too_big",
 ]
 
 
@@ -83,20 +85,34 @@ def _close_code(exc: ConnectionClosed) -> int | None:
     return None if exc.sent is None else exc.sent.code
 
 
+def message_too_big(exc: BaseException) -> bool:
+    """Whether *we* closed with 1009: the server sent a message over ``max_message_size``.
+
+    (The server may echo our close code; what counts is who closed first.)
+    """
+    return (
+        isinstance(exc, ConnectionClosed)
+        and exc.sent is not None
+        and exc.sent.code == CloseCode.MESSAGE_TOO_BIG
+        and not (exc.rcvd is not None and exc.rcvd_then_sent)
+    )
+
+
 def classify(exc: BaseException) -> Action:
     """Decide what a failure means; the one place errors are sorted (STYLE.md pattern 6).
 
     * transient → RETRY: network errors (``OSError``), timeouts (a silent server, a slow
       handshake), any WebSocket close (a clean 1000/1001 close too: the feed must go on),
       server ERROR TIMEOUT / UNKNOWN / INVALID_MESSAGE / BAD_ACTION on channel 0, a server
-      message that breaks the protocol, HTTP 408/429/5xx at the upgrade;
+      message that breaks the protocol, a server message over ``max_message_size`` (we
+      close with 1009: one bad frame must not stop ingest), HTTP 408/429/5xx at the upgrade;
     * auth → REFRESH_TOKEN: ERROR UNAUTHORIZED, AUTH_STATE UNAUTHORIZED after AUTH
       (raised as :class:`~pipeline.dxlink.errors.Unauthorized`), HTTP 401/403;
     * fatal → FATAL: UNSUPPORTED_PROTOCOL, bad configuration or usage, a token source that
       cannot log in (``AuthenticationError``, unless it marks itself ``transient``: then
-      RETRY), close 1009 (a frame over the size limit:
-      retrying would resend it), an invalid URL or other HTTP statuses, and anything
-      unexpected (a bug must surface, not loop).
+      RETRY), the server's close 1009 (our subscription frame was over its limit: retrying
+      would resend it), an invalid URL or other HTTP statuses, and anything unexpected (a
+      bug must surface, not loop).
     """
     if isinstance(exc, Unauthorized):
         return Action.REFRESH_TOKEN
@@ -109,6 +125,8 @@ def classify(exc: BaseException) -> Action:
         # HTTP 5xx/429 on the REST call says so with ``transient`` (pipeline/ingest/tastytrade.py).
         return Action.RETRY if getattr(exc, "transient", False) else Action.FATAL
     if isinstance(exc, ConnectionClosed):
+        if message_too_big(exc):
+            return Action.RETRY
         code = _close_code(exc)
         return Action.FATAL if code == CloseCode.MESSAGE_TOO_BIG else Action.RETRY
     if isinstance(exc, InvalidStatus):
@@ -135,6 +153,8 @@ def disconnect_reason(exc: BaseException) -> DisconnectReason:
         return DisconnectReason.PROTOCOL_VIOLATION
     if isinstance(exc, PeerTimeout):
         return DisconnectReason.PEER_TIMEOUT
+    if message_too_big(exc):
+        return DisconnectReason.MESSAGE_TOO_BIG
     if isinstance(exc, HandshakeTimeout):
         return DisconnectReason.HANDSHAKE_TIMEOUT
     if isinstance(exc, ConnectionClosedOK):
@@ -145,15 +165,16 @@ def disconnect_reason(exc: BaseException) -> DisconnectReason:
 def explain_fatal(exc: BaseException, *, max_batch_bytes: int, max_message_size: int) -> str:
     """Return what to fix for a FATAL failure, in one secret-free sentence."""
     if isinstance(exc, ConnectionClosed) and _close_code(exc) == CloseCode.MESSAGE_TOO_BIG:
-        if exc.rcvd is not None:
+        if not message_too_big(exc):
             return (
                 "the server closed the connection with 1009 (message too big): a "
                 f"subscription frame exceeded its limit; lower max_batch_bytes "
                 f"(now {max_batch_bytes})"
             )
         return (
-            "a server message exceeded max_message_size "
-            f"({max_message_size} bytes); raise max_message_size"
+            f"a server message exceeded client.max_message_size ({max_message_size} bytes); "
+            "the connection was dropped and is re-established: raise client.max_message_size "
+            "if the server's history snapshots are that large"
         )
     if isinstance(exc, UnsupportedProtocol):
         return f"the server does not accept our protocol version: {exc.message}"
@@ -163,7 +184,7 @@ def explain_fatal(exc: BaseException, *, max_batch_bytes: int, max_message_size:
             "check the dxlink URL"
         )
     if isinstance(exc, InvalidURI):
-        return f"the dxlink URL is not a ws:// or wss:// URL: {exc}"
+        return f"the dxlink URL {loggable_url(exc.uri)!r} is not a ws:// or wss:// URL"
     if isinstance(exc, DXLinkError):
         return str(exc)
     return f"unexpected {type(exc).__name__}: {exc} (a bug: please report it)"
@@ -171,7 +192,9 @@ def explain_fatal(exc: BaseException, *, max_batch_bytes: int, max_message_size:
 
 def describe(exc: BaseException) -> str:
     """A short, secret-free description of a failure for logs and metrics."""
-    text = str(exc) or type(exc).__name__
+    # websockets puts the whole URL, credentials included, in InvalidURI's text.
+    text = f"{loggable_url(exc.uri)} is not a valid URI" if isinstance(exc, InvalidURI) else ""
+    text = text or str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]
 
 

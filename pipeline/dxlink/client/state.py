@@ -20,6 +20,8 @@ from pipeline.dxlink.client.metrics import (
     DeliveryMetrics,
     LifecycleEvent,
 )
+from pipeline.dxlink.client.tap import FrameTap
+from pipeline.dxlink.client.throttle import LogThrottle
 from pipeline.dxlink.events import CANDLE_FIELDS, Candle
 from pipeline.dxlink.message_models import Contract, JsonObject, SubscriptionItem
 from pipeline.dxlink.subscriptions import SubscriptionPacer, SubscriptionRegistry
@@ -119,6 +121,7 @@ class ClientSettings:
 
     keepalive_timeout: float
     dead_peer_timeout: float
+    max_dead_peer_timeout: float
     connect_timeout: float
     handshake_timeout: float
     close_timeout: float
@@ -143,12 +146,16 @@ class ClientState:
         default_factory=lambda: {role: ChannelMetrics() for role in CONTRACTS}
     )
     delivery: DeliveryMetrics = field(default_factory=DeliveryMetrics)
+    log_throttle: LogThrottle = field(default_factory=lambda: LogThrottle(logger))
+    """Rate-limits the log lines a server can provoke (malformed frames and the like)."""
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     """Set to re-arm the ticker at once (new subscriptions, a pause, a resume)."""
     connection: LiveConnection | None = None
     """The current connection's driver, from its WebSocket's opening to its failure."""
     connections: int = 0
     """Connections that got ready (every channel configured) so far."""
+    frame_tap: FrameTap | None = None
+    """Sees every frame of every connection (``tap.py``), e.g. a recorder."""
 
     def notify(self, event: LifecycleEvent) -> None:
         """Hand ``event`` to the ``on_event`` observer; a broken observer is only logged."""

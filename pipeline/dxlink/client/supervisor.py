@@ -21,7 +21,15 @@ from typing import NoReturn
 
 from pipeline.dxlink.client.connection import run_connection
 from pipeline.dxlink.client.metrics import ConnectionState, Disconnected
-from pipeline.dxlink.client.retry import Action, classify, describe, disconnect_reason, fatal_error
+from pipeline.dxlink.client.retry import (
+    Action,
+    classify,
+    describe,
+    disconnect_reason,
+    explain_fatal,
+    fatal_error,
+    message_too_big,
+)
 from pipeline.dxlink.client.state import ClientSettings, ClientState, TokenSource, loop_time
 from pipeline.dxlink.pacing import Backoff
 
@@ -91,6 +99,15 @@ class Supervisor:
                 if action is Action.REFRESH_TOKEN:
                     refresh = True
                     metrics.token_refreshes += 1
+                if message_too_big(exc):  # a fault, counted by its reason; say what to do
+                    logger.warning(
+                        "! %s",
+                        explain_fatal(
+                            exc,
+                            max_batch_bytes=state.pacer.max_bytes,
+                            max_message_size=settings.max_message_size,
+                        ),
+                    )
                 delay = self.backoff.next_delay(uptime)
                 max_attempts = settings.max_attempts
                 if max_attempts and self.backoff.attempt >= max_attempts:

@@ -21,17 +21,22 @@ __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "HideSecrets", "loggable_url", "open_webs
 # 16 MiB: a candle history snapshot can exceed websockets' 1 MiB default (storage-and-libs §4).
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_REQUEST_LINE = "> GET %s HTTP/1.1"  # websockets' client logs the request line with this
 
 
 class HideSecrets(logging.Filter):
-    """websockets logs every frame and header at DEBUG: hide AUTH frames (the token) and
-    credential headers (user info in the URL becomes ``Authorization: Basic``)."""
+    """websockets logs every frame and header at DEBUG: hide AUTH frames (the token),
+    credential headers (user info in the URL becomes ``Authorization: Basic``) and the query
+    of the request line (``GET /realtime?token=...``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite ``record`` so it carries no secret; never drops it."""
         args = record.args
         if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
             record.args = (args[0], "<hidden>")
+        elif record.msg == _REQUEST_LINE and isinstance(args, tuple) and len(args) == 1:
+            path, query, _ = str(args[0]).partition("?")
+            record.args = (path + ("?<hidden>" if query else ""),)
         elif '"AUTH"' in record.getMessage():
             record.msg, record.args = "%s AUTH frame (token hidden)", (str(record.msg)[:1],)
         return True
@@ -57,10 +62,18 @@ def open_websocket(
 
 
 def loggable_url(url: str) -> str:
-    """``url`` without user info, query or fragment, which could carry credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    """``url`` without user info, query or fragment, which could carry credentials.
+
+    Every URL that reaches a log line, an error or a metric goes through this; a URL that
+    does not parse becomes ``(malformed URL)`` rather than being shown as it is.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(malformed URL)"
     netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    if port is not None:
+        netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
