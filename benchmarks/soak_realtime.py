@@ -19,7 +19,8 @@ reports). At the end, and with ``--report FILE``, it prints per figure the least
 slope per hour with its 95 % interval, the same per flush, and the median of the first and
 last ``--window`` minutes after the warm-up; ``--compare BEFORE AFTER`` puts two runs side by
 side. A slope counts as flat when its interval includes zero or the whole run's trend is
-below ``--flat-tolerance`` of the figure.
+below ``--flat-tolerance`` of the figure or below one unit of it (1 MiB, 1,000 blocks, one
+file).
 
 The run takes hours of wall time and little CPU (200 live series at speed 1)::
 
@@ -374,9 +375,12 @@ class Analysis:
         return self.slopes[name].per_hour / rate if rate else math.nan
 
     def flat(self, name: str, tolerance: float) -> bool:
+        """The interval includes zero, or the run's whole trend is below ``tolerance`` of the
+        figure, or below one unit of it (1 MiB, 1,000 blocks, one file): noise at any level."""
         s = self.slopes[name]
         level = max(abs(s.first), abs(s.last), 1e-9)
-        return s.includes_zero or abs(s.per_hour * self.hours) <= tolerance * level
+        trend = abs(s.per_hour * self.hours)
+        return s.includes_zero or trend <= max(tolerance * level, 1.0)
 
 
 def analyse(samples: Sequence[Sample], warmup_min: float, window_min: float) -> Analysis:
