@@ -1,8 +1,8 @@
 """Process-wide settings of a ``candles ingest`` process: applied at its entry point only.
 
-Three settings change the whole process, so no library import applies them (a notebook that
-imports :mod:`pipeline.store` keeps its collector and its malloc as they were); the
-``candles ingest`` entry point (:func:`pipeline.ingest.runner.run_ingest`) applies all three
+Four settings change the whole process, so no library import applies them (a notebook that
+imports :mod:`pipeline.store` keeps its collector, its malloc and its pandas as they were);
+the ``candles ingest`` entry point (:func:`pipeline.ingest.runner.run_ingest`) applies all four
 through :func:`ingest_process_tuning`, and so do ``candles rebuild`` (the same hot path, fed
 from a recording) and the benchmarks that measure them. Why each
 exists, and the benchmark that justifies it (figures in ``benchmarks/README.md``, "Process
