@@ -23,6 +23,7 @@ from benchmarks import (
     bench_recording,
     bench_recovery,
     bench_store,
+    soak_realtime,
 )
 from benchmarks.e2e_common import BenchResult, Figure, markdown_table
 from benchmarks.run_all import BENCHMARKS, decode_figures
@@ -122,3 +123,36 @@ def test_run_all_knows_every_benchmark_and_reads_decode() -> None:
         2.0, "events/s", "JSON floor", 8.0, ">= 0.5x JSON floor", False,
     )  # fmt: skip
     assert figure.ratio == 0.25
+
+
+def test_the_real_time_soak_samples_and_reports(tmp_path: Path) -> None:
+    """A few seconds of soak_realtime: JSON lines with every figure, and a report of them."""
+    out = tmp_path / "soak.jsonl"
+    soak_realtime.main(
+        [
+            "--hours", "0.004", "--sample-every", "2", "--symbols", "2", "--intervals", "1m",
+            "--lookback-min", "5", "--warmup-min", "0", "--window-min", "0.05",
+            "--workdir", str(tmp_path), "--out", str(out),
+        ]
+    )  # fmt: skip
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["header"] and lines[0]["series"] == 2
+    samples = lines[1:]
+    assert len(samples) >= 3
+    for sample in samples:
+        assert sample["rss"] > 0 and sample["snapshots"] >= 1 and sample["reader_errors"] == 0
+    report = soak_realtime.report(out, warmup_min=0, window_min=0.05, tolerance=0.02)
+    assert all(label in report for label in soak_realtime.FIGURES.values())
+    assert "| RSS (MiB) |" in soak_realtime.compare(
+        out, out, warmup_min=0, window_min=0.05, tolerance=0.02
+    )
+
+
+def test_the_soak_slope_finds_a_known_trend() -> None:
+    """The least-squares slope and its interval: a clean line, and a flat noisy series."""
+    hours = [i / 60 for i in range(120)]
+    line = soak_realtime.slope(hours, [100 + 6 * h for h in hours], window=10)
+    assert math.isclose(line.per_hour, 6.0) and line.half_width < 1e-6
+    assert not line.includes_zero
+    noise = soak_realtime.slope(hours, [100 + (i % 2) for i in range(120)], window=10)
+    assert noise.includes_zero

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import typing
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any
@@ -153,6 +154,8 @@ def test_unknown_keys_are_named(table: tuple[str, ...], key: str, value: Any) ->
 def wrong_values(field: FieldInfo) -> st.SearchStrategy[Any]:
     """Values of a type the field never accepts."""
     tables = st.dictionaries(TEXT, SCALARS, max_size=3)
+    if typing.get_origin(field.annotation) is dict:  # a table option: anything but a table
+        return SCALARS | st.lists(SCALARS, min_size=1, max_size=3)
     if field.annotation in (int, float):
         words = TEXT.filter(lambda s: not re.fullmatch(r"\s*[-+]?[\d_.eE]*\s*|.*(inf|nan).*", s))
         return tables | words | st.lists(SCALARS, max_size=3)

@@ -559,6 +559,39 @@ async def test_store_check_runs_on_its_schedule(
     assert server.port is None
 
 
+def test_the_store_check_keeps_no_file_caches_and_reopens_its_connection(tmp_path: Path) -> None:
+    """The check's long-lived connection caches no file footers or blocks (they piled up for
+    every flush file, deleted or not) and is reopened every `reopen_every` checks."""
+    path = tmp_path / "data"
+    with open_store(path) as store:
+        for batch in range(4):
+            store.upsert(candle_frame(n=20, start=T0 + batch * 20 * MINUTE))
+    connections: list[Any] = []
+
+    def opened() -> Any:
+        connections.append(connect(path, verify_extensions=False))
+        return connections[-1]
+
+    check = StoreCheck(opened, reopen_every=2)
+    try:
+        for _ in range(5):
+            check.run((CandleSymbol.parse("AAPL{=1m}"),), T0_MS, 0)
+        con = connections[-1]
+        settings = con.execute(
+            "SELECT current_setting('enable_external_file_cache'), "
+            "current_setting('parquet_metadata_cache')"
+        ).fetchone()
+        cached = con.execute(
+            "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() "
+            "WHERE tag IN ('EXTERNAL_FILE_CACHE')"
+        ).fetchone()
+    finally:
+        check.close()
+    assert len(connections) == 3  # checks 1-2, 3-4, 5
+    assert settings == (False, False)
+    assert cached == (0,)
+
+
 async def test_store_check_runs_at_start_not_after_a_whole_interval(
     service: FakeService, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -347,7 +347,9 @@ def stand_in_for(kind: str) -> Iterator[tuple[FakeTastytrade | None, dict[str, s
 async def metrics_server(store: Path) -> AsyncIterator[MetricsServer]:
     """A real MetricsServer over a connected service, with a store check of ``store``."""
     clock = FakeClock(START)
-    service = FakeService(clock)
+    # Retention configured and the store's folder real, so their metrics are served too.
+    config = loads_config(f'[store]\npath = "{store}"\n[store.retention]\n1m = "30d"\n', environ={})
+    service = FakeService(clock, config)
     service.connect().receive(messages=1, events=1)
     async with MetricsServer(service, port=0, clock=clock, store_check=reader(store, clock)) as srv:
         assert await srv.check_store() is not None

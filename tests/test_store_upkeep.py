@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,6 +95,29 @@ def test_compaction_deletes_orphan_files_only_past_the_retention(tmp_path: Path)
         assert young_orphan.exists() and not_ours.exists() and referenced.exists()
         assert result.files_removed >= 1
         assert store.count() == 50
+
+
+def test_reopening_the_writer_never_opens_the_catalog_with_a_second_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's sqlite3 touches a catalog once per process, never while DuckDB holds it open
+    (closing its descriptor dropped DuckDB's locks: a reader died of SIGBUS)."""
+    opened: list[str] = []
+    real_connect = sqlite3.connect
+
+    def counting(path: str | Path) -> sqlite3.Connection:
+        opened.append(str(path))
+        return real_connect(path)
+
+    monkeypatch.setattr(sqlite3, "connect", counting)
+    with open_store(tmp_path / "data", recycle_after=2, clock=lambda: datetime.now(UTC)) as store:
+        for batch in range(6):
+            store.upsert(candle_frame(n=5, start=T0 + batch * 5 * MINUTE))
+        store.compact()
+        assert store.stats.connections_recycled == 4
+    with open_store(tmp_path / "data") as again:
+        assert again.count() == 30
+    assert opened == [str(tmp_path / "data" / "catalog.sqlite")]
 
 
 def test_ducklake_still_compares_cut_offs_as_text_on_a_sqlite_catalog(tmp_path: Path) -> None:

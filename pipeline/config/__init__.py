@@ -24,6 +24,7 @@ from pipeline.config.loader import (
 from pipeline.config.models import (
     DEFAULT_API_URL,
     DXFEED_DEMO_URL,
+    KEEP_FOREVER,
     ClientConfig,
     Config,
     DXLinkSourceConfig,
@@ -42,6 +43,7 @@ from pipeline.config.models import (
     insecure_ws_problem,
     is_loopback_host,
     parse_duration,
+    retention_label,
 )
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "DEFAULT_API_URL",
     "DXFEED_DEMO_URL",
     "ENV_PREFIX",
+    "KEEP_FOREVER",
     "PROFILE_ENV",
     "ClientConfig",
     "Config",
@@ -79,4 +82,5 @@ __all__ = [
     "loads_config",
     "parse_duration",
     "resolve_config",
+    "retention_label",
 ]

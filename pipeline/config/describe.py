@@ -97,7 +97,7 @@ def render_value(value: object) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(render_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "a table"
+        return "{}" if not value else "a table"
     text = value if isinstance(value, str) else str(value)
     text = text if len(text) <= 60 else text[:57] + "..."
     return json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text

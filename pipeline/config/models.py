@@ -26,6 +26,7 @@ from pipeline.sharding import SINGLE, ShardSpec
 __all__ = [
     "DEFAULT_API_URL",
     "DXFEED_DEMO_URL",
+    "KEEP_FOREVER",
     "ClientConfig",
     "Config",
     "DXLinkSourceConfig",
@@ -46,6 +47,7 @@ __all__ = [
     "is_loopback_host",
     "parse_duration",
     "path_kind",
+    "retention_label",
 ]
 
 DEFAULT_API_URL = "https://api.tastyworks.com"
@@ -487,6 +489,62 @@ class ManagerConfig(_Section):
     """A time-based candle counts as complete this long after its period ends."""
 
 
+KEEP_FOREVER = "forever"
+"""The retention value that keeps a period's candles forever (as leaving it out does)."""
+_MIN_RETENTION = timedelta(hours=1)
+
+
+def _duration_text(span: timedelta) -> str:
+    """``2d``, ``36h``, ``90m``: the largest unit that divides ``span``."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def retention_label(interval: str) -> str:
+    """The store's period label of an interval, without attributes: ``1min`` -> ``1m``.
+
+    Raises:
+        ValueError: ``interval`` is not a candle period (§5.1).
+    """
+    return CandleSymbol.of("X", interval).period_label
+
+
+def _check_retention(value: Mapping[str, str]) -> dict[str, str]:
+    """Keys are candle periods (normalised), values durations or ``forever``."""
+    checked: dict[str, str] = {}
+    for interval, keep in value.items():
+        try:
+            label = retention_label(interval)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        if label in checked:
+            raise ValueError(f"{interval!r} is listed twice (same period as {label!r})")
+        if not isinstance(keep, str):
+            raise ValueError(
+                f'{interval}: {keep!r} is not a duration; write one such as "30d" or '
+                f'"{KEEP_FOREVER}"'
+            )
+        text = keep.strip().lower()
+        if text != KEEP_FOREVER:
+            try:
+                span = parse_duration(text)
+            except ValueError as exc:
+                raise ValueError(f"{interval}: {exc} or {KEEP_FOREVER!r}") from None
+            period_ms = CandleSymbol.of("X", label).period_ms
+            shortest = max(_MIN_RETENTION, timedelta(milliseconds=2 * (period_ms or 0)))
+            if span < shortest:
+                raise ValueError(
+                    f"{interval}: {keep!r} is too short; keep candles at least "
+                    f"{_duration_text(shortest)} (an hour, and two periods so that a resumed "
+                    "series overlaps what is stored)"
+                )
+        checked[label] = text
+    return checked
+
+
 _S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _HOST_PORT = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 
@@ -577,6 +635,27 @@ class StoreConfig(_Section):
     recycle_after: int = Field(default=500, ge=1, le=10_000_000)
     """Upserts after which the ingest writer reopens its DuckDB connection (it also does after
     every compaction): native memory DuckDB keeps per connection is returned only on close."""
+    retention: Annotated[dict[str, str], AfterValidator(_check_retention)] = _option(
+        {},
+        allowed='a table of candle period = duration or "forever", e.g. '
+        '{ 1m = "30d", 5m = "365d" }; each at least 1h and two periods',
+    )
+    """How long to keep each period's candles (by candle time); periods not listed are kept
+    forever. The maintenance job removes older candles once a day (once an hour for less than
+    2d), then compacts; each series' newest candle always stays (its resume point)."""
+
+    def retention_policy(self) -> dict[str, timedelta]:
+        """How long to keep candles, by period label (``1m``); periods kept forever are absent."""
+        return {
+            label: parse_duration(keep)
+            for label, keep in self.retention.items()
+            if keep != KEEP_FOREVER
+        }
+
+    def retention_for(self, period_label: str) -> timedelta | None:
+        """A stored period's retention (``5m,tho=true`` counts as ``5m``); ``None``: forever."""
+        return self.retention_policy().get(period_label.split(",", 1)[0])
+
     lease_check_interval: float = Field(default=5.0, gt=0, le=3600)
     """Seconds between checks that this ingest still holds its shard in a PostgreSQL catalog
     (every commit checks too); after a loss it tries to claim the shard back this often."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pipeline.ingest.doctor import DoctorReport, Outcome, Step, StepResult, run_doctor
 from pipeline.ingest.from_recording import RebuildReport, rebuild
 from pipeline.ingest.runner import (
+    ABANDON_GRACE_S,
     EXIT_UNAVAILABLE,
     EXIT_UNSTORED,
     IngestError,
@@ -38,6 +39,7 @@ from pipeline.ingest.tastytrade import (
 from pipeline.ingest.tuning import ingest_process_tuning
 
 __all__ = [
+    "ABANDON_GRACE_S",
     "EXIT_UNAVAILABLE",
     "EXIT_UNSTORED",
     "FLUSH_BATCH_EVENTS",

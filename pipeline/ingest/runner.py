@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from pipeline import __version__
 from pipeline.config import Config, parse_duration
 from pipeline.dxlink import AuthenticationError, ConfigurationError, DXLinkError
 from pipeline.dxlink.client import TokenSource, loggable_url
@@ -43,7 +44,7 @@ from pipeline.ingest.service import IngestService
 from pipeline.ingest.sources import DXLinkTokenSource, SimulatorTokenSource
 from pipeline.ingest.tastytrade import TastytradeTokenSource
 from pipeline.ingest.tuning import ingest_process_tuning
-from pipeline.store import S3Options, StoreError, connect
+from pipeline.store import CandleStore, S3Options, StoreError, connect
 
 if TYPE_CHECKING:
     from pipeline.simulator import SimulatorClock
@@ -57,6 +58,7 @@ __all__ = [
     "ShutdownIncomplete",
     "run_ingest",
     "simulator_start_ms",
+    "startup_line",
     "status_line",
     "token_source_for",
     "unstored_completed",
@@ -271,6 +273,7 @@ async def _main(config: Config, duration: float | None, interactive: bool) -> No
             config, token_source=token_source_for(config, simulator_url=url),
             source_clock_ms=clock_ms,
         )  # fmt: skip
+        logger.info("%s", startup_line(config, service))
         guard = ShutdownGuard(service.stop, timeout=config.ingest.shutdown_timeout)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -477,6 +480,26 @@ async def _report_status(service: IngestService, interactive: bool) -> None:
         elif now - last_log >= LOG_STATUS_INTERVAL_S:
             last_log = now
             logger.info("%s", line)
+
+
+def startup_line(config: Config, service: IngestService) -> str:
+    """What this process runs, in one log line: enough to read a journal without the config.
+
+    Secrets never appear (the catalog's conninfo is redacted; tokens are not in the config).
+    """
+    series = [s.normalized for s in service.series]
+    shown = ", ".join(series[:4]) + (f", ... ({len(series)} in all)" if len(series) > 4 else "")
+    store = config.store
+    catalog = CandleStore.describe_catalog(store.path, store.catalog)
+    keep = ", ".join(f"{period} {age}" for period, age in store.retention.items()) or "keep all"
+    return (
+        f"starting candle-pipeline {__version__} (pid {os.getpid()}): source "
+        f"{_describe_source(config, None)}; "
+        f"series {shown}; shard {service.shard}; store {store.path} ({catalog}); "
+        f"flush every {config.schedule.flush_interval:g}s, maintenance every "
+        f"{config.schedule.compaction_interval:g}s (retention: {keep}); "
+        f"shutdown_timeout {config.ingest.shutdown_timeout:g}s"
+    )
 
 
 def status_line(service: IngestService, rate: float) -> str:

@@ -12,8 +12,10 @@ The service owns one of each part and wires them (DESIGN.md "Data flow"):
   since the last one began, so during a backfill the store's work (in its thread, where
   DuckDB releases the GIL) overlaps receiving and the last flush only writes the tail;
 * an APScheduler ``AsyncIOScheduler`` runs the flush job every ``schedule.flush_interval``
-  and the compaction job every ``schedule.compaction_interval`` (storage-and-libs.md §5:
-  coalesce, one instance, no silent misfire drops; blocking DuckDB work runs in a thread);
+  and the maintenance job every ``schedule.compaction_interval`` (storage-and-libs.md §5:
+  coalesce, one instance, no silent misfire drops; blocking DuckDB work runs in a thread):
+  retention (``store.retention``, one transaction per period, by the stream's clock), then
+  compaction;
 * on stop (SIGINT/SIGTERM or ``duration``): pause the scheduler, stop the client, drain what
   was received, flush everything completed, close. A failed flush keeps the candles in
   memory and is retried; the final one again and again for ``ingest.shutdown_timeout``
@@ -66,6 +68,7 @@ from pipeline.store import (
     CandleStore,
     CatalogLease,
     LeaseLost,
+    RetentionResult,
     S3Options,
     StoreBusy,
     StoreError,
@@ -117,6 +120,14 @@ class FlushReport:
 
 
 @dataclass(slots=True)
+class _Maintenance:
+    """What one maintenance run did (or the error of each step)."""
+
+    pruned: RetentionResult | Exception | None = None
+    compaction: Exception | None = None
+
+
+@dataclass(slots=True)
 class ServiceStats:
     """Counters of the service itself (the client and the manager keep their own)."""
 
@@ -132,6 +143,9 @@ class ServiceStats:
     last_flush_error: str | None = None
     compactions: int = 0
     compaction_failures: int = 0
+    retention_runs: int = 0
+    retention_failures: int = 0
+    candles_pruned: int = 0
     backpressure_waits: int = 0
     stream_time_ms: int = 0
     recent_flushes: list[FlushReport] = field(default_factory=list)
@@ -478,10 +492,21 @@ class IngestService:
 
     def _first_from_time(self, symbol: CandleSymbol) -> int:
         """Where a series with nothing stored starts: from_time, or now - lookback, rounded
-        down to the series' period so the first candle asked for is a whole one."""
+        down to the series' period so the first candle asked for is a whole one.
+
+        Never before the period's retention (``store.retention``): candles older than that
+        would be stored only for the next maintenance run to delete them again.
+        """
         clock = self._source_clock_ms or (lambda: int(time.time() * 1000))
         now = datetime.fromtimestamp(clock() / 1000, UTC)
         start = int(self.config.subscriptions.start_time(now).timestamp() * 1000)
+        keep = self.config.store.retention_for(symbol.period_label)
+        if keep is not None and start < (kept := int((now - keep).timestamp() * 1000)):
+            logger.info(
+                "%s: history before %s is past store.retention (%s); asking from there",
+                symbol.normalized, f"{now - keep:%Y-%m-%d %H:%M}", keep,
+            )  # fmt: skip
+            start = kept
         if symbol.period_ms and symbol.period_unit in ("s", "m", "h", "d"):
             # Epoch-aligned units; weeks start on Monday, not on the epoch's Thursday.
             return start - start % symbol.period_ms
@@ -544,7 +569,7 @@ class IngestService:
         # without (one host), shard 1 (pipeline.sharding).
         if self.lease is not None or self.shard.runs_compaction:
             scheduler.add_job(
-                self.compact, "interval", seconds=schedule.compaction_interval, id="compaction"
+                self.maintain, "interval", seconds=schedule.compaction_interval, id="compaction"
             )
         scheduler.start()
         self._scheduler = scheduler
@@ -664,6 +689,52 @@ class IngestService:
 
     def _write(self, batch: Batch) -> UpsertResult:
         return self.store.upsert(batch.frame, batch.deletions)
+
+    async def maintain(self) -> None:
+        """The scheduled maintenance, in this process's turn (one process per lake): retention
+        (``store.retention``, counting back from the stream's clock), then compaction. Either
+        failing is logged and counted; the next run tries again."""
+        now = datetime.fromtimestamp(self.now_ms() / 1000, UTC)
+        try:
+            done = await asyncio.to_thread(self._maintain_if_our_turn, now)
+        except Exception as exc:  # the turn itself failed (a lost lease): as compaction
+            self.stats.compaction_failures += 1
+            logger.error("! maintenance failed: %s", exc)
+            return
+        if done is None:
+            return
+        if isinstance(done.pruned, Exception):
+            self.stats.retention_failures += 1
+            logger.error("! retention failed: %s", done.pruned)
+        elif done.pruned is not None:
+            self.stats.retention_runs += 1
+            self.stats.candles_pruned += done.pruned.deleted
+        if done.compaction is not None:
+            self.stats.compaction_failures += 1
+            logger.error("! compaction failed: %s", done.compaction)
+        else:
+            self.stats.compactions += 1
+
+    def _maintain_if_our_turn(self, now: datetime) -> _Maintenance | None:
+        """Retention then compaction when this process runs the lake's maintenance now."""
+        if self.lease is None:
+            return self._maintenance(now)
+        with self.lease.maintenance_turn(self.config.schedule.compaction_interval) as ours:
+            return self._maintenance(now) if ours else None
+
+    def _maintenance(self, now: datetime) -> _Maintenance:
+        done = _Maintenance()
+        policy = self.config.store.retention_policy()
+        if policy:
+            try:
+                done.pruned = self.store.prune(policy, now=now)
+            except Exception as exc:  # housekeeping: reported by maintain()
+                done.pruned = exc
+        try:
+            self.store.compact()
+        except Exception as exc:
+            done.compaction = exc
+        return done
 
     async def compact(self) -> None:
         """Merge small Parquet files and expire old snapshots (scheduled)."""

@@ -1,8 +1,8 @@
 """Process-wide settings of a ``candles ingest`` process: applied at its entry point only.
 
-Three settings change the whole process, so no library import applies them (a notebook that
-imports :mod:`pipeline.store` keeps its collector and its malloc as they were); the
-``candles ingest`` entry point (:func:`pipeline.ingest.runner.run_ingest`) applies all three
+Four settings change the whole process, so no library import applies them (a notebook that
+imports :mod:`pipeline.store` keeps its collector, its malloc and its pandas as they were);
+the ``candles ingest`` entry point (:func:`pipeline.ingest.runner.run_ingest`) applies all four
 through :func:`ingest_process_tuning`, and so do ``candles rebuild`` (the same hot path, fed
 from a recording) and the benchmarks that measure them. Why each
 exists, and the benchmark that justifies it (figures in ``benchmarks/README.md``, "Process
@@ -22,9 +22,14 @@ tuning"):
   columns), which mapped one by one cost the event loop dearly. ``bench_memory`` (RSS) and
   ``bench_backfill`` (loop CPU).
 * **DuckDB's lazy imports** (:func:`load_store_lazy_imports`): the first time DuckDB scans a
-  Python object (the upsert registers frames), it imports pandas and some 360 modules while
-  holding the GIL; in the first flush of a backfill that stalled the receiving thread. Done
-  once at start-up, it costs the same but stalls nothing. ``bench_backfill`` (first flush).
+  Python object (the upsert registers frames), it imports what it checks objects against
+  while holding the GIL; in the first flush of a backfill that stalled the receiving thread.
+  Done once at start-up, it costs the same but stalls nothing. ``bench_backfill`` (first flush).
+* **Libraries ingest never uses** (:func:`kept_out_unused_libraries`): DuckDB's first scan
+  also imports pandas when it is installed (it is not a dependency, but a notebook or SDK in
+  the same environment brings it), ~470 modules and ~30 MB of RSS, only to learn that the
+  frame is not a pandas one. The ingest process makes them unimportable, as in an
+  environment without them. ``benchmarks/README.md``, "Memory at start".
 """
 
 from __future__ import annotations
@@ -33,14 +38,20 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import importlib.abc
+import importlib.machinery
 import logging
+import sys
 import threading
-from collections.abc import Iterator
+import types
+from collections.abc import Iterator, Sequence
 
 __all__ = [
     "INGEST_GC_THRESHOLD",
     "MMAP_THRESHOLD_BYTES",
+    "UNUSED_IN_INGEST",
     "ingest_process_tuning",
+    "kept_out_unused_libraries",
     "load_store_lazy_imports",
     "pin_mmap_threshold",
     "young_gc_threshold",
@@ -53,6 +64,8 @@ INGEST_GC_THRESHOLD = 20_000
 MMAP_THRESHOLD_BYTES = 512 * 1024
 """Allocations this large or larger are mapped on their own and unmapped when freed."""
 _M_MMAP_THRESHOLD = -3  # from glibc's <malloc.h>
+UNUSED_IN_INGEST = ("pandas",)
+"""Packages an ingest process never imports, although DuckDB would (see the module doc)."""
 _lock = threading.Lock()
 _pinned: bool | None = None
 
@@ -61,17 +74,19 @@ _pinned: bool | None = None
 def ingest_process_tuning(*, gc_threshold: int | None = INGEST_GC_THRESHOLD) -> Iterator[None]:
     """Apply the settings of an ingest process (see the module docstring) for a while.
 
-    The collector's thresholds come back on exit; the mmap threshold stays pinned and the
-    imports stay loaded (both are harmless to keep, and glibc cannot restore its dynamic
-    threshold).
+    The collector's thresholds come back on exit and the kept-out libraries become
+    importable again; the mmap threshold stays pinned and the imports stay loaded (both are
+    harmless to keep, and glibc cannot restore its dynamic threshold).
 
     Args:
         gc_threshold: The young-generation threshold meanwhile; ``None`` leaves the collector.
     """
+    _check_threshold(gc_threshold)  # before anything changes
     pin_mmap_threshold()
-    load_store_lazy_imports()
-    with young_gc_threshold(gc_threshold):
-        yield
+    with kept_out_unused_libraries():
+        load_store_lazy_imports()
+        with young_gc_threshold(gc_threshold):
+            yield
 
 
 @contextlib.contextmanager
@@ -84,11 +99,7 @@ def young_gc_threshold(threshold: int | None) -> Iterator[None]:
     Raises:
         ValueError: ``threshold`` is not a positive number of allocations.
     """
-    if threshold is not None and threshold <= 0:
-        raise ValueError(
-            f"the young GC threshold must be > 0 allocations (or None to leave the collector "
-            f"alone), got {threshold}"
-        )
+    _check_threshold(threshold)
     if threshold is None:
         yield
         return
@@ -99,6 +110,55 @@ def young_gc_threshold(threshold: int | None) -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*previous)
+
+
+def _check_threshold(threshold: int | None) -> None:
+    if threshold is not None and threshold <= 0:
+        raise ValueError(
+            f"the young GC threshold must be > 0 allocations (or None to leave the collector "
+            f"alone), got {threshold}"
+        )
+
+
+class _KeptOut(importlib.abc.MetaPathFinder):
+    """Makes the packages named in :data:`UNUSED_IN_INGEST` unimportable."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.partition(".")[0] in UNUSED_IN_INGEST:
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r}: the candles ingest process keeps it out "
+                "(pipeline.ingest.tuning.UNUSED_IN_INGEST)",
+                name=fullname,
+            )
+        return None
+
+
+@contextlib.contextmanager
+def kept_out_unused_libraries() -> Iterator[bool]:
+    """Make :data:`UNUSED_IN_INGEST` unimportable for a while (the whole ingest run).
+
+    Yields:
+        Whether they are kept out: ``False`` when one was imported already (it stays usable),
+        or when an enclosing call keeps them out already.
+    """
+    finder = _KeptOut()
+    with _lock:
+        loaded = any(name in sys.modules for name in UNUSED_IN_INGEST)
+        nested = any(isinstance(f, _KeptOut) for f in sys.meta_path)
+        installed = not loaded and not nested
+        if installed:
+            sys.meta_path.insert(0, finder)
+    try:
+        yield installed
+    finally:
+        if installed:
+            with _lock, contextlib.suppress(ValueError):
+                sys.meta_path.remove(finder)
 
 
 def load_store_lazy_imports() -> None:

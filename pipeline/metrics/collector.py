@@ -65,6 +65,9 @@ def _plain_metrics(o: Observation) -> list[tuple[str, float | None, str]]:
         ("candles_last_flush_timestamp_seconds", s.last_flush_at, "Unix time of that flush."),
         ("candles_compactions_total", s.compactions, "Store compactions run."),
         ("candles_compaction_failures_total", s.compaction_failures, "Failed compactions."),
+        ("candles_retention_runs_total", s.retention_runs, "Retention runs (store.retention)."),
+        ("candles_retention_failures_total", s.retention_failures, "Failed retention runs."),
+        ("candles_pruned_total", s.candles_pruned, "Stored candles removed by retention."),
         ("candles_store_retries_total", st.retries, "Store transactions retried (collision)."),
         ("candles_store_busy_failures_total", st.busy_failures, "Busy through every retry."),
         ("candles_stream_time_seconds", s.stream_time_ms / 1000 or None, "Newest candle start."),
@@ -78,6 +81,8 @@ def _plain_metrics(o: Observation) -> list[tuple[str, float | None, str]]:
         ("candles_memory_bytes", m.memory_bytes, "Estimated memory held by candles."),
         ("candles_memory_limit_bytes", m.memory_limit_bytes, "Most the bounds allow (estimate)."),
         ("candles_store_check_failures_total", o.store_check_failures, "Failed store checks."),
+        ("candles_store_disk_free_bytes", r.disk_free_bytes, "Free bytes where the store is."),
+        ("candles_store_disk_size_bytes", r.disk_size_bytes, "Size of that filesystem."),
     ]
     if (recording := r.recording) is not None:
         rows += [
@@ -95,7 +100,12 @@ def _plain_metrics(o: Observation) -> list[tuple[str, float | None, str]]:
             ("candles_series_without_stored_candles", check.series_without_candles, "None yet."),
             ("candles_store_check_timestamp_seconds", check.checked_at, "Last store check."),
             ("candles_store_check_duration_seconds", check.seconds, "Its duration."),
-        ]
+            ("candles_store_snapshots", check.snapshots, "Snapshots the catalog keeps."),
+            ("candles_store_data_files", check.data_files, "Parquet files in the newest snapshot."),
+            ("candles_store_data_bytes", check.data_bytes, "Their total size."),
+            ("candles_store_files_awaiting_deletion", check.awaiting_deletion,
+             "Merged-away files compaction has yet to delete."),
+        ]  # fmt: skip
     return rows
 
 
@@ -141,7 +151,14 @@ class CandlesCollector(Collector):
              client.queue_depths),
             ("candles_channel_queue_high_water_mark", "Deepest queue seen.", "channel",
              {k: v.queue_high_water_mark for k, v in channels.items()}),
+            ("candles_retention_seconds", "Configured retention (store.retention).", "period",
+             o.reading.retention_seconds),
         ]  # fmt: skip
+        if (check := o.store_check) is not None:
+            labelled.append(
+                ("candles_oldest_candle_timestamp_seconds", "Oldest stored candle start.",
+                 "period", check.oldest_by_period),
+            )  # fmt: skip
         for name, doc, label, values in labelled:
             family = _family(name, doc, label)
             for key, value in sorted(values.items()):

@@ -6,8 +6,9 @@ which). Everything is read at request time from the live service through
 :class:`MetricsSource`, the attributes ``IngestService`` already has, by a custom collector in
 the server's own ``CollectorRegistry`` (never the global one: many services can run in one
 process). Names start with ``candles_``, carry their unit, counters end in ``_total``; labels
-are only ``channel`` (``candles``/``events``), ``reason`` and ``state``. Nothing per series is
-exported (cardinality); no token, URL credential or error text ever is.
+are only ``channel`` (``candles``/``events``), ``reason``, ``state`` and ``period`` (a candle
+period such as ``1m``). Nothing per series is exported (cardinality); no token, URL credential
+or error text ever is.
 
 The parts: reading the service (:mod:`pipeline.metrics.source`), the health rules
 (:mod:`pipeline.metrics.health`), the store check (:mod:`pipeline.metrics.store_check`) and the
@@ -45,6 +46,15 @@ Definitions (the README copies them):
   later of the last successful flush and the first observation of the backlog. The backlog is
   ``max(0, unstored - series) + pending_deletions`` (each series' open candle is unstored by
   nature), a lower bound that never raises a false alarm.
+* Retention (``store.retention``): ``candles_retention_seconds{period}`` is the configured age
+  limit, ``candles_oldest_candle_timestamp_seconds{period}`` the start of the oldest stored
+  candle of that period over every series (from the store check, so every period in the
+  store appears, retained or not), ``candles_pruned_total`` the candles the maintenance job
+  removed, ``candles_retention_runs_total`` / ``candles_retention_failures_total`` its runs.
+* Store size (store check): ``candles_store_snapshots``, ``candles_store_data_files``,
+  ``candles_store_data_bytes`` and ``candles_store_files_awaiting_deletion`` show that
+  compaction keeps the lake bounded; ``candles_store_disk_free_bytes`` /
+  ``candles_store_disk_size_bytes`` (read at every scrape) are the filesystem of ``store.path``.
 """
 
 from __future__ import annotations

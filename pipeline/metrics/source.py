@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, TypeVar
@@ -46,6 +47,9 @@ class ServiceCounters(Protocol):
     last_flush_error: str | None
     compactions: int
     compaction_failures: int
+    retention_runs: int
+    retention_failures: int
+    candles_pruned: int
     backpressure_waits: int
     stream_time_ms: int
 
@@ -175,6 +179,12 @@ class Reading:
     pinned_limit: int
     store: StoreStats
     client: ClientView
+    retention_seconds: Mapping[str, float] = field(default_factory=dict)
+    """``store.retention`` in seconds by period label; periods kept forever are absent."""
+    disk_free_bytes: int | None = None
+    """Bytes available to the service on the store folder's filesystem (``None``: unknown)."""
+    disk_size_bytes: int | None = None
+    """That filesystem's size."""
     recording: RecorderStats | None = None
     """The recorder's counters (a copy), or None when not recording."""
 
@@ -206,5 +216,19 @@ def read_source(source: MetricsSource, *, now: float, started_at: float) -> Read
         pinned_limit=source.manager.max_pinned_candles,
         store=store,
         client=ClientView() if client is None else ClientView.parse(client.get_metrics()),
+        retention_seconds={
+            period: keep.total_seconds()
+            for period, keep in source.config.store.retention_policy().items()
+        },
+        **_disk(source.config.store.path),
         recording=None if source.recording is None else replace(source.recording),
     )
+
+
+def _disk(path: str) -> dict[str, int | None]:
+    """Free and total bytes of the filesystem holding ``path`` (one statvfs call)."""
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:  # not created yet, or gone: unknown rather than zero
+        return {"disk_free_bytes": None, "disk_size_bytes": None}
+    return {"disk_free_bytes": usage.free, "disk_size_bytes": usage.total}

@@ -15,7 +15,8 @@ import math
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,6 +87,13 @@ class StatusSummary:
     backfill_lag_seconds: float | None
     subscriptions: Mapping[str, int]
     channels: Mapping[str, ChannelStatus]
+    oldest_by_period: Mapping[str, float] = field(default_factory=dict)
+    """Start of the oldest stored candle per period (Unix seconds); empty until the first
+    store check."""
+    retention_seconds: Mapping[str, float] = field(default_factory=dict)
+    """``store.retention`` per period in seconds; periods kept forever are absent."""
+    candles_pruned: int = 0
+    """Candles the maintenance job removed under ``store.retention``."""
 
     @property
     def candles_per_second(self) -> float:
@@ -234,6 +242,11 @@ def parse_status(url: str, metrics_text: str, health: Mapping[str, Any]) -> Stat
         backfill_lag_seconds=value("candles_backfill_lag_seconds"),
         subscriptions={k: int(v) for k, v in by("candles_subscriptions", "state").items()},
         channels=channels,
+        oldest_by_period=dict(
+            sorted(by("candles_oldest_candle_timestamp_seconds", "period").items())
+        ),
+        retention_seconds=by("candles_retention_seconds", "period"),
+        candles_pruned=int(number("candles_pruned_total")),
     )
 
 
@@ -278,9 +291,40 @@ def render_status(summary: StatusSummary) -> str:
             f"{'' if age is None else ' ago'}, queue {depth} (max {channel.queue_high_water_mark})"
             f", {channel.errors} errors",
         ))  # fmt: skip
+    if s.oldest_by_period or s.retention_seconds:
+        rows.append(("oldest kept", _retention_text(s)))
     width = max(len(label) for label, _ in rows)
     lines += [f"  {label:<{width}}  {text}" for label, text in rows]
     return "\n".join(lines)
+
+
+def _retention_text(s: StatusSummary) -> str:
+    """``1m 2026-11-07 14:30 (keep 30d), 1d 2024-01-02 00:00 (keep forever); 1,234 pruned``."""
+    periods = list(s.oldest_by_period) + [
+        p for p in s.retention_seconds if p not in s.oldest_by_period
+    ]
+    parts = []
+    for period in periods:
+        oldest = s.oldest_by_period.get(period)
+        when = (
+            "none stored"
+            if oldest is None
+            else (f"{datetime.fromtimestamp(oldest, UTC):%Y-%m-%d %H:%M}")
+        )
+        keep = s.retention_seconds.get(period)
+        parts.append(f"{period} {when} (keep {_keep(keep)})")
+    text = ", ".join(parts) if parts else "not checked yet"
+    return f"{text}; {s.candles_pruned:,} removed by retention" if s.candles_pruned else text
+
+
+def _keep(seconds: float | None) -> str:
+    """``forever``, ``30d``, ``36h``: a retention as configured."""
+    if seconds is None:
+        return "forever"
+    whole = int(seconds)
+    if whole % 86_400 == 0:
+        return f"{whole // 86_400}d"
+    return f"{whole // 3600}h" if whole % 3600 == 0 else _duration(seconds)
 
 
 def _duration(seconds: float) -> str:

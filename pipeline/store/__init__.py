@@ -6,7 +6,8 @@ reader's door (:func:`connect`); ``object_store`` says how to reach an ``s3://``
 (keys from the environment only); ``query`` is the read-only SQL of ``candles query`` and
 ``candles export``; ``writer_lock`` keeps one writer per store or shard on one machine (a SQLite
 catalog), ``lease`` across machines (a PostgreSQL catalog, docs/scaling.md); ``folder``
-readies the store's folder or says in one line why it cannot work.
+readies the store's folder or says in one line why it cannot work; ``retention`` removes
+candles past their period's retention.
 """
 
 from __future__ import annotations
@@ -36,8 +37,16 @@ from pipeline.store.query import (
     format_frame,
     run_query,
 )
+from pipeline.store.retention import PeriodPruned, RetentionResult, retention_cutoff
 from pipeline.store.upsert import UpsertResult
-from pipeline.store.writer import CandleStore, CompactionResult, StoreBusyError, StoreStats
+from pipeline.store.writer import (
+    CandleStore,
+    CatalogStats,
+    CompactionResult,
+    StoreBusyError,
+    StoreMemory,
+    StoreStats,
+)
 from pipeline.store.writer_lock import StoreBusy, WriterLock
 
 __all__ = [
@@ -51,16 +60,20 @@ __all__ = [
     "CandleStore",
     "CatalogLease",
     "CatalogSpec",
+    "CatalogStats",
     "CompactionResult",
     "LeaseHolder",
     "LeaseLost",
+    "PeriodPruned",
     "QueryError",
     "QueryRefused",
+    "RetentionResult",
     "S3Access",
     "S3Options",
     "StoreBusy",
     "StoreBusyError",
     "StoreError",
+    "StoreMemory",
     "StoreStats",
     "UpsertResult",
     "WriterLock",
@@ -72,6 +85,7 @@ __all__ = [
     "parse_s3_url",
     "prepare_folder",
     "redact",
+    "retention_cutoff",
     "run_query",
     "with_application_name",
 ]

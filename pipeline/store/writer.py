@@ -23,14 +23,15 @@ rather than corrupting the connection. Every call blocks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -55,6 +56,12 @@ from pipeline.store.lake import (
     table_folder,
 )
 from pipeline.store.object_store import S3Options
+from pipeline.store.retention import (
+    PeriodPruned,
+    RetentionResult,
+    prune_period,
+    retention_cutoff,
+)
 from pipeline.store.upsert import (
     NewestStored,
     UpsertResult,
@@ -67,9 +74,13 @@ from pipeline.store.upsert import (
 )
 
 __all__ = [
+    "SMALL_FILE_BYTES",
+    "TARGET_FILE_BYTES",
     "CandleStore",
+    "CatalogStats",
     "CompactionResult",
     "StoreBusyError",
+    "StoreMemory",
     "StoreStats",
 ]
 
@@ -93,6 +104,14 @@ _RECENT_WIDENINGS = 3
 _MIN_MS = -62_135_596_800_000  # 0001-01-01: a bound DuckDB's timestamps can hold
 
 
+SMALL_FILE_BYTES = 4 << 20
+"""Files under this size are merged by every compaction; larger ones once a day."""
+TARGET_FILE_BYTES = 128 << 20
+"""The largest file a merge makes (DuckLake's default is 512 MiB): bounds the daily rewrite.
+A year of 200 one-minute series is a few dozen such files; a per-series read prunes them by
+their time and symbol statistics."""
+
+
 class StoreBusyError(StoreError):
     """A write kept colliding with another writer after every allowed retry."""
 
@@ -107,6 +126,49 @@ class CompactionResult:
     files_removed: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoreMemory:
+    """DuckDB's own accounting of the writer's connection (``duckdb_memory()``).
+
+    Taken by the store itself after every write, compaction and reopen, on the thread that
+    already holds the connection, so reading :attr:`CandleStore.memory` from another thread
+    (a soak, ``/metrics``) never waits for or interleaves with a write.
+    """
+
+    by_tag: Mapping[str, int] = field(default_factory=dict)
+    """Bytes in memory per DuckDB memory tag (``BASE_TABLE``, ``METADATA``...), non-zero only."""
+    temporary_bytes: int = 0
+    """Bytes DuckDB spilled to temporary files."""
+
+    @property
+    def total(self) -> int:
+        """Bytes in memory over every tag."""
+        return sum(self.by_tag.values())
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogStats:
+    """How big the lake's catalog and data are (:meth:`CandleStore.catalog_stats`)."""
+
+    snapshots: int
+    """Snapshots the catalog keeps (each commit makes one; expiry removes old ones)."""
+    data_files: int
+    """Parquet data files of the candles table in the current snapshot."""
+    data_bytes: int
+    """Their total size."""
+    delete_files: int
+    """Delete files (revisions and deletions not compacted yet)."""
+    inlined_tables: int
+    """DuckLake's inlined-data tables in the catalog (one per schema version that took rows)."""
+    awaiting_deletion: int
+    """Files merged away or expired, waiting for compaction to delete them."""
+    catalog_bytes: int | None
+    """Size of a SQLite catalog file; ``None`` for a PostgreSQL catalog."""
+    catalog_wal_bytes: int | None = None
+    """Size of a SQLite catalog's write-ahead log (reused after each checkpoint, so it stays
+    near SQLite's checkpoint size, 1,000 pages); ``None`` for a PostgreSQL catalog."""
+
+
 @dataclass(slots=True)
 class StoreStats:
     """Counters since the store was opened."""
@@ -114,6 +176,8 @@ class StoreStats:
     upserts: int = 0
     rows_written: int = 0
     rows_deleted: int = 0
+    rows_pruned: int = 0
+    """Candles removed by retention (:meth:`CandleStore.prune`)."""
     retries: int = 0
     busy_failures: int = 0
     compactions: int = 0
@@ -200,6 +264,8 @@ class CandleStore:
         self._newest: dict[tuple[str, str], int] = {}
         # The upsert's ceiling on stored times, per connection (emptied when it is recycled).
         self._newest_stored = NewestStored()
+        self._memory = StoreMemory()
+        self._full_merge_day: date | None = None  # the UTC day of the last full merge
         prepare_folder(self.root)  # StoreError naming the path when it cannot work
         self._con = self._open_writer()
         try:
@@ -214,9 +280,16 @@ class CandleStore:
         except BaseException:
             self._con.close()
             raise
+        self._note_memory()
 
     def __repr__(self) -> str:
         return f"CandleStore(root={str(self.root)!r}, catalog={self.catalog!r})"
+
+    @staticmethod
+    def describe_catalog(path: str | Path, catalog: str | None) -> str:
+        """``sqlite catalog <file>`` or ``postgres catalog <conninfo>``, password redacted."""
+        spec = parse_catalog(catalog, Path(path))
+        return f"{spec.kind} catalog {redact(spec.target)}"
 
     def __enter__(self) -> Self:
         return self
@@ -233,6 +306,12 @@ class CandleStore:
         """Close the connection. Idempotent."""
         with self._lock:
             self._con.close()
+
+    @property
+    def memory(self) -> StoreMemory:
+        """DuckDB's memory accounting of the writer's connection after its last operation
+        (see :class:`StoreMemory`); safe to read from any thread."""
+        return self._memory
 
     # ---------------------------------------------------------------- writes
 
@@ -282,19 +361,38 @@ class CandleStore:
         self._upserts_on_connection += 1
         if self._upserts_on_connection >= self._recycle_after:
             self._recycle()
+        self._note_memory()
         return result
 
-    def compact(self, *, retain: timedelta = timedelta(hours=1)) -> CompactionResult:
+    def compact(
+        self, *, retain: timedelta = timedelta(hours=1), full: bool | None = None
+    ) -> CompactionResult:
         """Merge small files, expire old snapshots and delete files nobody can read any more.
+
+        Merging is tiered so that the disk work stays bounded however long the store runs:
+        DuckLake merges adjacent files into one until it reaches the target size, so an
+        hourly merge of everything rewrote the whole growing file every hour, and every
+        rewritten copy waited for deletion (below) until the next UTC day. A compaction
+        merges only files under :data:`SMALL_FILE_BYTES` (the flushes since the last one);
+        the first compaction of each UTC day (by the store's clock) merges everything, up to
+        :data:`TARGET_FILE_BYTES` per file.
 
         Safe while readers run: merged-away files are only scheduled for deletion, and
         deleted once they have been unreferenced for ``retain`` (longer than any query), so a
         reader on an older snapshot keeps its files. Orphan files a killed writer left behind
-        are removed by the same rule.
+        are removed by the same rule. Snapshots expire exactly ``retain`` after they were
+        taken. Files scheduled for deletion go as soon as every scheduled file is older than
+        ``retain``, else at the first compaction on a UTC day after the one in which they
+        became older than ``retain`` (see :func:`_expire_snapshots` and
+        :func:`_cleanup_old_files` for why): merged-away files stay at most a day longer.
 
         Args:
             retain: How long snapshots and unreferenced files are kept.
+            full: Merge every file (``True``) or only small ones (``False``); ``None`` merges
+                everything on the first compaction of a UTC day.
         """
+        today = self._clock().astimezone(UTC).date()
+        merge_all = full if full is not None else self._full_merge_day != today
 
         def cutoff() -> datetime:
             return self._clock() - retain
@@ -305,7 +403,8 @@ class CandleStore:
             # Revisions leave delete files; rewrite every file that has any (they are rare
             # for candles) so the merge below can fold it in with its neighbours.
             con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}', delete_threshold => 0.0)")
-            con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
+            limit = "" if merge_all else f", max_file_size => {SMALL_FILE_BYTES}"
+            con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}'{limit})")
             # Each cut-off is taken after the step before it, whose leftovers it then covers.
             # CALL, not count(*): under count(*) the cleanup reported files it did not delete.
             expired = _expire_snapshots(con, cutoff())
@@ -317,10 +416,54 @@ class CandleStore:
             self._before_commit()  # a writer that lost its shard leaves the lake alone
 
         result = self._run(attempt)
+        if merge_all:
+            self._full_merge_day = today
         self.stats.compactions += 1
         logger.info("= compacted %s", result)
         # Compaction read every merged file: drop the connection's caches of them with it.
         self._recycle()
+        self._note_memory()
+        return result
+
+    def prune(
+        self, retention: Mapping[str, timedelta], *, now: datetime | None = None
+    ) -> RetentionResult:
+        """Remove candles older than their period's retention (see :mod:`.retention`).
+
+        One transaction per period; each series' newest candle stays. Call :meth:`compact`
+        afterwards: deleted rows leave delete files until it rewrites their data files.
+
+        Args:
+            retention: How long to keep candles, by period label without attributes (``1m``
+                also covers ``1m,tho=true``); periods not listed are kept.
+            now: The time the retention counts back from (the stream's clock); default the
+                store's clock.
+
+        Raises:
+            ValueError: A key is not a period label, or a retention is not positive.
+            StoreBusyError: Another writer kept the catalog busy through every retry.
+        """
+        when = (now or self._clock()).astimezone(UTC)
+        pruned = []
+        for period, keep in retention.items():
+            label = CandleSymbol.parse(f"X{{={period}}}").period_label
+            if label != period or "," in label:
+                raise ValueError(
+                    f"retention key {period!r} is not a period label without attributes "
+                    f"(did you mean {label.split(',', 1)[0]!r}?)"
+                )
+            cutoff = retention_cutoff(when, keep)
+            deleted = self._run(functools.partial(prune_period, period=period, cutoff=cutoff))
+            self.stats.rows_pruned += deleted
+            pruned.append(PeriodPruned(period, cutoff, deleted))
+        result = RetentionResult(tuple(pruned))
+        if result.deleted:
+            logger.info(
+                "= retention removed %s",
+                ", ".join(f"{p.deleted} {p.period} candles before {p.cutoff:%Y-%m-%d %H:%M}"
+                          for p in result.periods if p.deleted),
+            )  # fmt: skip
+        self._note_memory()
         return result
 
     # ----------------------------------------------------------------- reads
@@ -431,6 +574,33 @@ class CandleStore:
         """Number of stored candles."""
         return self._run(lambda con: count(con, f"SELECT count(*) FROM {TABLE}"))
 
+    def catalog_stats(self) -> CatalogStats:
+        """Snapshots, data and delete files, inlined-data tables and the catalog's size now."""
+
+        def attempt(con: duckdb.DuckDBPyConnection) -> CatalogStats:
+            snapshots = count(con, f"SELECT count(*) FROM ducklake_snapshots('{LAKE}')")
+            files = con.execute(
+                "SELECT count(*), coalesce(sum(data_file_size_bytes), 0), count(delete_file) "
+                f"FROM ducklake_list_files('{LAKE}', 'candles')"
+            ).fetchone()
+            assert files is not None
+            inlined = count(con, f"SELECT count(*) FROM {METADATA}.ducklake_inlined_data_tables")
+            waiting = count(
+                con, f"SELECT count(*) FROM {METADATA}.ducklake_files_scheduled_for_deletion"
+            )
+            return CatalogStats(
+                snapshots=snapshots,
+                data_files=int(files[0]),
+                data_bytes=int(files[1]),
+                delete_files=int(files[2]),
+                inlined_tables=inlined,
+                awaiting_deletion=waiting,
+                catalog_bytes=self._catalog_bytes(""),
+                catalog_wal_bytes=self._catalog_bytes("-wal"),
+            )
+
+        return self._run(attempt)
+
     # -------------------------------------------------------------- plumbing
 
     def _read(self, query: str, params: list[object]) -> pl.DataFrame:
@@ -468,6 +638,29 @@ class CandleStore:
             key = (symbol, period)
             if key in self._newest:
                 self._newest[key] = max(self._newest[key], time_ms)
+
+    def _catalog_bytes(self, suffix: str) -> int | None:
+        """The size of the SQLite catalog's file (``""``) or its WAL (``"-wal"``); ``None``
+        for PostgreSQL."""
+        if self.catalog.kind != "sqlite":
+            return None
+        path = Path(self.catalog.target + suffix)
+        return path.stat().st_size if path.exists() else 0
+
+    def _note_memory(self) -> None:
+        """Take the :attr:`memory` snapshot (on the thread that uses the connection)."""
+        with self._lock:
+            try:
+                rows = self._con.execute(
+                    "SELECT tag, memory_usage_bytes, temporary_storage_bytes FROM duckdb_memory()"
+                ).fetchall()
+            except duckdb.Error as exc:  # an observation only: never fail a write for it
+                logger.debug("duckdb_memory() failed: %s", exc)
+                return
+        self._memory = StoreMemory(
+            by_tag={str(tag): int(size) for tag, size, _ in rows if size},
+            temporary_bytes=sum(int(spilled) for _, _, spilled in rows),
+        )
 
     def reconnect(self) -> None:
         """Reopen the connection and forget what it knew about stored times.
@@ -542,6 +735,8 @@ class CandleStore:
                 # threads only added scheduling, ~30 % of a 1,000-row live flush's CPU, and
                 # competed with ingest's event loop for the same cores (benchmarks/README.md).
                 con.execute("SET threads = 1")
+                # The largest file a merge makes: what the daily merge rewrites at most.
+                con.execute(f"SET ducklake_target_file_size = '{TARGET_FILE_BYTES}B'")
                 return con
         raise AssertionError("unreachable: the loop returns or raises")
 

@@ -72,9 +72,9 @@ def open_store(path: Path, **kwargs: object) -> CandleStore:
 REPO = Path(__file__).resolve().parents[2]
 
 READER = """
-import json, sys, threading
+import json, sys, threading, time
 from pipeline.store import connect
-path, mode = sys.argv[1], sys.argv[2]
+path, mode, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
 con = connect(path, verify_extensions=False)
@@ -95,6 +95,8 @@ while not stop.is_set():
         last = n
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}"[:300])
+    if pause:
+        time.sleep(pause)
 print(json.dumps({"queries": queries, "errors": errors, "backwards": backwards}), flush=True)
 """
 
@@ -125,9 +127,11 @@ def bulk_frame(first: int, n: int, *, symbols: int = 10) -> pl.DataFrame:
 class ReaderProcess:
     """A separate Python process querying the lake in a loop until told to stop."""
 
-    def __init__(self, path: Path, mode: str) -> None:
+    def __init__(self, path: Path, mode: str, *, pause: float = 0.0) -> None:
+        """Start it; ``mode`` "hold" keeps one connection, "reopen" opens one per round;
+        ``pause`` seconds between rounds (0: back to back)."""
         self.process = subprocess.Popen(
-            [sys.executable, "-c", READER, str(path), mode],
+            [sys.executable, "-c", READER, str(path), mode, str(pause)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -48,9 +48,10 @@ def test_library_use_changes_no_process_setting(tmp_path: object) -> None:
     assert out == "True None False"
 
 
-def test_ingest_process_tuning_applies_all_three_and_restores_the_collector() -> None:
-    """Inside, the collector's young threshold is raised, malloc pinned and DuckDB's lazy
-    imports loaded; on exit the collector's thresholds come back."""
+def test_ingest_process_tuning_applies_all_four_and_restores_the_collector() -> None:
+    """Inside, the collector's young threshold is raised, malloc pinned, DuckDB's lazy imports
+    loaded and pandas kept out; on exit the collector's thresholds come back and pandas is
+    importable again."""
     out = _run(
         """
         import gc, sys
@@ -60,10 +61,31 @@ def test_ingest_process_tuning_applies_all_three_and_restores_the_collector() ->
         with ingest_process_tuning():
             inside = gc.get_threshold()
             print(inside == (INGEST_GC_THRESHOLD, 10, 10), tuning._pinned, "pandas" in sys.modules)
+            try:
+                import pandas
+            except ModuleNotFoundError as exc:
+                print("kept out" if "keeps it out" in str(exc) else exc)
         print(gc.get_threshold() == (700, 10, 10))
+        import pandas
+        print("pandas" in sys.modules)
         """
     )
-    assert out.splitlines() == ["True True True", "True"]
+    assert out.splitlines() == ["True True False", "kept out", "True", "True"]
+
+
+def test_a_library_imported_before_the_ingest_run_stays_usable() -> None:
+    """pandas already imported (a notebook running ingest): it is not taken away."""
+    out = _run(
+        """
+        import sys
+        import pandas
+        from pipeline.ingest.tuning import kept_out_unused_libraries
+        with kept_out_unused_libraries() as kept:
+            import pandas.api
+            print(kept, "pandas.api" in sys.modules)
+        """
+    )
+    assert out == "False True"
 
 
 def test_candles_ingest_applies_the_tuning() -> None:
@@ -144,3 +166,24 @@ def test_the_store_lazy_imports_are_loaded_before_the_first_upsert() -> None:
         """
     )
     assert out == "[]"
+
+
+def test_inside_the_ingest_tuning_the_first_scan_imports_nothing_and_no_pandas() -> None:
+    """With pandas kept out, the preloaded lazy imports still leave DuckDB's first scan of a
+    frame nothing to import, and pandas is not among what was loaded."""
+    out = _run(
+        """
+        import sys
+        import duckdb, polars as pl
+        from pipeline.ingest.tuning import ingest_process_tuning
+        with ingest_process_tuning():
+            before = set(sys.modules)
+            con = duckdb.connect()
+            frame = pl.DataFrame({"a": [1, 2]})
+            con.register("batch", frame)
+            con.register("rows", frame.to_arrow())
+            con.execute("SELECT count(*) FROM batch JOIN rows USING (a)").fetchall()
+            print(sorted(set(sys.modules) - before), "pandas" in sys.modules)
+        """
+    )
+    assert out == "[] False"
