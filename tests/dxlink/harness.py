@@ -81,10 +81,9 @@ class Lifecycle:
     def of(self, kind: type[Any]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
 
-    async def wait_for(self, kind: type[Any], count: int = 1, limit: float = TIMEOUT) -> None:
-        """Wait until ``count`` events of ``kind`` have been seen in total (``limit`` seconds
-        at most: a test whose work before the event is CPU-bound may allow more)."""
-        async with asyncio.timeout(limit):
+    async def wait_for(self, kind: type[Any], count: int = 1) -> None:
+        """Wait until ``count`` events of ``kind`` have been seen in total."""
+        async with asyncio.timeout(TIMEOUT):
             while self.counts[kind] < count:
                 self._changed.clear()
                 await self._changed.wait()

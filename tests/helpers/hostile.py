@@ -113,6 +113,9 @@ class HostileServer:
             max_size=None,
             max_queue=4,
             compression=None,
+            # Closing the server waits this long for a client's close frame; a deaf session
+            # (reading paused) never sees the client's reset, so it would wait the default 10 s.
+            close_timeout=1,
             **options,
         )
         return self
