@@ -130,7 +130,7 @@ def test_the_real_time_soak_samples_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "soak.jsonl"
     soak_realtime.main(
         [
-            "--hours", "0.004", "--sample-every", "2", "--symbols", "2", "--intervals", "1m",
+            "--hours", "0.0025", "--sample-every", "1", "--symbols", "2", "--intervals", "1m",
             "--lookback-min", "5", "--warmup-min", "0", "--window-min", "0.05",
             "--workdir", str(tmp_path), "--out", str(out),
         ]
