@@ -19,8 +19,9 @@ import pytest
 from pipeline.candles import CandleDataManager
 from pipeline.dxlink import REMOVE_EVENT, SNAPSHOT_BEGIN, SNAPSHOT_END, Candle, index_of
 from pipeline.schema import CANDLE_COLUMNS
-from pipeline.store import TABLE, CandleStore, StoreError, connect, parse_catalog
+from pipeline.store import TABLE, CandleStore, connect, parse_catalog
 from pipeline.store.lake import has_sequence_column, migrate_sequence_column, open_lake, rollback
+from tests.helpers.store import open_and_count
 
 T0 = 1_756_303_200_000  # 2025-08-27T14:00Z
 TICKS = "AAPL{=t}"
@@ -370,16 +371,6 @@ def test_a_migration_that_loses_the_race_is_retried_as_a_no_op(tmp_path: Path) -
     assert altered_snapshots(path) == before + 1
 
 
-def _open_and_count(path: str, start: object, results: object) -> None:
-    """Child process: wait for the others, open the store (migrating it), report its count."""
-    start.wait()  # type: ignore[attr-defined]
-    try:
-        with CandleStore(path, verify_extensions=False, retry_delay_s=0.01) as store:
-            results.put(store.count())  # type: ignore[attr-defined]
-    except StoreError as exc:
-        results.put(str(exc))  # type: ignore[attr-defined]
-
-
 def test_shards_opening_an_old_store_together_all_succeed(tmp_path: Path) -> None:
     """Three processes open one old store at the same moment; each works, one migrates."""
     path = tmp_path / "data"
@@ -388,7 +379,7 @@ def test_shards_opening_an_old_store_together_all_succeed(tmp_path: Path) -> Non
     start = context.Barrier(3)
     results = context.Queue()
     children = [
-        context.Process(target=_open_and_count, args=(str(path), start, results)) for _ in range(3)
+        context.Process(target=open_and_count, args=(str(path), start, results)) for _ in range(3)
     ]
     for child in children:
         child.start()

@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 
 from pipeline.schema import CANDLE_COLUMNS
-from pipeline.store import CandleStore, StoreError, connect
-from tests.helpers.store import candle_frame, open_store
+from pipeline.store import CandleStore, connect
+from tests.helpers.store import candle_frame, open_and_count, open_store
 from tests.helpers.store_fixture import TAGS, commit_of, expected, extract, fixture_path
 
 
@@ -83,16 +83,6 @@ def test_the_store_before_sequence_is_migrated_by_exactly_one_schema_change(tmp_
     assert _schema_changes(path) == before + 1
 
 
-def _open_and_count(path: str, start: object, results: object) -> None:
-    """Child process: wait for the others, open the store (migrating it), report its count."""
-    start.wait()  # type: ignore[attr-defined]
-    try:
-        with CandleStore(path, verify_extensions=False, retry_delay_s=0.01) as store:
-            results.put(store.count())  # type: ignore[attr-defined]
-    except StoreError as exc:
-        results.put(str(exc))  # type: ignore[attr-defined]
-
-
 def test_three_shards_opening_a_store_v1_store_at_once_all_succeed(tmp_path: Path) -> None:
     """Three processes open the old store at the same moment: each works, one migrates."""
     path = tmp_path / "data"
@@ -102,7 +92,7 @@ def test_three_shards_opening_a_store_v1_store_at_once_all_succeed(tmp_path: Pat
     start = context.Barrier(3)
     results = context.Queue()
     children = [
-        context.Process(target=_open_and_count, args=(str(path), start, results)) for _ in range(3)
+        context.Process(target=open_and_count, args=(str(path), start, results)) for _ in range(3)
     ]
     for child in children:
         child.start()

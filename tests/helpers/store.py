@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.schema import CANDLE_SCHEMA
-from pipeline.store import CandleStore
+from pipeline.store import CandleStore, StoreError
 
 T0 = datetime(2025, 8, 27, 13, 30, tzinfo=UTC)
 
@@ -164,3 +164,13 @@ class ReaderProcess:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+
+
+def open_and_count(path: str, start: object, results: object) -> None:
+    """Child process: wait for the others, open the store (migrating it), report its count."""
+    start.wait()  # type: ignore[attr-defined]
+    try:
+        with CandleStore(path, verify_extensions=False, retry_delay_s=0.01) as store:
+            results.put(store.count())  # type: ignore[attr-defined]
+    except StoreError as exc:
+        results.put(str(exc))  # type: ignore[attr-defined]
