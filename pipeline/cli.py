@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
 
 import click
 
@@ -431,7 +433,7 @@ def simulate(
             "ahead of it; Ctrl-C stops"
         )
 
-    asyncio.run(sim.serve_until_signalled(ready))
+    asyncio.run(_serve_until_signalled(sim, ready))
 
 
 @cli.command()
@@ -490,7 +492,7 @@ def replay(
         click.echo(f"replaying {summary} at {url} ({pace}); Ctrl-C stops")
 
     try:
-        asyncio.run(server.serve_until_signalled(ready))
+        asyncio.run(_serve_until_signalled(server, ready))
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -662,6 +664,38 @@ def _shown(key: str, value: Any, env: Mapping[str, str]) -> str:
 
         value = loggable_url(value)  # user info or a query could carry a credential
     return json.dumps(value, ensure_ascii=False)
+
+
+class _Server(Protocol):
+    """A server the CLI runs in the foreground: ``candles simulator``, ``candles replay``."""
+
+    @property
+    def url(self) -> str: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+
+async def _serve_until_signalled(server: _Server, on_ready: Callable[[str], None]) -> None:
+    """Run ``server`` until SIGINT or SIGTERM, then stop it cleanly; ``on_ready(url)`` once
+    listening."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with server:
+            on_ready(server.url)
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def main() -> None:

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -287,20 +286,6 @@ class ReplayServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
-
-    async def serve_until_signalled(self, on_ready: Callable[[str], None]) -> None:
-        """Run until SIGINT or SIGTERM; ``on_ready(url)`` once listening."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            async with self:
-                on_ready(self.url)
-                await stop.wait()
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
 
     async def _handle(self, ws: ServerConnection) -> None:
         index = self._next

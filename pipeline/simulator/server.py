@@ -18,7 +18,6 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from functools import partial
 from types import TracebackType
@@ -221,20 +220,6 @@ class Simulator:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
-
-    async def serve_until_signalled(self, on_ready: Callable[[str], None]) -> None:
-        """Run until SIGINT or SIGTERM, then stop cleanly; ``on_ready(url)`` once listening."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            async with self:
-                on_ready(self.url)
-                await stop.wait()
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
 
     # -- state -------------------------------------------------------------------------------
 
