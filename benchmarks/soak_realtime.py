@@ -14,6 +14,9 @@ reader in another child process that queries the store the whole time. Every
   tables (:meth:`pipeline.store.CandleStore.catalog_stats`);
 * the reader: its RSS, queries run and errors.
 
+With tracemalloc on (the default), the sites where the Python heap grew from the end of the
+warm-up to the end of the run, by traceback, go to ``<out>.heap.txt``.
+
 Each sample is one JSON line in ``--out`` (written as it goes, so a run cut short still
 reports). At the end, and with ``--report FILE``, it prints per figure the least-squares
 slope per hour with its 95 % interval, the same per flush, and the median of the first and
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -61,6 +65,12 @@ MINUTE_MS = 60_000
 MIB = 1 << 20
 SCRAPE_EVERY_S = 15.0
 """How often the soak scrapes ``/metrics``, as a Prometheus server would."""
+TRACE_FRAMES = 12
+"""Frames kept per traced allocation: enough for the heap diff to name the caller."""
+HEAP_DIFF_TOP = 15
+"""Growth sites the heap diff lists (``<out>.heap.txt``)."""
+HEAP_DIFF_EVERY = 10
+"""Samples between rewrites of the heap diff while the run goes on."""
 PACKAGES = ("duckdb", "polars", "pyarrow", "websockets", "prometheus-client")
 
 READER = """
@@ -189,6 +199,63 @@ class _Reader:
         self.process.wait()
 
 
+class _HeapDiff:
+    """What the Python heap gained from the end of the warm-up to the end of the run.
+
+    A tracemalloc snapshot is taken at the first sample after ``warm_until`` and another at
+    the end (and every :data:`HEAP_DIFF_EVERY` samples meanwhile); the sites that gained most
+    (by traceback, so a library's allocation names our caller) go to ``path``, with the
+    flushes in between so a gain reads per flush.
+    """
+
+    def __init__(self, warm_until: float, path: Path) -> None:
+        self.warm_until = warm_until
+        self.path = path
+        self.first: tracemalloc.Snapshot | None = None
+        self.first_sample: Sample | None = None
+        self.last_sample: Sample | None = None
+        self.samples_since = 0
+
+    def sampled(self, sample: Sample) -> None:
+        self.last_sample = sample
+        if self.first is None:
+            if tracemalloc.is_tracing() and time.monotonic() >= self.warm_until:
+                self.first, self.first_sample = self._snapshot(), sample
+            return
+        self.samples_since += 1
+        if self.samples_since % HEAP_DIFF_EVERY == 0:  # a run cut short still tells
+            self.finish()
+
+    def finish(self) -> None:
+        if self.first is None or self.first_sample is None or self.last_sample is None:
+            return
+        second = self._snapshot()
+        flushes = max(1, self.last_sample.flushes - self.first_sample.flushes)
+        hours = max(1e-9, (self.last_sample.t - self.first_sample.t) / 3600)
+        stats = second.compare_to(self.first, "traceback")
+        total = sum(stat.size_diff for stat in stats)
+        lines = [
+            f"Python heap from {self.first_sample.t / 60:.0f} to {self.last_sample.t / 60:.0f} "
+            f"min: {total / 1024:+.1f} KiB in {flushes} flushes "
+            f"({total / flushes:+.0f} B per flush, {total / hours / MIB:+.3f} MiB/h)",
+            "",
+        ]
+        for stat in stats[:HEAP_DIFF_TOP]:
+            lines.append(
+                f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks "
+                f"({stat.size_diff / flushes:+.0f} B per flush)"
+            )
+            lines += [f"    {frame}" for frame in stat.traceback.format(most_recent_first=True)]
+        self.path.write_text("\n".join(lines) + "\n")
+        print(f"heap diff so far: {self.path}", flush=True)
+
+    @staticmethod
+    def _snapshot() -> tracemalloc.Snapshot:
+        gc.collect()  # what is still reachable, not what waits for the collector
+        ignored = [tracemalloc.Filter(False, tracemalloc.__file__)]
+        return tracemalloc.take_snapshot().filter_traces(ignored)
+
+
 def _scrape(url: str) -> None:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as reply:
         reply.read()
@@ -277,6 +344,7 @@ async def _soak(args: argparse.Namespace, workdir: Path, out: Path) -> None:
             "series": len(series), "machine": machine_info(PACKAGES),
         }  # fmt: skip
         deadline = started + args.hours * 3600
+        heap = _HeapDiff(started + args.warmup_min * 60, out.with_suffix(".heap.txt"))
         try:
             with out.open("w") as sink:
                 sink.write(json.dumps(header) + "\n")
@@ -288,7 +356,9 @@ async def _soak(args: argparse.Namespace, workdir: Path, out: Path) -> None:
                     sink.write(json.dumps(asdict(sample)) + "\n")
                     sink.flush()
                     print(_line(sample), flush=True)
+                    heap.sampled(sample)
                     await asyncio.sleep(args.sample_every)  # the sampling schedule
+            heap.finish()
         finally:
             scraper.cancel()
             service.stop()
@@ -472,7 +542,7 @@ def _traced(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    tracemalloc.start(1)
+    tracemalloc.start(TRACE_FRAMES)
     try:
         yield
     finally:

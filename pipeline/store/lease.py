@@ -45,13 +45,17 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from pipeline.sharding import ShardSpec
 from pipeline.store.lake import StoreError, redact
 from pipeline.store.writer_lock import StoreBusy
+
+if TYPE_CHECKING:
+    # Imported where used, not here: only a PostgreSQL catalog needs psycopg, and importing it
+    # costs every other ingest process ~230 modules and ~20 MB of RSS
+    # (benchmarks/README.md, "Memory at start").
+    import psycopg
 
 __all__ = ["CatalogLease", "LeaseHolder", "LeaseLost", "lease_key"]
 
@@ -213,6 +217,8 @@ class CatalogLease:
             LeaseLost: The lease session is gone or no longer holds the lock; nothing may be
                 written until :meth:`acquire` succeeds again.
         """
+        import psycopg  # here, not at the top: see the imports
+
         with self._lock:
             if self._lost is not None or self._con is None:
                 raise LeaseLost(self._lost_message())
@@ -250,6 +256,8 @@ class CatalogLease:
     # ------------------------------------------------------------------ internals
 
     def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg  # here, not at the top: see the imports
+
         # Keepalives and a user timeout on our end: a check never hangs on a dead network
         # for longer than ~timeout; the server-side equivalents are set in the session.
         seconds = max(1, int(self._timeout))
@@ -288,6 +296,8 @@ class CatalogLease:
 
     def _claim(self, con: psycopg.Connection[Any]) -> None:
         """One transaction: serialise, look for conflicting live holders, lock, note us."""
+        import psycopg  # here, not at the top: see the imports
+
         locked = False
         try:
             with con.transaction():
@@ -338,6 +348,8 @@ class CatalogLease:
 
     def _fence(self, con: psycopg.Connection[Any]) -> None:
         """End the sessions a previous holder of this shard may still have open."""
+        import psycopg  # here, not at the top: see the imports
+
         rows = con.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
             "AND application_name = %s AND pid <> pg_backend_pid()",
@@ -385,6 +397,8 @@ class CatalogLease:
         )
 
     def _take_turn(self, interval_s: float) -> bool:
+        import psycopg  # here, not at the top: see the imports
+
         with self._lock:
             if self._lost is not None or self._con is None:
                 raise LeaseLost(self._lost_message())
@@ -422,6 +436,8 @@ class CatalogLease:
                 raise LeaseLost(self._lost_message()) from None
 
     def _end_turn(self) -> None:
+        import psycopg  # here, not at the top: see the imports
+
         with self._lock:
             if self._con is None:
                 return
@@ -431,6 +447,8 @@ class CatalogLease:
                 self._lose(f"the catalog connection failed: {redact(str(exc).strip())}")
 
     def _lose(self, why: str) -> None:
+        import psycopg  # here, not at the top: see the imports
+
         if self._lost is None:
             logger.error("! lost the lease on shard %s: %s", self.shard, why)
         self._lost = why
@@ -446,6 +464,8 @@ class CatalogLease:
         )
 
     def _close(self) -> None:
+        import psycopg  # here, not at the top: see the imports
+
         con, self._con = self._con, None
         if con is not None:
             with contextlib.suppress(psycopg.Error):
