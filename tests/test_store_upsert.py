@@ -194,7 +194,7 @@ def test_frames_without_mixed_nan_columns_are_written_by_polars(tmp_path: Path) 
             pq.ParquetFile(store.root / "data" / "main" / "candles" / path).metadata.created_by
             for path, _, _ in registered_files(store)
         ]
-    assert writers[0].startswith("Polars") and writers[1].startswith("parquet-cpp-arrow")
+    assert writers[0].startswith("Polars") and writers[1].startswith("DuckDB")
     reader = connect(tmp_path / "data", verify_extensions=False)
     try:
         all_nan = "SELECT count(*) FROM candles WHERE imp_volatility > 1e9 AND close < 1e9"
@@ -270,6 +270,7 @@ def test_a_moved_store_still_finds_its_registered_files(tmp_path: Path) -> None:
 FULL_DISK = """
 import resource, signal, sys
 from pathlib import Path
+import duckdb
 import polars as pl
 from datetime import UTC, datetime
 from pipeline.store.lake import write_data_file
@@ -277,7 +278,7 @@ from pipeline.store.upsert import prepare_batch
 from tests.helpers.store import candle_frame
 folder, mixed = Path(sys.argv[1]), sys.argv[2] == "mixed"
 frame = candle_frame(n=2_000)
-if mixed:  # a float column mixing NaN and numbers takes the pyarrow writer
+if mixed:  # a float column mixing NaN and numbers takes DuckDB's COPY
     frame = frame.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(float("nan"))
                                .otherwise(pl.col("vwap")).alias("vwap"))
 batch = prepare_batch(frame, datetime(2026, 1, 2, tzinfo=UTC))
@@ -285,8 +286,8 @@ batch = prepare_batch(frame, datetime(2026, 1, 2, tzinfo=UTC))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
 try:
-    write_data_file(folder, batch)
-except Exception as exc:  # polars words it ComputeError, pyarrow OSError
+    write_data_file(duckdb.connect(), folder, batch)
+except Exception as exc:  # polars words it ComputeError, DuckDB IOException
     print("failed", type(exc).__name__)
 else:
     print("written")
@@ -339,10 +340,10 @@ def test_compaction_removes_a_file_left_by_a_writer_killed_before_its_commit(
         folder = table_folder(store._con, pipeline.store.lake.resolve_data_path(store.root, None))
         assert folder is not None
         batch = prepare_batch(candle_frame(n=10, start=T0 + 10 * MINUTE), now[0])
-        orphan = write_data_file(folder, batch)  # what the killed writer left behind
+        orphan = write_data_file(store._con, folder, batch)  # what the killed writer left behind
         old = time.time() - 2 * 3600
         os.utime(orphan, (old, old))
-        in_flight = write_data_file(folder, batch)  # another shard's, not committed yet
+        in_flight = write_data_file(store._con, folder, batch)  # another shard's, not committed yet
         now[0] = datetime.now(UTC)
         store.compact(retain=timedelta(hours=1))
         assert not orphan.exists()

@@ -26,10 +26,14 @@ tuning"):
   while holding the GIL; in the first flush of a backfill that stalled the receiving thread.
   Done once at start-up, it costs the same but stalls nothing. ``bench_backfill`` (first flush).
 * **Libraries ingest never uses** (:func:`kept_out_unused_libraries`): DuckDB's first scan
-  also imports pandas when it is installed (it is not a dependency, but a notebook or SDK in
-  the same environment brings it), ~470 modules and ~30 MB of RSS, only to learn that the
-  frame is not a pandas one. The ingest process makes them unimportable, as in an
-  environment without them. ``benchmarks/README.md``, "Memory at start".
+  of a Python object imports pandas (not a dependency, but a notebook or SDK in the same
+  environment brings it: ~470 modules, ~30 MB of RSS) and pyarrow (a dependency of the
+  readers and notebooks: its shared libraries and modules, ~50 MB of RSS) when they are
+  installed, only to learn that the object is neither's. The store hands DuckDB its frames
+  through the Arrow C stream interface (:class:`pipeline.store.FrameScan`) and writes
+  Parquet with polars or DuckDB, so the ingest process needs neither and makes them
+  unimportable, as in an environment without them. ``benchmarks/README.md``, "Memory at
+  start".
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ INGEST_GC_THRESHOLD = 20_000
 MMAP_THRESHOLD_BYTES = 512 * 1024
 """Allocations this large or larger are mapped on their own and unmapped when freed."""
 _M_MMAP_THRESHOLD = -3  # from glibc's <malloc.h>
-UNUSED_IN_INGEST = ("pandas",)
+UNUSED_IN_INGEST = ("pandas", "pyarrow")
 """Packages an ingest process never imports, although DuckDB would (see the module doc)."""
 _lock = threading.Lock()
 _pinned: bool | None = None
@@ -164,11 +168,13 @@ def kept_out_unused_libraries() -> Iterator[bool]:
 def load_store_lazy_imports() -> None:
     """Make DuckDB import now what it otherwise imports on the store's first upsert."""
     import duckdb
-    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
+    import polars as pl
+
+    from pipeline.store import FrameScan
 
     con = duckdb.connect()
     try:
-        con.register("lazy_import_probe", pa.table({"probe": [0]}))
+        con.register("lazy_import_probe", FrameScan(pl.DataFrame({"probe": [0]})))
         con.execute("SELECT count(*) FROM lazy_import_probe").fetchall()
     finally:
         con.close()

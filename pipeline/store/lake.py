@@ -41,7 +41,6 @@ from typing import Literal
 
 import duckdb
 import polars as pl
-import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
 from pipeline.store.object_store import S3Options, is_object_store, parse_s3_url, scrub
 
@@ -53,6 +52,7 @@ __all__ = [
     "TABLE",
     "VIEW_FILES",
     "CatalogSpec",
+    "FrameScan",
     "StoreError",
     "add_data_file",
     "connect",
@@ -509,6 +509,7 @@ db.close()
 
 _METADATA = f"__ducklake_metadata_{LAKE}"  # where DuckLake attaches the lake's catalog
 _DATA_FILE_ROW_GROUP = 122_880  # DuckDB's own row group size, so pruning works as on its files
+_COPIED = "candles_data_file"  # the frame's name while COPY writes it
 
 
 def table_folder(con: duckdb.DuckDBPyConnection, data_path: str) -> Path | None:
@@ -537,25 +538,47 @@ def table_folder(con: duckdb.DuckDBPyConnection, data_path: str) -> Path | None:
     return schema_folder / table_path if table_relative else Path(table_path)
 
 
-def write_data_file(folder: Path, frame: pl.DataFrame) -> Path:
+class FrameScan:
+    """A polars frame as DuckDB scans it without pyarrow: through the Arrow C stream interface.
+
+    DuckDB 1.5 converts a polars ``DataFrame`` it scans through pyarrow, and the first scan of
+    any Python object imports pyarrow (and pandas) to recognise it. An object offering only
+    ``__arrow_c_stream__`` it reads straight from polars' own export, at the same speed, with
+    neither imported: every frame the store hands DuckDB is wrapped in this, and the ingest
+    process keeps pyarrow out (:mod:`pipeline.ingest.tuning`; benchmarks/README.md, "Memory
+    at start").
+    """
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.frame = frame
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
+        return self.frame.__arrow_c_stream__(requested_schema)
+
+
+def write_data_file(con: duckdb.DuckDBPyConnection, folder: Path, frame: pl.DataFrame) -> Path:
     """Write ``frame`` as one Parquet file in ``folder``, as DuckDB would, and return its path.
 
-    polars and pyarrow (dictionaries on strings only) write a batch of candles in a fraction
-    of the time DuckDB's ``COPY`` (and so a DuckLake ``INSERT``) takes (``bench_store``,
-    the write floor in its details). A float column that mixes NaN with numbers must
-    get no min/max statistics: Parquet writers leave NaN out of min/max, but DuckDB orders
-    NaN above every number and would skip the file for ``close > x`` although its NaN rows
-    match (DuckDB's own writer omits those statistics). polars cannot omit statistics per
-    column, so such a frame goes through pyarrow; every other column keeps its statistics,
-    and files are pruned by series and time as DuckLake's own are.
+    polars writes a batch of candles in a fraction of the time DuckDB's ``COPY`` (and so a
+    DuckLake ``INSERT``) takes (``bench_store``, the write floor in its details). A float
+    column that mixes NaN with numbers must get no min/max statistics: Parquet writers leave
+    NaN out of min/max, but DuckDB orders NaN above every number and would skip the file for
+    ``close > x`` although its NaN rows match. polars cannot omit statistics per column, so
+    such a frame goes through DuckDB's ``COPY`` on ``con``, whose writer omits exactly those
+    (slower per row; ``bench_store``). Every other column keeps its statistics, and files are
+    pruned by series and time as DuckLake's own are.
 
     Args:
+        con: A connection to run the ``COPY`` on (the writer's; the file is not part of its
+            transaction until :func:`add_data_file`).
         folder: :func:`table_folder` (created if missing).
         frame: Candles in the table's column order and types (times in µs, UTC).
     """
     floats = [name for name, dtype in frame.schema.items() if dtype.is_float()]
     nans = frame.select(pl.col(floats).is_nan().sum()).row(0) if floats else ()
-    mixed = {name for name, count in zip(floats, nans, strict=True) if 0 < count < frame.height}
+    mixed = any(0 < count < frame.height for count in nans)
     folder.mkdir(parents=True, exist_ok=True)
     # DuckLake's own naming, so its orphan cleanup treats a file left by a crash like its own.
     path = folder / f"ducklake-{uuid.uuid4()}.parquet"
@@ -564,15 +587,14 @@ def write_data_file(folder: Path, frame: pl.DataFrame) -> Path:
         if not mixed:
             frame.write_parquet(path, compression="snappy", row_group_size=_DATA_FILE_ROW_GROUP)
             return path
-        pq.write_table(
-            frame.to_arrow(),
-            path,
-            compression="snappy",
-            row_group_size=_DATA_FILE_ROW_GROUP,
-            # A dictionary tried on every double column made pyarrow slower than DuckDB's COPY.
-            use_dictionary=[name for name, dtype in frame.schema.items() if dtype == pl.String],
-            write_statistics=[name for name in frame.columns if name not in mixed],
-        )
+        con.register(_COPIED, FrameScan(frame))
+        try:
+            con.execute(
+                f"COPY (FROM {_COPIED}) TO {quote(str(path))} "
+                f"(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE {_DATA_FILE_ROW_GROUP})"
+            )
+        finally:
+            con.unregister(_COPIED)
         return path
     except BaseException:
         # A full disk (or any failure) must not leave a torn or empty file behind (issue 14).

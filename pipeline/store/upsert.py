@@ -24,7 +24,7 @@ Parquet writer (``bench_store``, upsert against a plain append). Small batches k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,11 +32,10 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
-import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
 from pipeline.dxlink import SEQUENCE_MASK
 from pipeline.schema import CANDLE_COLUMNS, CANDLE_SCHEMA, KEY_COLUMNS, VALUE_COLUMNS
-from pipeline.store.lake import TABLE, add_data_file, rollback, write_data_file
+from pipeline.store.lake import TABLE, FrameScan, add_data_file, rollback, write_data_file
 
 __all__ = [
     "FILE_MIN_ROWS",
@@ -57,6 +56,7 @@ _KEY_MATCH = (
 )
 _TIME_RANGE = "c.time BETWEEN epoch_ms(?::BIGINT)::TIMESTAMPTZ AND epoch_ms(?::BIGINT)::TIMESTAMPTZ"
 _COLUMN_LIST = ", ".join(CANDLE_COLUMNS)
+_PARAMETER = "candles_parameter_"  # fetch's session variables: _0, _1, ...
 _SEQUENCE = "sequence"
 _MAX_SEQUENCE = SEQUENCE_MASK  # §4.2: 22 bits
 # NOT NULL in schema.sql besides the key and ingested_at (which prepare_batch fills): DuckLake
@@ -272,7 +272,7 @@ def upsert_once(
                         _time_range(replaced),
                     )
             if changed.height >= FILE_MIN_ROWS and data_folder is not None:
-                written = write_data_file(data_folder, changed)
+                written = write_data_file(con, data_folder, changed)
                 add_data_file(con, written)
             elif changed.height:
                 _insert(con, changed)
@@ -353,15 +353,29 @@ def to_frame_schema(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.cast({c: CANDLE_SCHEMA[c] for c in frame.columns if c in CANDLE_SCHEMA})
 
 
-def fetch(con: duckdb.DuckDBPyConnection, query: str, params: list[object]) -> pl.DataFrame:
-    """Run a query into a polars frame.
+def fetch(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[object]) -> pl.DataFrame:
+    """Run a query with ``?`` parameters into a polars frame, without pyarrow.
 
-    Through Arrow from ``execute``: ``con.sql(query, params=...).pl()`` builds its result a
-    far slower way for the same rows (duckdb 1.5.5; ``bench_store``, revised upsert).
+    The query runs as a relation, which polars takes through the Arrow C stream interface as
+    fast as the ``to_arrow_table`` route. ``con.sql(query, params=...)`` would bind the
+    parameters itself but builds its result a far slower way (duckdb 1.5.5; ``bench_store``,
+    revised upsert), so they are bound here: an ``int`` as its literal, anything else as a
+    session variable (``SET VARIABLE``, typed by DuckDB as ``execute`` types a parameter)
+    read with ``getvariable``. Every ``?`` of ``query`` is a parameter (the store's own
+    queries hold none in literals).
     """
-    frame = pl.from_arrow(con.execute(query, params).to_arrow_table())
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+    parts = query.split("?")
+    if len(parts) != len(params) + 1:
+        raise ValueError(f"{len(parts) - 1} placeholders for {len(params)} parameters: {query}")
+    bound = [parts[0]]
+    for index, (value, part) in enumerate(zip(params, parts[1:], strict=True)):
+        if type(value) is int:  # not bool, a subclass; an int's literal cannot inject SQL
+            bound.append(str(value))
+        else:
+            con.execute(f"SET VARIABLE {_PARAMETER}{index} = ?", [value])
+            bound.append(f"getvariable('{_PARAMETER}{index}')")
+        bound.append(part)
+    return pl.DataFrame(con.sql("".join(bound)))
 
 
 def count(con: duckdb.DuckDBPyConnection, query: str, *params: object) -> int:
@@ -386,9 +400,7 @@ def _stored_versions(con: duckdb.DuckDBPyConnection, batch: pl.DataFrame) -> pl.
 
 def _insert(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
     """INSERT through DuckLake (small batches, object storage)."""
-    # As Arrow: DuckDB scans a polars frame through a conversion of its own that costs more
-    # CPU per row inserted than polars' to_arrow (figures: benchmarks/README.md).
-    with _registered(con, changed_rows=rows.to_arrow()):
+    with _registered(con, changed_rows=rows):
         con.execute(f"INSERT INTO {TABLE} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM changed_rows")
 
 
@@ -445,14 +457,13 @@ def _time_range(frame: pl.DataFrame) -> list[object]:
 
 
 @contextmanager
-def _registered(
-    con: duckdb.DuckDBPyConnection, **frames: pl.DataFrame | pa.Table | None
-) -> Iterator[None]:
-    names = [name for name, frame in frames.items() if frame is not None]
-    for name in names:
-        con.register(name, frames[name])
+def _registered(con: duckdb.DuckDBPyConnection, **frames: pl.DataFrame | None) -> Iterator[None]:
+    """The frames, by name, as tables of ``con`` for a while (scanned as :class:`FrameScan`)."""
+    present = {name: frame for name, frame in frames.items() if frame is not None}
+    for name, frame in present.items():
+        con.register(name, FrameScan(frame))
     try:
         yield
     finally:
-        for name in names:
+        for name in present:
             con.unregister(name)
