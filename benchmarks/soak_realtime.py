@@ -15,7 +15,7 @@ reader in another child process that queries the store the whole time. Every
 * the reader: its RSS, queries run and errors.
 
 With tracemalloc on (the default), the sites where the Python heap grew from the end of the
-warm-up to the end of the run, by traceback, go to ``<out>.heap.txt``.
+warm-up to the end of the run, by traceback, go to ``<out>.heap.txt`` at the end.
 
 Each sample is one JSON line in ``--out`` (written as it goes, so a run cut short still
 reports). At the end, and with ``--report FILE``, it prints per figure the least-squares
@@ -69,8 +69,6 @@ TRACE_FRAMES = 12
 """Frames kept per traced allocation: enough for the heap diff to name the caller."""
 HEAP_DIFF_TOP = 15
 """Growth sites the heap diff lists (``<out>.heap.txt``)."""
-HEAP_DIFF_EVERY = 10
-"""Samples between rewrites of the heap diff while the run goes on."""
 PACKAGES = ("duckdb", "polars", "pyarrow", "websockets", "prometheus-client")
 
 READER = """
@@ -202,37 +200,37 @@ class _Reader:
 class _HeapDiff:
     """What the Python heap gained from the end of the warm-up to the end of the run.
 
-    A tracemalloc snapshot is taken at the first sample after ``warm_until`` and another at
-    the end (and every :data:`HEAP_DIFF_EVERY` samples meanwhile); the sites that gained most
-    (by traceback, so a library's allocation names our caller) go to ``path``, with the
-    flushes in between so a gain reads per flush.
+    A tracemalloc snapshot is taken at the first sample after ``warm_until`` and another
+    after the last sample; the sites that gained most (by traceback, so a library's
+    allocation names our caller) go to ``path``, with the flushes in between so a gain reads
+    per flush. The measurement must not disturb what it measures: the first snapshot waits
+    on disk (``<path>.first``), not in the heap, and frames are written as file and line
+    without their source (reading it would fill ``linecache``, several MiB of heap).
     """
 
     def __init__(self, warm_until: float, path: Path) -> None:
         self.warm_until = warm_until
         self.path = path
-        self.first: tracemalloc.Snapshot | None = None
+        self.first_path = path.with_name(path.name + ".first")
         self.first_sample: Sample | None = None
         self.last_sample: Sample | None = None
-        self.samples_since = 0
 
     def sampled(self, sample: Sample) -> None:
         self.last_sample = sample
-        if self.first is None:
-            if tracemalloc.is_tracing() and time.monotonic() >= self.warm_until:
-                self.first, self.first_sample = self._snapshot(), sample
-            return
-        self.samples_since += 1
-        if self.samples_since % HEAP_DIFF_EVERY == 0:  # a run cut short still tells
-            self.finish()
+        warm = time.monotonic() >= self.warm_until
+        if self.first_sample is None and tracemalloc.is_tracing() and warm:
+            self._snapshot().dump(str(self.first_path))
+            self.first_sample = sample
 
     def finish(self) -> None:
-        if self.first is None or self.first_sample is None or self.last_sample is None:
+        if self.first_sample is None or self.last_sample is None:
             return
         second = self._snapshot()
+        first = tracemalloc.Snapshot.load(str(self.first_path))
+        self.first_path.unlink()
         flushes = max(1, self.last_sample.flushes - self.first_sample.flushes)
         hours = max(1e-9, (self.last_sample.t - self.first_sample.t) / 3600)
-        stats = second.compare_to(self.first, "traceback")
+        stats = second.compare_to(first, "traceback")
         total = sum(stat.size_diff for stat in stats)
         lines = [
             f"Python heap from {self.first_sample.t / 60:.0f} to {self.last_sample.t / 60:.0f} "
@@ -245,9 +243,10 @@ class _HeapDiff:
                 f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks "
                 f"({stat.size_diff / flushes:+.0f} B per flush)"
             )
-            lines += [f"    {frame}" for frame in stat.traceback.format(most_recent_first=True)]
+            newest_first = reversed(stat.traceback)
+            lines += [f"    {frame.filename}:{frame.lineno}" for frame in newest_first]
         self.path.write_text("\n".join(lines) + "\n")
-        print(f"heap diff so far: {self.path}", flush=True)
+        print(f"heap diff: {self.path}", flush=True)
 
     @staticmethod
     def _snapshot() -> tracemalloc.Snapshot:
