@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import math
 import os
@@ -59,7 +60,7 @@ from benchmarks.e2e_common import TOKEN, SimulatorProcess, bench_config, symbols
 from pipeline.ingest import IngestService, SimulatorTokenSource
 from pipeline.ingest.tuning import ingest_process_tuning
 
-__all__ = ["Sample", "compare", "main", "report", "run", "slope"]
+__all__ = ["Sample", "compare", "cycles", "main", "report", "run", "slope"]
 
 MINUTE_MS = 60_000
 MIB = 1 << 20
@@ -343,11 +344,12 @@ async def _soak(args: argparse.Namespace, workdir: Path, out: Path) -> None:
             "series": len(series), "machine": machine_info(PACKAGES),
         }  # fmt: skip
         deadline = started + args.hours * 3600
+        taken = 0
         heap = _HeapDiff(started + args.warmup_min * 60, out.with_suffix(".heap.txt"))
         try:
             with out.open("w") as sink:
                 sink.write(json.dumps(header) + "\n")
-                while time.monotonic() < deadline:
+                while taken < args.samples if args.samples else time.monotonic() < deadline:
                     if run.done():
                         run.result()
                         raise RuntimeError("the service stopped by itself")
@@ -356,6 +358,7 @@ async def _soak(args: argparse.Namespace, workdir: Path, out: Path) -> None:
                     sink.flush()
                     print(_line(sample), flush=True)
                     heap.sampled(sample)
+                    taken += 1
                     await asyncio.sleep(args.sample_every)  # the sampling schedule
             heap.finish()
         finally:
@@ -477,6 +480,46 @@ def analyse(samples: Sequence[Sample], warmup_min: float, window_min: float) -> 
     return analysis
 
 
+CYCLE_FIGURES = ("rss", "heap", "duckdb", "catalog_bytes", "snapshots", "data_files")
+"""What :func:`cycles` lines up: figures that rise between compactions and fall at each."""
+
+
+def cycles(samples: Sequence[Sample]) -> list[tuple[int, Sample, Sample]]:
+    """Per compaction: its number, the last sample before it and the first after it.
+
+    Snapshots and files pile up between the hourly compactions and fall at each, so over a
+    couple of hours their slope says little; bounded means the same figure at the same point
+    of each cycle does not grow.
+    """
+    found: list[tuple[int, Sample, Sample]] = []
+    for before, after in itertools.pairwise(samples):
+        if after.compactions > before.compactions:
+            found.append((after.compactions, before, after))
+    return found
+
+
+def _cycle_table(samples: Sequence[Sample]) -> list[str]:
+    rows = cycles(samples)
+    if not rows:
+        return []
+    labels = " | ".join(f"{FIGURES[name]}: before -> after" for name in CYCLE_FIGURES)
+    lines = [
+        "",
+        "At each compaction (the last sample before it -> the first after it):",
+        "",
+        f"| compaction | minute | {labels} |",
+        "|---:|---:|" + "---:|" * len(CYCLE_FIGURES),
+    ]
+    for number, before, after in rows:
+        cells = " | ".join(
+            f"{getattr(before, name) / _SCALE.get(name, 1):.2f} -> "
+            f"{getattr(after, name) / _SCALE.get(name, 1):.2f}"
+            for name in CYCLE_FIGURES
+        )
+        lines.append(f"| {number} | {after.t / 60:.0f} | {cells} |")
+    return lines
+
+
 def report(path: Path, *, warmup_min: float, window_min: float, tolerance: float) -> str:
     """A Markdown report of one run."""
     header, samples = _load(path)
@@ -500,6 +543,7 @@ def report(path: Path, *, warmup_min: float, window_min: float, tolerance: float
             f"| {label} | {s.first:.2f} | {s.last:.2f} | {s.per_hour:+.3f} ± {s.half_width:.3f} "
             f"| {a.per_flush(name):+.5f} | {verdict} |"
         )
+    lines += _cycle_table(samples)
     return "\n".join(lines)
 
 
@@ -567,6 +611,9 @@ def _parser() -> argparse.ArgumentParser:
         description=(__doc__ or "").split("\n\n")[0],
     )
     parser.add_argument("--hours", type=float, default=2.5, help="wall-clock hours to run")
+    parser.add_argument(
+        "--samples", type=int, default=None, help="stop after this many samples instead"
+    )
     parser.add_argument("--symbols", type=int, default=100, help="symbols (x intervals = series)")
     parser.add_argument("--intervals", default="1m,5m", help="comma-separated periods")
     parser.add_argument("--lookback-min", type=int, default=30, help="history asked at start")

@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,7 +131,7 @@ def test_the_real_time_soak_samples_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "soak.jsonl"
     soak_realtime.main(
         [
-            "--hours", "0.0025", "--sample-every", "1", "--symbols", "2", "--intervals", "1m",
+            "--samples", "3", "--sample-every", "1", "--symbols", "2", "--intervals", "1m",
             "--lookback-min", "5", "--warmup-min", "0", "--window-min", "0.05",
             "--workdir", str(tmp_path), "--out", str(out),
         ]
@@ -138,7 +139,7 @@ def test_the_real_time_soak_samples_and_reports(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[0]["header"] and lines[0]["series"] == 2
     samples = lines[1:]
-    assert len(samples) >= 3
+    assert len(samples) == 3
     for sample in samples:
         assert sample["rss"] > 0 and sample["snapshots"] >= 1 and sample["reader_errors"] == 0
     report = soak_realtime.report(out, warmup_min=0, window_min=0.05, tolerance=0.02)
@@ -156,3 +157,21 @@ def test_the_soak_slope_finds_a_known_trend() -> None:
     assert not line.includes_zero
     noise = soak_realtime.slope(hours, [100 + (i % 2) for i in range(120)], window=10)
     assert noise.includes_zero
+
+
+def test_the_soak_report_lines_up_each_compaction() -> None:
+    """Figures that pile up between compactions are compared at the same point of each
+    cycle: the last sample before a compaction and the first after it."""
+    zeros: dict[str, Any] = {name: 0 for name in soak_realtime.Sample.__dataclass_fields__}
+
+    def sample(minute: int, compactions: int, files: int) -> soak_realtime.Sample:
+        values: dict[str, Any] = {
+            **zeros, "t": minute * 60.0, "compactions": compactions, "data_files": files,
+            "duckdb_tags": {},
+        }  # fmt: skip
+        return soak_realtime.Sample(**values)
+
+    run = [sample(m, m // 60, 1 + m % 60) for m in range(0, 150, 10)]
+    found = soak_realtime.cycles(run)
+    assert [(n, b.t / 60, a.t / 60) for n, b, a in found] == [(1, 50, 60), (2, 110, 120)]
+    assert [(b.data_files, a.data_files) for _, b, a in found] == [(51, 1), (51, 1)]
