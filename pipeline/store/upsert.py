@@ -18,8 +18,13 @@ a large share of a backfill flush (``bench_store``, next 100,000 of a stored ser
 The rows to write go into one Parquet file that the writer writes itself
 (:func:`pipeline.store.lake.write_data_file`) and registers in the same transaction
 (``ducklake_add_data_files``), instead of a DuckLake ``INSERT``, most of whose time is DuckDB's
-Parquet writer (``bench_store``, upsert against a plain append). Small batches keep the
-``INSERT``, which DuckLake may inline into the catalog instead of writing a file.
+Parquet writer (``bench_store``, upsert against a plain append). Small batches too: an
+``INSERT`` scans the batch as a Python object, and DuckDB 1.5.5 keeps a few Python objects
+of every such scan for the life of the process (~300 bytes per live flush, a few hundred MB
+over a year of flushes; closing the connection does not free them), where a file costs
+~5 ms more per flush. Only a data path on object storage, which the writer cannot write
+files into itself, goes through ``INSERT`` (and keeps that leak). Deletion keys are
+registered only when there are some, for the same reason.
 """
 
 from __future__ import annotations
@@ -65,10 +70,9 @@ _REQUIRED = ("revision",)
 _SERIES = ["symbol", "period"]
 _NEWEST_QUERY_CHUNK = 1_000  # symbols per lookup of newest stored times
 
-FILE_MIN_ROWS = 1_000
+FILE_MIN_ROWS = 1
 """Batches with at least this many rows to write go into a data file the writer writes
-itself; smaller ones through DuckLake's ``INSERT`` (which inlines up to 10 rows into the
-catalog, and costs about the same per file below this size)."""
+itself (every batch: see the module doc); smaller ones through DuckLake's ``INSERT``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,16 +247,17 @@ def upsert_once(
     """
     written: Path | None = None
     committing = False
-    with _registered(con, deletion_keys=deletions):
+    deleting = deletions if deletions is not None and deletions.height else None
+    with _registered(con, deletion_keys=deleting):
         con.execute("BEGIN")
         try:
             deleted = 0
-            if deletions is not None and deletions.height:
+            if deleting is not None:
                 deleted = count(
                     con,
                     f"DELETE FROM {TABLE} c USING deletion_keys b WHERE {_KEY_MATCH} "
                     f"AND {_TIME_RANGE}",
-                    *_time_range(deletions),
+                    *_time_range(deleting),
                 )
             spans = series_spans(batch)
             fresh, maybe_stored = newest.split(con, batch, spans)
