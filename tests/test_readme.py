@@ -460,7 +460,9 @@ def _ingest(argv: list[str], config: Config, ctx: Context, line_env: dict[str, s
                         CLIENT_SECRET, REFRESH_TOKEN, *rest.quote_tokens, *rest.access_tokens
                     ]  # fmt: skip
                     _check_recording(Path(argv[argv.index("--record") + 1]), secrets)
-    assert interrupt.met, f"candles {shlex.join(argv)}: what it waits for never arrived"
+    assert interrupt.met, (
+        f"candles {shlex.join(argv)}: what it waits for never arrived ({interrupt.error!r})"
+    )
     (service,) = interrupt.services
     wanted = {(s.base, s.period_label) for s in service.series}  # config.toml and the options
     stored = set(run_query("SELECT DISTINCT symbol, period FROM candles", path=store).iter_rows())

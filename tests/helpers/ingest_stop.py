@@ -48,6 +48,8 @@ class Interrupt:
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
     met: bool = False
     """``ready(service)`` held before the SIGINT."""
+    error: Exception | None = None
+    """What ``ready`` raised, if it did (the SIGINT came at once)."""
 
 
 def completed(service: IngestService, series: str) -> int:
@@ -96,11 +98,14 @@ def interrupt_when(
     async def _watch(service: IngestService) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while not service.stopping and loop.time() < deadline:
-            if ready(service):
-                seen.met = True
-                break
-            await asyncio.sleep(POLL_S)
+        try:
+            while not service.stopping and loop.time() < deadline:
+                if ready(service):
+                    seen.met = True
+                    break
+                await asyncio.sleep(POLL_S)
+        except Exception as exc:  # reported by the test; the run must end all the same
+            seen.error = exc
         if not service.stopping:
             signal.raise_signal(signal.SIGINT)  # Ctrl-C: the runner's handler takes it
 
