@@ -63,7 +63,8 @@ async def test_sigkill_and_restart_lose_nothing(tmp_path: Path) -> None:
 
             await eventually(caught_up, within=60, what="restarted ingest caught up")
             process.send_signal(signal.SIGTERM)
-            _, err = process.communicate(timeout=60)
+            # Off the loop: the simulator (on this loop) must answer the closing handshake.
+            _, err = await asyncio.to_thread(process.communicate, timeout=60)
             assert process.returncode == 0, err.decode()[-2000:]
         finally:
             if process.poll() is None:

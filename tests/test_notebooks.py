@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +30,9 @@ from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from pipeline import analysis
+from pipeline.config import load_config
+from tests.helpers.ingest_stop import ingest_until_stored
 from tests.helpers.notebook_store import FilledStore, fill_store
-from tests.helpers.timing import TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -249,15 +249,16 @@ def ingested_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(NOTEBOOKS, project / "notebooks")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CANDLES_")}
     env["CANDLES_METRICS__ENABLED"] = "false"  # port 9464 may be taken on a shared machine
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "ingest", "--duration", "5s"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        timeout=12 * TIMEOUT,
-        check=False,
+    # Stored at the first flush, not 5 s in; stopped (Ctrl-C) once every series is stored.
+    env["CANDLES_SCHEDULE__FLUSH_INTERVAL"] = "0.2"
+    series = {
+        (s.base, s.period_label)
+        for s in load_config(project / "config.toml", environ={}).subscriptions.candle_symbols()
+    }
+    code, log = ingest_until_stored(
+        [sys.executable, "-m", "pipeline", "ingest"], project / "data", series, cwd=project, env=env
     )
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert code == 0, log[-3000:]
     assert (project / "data" / "catalog.sqlite").is_file()
     return project
 

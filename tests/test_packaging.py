@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Config
+from tests.helpers.ingest_stop import ingest_until_stored
 from tests.helpers.layering import PACKAGE, ROOT
 
 SQL = ROOT / "sql"
@@ -138,11 +139,16 @@ def test_installed_wheel_ingests_into_a_store_from_an_unrelated_folder(
     where = _run(python, "-c", "import pipeline; print(pipeline.__file__)", cwd=folder, env=env)
     assert Path(where.strip()).is_relative_to(tmp_path / "venv"), where
     candles = tmp_path / "venv" / "bin" / "candles"
-    _run(candles, "ingest", "--duration", "5s", cwd=folder, env=env)
+    wanted = {(s.base, s.period_label) for s in Config().subscriptions.candle_symbols()}
+    # Stored at the first flush, not 5 s in; stopped (Ctrl-C) once every series is stored.
+    flush_soon = env | {"CANDLES_SCHEDULE__FLUSH_INTERVAL": "0.2"}
+    code, log = ingest_until_stored(
+        [candles, "ingest"], folder / "data", wanted, cwd=folder, env=flush_soon
+    )
+    assert code == 0, log[-3000:]
     assert (folder / "data" / "catalog.sqlite").is_file()
     sql = "SELECT symbol, period, count(*) AS candles FROM candles GROUP BY ALL"
     printed = _run(candles, "query", "--format", "csv", sql, cwd=folder, env=env)
     rows = list(csv.DictReader(io.StringIO(printed)))
-    wanted = {(s.base, s.period_label) for s in Config().subscriptions.candle_symbols()}
-    assert rows and {(r["symbol"], r["period"]) for r in rows} <= wanted
+    assert {(r["symbol"], r["period"]) for r in rows} == wanted
     assert sum(int(r["candles"]) for r in rows) > 0

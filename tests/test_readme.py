@@ -62,6 +62,7 @@ from pipeline.recording import Record, Recording, recording_files
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import run_query
 from tests.helpers.fake_tastytrade import FakeClock, FakeTastytrade, IssuedTokenSimulator
+from tests.helpers.ingest_stop import any_series_completed, every_series_completed, interrupt_when
 from tests.helpers.layering import ALLOWED, PACKAGE
 from tests.helpers.metrics import START, FakeService, reader
 from tests.helpers.notebook_store import FilledStore, fill_store
@@ -73,7 +74,6 @@ README = ROOT / "README.md"
 UPDATE_ENV = "CANDLES_UPDATE_README"
 OPTIONS_START, OPTIONS_END = "<!-- options:start -->", "<!-- options:end -->"
 CLIENT_SECRET, REFRESH_TOKEN = "readme-client-secret", "readme-refresh-token"
-INGEST_DURATION = "5s"
 
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w-]*)\s*$")
 _MARKER = re.compile(r"^\s*<!-- not-executed(?: `(?P<prefix>[^`]+)`)?: (?P<reason>.+?) -->\s*$")
@@ -431,37 +431,61 @@ def _doctor(argv: list[str], config: Config) -> None:
 
 
 def _ingest(argv: list[str], config: Config, ctx: Context, line_env: dict[str, str]) -> None:
+    """``candles ingest``, stopped as its user stops it (Ctrl-C) once it holds what the line
+    is for: a completed candle of every series (of some series against a replay, which
+    serves only what was recorded), and with ``--lookback`` the daily history asked for.
+    A README ``--duration`` stays as written; the SIGINT comes first."""
     store = ctx.tmp_path / "ingested"
-    argv = [*argv, "--duration", INGEST_DURATION, "--store", str(store)]
+    argv = [*argv, "--store", str(store)]
     env = {"CANDLES_METRICS__PORT": "0", **line_env}
+    lookback = "--lookback" in argv
     replayed = env.get(REPLAY_URL_ENV)
-    if replayed is not None:  # ingest against `candles replay` started by an earlier line
-        env[REPLAY_URL_ENV] = REPLAYS.url_for(replayed, ctx)
-        invoke(argv, env)
-        assert REPLAYS.stop(replayed) == 0
-    else:
-        with stand_in_for(config.source.kind) as (rest, rest_env):
-            invoke(argv, env | rest_env)
-        if rest is not None:
-            assert rest.count("/oauth/token") >= 1 and rest.count("/api-quote-tokens") >= 1
-            if "--record" in argv:
-                secrets = [CLIENT_SECRET, REFRESH_TOKEN, *rest.quote_tokens, *rest.access_tokens]
-                _check_recording(Path(argv[argv.index("--record") + 1]), secrets)
-    stored = run_query("SELECT DISTINCT symbol, period FROM candles", path=store)
-    wanted = {(s.base, s.period_label) for s in config.subscriptions.candle_symbols()}
-    # A run bounded by wall time cannot promise every series on a loaded machine; that every
-    # series is captured exactly is proven by tests/test_service.py. Here: it ran, it stored,
-    # and only what the config asked for.
-    assert stored.height > 0 and set(stored.iter_rows()) <= wanted
-    if "--lookback" in argv:  # the history asked for is there: a month of daily candles
-        days = run_query(
+    ready = (
+        any_series_completed
+        if replayed is not None
+        else every_series_completed(lambda s: 20 if lookback and daily_series(s) else 1)
+    )
+    with interrupt_when(ctx.monkeypatch, ready) as interrupt:
+        if replayed is not None:  # ingest against `candles replay` started by an earlier line
+            env[REPLAY_URL_ENV] = REPLAYS.url_for(replayed, ctx)
+            invoke(argv, env)
+            assert REPLAYS.stop(replayed) == 0
+        else:
+            with stand_in_for(config.source.kind) as (rest, rest_env):
+                invoke(argv, env | rest_env)
+            if rest is not None:
+                assert rest.count("/oauth/token") >= 1 and rest.count("/api-quote-tokens") >= 1
+                if "--record" in argv:
+                    secrets = [
+                        CLIENT_SECRET, REFRESH_TOKEN, *rest.quote_tokens, *rest.access_tokens
+                    ]  # fmt: skip
+                    _check_recording(Path(argv[argv.index("--record") + 1]), secrets)
+    assert interrupt.met, (
+        f"candles {shlex.join(argv)}: what it waits for never arrived ({interrupt.error!r})"
+    )
+    (service,) = interrupt.services
+    wanted = {(s.base, s.period_label) for s in service.series}  # config.toml and the options
+    stored = set(run_query("SELECT DISTINCT symbol, period FROM candles", path=store).iter_rows())
+    # Stopped with every series completed, the run stored every series; a replay serves the
+    # series recorded (and subscribed) only. Never more than the run asked for.
+    assert stored and stored <= wanted
+    if replayed is None:
+        assert stored == wanted
+    if lookback:  # the history asked for is there: a month of daily candles
+        daily = run_query(
             "SELECT count(*) AS n, count(ret) AS returns FROM (SELECT close / lag(close) "
             "OVER (PARTITION BY symbol ORDER BY time) - 1 AS ret FROM candles "
             "WHERE period = '1d')",
             path=store,
         )
-        assert days["n"][0] >= 20 * len(config.subscriptions.symbols), days
-        assert days["returns"][0] >= 19 * len(config.subscriptions.symbols), days
+        symbols = {base for base, _ in wanted}
+        assert daily["n"][0] >= 20 * len(symbols), daily
+        assert daily["returns"][0] >= 19 * len(symbols), daily
+
+
+def daily_series(series: str) -> bool:
+    """``series`` (a DXLink candle symbol) is of daily candles."""
+    return CandleSymbol.parse(series).period_label == "1d"
 
 
 REPLAY_URL_ENV = "CANDLES_SOURCE__SIMULATOR__URL"

@@ -106,7 +106,8 @@ async def test_candles_ingest_started_twice_exits_with_what_to_do(tmp_path: Path
             err = second.stderr.decode()
             assert "already being written" in err and f"pid {first.pid}" in err, err[-2000:]
             first.send_signal(signal.SIGTERM)
-            _, first_err = first.communicate(timeout=60)
+            # Off the loop: the simulator (on this loop) must answer the closing handshake.
+            _, first_err = await asyncio.to_thread(first.communicate, timeout=60)
             assert first.returncode == 0, first_err.decode()[-2000:]
         finally:
             if first.poll() is None:

@@ -20,11 +20,12 @@ import pytest
 
 from pipeline.config import ConfigError, loads_config
 from pipeline.ingest import DXLinkTokenSource
-from pipeline.store import run_query
+from tests.helpers.ingest_stop import stored_series, wait_until_stored_async
 from tests.helpers.timing import TIMEOUT
 
 TOKEN = "dxlink-source-token-4711"
 TOKEN_ENV = "TEST_DXLINK_SOURCE_TOKEN"
+SERIES = {("AAPL", "1m"), ("AAPL", "5m"), ("SPY", "1m"), ("SPY", "5m")}
 
 
 @contextlib.asynccontextmanager
@@ -63,8 +64,16 @@ def write_config(folder: Path, url: str, *, token_env: str | None) -> Path:
     return path
 
 
-async def ingest(config: Path, env: dict[str, str], duration: str = "4s") -> tuple[int, str]:
-    """``candles ingest --config CONFIG --duration D`` as a child process: (exit, stderr)."""
+async def ingest(
+    config: Path,
+    env: dict[str, str],
+    duration: str = "30s",
+    *,
+    until_stored: set[tuple[str, str]] | None = None,
+) -> tuple[int, str]:
+    """``candles ingest --config CONFIG --duration D`` as a child process: (exit, stderr).
+    ``until_stored``: the SIGINT (Ctrl-C) its user would send once the store holds these
+    series stops it first."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CANDLES_")}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pipeline", "ingest", "--config", str(config),
@@ -73,15 +82,21 @@ async def ingest(config: Path, env: dict[str, str], duration: str = "4s") -> tup
         stderr=asyncio.subprocess.PIPE,
         env=clean | env,
     )  # fmt: skip
-    async with asyncio.timeout(6 * TIMEOUT):
-        _, err = await process.communicate()
+    assert process.stderr is not None
+    # Read all along, so that a chatty child never blocks on a full pipe.
+    err = asyncio.ensure_future(process.stderr.read())
+    try:
+        if until_stored:
+            await wait_until_stored_async(process, config.parent / "data", until_stored)
+            process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(6 * TIMEOUT):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
-    return process.returncode, err.decode(errors="replace")
-
-
-def stored_series(store: Path) -> set[tuple[str, str]]:
-    frame = run_query("SELECT DISTINCT symbol, period FROM candles", path=store)
-    return set(frame.iter_rows())
+    return process.returncode, (await err).decode(errors="replace")
 
 
 async def test_ingest_from_a_dxlink_endpoint_with_a_token_from_the_environment(
@@ -91,21 +106,23 @@ async def test_ingest_from_a_dxlink_endpoint_with_a_token_from_the_environment(
     token_env in another: every series stored, exit 0, the token never logged."""
     async with simulate("--token", TOKEN) as url:
         code, log = await ingest(
-            write_config(tmp_path, url, token_env=TOKEN_ENV), {TOKEN_ENV: TOKEN}
+            write_config(tmp_path, url, token_env=TOKEN_ENV),
+            {TOKEN_ENV: TOKEN},
+            until_stored=SERIES,
         )
     assert code == 0, log[-3000:]
-    assert stored_series(tmp_path / "data") == {
-        ("AAPL", "1m"), ("AAPL", "5m"), ("SPY", "1m"), ("SPY", "5m"),
-    }  # fmt: skip
+    assert stored_series(tmp_path / "data") == SERIES
     assert TOKEN not in log
 
 
 async def test_ingest_from_a_dxlink_endpoint_that_needs_no_token(tmp_path: Path) -> None:
     """dxFeed's demo needs no token: no token_env, `candles simulate --no-auth`, exit 0."""
     async with simulate("--no-auth") as url:
-        code, log = await ingest(write_config(tmp_path, url, token_env=None), {})
+        code, log = await ingest(
+            write_config(tmp_path, url, token_env=None), {}, until_stored=SERIES
+        )
     assert code == 0, log[-3000:]
-    assert len(stored_series(tmp_path / "data")) == 4
+    assert stored_series(tmp_path / "data") == SERIES
 
 
 async def test_a_rejected_token_stops_ingest_naming_the_variable(tmp_path: Path) -> None:

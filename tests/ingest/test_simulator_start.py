@@ -52,20 +52,21 @@ def test_a_store_written_ahead_by_an_older_version_is_continued_not_rewritten() 
 def test_restarted_ingest_never_stores_a_candle_from_the_future(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Three short runs in a row at 600x (the default hour behind is caught up in 6 s):
-    every stored candle ended before the wall clock, and each run's first simulator log
-    line says the clock never runs ahead."""
+    """Three 1 s runs in a row at 3600x (the default hour behind takes about a second to
+    catch up, so the later runs restart at the wall clock and must then keep to it): every
+    stored candle ended before the wall clock, and each run's first simulator log line says
+    the clock never runs ahead."""
     for name in [n for n in os.environ if n.startswith("CANDLES_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.toml").write_text(
-        "[source.simulator]\nspeed = 600.0\n"
+        "[source.simulator]\nspeed = 3600.0\n"
         '[subscriptions]\nsymbols = ["AAPL"]\nintervals = ["1m"]\nlookback = "2h"\n'
         "[metrics]\nenabled = false\n[schedule]\nflush_interval = 0.2\n"
     )
     caplog.set_level(logging.INFO, logger="pipeline")
     for _ in range(3):
-        result = CliRunner().invoke(cli, ["ingest", "--duration", "2s"], catch_exceptions=False)
+        result = CliRunner().invoke(cli, ["ingest", "--duration", "1s"], catch_exceptions=False)
         assert result.exit_code == 0, result.output
     wall_ms = int(time.time() * 1000)
     newest = run_query("SELECT epoch_ms(max(time)) AS t FROM candles", path=tmp_path / "data")
