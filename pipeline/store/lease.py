@@ -467,6 +467,14 @@ class CatalogLease:
         import psycopg  # here, not at the top: see the imports
 
         con, self._con = self._con, None
-        if con is not None:
+        if con is None:
+            return
+        try:
+            if self._lost is None:
+                # Ending the session frees the lock only when its backend has exited, a
+                # moment after close(): unlocking first frees the shard at once.
+                with contextlib.suppress(psycopg.Error):
+                    con.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+        finally:
             with contextlib.suppress(psycopg.Error):
                 con.close()
