@@ -53,7 +53,7 @@ from pipeline.store.writer_lock import StoreBusy
 
 if TYPE_CHECKING:
     # Imported where used, not here: only a PostgreSQL catalog needs psycopg, and importing it
-    # costs every other ingest process ~230 modules and ~20 MB of RSS
+    # costs every other ingest process ~230 modules and ~10 MB of RSS
     # (benchmarks/README.md, "Memory at start").
     import psycopg
 
