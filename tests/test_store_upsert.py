@@ -25,7 +25,7 @@ import pipeline.store.upsert
 from pipeline.schema import CANDLE_COLUMNS, KEY_COLUMNS
 from pipeline.store import CandleStore, StoreError, connect
 from pipeline.store.lake import table_folder, write_data_file
-from pipeline.store.upsert import prepare_batch
+from pipeline.store.upsert import fetch, prepare_batch
 from tests.helpers.store import INGESTED, MINUTE, REPO, T0, candle_frame, keys, open_store
 
 NAN = float("nan")
@@ -469,3 +469,22 @@ def test_repeated_keys_keep_the_newest_revision_then_the_last_row(store: CandleS
 
 def _epoch_us(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def test_fetch_binds_ints_and_other_values_and_refuses_a_miscount() -> None:
+    """fetch binds an int as its literal and anything else (a string, a time) as a session
+    variable, with the types DuckDB gives parameters; a placeholder count that does not
+    match the parameters is refused before anything runs."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        frame = fetch(
+            con,
+            "SELECT ? AS n, ? AS s, ? AS t, ? AS b",
+            [7, "it's", datetime(2026, 1, 2, tzinfo=UTC), True],
+        )
+        assert frame.row(0) == (7, "it's", datetime(2026, 1, 2, tzinfo=UTC), True)
+        with pytest.raises(ValueError, match="2 placeholders for 1 parameters"):
+            fetch(con, "SELECT ?, ?", [1])
+    finally:
+        con.close()

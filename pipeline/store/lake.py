@@ -34,7 +34,8 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -65,6 +66,7 @@ __all__ = [
     "quote",
     "read_sql",
     "redact",
+    "registered",
     "resolve_data_path",
     "rollback",
     "table_folder",
@@ -558,6 +560,20 @@ class FrameScan:
         return self.frame.__arrow_c_stream__(requested_schema)
 
 
+@contextmanager
+def registered(con: duckdb.DuckDBPyConnection, **frames: pl.DataFrame | None) -> Iterator[None]:
+    """The frames, by name, as tables of ``con`` for a while (scanned as :class:`FrameScan`);
+    ``None`` registers nothing."""
+    present = {name: frame for name, frame in frames.items() if frame is not None}
+    for name, frame in present.items():
+        con.register(name, FrameScan(frame))
+    try:
+        yield
+    finally:
+        for name in present:
+            con.unregister(name)
+
+
 def write_data_file(con: duckdb.DuckDBPyConnection, folder: Path, frame: pl.DataFrame) -> Path:
     """Write ``frame`` as one Parquet file in ``folder``, as DuckDB would, and return its path.
 
@@ -587,14 +603,11 @@ def write_data_file(con: duckdb.DuckDBPyConnection, folder: Path, frame: pl.Data
         if not mixed:
             frame.write_parquet(path, compression="snappy", row_group_size=_DATA_FILE_ROW_GROUP)
             return path
-        con.register(_COPIED, FrameScan(frame))
-        try:
+        with registered(con, **{_COPIED: frame}):
             con.execute(
                 f"COPY (FROM {_COPIED}) TO {quote(str(path))} "
                 f"(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE {_DATA_FILE_ROW_GROUP})"
             )
-        finally:
-            con.unregister(_COPIED)
         return path
     except BaseException:
         # A full disk (or any failure) must not leave a torn or empty file behind (issue 14).

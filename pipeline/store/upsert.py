@@ -29,8 +29,7 @@ registered only when there are some, for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +39,7 @@ import polars as pl
 
 from pipeline.dxlink import SEQUENCE_MASK
 from pipeline.schema import CANDLE_COLUMNS, CANDLE_SCHEMA, KEY_COLUMNS, VALUE_COLUMNS
-from pipeline.store.lake import TABLE, FrameScan, add_data_file, rollback, write_data_file
+from pipeline.store.lake import TABLE, add_data_file, registered, rollback, write_data_file
 
 __all__ = [
     "FILE_MIN_ROWS",
@@ -248,7 +247,7 @@ def upsert_once(
     written: Path | None = None
     committing = False
     deleting = deletions if deletions is not None and deletions.height else None
-    with _registered(con, deletion_keys=deleting):
+    with registered(con, deletion_keys=deleting):
         con.execute("BEGIN")
         try:
             deleted = 0
@@ -270,7 +269,7 @@ def upsert_once(
                 rollback(con)
                 return UpsertResult(0, 0, batch.height, 0)
             if replaced.height:
-                with _registered(con, replaced_keys=replaced):
+                with registered(con, replaced_keys=replaced):
                     con.execute(
                         f"DELETE FROM {TABLE} c USING replaced_keys b WHERE {_KEY_MATCH} "
                         f"AND {_TIME_RANGE}",
@@ -393,7 +392,7 @@ def _stored_versions(con: duckdb.DuckDBPyConnection, batch: pl.DataFrame) -> pl.
     """The stored rows in the batch's (series, UTC day) time ranges (see the module doc)."""
     if batch.height == 0:
         return batch.drop("ingested_at")
-    with _registered(con, batch_ranges=_day_ranges(batch)):
+    with registered(con, batch_ranges=_day_ranges(batch)):
         return fetch(
             con,
             f"SELECT c.* EXCLUDE (ingested_at) FROM {TABLE} c JOIN batch_ranges r "
@@ -404,8 +403,8 @@ def _stored_versions(con: duckdb.DuckDBPyConnection, batch: pl.DataFrame) -> pl.
 
 
 def _insert(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
-    """INSERT through DuckLake (small batches, object storage)."""
-    with _registered(con, changed_rows=rows):
+    """INSERT through DuckLake (a data path on object storage: see the module doc)."""
+    with registered(con, changed_rows=rows):
         con.execute(f"INSERT INTO {TABLE} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM changed_rows")
 
 
@@ -459,16 +458,3 @@ def _time_range(frame: pl.DataFrame) -> list[object]:
         pl.col("time").max().dt.epoch("ms").alias("high"),
     ).row(0)
     return list(span)
-
-
-@contextmanager
-def _registered(con: duckdb.DuckDBPyConnection, **frames: pl.DataFrame | None) -> Iterator[None]:
-    """The frames, by name, as tables of ``con`` for a while (scanned as :class:`FrameScan`)."""
-    present = {name: frame for name, frame in frames.items() if frame is not None}
-    for name, frame in present.items():
-        con.register(name, FrameScan(frame))
-    try:
-        yield
-    finally:
-        for name in present:
-            con.unregister(name)
