@@ -154,8 +154,8 @@ def test_ducklake_still_compares_cut_offs_as_text_on_a_sqlite_catalog(tmp_path: 
 def test_live_upserts_leave_the_python_heap_flat(tmp_path: Path) -> None:
     """A year of flushes must not pile up Python objects: 1,500 live-sized upserts (50 new
     candles, no deletions, as a minute of live ingest flushes) grow the traced heap by less
-    than 64 bytes each. Through a DuckLake INSERT, DuckDB kept ~300 bytes of every upsert's
-    scan of the batch for the life of the process (issue 16)."""
+    than 64 bytes each (DuckDB's caches still filling included: ~10 bytes per upsert at this
+    point, ~0 after a few thousand; benchmarks/README.md, "Second pass")."""
     import gc
     import tracemalloc
 

@@ -18,13 +18,17 @@ a large share of a backfill flush (``bench_store``, next 100,000 of a stored ser
 The rows to write go into one Parquet file that the writer writes itself
 (:func:`pipeline.store.lake.write_data_file`) and registers in the same transaction
 (``ducklake_add_data_files``), instead of a DuckLake ``INSERT``, most of whose time is DuckDB's
-Parquet writer (``bench_store``, upsert against a plain append). Small batches too: an
-``INSERT`` scans the batch as a Python object, and DuckDB 1.5.5 keeps a few Python objects
-of every such scan for the life of the process (~300 bytes per live flush, a few hundred MB
-over a year of flushes; closing the connection does not free them), where a file costs
-~5 ms more per flush. Only a data path on object storage, which the writer cannot write
-files into itself, goes through ``INSERT`` (and keeps that leak). Deletion keys are
-registered only when there are some, for the same reason.
+Parquet writer (``bench_store``, upsert against a plain append). Small batches too (a live
+flush of a few hundred rows costs ~5 ms more than an ``INSERT``): DuckLake inlines a small
+``INSERT`` into the catalog, and a file keeps every row of a local store in Parquet, where
+compaction merges it, and the catalog free of inlined rows. Only a data path on object
+storage, which the writer cannot write files into itself, goes through ``INSERT``.
+
+Neither path piles up memory. An earlier reading that DuckDB 1.5.5 kept ~300 bytes of Python
+objects for every scan of a batch was its caches filling over the first few thousand scans:
+measured in rounds of 400 live-sized upserts (50 new candles each), the ``INSERT`` path's
+traced heap grew 16, 8, 2, 2, 3, 1, 2, 1, 1, 0, -1, 0 bytes per upsert, the file path's
+16, 7, 6, 3, 2, 1 (benchmarks/README.md, "Second pass").
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ _NEWEST_QUERY_CHUNK = 1_000  # symbols per lookup of newest stored times
 
 FILE_MIN_ROWS = 1
 """Batches with at least this many rows to write go into a data file the writer writes
-itself (every batch: see the module doc); smaller ones through DuckLake's ``INSERT``."""
+itself (every batch: see the module doc); smaller ones through DuckLake's ``INSERT`` (tests
+raise it to exercise that path, which a data path on object storage always takes)."""
 
 
 @dataclass(frozen=True, slots=True)
