@@ -59,6 +59,18 @@ def test_reader_sees_new_commits_without_reopening(
     assert con.execute("SELECT count(*) FROM candles").fetchone() == (6,)
 
 
+def test_a_held_connection_keeps_no_copy_of_the_files_it_read(
+    reader: tuple[CandleStore, duckdb.DuckDBPyConnection],
+) -> None:
+    """A notebook holding its connection while ingest flushes must not keep every flushed
+    file's blocks (DuckDB's external file cache): the OS page cache holds them already."""
+    store, con = reader
+    for k in range(1, 11):
+        store.upsert(candle_frame(n=1, start=T0 + k * MINUTE))
+        assert len(con.execute("SELECT * FROM candles").fetchall()) == k + 1
+    assert con.execute("FROM duckdb_external_file_cache()").fetchall() == []
+
+
 def test_latest_candles_has_one_row_per_series(
     reader: tuple[CandleStore, duckdb.DuckDBPyConnection],
 ) -> None:

@@ -22,6 +22,13 @@ Every connection caches Parquet footers (``parquet_metadata_cache``): DuckLake n
 data file after writing it (new data gets a new file name), so a cached footer cannot go
 stale, and a per-series read then skips re-parsing the footer of a large compacted file on
 every query (``bench_store``, last 1,000 candles).
+
+DuckDB's external file cache, which keeps the blocks of every file a connection reads for as
+long as the connection lives (also after compaction deleted the file), is off for a local
+data path: the operating system's page cache holds those blocks already, and a notebook
+holding one connection while ingest flushed grew ~100 KB per flushed file by it, a few
+hundred MB a day (benchmarks/README.md, "Why long-lived DuckDB connections grew"). Object
+storage keeps it: there it saves a download.
 """
 
 from __future__ import annotations
@@ -251,6 +258,8 @@ def open_lake(
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET parquet_metadata_cache = true")  # see the module docstring
+        if not _is_url(data_path):
+            con.execute("SET enable_external_file_cache = false")  # see the module docstring
         # DuckDB refuses any progress-bar setting inside Jupyter without ipywidgets
         # (duckdb#7590); the bar is off there anyway, so that refusal is harmless.
         with suppress(duckdb.InvalidInputException):
