@@ -21,11 +21,20 @@ from typing import Any
 
 import pytest
 
-from pipeline.dxlink import CandleSymbol
 from pipeline.sharding import shard_of
 from pipeline.simulator import Simulator, SimulatorClock
 from pipeline.store import CandleStore, StoreError, connect
 from tests.helpers.postgres import PostgresServer, running_postgres
+from tests.helpers.scale_out import (
+    FROM_MS,
+    INTERVALS,
+    MINUTE,
+    SERIES,
+    SHARDS,
+    SYMBOLS,
+    newest_stored,
+    start_reader,
+)
 from tests.helpers.service import (
     START_MS,
     TOKEN,
@@ -37,37 +46,7 @@ from tests.helpers.service import (
 )
 from tests.helpers.store import candle_frame
 
-MINUTE = 60_000
-SHARDS = 3
-SYMBOLS = ["AAPL", "SPY", "QQQ", "MSFT", "TSLA", "NVDA"]
-INTERVALS = ["1m", "5m"]
-SERIES = [CandleSymbol.of(s, i).normalized for s in SYMBOLS for i in INTERVALS]
-FROM_MS = START_MS - 3600_000
 _databases = itertools.count(1)
-
-# A reader like a notebook: one connection held open, queried over and over while the
-# shards write; it stops when the test creates the stop file and reports what it saw.
-READER = """
-import json, sys, time
-from pathlib import Path
-from typing import Any
-from pipeline.store import connect
-catalog, data_path, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-con = connect(Path(stop).parent, catalog=catalog, data_path=data_path,
-              verify_extensions=False)
-ok, errors, counts = 0, [], []
-while not stop.exists():
-    try:
-        row = con.execute("SELECT count(*) FROM candles").fetchone()
-        counts.append(row[0])
-        con.execute("SELECT count(*), max(close) FROM latest_candles").fetchone()
-        ok += 1
-    except Exception as exc:
-        errors.append(f"{type(exc).__name__}: {exc}"[:300])
-    time.sleep(0.05)  # pacing of the reader's own loop, not synchronisation
-con.close()
-print(json.dumps({"ok": ok, "errors": errors, "counts": counts}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -184,29 +163,6 @@ def _start_shard(config: Path, k: int, log: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _start_reader(catalog: str, shared: Path, stop: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", READER, catalog, str(shared), str(stop)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _newest(catalog: str, shared: Path, root: Path) -> dict[str, int]:
-    """Newest stored candle per series ({} before the first flush created the table)."""
-    try:
-        con = connect(root, catalog=catalog, data_path=shared, verify_extensions=False)
-    except StoreError:
-        return {}
-    try:
-        rows = con.execute(
-            "SELECT symbol, period, epoch_ms(max(time)) FROM candles GROUP BY ALL"
-        ).fetchall()
-    finally:
-        con.close()
-    return {CandleSymbol.parse(f"{s}{{={p}}}").normalized: int(t) for s, p, t in rows}
-
-
 async def test_three_shards_one_killed_equal_the_truth(
     lake: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -226,11 +182,11 @@ async def test_three_shards_one_killed_equal_the_truth(
                 await sim.advance(60)
 
             async def every_series_stored() -> bool:
-                newest = await asyncio.to_thread(_newest, catalog, shared, tmp_path)
+                newest = await asyncio.to_thread(newest_stored, catalog, str(shared), tmp_path)
                 return newest.keys() == set(SERIES)
 
             await eventually(every_series_stored, within=60, what="first flushes of all shards")
-            reader = _start_reader(catalog, shared, stop)
+            reader = start_reader(catalog, str(shared), stop)
 
             shards[2].send_signal(signal.SIGKILL)
             assert shards[2].wait(timeout=30) == -signal.SIGKILL
@@ -253,7 +209,9 @@ async def test_three_shards_one_killed_equal_the_truth(
             newest: dict[str, int] = {}
 
             async def caught_up() -> bool:
-                newest.update(await asyncio.to_thread(_newest, catalog, shared, tmp_path))
+                newest.update(
+                    await asyncio.to_thread(newest_stored, catalog, str(shared), tmp_path)
+                )
                 return all(newest.get(s, 0) >= target for s, target in targets.items())
 
             await eventually(

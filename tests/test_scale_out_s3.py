@@ -20,12 +20,21 @@ from typing import Any
 
 import pytest
 
-from pipeline.dxlink import CandleSymbol
 from pipeline.sharding import shard_of
 from pipeline.simulator import Simulator, SimulatorClock
-from pipeline.store import CandleStore, S3Options, StoreError, connect
+from pipeline.store import CandleStore, S3Options, connect
 from tests.helpers.postgres import PostgresServer, running_postgres
 from tests.helpers.s3 import S3Server, running_s3
+from tests.helpers.scale_out import (
+    FROM_MS,
+    INTERVALS,
+    MINUTE,
+    SERIES,
+    SHARDS,
+    SYMBOLS,
+    newest_stored,
+    start_reader,
+)
 from tests.helpers.service import (
     START_MS,
     TOKEN,
@@ -35,35 +44,6 @@ from tests.helpers.service import (
     truth_frame,
     write_ingest_config,
 )
-
-MINUTE = 60_000
-SHARDS = 3
-SYMBOLS = ["AAPL", "SPY", "QQQ", "MSFT", "TSLA", "NVDA"]
-INTERVALS = ["1m", "5m"]
-SERIES = [CandleSymbol.of(s, i).normalized for s in SYMBOLS for i in INTERVALS]
-FROM_MS = START_MS - 3600_000
-
-# A reader like a notebook on a third machine: one connection held open, queried over and
-# over while the shards write; it stops when the test creates the stop file.
-READER = """
-import json, sys, time
-from pathlib import Path
-from pipeline.store import connect
-catalog, data_path, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-con = connect(Path(stop).parent, catalog=catalog, data_path=data_path,
-              verify_extensions=False)
-ok, errors, counts = 0, [], []
-while not stop.exists():
-    try:
-        counts.append(con.execute("SELECT count(*) FROM candles").fetchone()[0])
-        con.execute("SELECT count(*), max(close) FROM latest_candles").fetchone()
-        ok += 1
-    except Exception as exc:
-        errors.append(f"{type(exc).__name__}: {exc}"[:300])
-    time.sleep(0.05)  # pacing of the reader's own loop, not synchronisation
-con.close()
-print(json.dumps({"ok": ok, "errors": errors, "counts": counts}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +91,9 @@ def _start_shard(config: Path, k: int | None, log: Path, s3: S3Server) -> subpro
 
 def _start_reader(catalog: str, data: str, stop: Path, s3: S3Server) -> subprocess.Popen[bytes]:
     """The reader on "another machine": only the standard AWS variables tell it the endpoint."""
-    return subprocess.Popen(
-        [sys.executable, "-c", READER, catalog, data, str(stop)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**_env(s3), "AWS_ENDPOINT_URL_S3": f"http://{s3.endpoint}"}, cwd=stop.parent,
-    )  # fmt: skip
+    return start_reader(
+        catalog, data, stop, {**_env(s3), "AWS_ENDPOINT_URL_S3": f"http://{s3.endpoint}"}
+    )
 
 
 def _files_holding(root: Path, needle: str) -> list[Path]:
@@ -123,19 +101,7 @@ def _files_holding(root: Path, needle: str) -> list[Path]:
 
 
 def _newest(catalog: str, data: str, root: Path, s3: S3Server) -> dict[str, int]:
-    """Newest stored candle per series ({} before the first flush created the table)."""
-    try:
-        con = connect(root, catalog=catalog, data_path=data, verify_extensions=False,
-                      s3=S3Options(endpoint=f"http://{s3.endpoint}"))  # fmt: skip
-    except StoreError:
-        return {}
-    try:
-        rows = con.execute(
-            "SELECT symbol, period, epoch_ms(max(time)) FROM candles GROUP BY ALL"
-        ).fetchall()
-    finally:
-        con.close()
-    return {CandleSymbol.parse(f"{s}{{={p}}}").normalized: int(t) for s, p, t in rows}
+    return newest_stored(catalog, data, root, S3Options(endpoint=f"http://{s3.endpoint}"))
 
 
 @pytest.mark.timeout(300)  # five processes on a shared 2-core box: 25-60 s measured
