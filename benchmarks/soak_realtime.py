@@ -6,8 +6,11 @@ schedules), against a simulator in a child process on the *real* clock (speed 1)
 reader in another child process that queries the store the whole time. Every
 ``--sample-every`` seconds (default one minute) it records:
 
-* this process: RSS, the Python heap (``tracemalloc``'s traced bytes and the allocator's
-  block count), open file descriptors, threads;
+* this process: RSS, split into its own memory (``RssAnon``) and the pages of libraries and
+  other files (``RssFile``: code is mapped as it first runs, so the first compaction adds a
+  step of it), the Python heap (``tracemalloc``'s traced bytes and the allocator's block
+  count; garbage the collector has not reached yet included, as ingest raises its young
+  threshold: the heap diff below collects first), open file descriptors, threads;
 * DuckDB's own memory on the writer's connection (:attr:`pipeline.store.CandleStore.memory`,
   a snapshot the store takes after each write, so reading it disturbs nothing);
 * the lake: catalog bytes (SQLite file + WAL), snapshots, data files and bytes, inlined-data
@@ -134,10 +137,16 @@ class Sample:
     scrapes: int
     flush_failures: int
     compaction_failures: int
+    rss_anon: int = 0
+    """The process's own memory in RSS (``RssAnon``: heap, arenas, stacks)."""
+    rss_file: int = 0
+    """Library and other file pages in RSS (``RssFile``): code mapped as it first runs."""
 
 
 FIGURES: dict[str, str] = {
     "rss": "RSS (MiB)",
+    "rss_anon": "RSS, anonymous (MiB)",
+    "rss_file": "RSS, file pages (MiB)",
     "heap": "Python heap, tracemalloc (MiB)",
     "blocks": "Python allocated blocks (k)",
     "duckdb": "DuckDB memory, writer (MiB)",
@@ -151,23 +160,35 @@ FIGURES: dict[str, str] = {
     "reader_rss": "reader RSS (MiB)",
 }
 _SCALE = {
-    "rss": MIB, "heap": MIB, "duckdb": MIB, "catalog_bytes": MIB, "data_bytes": MIB,
-    "reader_rss": MIB, "blocks": 1000,
+    "rss": MIB, "rss_anon": MIB, "rss_file": MIB, "heap": MIB, "duckdb": MIB,
+    "catalog_bytes": MIB, "data_bytes": MIB, "reader_rss": MIB, "blocks": 1000,
 }  # fmt: skip
 _GROWS_WITH_DATA = ("data_bytes",)
 """Figures that must grow while candles are stored (shown, never judged flat)."""
+_ADDED_LATER = ("rss_anon", "rss_file")
+"""Figures that runs recorded before they existed lack (left out of their reports)."""
+
+
+def _recorded(samples: Sequence[Sample]) -> list[str]:
+    """The figures of :data:`FIGURES` the samples hold."""
+    return [
+        name
+        for name in FIGURES
+        if name not in _ADDED_LATER or any(getattr(s, name) for s in samples)
+    ]
 
 
 # ------------------------------------------------------------------------ measuring
 
 
-def _rss(pid: int | str = "self") -> int:
+def _rss(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """A resident-memory figure of ``/proc/<pid>/status`` in bytes (0 where there is none)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -299,6 +320,8 @@ async def _sample(service: IngestService, reader: _Reader, started: float, scrap
         scrapes=scrapes,
         flush_failures=service.stats.flush_failures,
         compaction_failures=service.stats.compaction_failures,
+        rss_anon=_rss(field="RssAnon"),
+        rss_file=_rss(field="RssFile"),
     )
 
 
@@ -480,7 +503,9 @@ def analyse(samples: Sequence[Sample], warmup_min: float, window_min: float) -> 
     return analysis
 
 
-CYCLE_FIGURES = ("rss", "heap", "duckdb", "catalog_bytes", "snapshots", "data_files")
+CYCLE_FIGURES = (
+    "rss", "rss_anon", "rss_file", "heap", "duckdb", "catalog_bytes", "snapshots", "data_files",
+)  # fmt: skip
 """What :func:`cycles` lines up: figures that rise between compactions and fall at each."""
 
 
@@ -502,19 +527,20 @@ def _cycle_table(samples: Sequence[Sample]) -> list[str]:
     rows = cycles(samples)
     if not rows:
         return []
-    labels = " | ".join(f"{FIGURES[name]}: before -> after" for name in CYCLE_FIGURES)
+    names = [name for name in CYCLE_FIGURES if name in _recorded(samples)]
+    labels = " | ".join(f"{FIGURES[name]}: before -> after" for name in names)
     lines = [
         "",
         "At each compaction (the last sample before it -> the first after it):",
         "",
         f"| compaction | minute | {labels} |",
-        "|---:|---:|" + "---:|" * len(CYCLE_FIGURES),
+        "|---:|---:|" + "---:|" * len(names),
     ]
     for number, before, after in rows:
         cells = " | ".join(
             f"{getattr(before, name) / _SCALE.get(name, 1):.2f} -> "
             f"{getattr(after, name) / _SCALE.get(name, 1):.2f}"
-            for name in CYCLE_FIGURES
+            for name in names
         )
         lines.append(f"| {number} | {after.t / 60:.0f} | {cells} |")
     return lines
@@ -536,8 +562,8 @@ def report(path: Path, *, warmup_min: float, window_min: float, tolerance: float
         "| figure | first | last | slope per hour (95 %) | per flush | flat |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    for name, label in FIGURES.items():
-        s = a.slopes[name]
+    for name in _recorded(samples):
+        label, s = FIGURES[name], a.slopes[name]
         verdict = "(grows with data)" if name in _GROWS_WITH_DATA else _yes(a.flat(name, tolerance))
         lines.append(
             f"| {label} | {s.first:.2f} | {s.last:.2f} | {s.per_hour:+.3f} ± {s.half_width:.3f} "
@@ -551,7 +577,9 @@ def compare(
     before: Path, after: Path, *, warmup_min: float, window_min: float, tolerance: float
 ) -> str:
     """Two runs side by side, as a Markdown table."""
-    runs = [analyse(_load(p)[1], warmup_min, window_min) for p in (before, after)]
+    loaded = [_load(p)[1] for p in (before, after)]
+    runs = [analyse(samples, warmup_min, window_min) for samples in loaded]
+    names = [name for name in _recorded(loaded[0]) if name in _recorded(loaded[1])]
     lines = [
         f"before: {before.name} ({runs[0].hours:.2f} h, {runs[0].flushes_per_hour:.0f} flushes/h); "
         f"after: {after.name} ({runs[1].hours:.2f} h, {runs[1].flushes_per_hour:.0f} flushes/h)",
@@ -560,8 +588,8 @@ def compare(
         "| after: slope/h | after flat |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    for name, label in FIGURES.items():
-        b, a = runs[0].slopes[name], runs[1].slopes[name]
+    for name in names:
+        label, b, a = FIGURES[name], runs[0].slopes[name], runs[1].slopes[name]
         verdict = (
             "(grows with data)" if name in _GROWS_WITH_DATA else _yes(runs[1].flat(name, tolerance))
         )
