@@ -25,10 +25,11 @@ every query (``bench_store``, last 1,000 candles).
 
 DuckDB's external file cache, which keeps the blocks of every file a connection reads for as
 long as the connection lives (also after compaction deleted the file), is off for a local
-data path (the writer turns it off on object storage too, as it reads little back): the operating system's page cache holds those blocks already, and a notebook
-holding one connection while ingest flushed grew ~100 KB per flushed file by it, a few
-hundred MB a day (benchmarks/README.md, "Why long-lived DuckDB connections grew"). Object
-storage keeps it: there it saves a download.
+data path (the writer turns it off on object storage too, as it reads little back): the
+operating system's page cache holds those blocks already, and a reader holding one
+connection while ingest flushed kept ~100 KB per flushed file of 100 series in it
+(benchmarks/README.md, "Why long-lived DuckDB connections grew"). Object storage keeps it:
+there it saves a download.
 """
 
 from __future__ import annotations
