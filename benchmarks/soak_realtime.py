@@ -181,16 +181,18 @@ def _recorded(samples: Sequence[Sample]) -> list[str]:
 # ------------------------------------------------------------------------ measuring
 
 
-def _rss(pid: int | str = "self", field: str = "VmRSS") -> int:
-    """A resident-memory figure of ``/proc/<pid>/status`` in bytes (0 where there is none)."""
+def _resident(pid: int | str = "self") -> dict[str, int]:
+    """The resident-memory figures of ``/proc/<pid>/status`` (``VmRSS``, ``RssAnon``,
+    ``RssFile``, ...) in bytes, read once; ``{}`` where there is no such process."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    return 0
+        return {}
+    return {
+        name: int(value.split()[0]) * 1024
+        for name, _, value in (line.partition(":") for line in status.splitlines())
+        if name.startswith(("VmRSS", "Rss")) and value.strip().endswith("kB")
+    }
 
 
 class _Reader:
@@ -294,6 +296,7 @@ async def _scrape_periodically(service: IngestService, counter: list[int]) -> No
 
 async def _sample(service: IngestService, reader: _Reader, started: float, scrapes: int) -> Sample:
     store = service.store
+    resident = _resident()
     catalog = await asyncio.to_thread(store.catalog_stats)
     memory = store.memory
     return Sample(
@@ -302,7 +305,7 @@ async def _sample(service: IngestService, reader: _Reader, started: float, scrap
         stored=service.stats.candles_stored,
         compactions=service.stats.compactions,
         recycles=store.stats.connections_recycled,
-        rss=_rss(),
+        rss=resident.get("VmRSS", 0),
         heap=tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0,
         blocks=sys.getallocatedblocks(),
         duckdb=memory.total,
@@ -314,14 +317,14 @@ async def _sample(service: IngestService, reader: _Reader, started: float, scrap
         data_files=catalog.data_files,
         data_bytes=catalog.data_bytes,
         inlined_tables=catalog.inlined_tables,
-        reader_rss=_rss(reader.process.pid),
+        reader_rss=_resident(reader.process.pid).get("VmRSS", 0),
         reader_queries=reader.queries,
         reader_errors=reader.errors,
         scrapes=scrapes,
         flush_failures=service.stats.flush_failures,
         compaction_failures=service.stats.compaction_failures,
-        rss_anon=_rss(field="RssAnon"),
-        rss_file=_rss(field="RssFile"),
+        rss_anon=resident.get("RssAnon", 0),
+        rss_file=resident.get("RssFile", 0),
     )
 
 
@@ -527,7 +530,8 @@ def _cycle_table(samples: Sequence[Sample]) -> list[str]:
     rows = cycles(samples)
     if not rows:
         return []
-    names = [name for name in CYCLE_FIGURES if name in _recorded(samples)]
+    recorded = _recorded(samples)
+    names = [name for name in CYCLE_FIGURES if name in recorded]
     labels = " | ".join(f"{FIGURES[name]}: before -> after" for name in names)
     lines = [
         "",
@@ -579,7 +583,8 @@ def compare(
     """Two runs side by side, as a Markdown table."""
     loaded = [_load(p)[1] for p in (before, after)]
     runs = [analyse(samples, warmup_min, window_min) for samples in loaded]
-    names = [name for name in _recorded(loaded[0]) if name in _recorded(loaded[1])]
+    in_after = _recorded(loaded[1])
+    names = [name for name in _recorded(loaded[0]) if name in in_after]
     lines = [
         f"before: {before.name} ({runs[0].hours:.2f} h, {runs[0].flushes_per_hour:.0f} flushes/h); "
         f"after: {after.name} ({runs[1].hours:.2f} h, {runs[1].flushes_per_hour:.0f} flushes/h)",

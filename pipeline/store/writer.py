@@ -728,7 +728,8 @@ class CandleStore:
             else:
                 # The writer reads little back (its upsert lookups, resume points); DuckDB's
                 # cache of file blocks only grew here, by every file a compaction merged
-                # (duckdb_memory(); bench_memory, RSS).
+                # (duckdb_memory(); bench_memory, RSS). open_lake turns it off for a local
+                # data path already; this covers object storage, where readers keep it.
                 con.execute("SET enable_external_file_cache = false")
                 # The writer's statements are small (a flush's lookups, one INSERT or file
                 # registration, the commit; polars writes the data files): DuckDB's worker
